@@ -1,1 +1,134 @@
-fn main() {}
+//! colex-cli: starts, stops and lists silos on a colex cluster.
+
+mod client;
+mod commands;
+mod table;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::CliError;
+
+/// Controller address used when neither --serv nor COLEX_SERV is given.
+const DEFAULT_CONTROLLER: &str = "127.0.0.1:7069";
+
+#[derive(Debug, Parser)]
+#[command(name = "colex-cli", version, about = "Start, stop and list silos on a colex cluster")]
+struct Cli {
+    /// Controller address (HOST:PORT).
+    #[arg(long, global = true, env = "COLEX_SERV", default_value = DEFAULT_CONTROLLER)]
+    serv: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start or replace the silos of a silo file and wait until they run.
+    Up {
+        /// Silo file (HCL).
+        file: PathBuf,
+        /// Seconds to wait for every silo to run.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Stop and remove the silos of a silo file, or the named silos.
+    Down {
+        /// Silo file (HCL) whose silos to remove.
+        file: Option<PathBuf>,
+        /// Name of a silo to remove; may be repeated.
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// Seconds to wait for the silos to be removed.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// List silos.
+    List {
+        /// Print one table per host, hosts without silos included.
+        #[arg(long)]
+        all_hosts: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(reorder_legacy_args(std::env::args_os().collect()));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: failed to start the async runtime: {error}");
+            return ExitCode::from(client::EXIT_CLUSTER_ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Up { file, wait } => commands::up(&cli.serv, &file, Duration::from_secs(wait)).await,
+        Command::Down { file, names, wait } => {
+            commands::down(&cli.serv, file.as_deref(), names, Duration::from_secs(wait)).await
+        }
+        Command::List { all_hosts } => commands::list(&cli.serv, all_hosts).await,
+    }
+}
+
+/// Accepts the original tool's order, `colex-cli --serv ADDR FILE up`, by
+/// moving a trailing `up` or `down` in front of the file.
+fn reorder_legacy_args(mut args: Vec<OsString>) -> Vec<OsString> {
+    let count = args.len();
+    if count >= 3 {
+        let last = args[count - 1].to_string_lossy().into_owned();
+        let before = args[count - 2].to_string_lossy().into_owned();
+        let verb = last == "up" || last == "down";
+        let before_is_file = !before.starts_with('-') && before != "up" && before != "down" && before != "list";
+        if verb && before_is_file {
+            args.swap(count - 1, count - 2);
+        }
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn strings(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn legacy_order_is_reordered() {
+        let args = reorder_legacy_args(strings(&["colex-cli", "--serv", "h:1", "silo.hcl", "up"]));
+        assert_eq!(args, strings(&["colex-cli", "--serv", "h:1", "up", "silo.hcl"]));
+    }
+
+    #[test]
+    fn modern_order_is_kept() {
+        let args = strings(&["colex-cli", "--serv", "h:1", "up", "silo.hcl"]);
+        assert_eq!(reorder_legacy_args(args.clone()), args);
+    }
+
+    #[test]
+    fn legacy_down_parses() {
+        let cli = Cli::try_parse_from(reorder_legacy_args(strings(&["colex-cli", "--serv", "h:1", "s.hcl", "down"])));
+        assert!(matches!(cli.map(|cli| cli.command), Ok(Command::Down { file: Some(_), .. })));
+    }
+}

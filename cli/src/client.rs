@@ -1,0 +1,110 @@
+//! Connection to the controller and the CLI's error type.
+
+use std::fmt;
+use std::time::Duration;
+
+use colex_proto as proto;
+use tonic::transport::Channel;
+
+/// Time allowed to open the TCP connection to the controller.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline of each request, so a controller that accepts the connection
+/// but never answers does not hang the CLI.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Exit code for mistakes in the command or the silo file.
+pub const EXIT_USER_ERROR: u8 = 1;
+/// Exit code for a cluster that cannot do what was asked.
+pub const EXIT_CLUSTER_ERROR: u8 = 2;
+
+/// A failure that ends the command: the one-line message and exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn user(message: impl Into<String>) -> Self {
+        Self {
+            code: EXIT_USER_ERROR,
+            message: message.into(),
+        }
+    }
+
+    pub fn cluster(message: impl Into<String>) -> Self {
+        Self {
+            code: EXIT_CLUSTER_ERROR,
+            message: message.into(),
+        }
+    }
+
+    /// Maps a status from the controller: invalid requests are the user's
+    /// to fix, everything else is the cluster's.
+    pub fn from_status(address: &str, status: &tonic::Status) -> Self {
+        let message = format!("controller {address}: {}", status.message());
+        match status.code() {
+            tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => Self::user(message),
+            tonic::Code::Unavailable if status.message().contains("tcp connect") || status.message().is_empty() => {
+                Self::cluster(unreachable_message(address, status.message()))
+            }
+            _ => Self::cluster(message),
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.message)
+    }
+}
+
+fn unreachable_message(address: &str, cause: &str) -> String {
+    format!("cannot reach controller at {address}: {cause}; check that colex-controller runs there or pass its address with --serv")
+}
+
+/// A connected client of the controller's `Client` service.
+pub struct Controller {
+    pub address: String,
+    pub client: proto::client_client::ClientClient<Channel>,
+}
+
+impl Controller {
+    /// Connects to `address` (HOST:PORT).
+    pub async fn connect(address: &str) -> Result<Self, CliError> {
+        let endpoint = Channel::from_shared(format!("http://{address}")).map_err(|error| {
+            CliError::user(format!("invalid controller address {address:?} ({error}); use HOST:PORT, e.g. 127.0.0.1:7069"))
+        })?;
+        let channel = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|error| CliError::cluster(unreachable_message(address, &root_cause(&error))))?;
+        let client = proto::client_client::ClientClient::new(channel)
+            .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
+        Ok(Self {
+            address: address.to_owned(),
+            client,
+        })
+    }
+
+    pub async fn list(&mut self) -> Result<proto::ListResponse, CliError> {
+        self.client
+            .list(proto::ListRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| CliError::from_status(&self.address, &status))
+    }
+}
+
+/// Returns the innermost cause of an error, since tonic's transport error
+/// alone only says "transport error" and its middle layers repeat themselves.
+fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}

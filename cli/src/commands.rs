@@ -1,0 +1,195 @@
+//! The `up`, `down` and `list` commands.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use colex_cli::spec;
+use colex_proto as proto;
+
+use crate::client::{CliError, Controller};
+use crate::table;
+
+/// Interval between two looks at the silos' states while waiting.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Reads a silo file; a file with errors is one `CliError` listing them all.
+fn load_specs(file: &Path) -> Result<Vec<proto::SiloSpec>, CliError> {
+    spec::load(file).map_err(|error| CliError::user(error.to_string()))
+}
+
+pub async fn up(address: &str, file: &Path, wait: Duration) -> Result<(), CliError> {
+    let specs = load_specs(file)?;
+    let mut controller = Controller::connect(address).await?;
+
+    let response = controller
+        .client
+        .up(proto::UpRequest { silos: specs })
+        .await
+        .map_err(|status| CliError::from_status(address, &status))?
+        .into_inner();
+    let wanted: BTreeMap<String, String> = response
+        .silos
+        .iter()
+        .map(|silo| (silo.name.clone(), silo.id.clone()))
+        .collect();
+
+    let deadline = Instant::now() + wait;
+    let silos = loop {
+        let listed = controller.list().await?;
+        let current: Vec<proto::SiloInfo> = listed
+            .silos
+            .into_iter()
+            .filter(|silo| wanted.get(&silo.name) == Some(&silo.id))
+            .collect();
+        let settled = current.len() == wanted.len() && current.iter().all(|silo| is_settled(silo.state()));
+        if settled || Instant::now() >= deadline {
+            break current;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+
+    let rows: Vec<table::SiloRow> = silos.iter().map(table::silo_row).collect();
+    println!("{}", table::render(&rows));
+
+    let problems: Vec<String> = silos
+        .iter()
+        .filter(|silo| silo.state() != proto::SiloState::Up)
+        .map(|silo| describe_problem(silo, wait))
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::cluster(problems.join("; ")))
+    }
+}
+
+/// Returns true for the states `up` stops waiting at.
+fn is_settled(state: proto::SiloState) -> bool {
+    matches!(
+        state,
+        proto::SiloState::Up | proto::SiloState::Failed | proto::SiloState::Exited
+    )
+}
+
+fn describe_problem(silo: &proto::SiloInfo, wait: Duration) -> String {
+    match silo.state() {
+        proto::SiloState::Failed => format!("silo {} failed to start on {}: {}", silo.name, silo.host, silo.message),
+        proto::SiloState::Exited => format!(
+            "silo {} exited with code {} right after starting; see its program's output on host {}",
+            silo.name,
+            silo.exit_code.unwrap_or(-1),
+            silo.host
+        ),
+        state => format!(
+            "silo {} is still {} after {}s; see `colex-cli list --all-hosts` or raise --wait",
+            silo.name,
+            state.label(),
+            wait.as_secs()
+        ),
+    }
+}
+
+pub async fn down(address: &str, file: Option<&Path>, mut names: Vec<String>, wait: Duration) -> Result<(), CliError> {
+    if let Some(file) = file {
+        names.extend(load_specs(file)?.into_iter().map(|spec| spec.name));
+    }
+    if names.is_empty() {
+        return Err(CliError::user("no silo to remove; give a silo file or --name NAME"));
+    }
+    let mut controller = Controller::connect(address).await?;
+
+    let before = controller.list().await?;
+    let response = controller
+        .client
+        .down(proto::DownRequest { names: names.clone() })
+        .await
+        .map_err(|status| CliError::from_status(address, &status))?
+        .into_inner();
+
+    let deadline = Instant::now() + wait;
+    let remaining = loop {
+        let listed = controller.list().await?;
+        let remaining: Vec<proto::SiloInfo> = listed
+            .silos
+            .into_iter()
+            .filter(|silo| response.stopping.contains(&silo.name))
+            .collect();
+        if remaining.is_empty() || Instant::now() >= deadline {
+            break remaining;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+
+    let rows: Vec<table::SiloRow> = before
+        .silos
+        .iter()
+        .filter(|silo| response.stopping.contains(&silo.name))
+        .map(|silo| {
+            let mut row = table::silo_row(silo);
+            row.state = match remaining.iter().find(|left| left.name == silo.name) {
+                Some(left) => table::state_label(left),
+                None => proto::SiloState::Removed.label().to_owned(),
+            };
+            row
+        })
+        .collect();
+    if !rows.is_empty() {
+        println!("{}", table::render(&rows));
+    }
+
+    let mut problems: Vec<String> = response
+        .not_found
+        .iter()
+        .map(|name| format!("silo {name} not found; see `colex-cli list` for the names"))
+        .collect();
+    problems.extend(remaining.iter().map(|silo| {
+        format!(
+            "silo {} is still {} on host {} after {}s; its agent may be down",
+            silo.name,
+            table::state_label(silo),
+            silo.host,
+            wait.as_secs()
+        )
+    }));
+    match (problems.is_empty(), remaining.is_empty()) {
+        (true, _) => Ok(()),
+        (false, true) => Err(CliError::user(problems.join("; "))),
+        (false, false) => Err(CliError::cluster(problems.join("; "))),
+    }
+}
+
+pub async fn list(address: &str, all_hosts: bool) -> Result<(), CliError> {
+    let mut controller = Controller::connect(address).await?;
+    let listed = controller.list().await?;
+
+    if !all_hosts {
+        let rows: Vec<table::ListRow> = listed.silos.iter().map(table::list_row).collect();
+        println!("{}", table::render(&rows));
+        return Ok(());
+    }
+
+    let mut first = true;
+    for host in &listed.hosts {
+        if !first {
+            println!();
+        }
+        first = false;
+        println!("{}", table::host_heading(host));
+        let rows: Vec<table::HostSiloRow> = listed
+            .silos
+            .iter()
+            .filter(|silo| silo.host == host.name)
+            .map(table::host_silo_row)
+            .collect();
+        if rows.is_empty() {
+            println!("(no silos)");
+        } else {
+            println!("{}", table::render(&rows));
+        }
+    }
+    if listed.hosts.is_empty() {
+        println!("no hosts have joined; start one with `colex-agent --join {address}`");
+    }
+    Ok(())
+}
