@@ -1,1 +1,121 @@
-fn main() {}
+//! colex-controller: stores silo specs with Raft and schedules them onto
+//! the hosts whose agents hold a session with it.
+
+mod api;
+mod raft;
+mod scheduler;
+mod sessions;
+mod state;
+mod view;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use colex_proto as proto;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::api::agent::AgentService;
+use crate::api::client::ClientService;
+use crate::raft::RaftNode;
+use crate::sessions::Sessions;
+
+/// Interval of HTTP/2 keepalive pings, so half-open connections to agents
+/// are noticed even when no message flows.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Parser)]
+#[command(name = "colex-controller", version, about = "The colex controller: stores silos and schedules them onto hosts")]
+struct Args {
+    /// Address to serve the client, agent and Raft APIs on (HOST:PORT).
+    #[arg(long, default_value = "127.0.0.1:7069")]
+    listen: SocketAddr,
+
+    /// Folder for the Raft log and state. An empty folder starts a new
+    /// single-node cluster; an existing one resumes it.
+    #[arg(long, default_value = "/var/lib/colex/controller")]
+    data_dir: PathBuf,
+
+    /// Address other controllers reach this one at; defaults to --listen.
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data folder {}", args.data_dir.display()))?;
+    let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.to_string());
+
+    // Bind before starting Raft so a taken port fails fast with a clear message.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; pick a free address with --listen", args.listen))?;
+
+    let node = RaftNode::open(&args.data_dir, &advertise)
+        .await
+        .with_context(|| format!("cannot open the controller state in {}", args.data_dir.display()))?;
+    tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), node_id = node.id, "controller started");
+
+    let sessions = Sessions::default();
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let client = proto::client_server::ClientServer::new(ClientService::new(node.clone(), sessions.clone()))
+        .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
+    let agent = proto::agent_server::AgentServer::new(AgentService::new(node.clone(), sessions, stopping_rx))
+        .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
+
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(client)
+        .add_service(agent)
+        .add_service(raft::raft_service(&node))
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown_signal().await;
+            // Agent sessions are endless streams: end them so the server
+            // can finish its graceful shutdown.
+            let _ = stopping_tx.send(true);
+        })
+        .await
+        .context("gRPC server failed")?;
+
+    tracing::info!("controller stopping");
+    node.shutdown().await.context("Raft did not shut down cleanly")?;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGTERM; stop the controller with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

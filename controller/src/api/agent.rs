@@ -1,0 +1,246 @@
+//! The `Agent` service: one long-lived session per agent.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use colex_proto as proto;
+use colex_proto::agent_message::Kind as AgentKind;
+use colex_proto::controller_message::Kind as ControllerKind;
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::unavailable;
+use crate::raft::RaftNode;
+use crate::sessions::Sessions;
+use crate::state::{Command, Desired, Response as StateResponse, SiloStatus};
+use crate::view;
+
+/// A session with no message from the agent for this long is closed and
+/// its host counts as down. Agents send a heartbeat every second.
+const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages queued for one agent before the session task waits.
+const OUTBOUND_QUEUE_LEN: usize = 16;
+
+type ControllerStream = Pin<Box<dyn Stream<Item = Result<proto::ControllerMessage, Status>> + Send>>;
+
+pub struct AgentService {
+    node: RaftNode,
+    sessions: Sessions,
+    /// Turns true when the controller stops, so sessions end and the
+    /// server's graceful shutdown does not wait for agents forever.
+    stopping: watch::Receiver<bool>,
+}
+
+impl AgentService {
+    pub fn new(node: RaftNode, sessions: Sessions, stopping: watch::Receiver<bool>) -> Self {
+        Self { node, sessions, stopping }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::agent_server::Agent for AgentService {
+    type SessionStream = ControllerStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<proto::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(proto::AgentMessage {
+                kind: Some(AgentKind::Hello(hello)),
+            }) => hello,
+            _ => return Err(Status::invalid_argument("the first message of a session must be Hello")),
+        };
+        if hello.name.is_empty() {
+            return Err(Status::invalid_argument("Hello has an empty host name; start the agent with --name HOST"));
+        }
+
+        let host = hello.name.clone();
+        let registered = self
+            .node
+            .write(Command::RegisterHost {
+                name: host.clone(),
+                address: hello.address.clone(),
+                cpus: hello.cpus,
+                memory_bytes: hello.memory_bytes,
+            })
+            .await
+            .map_err(|error| unavailable(&error))?;
+        if let StateResponse::Rejected { reason } = registered {
+            return Err(Status::resource_exhausted(reason));
+        }
+        let subnet = match self.node.state.read().await.hosts.get(&host) {
+            Some(record) => record.subnet_cidr(),
+            None => return Err(Status::internal(format!("host {host} is missing right after its registration"))),
+        };
+        tracing::info!(%host, address = %hello.address, %subnet, silos = hello.silos.len(), "agent session opened");
+
+        let session = Session {
+            node: self.node.clone(),
+            host: host.clone(),
+        };
+        session.forget_removed(&hello.silos).await?;
+        for status in hello.silos {
+            session.record(status).await?;
+        }
+
+        let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE_LEN);
+        let welcome = proto::ControllerMessage {
+            kind: Some(ControllerKind::Welcome(proto::Welcome { subnet })),
+        };
+        outbound
+            .send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("agent went away before the welcome"))?;
+
+        let (token, replaced) = self.sessions.open(&host);
+        let sessions = self.sessions.clone();
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            let reason = session.run(inbound, outbound, replaced, stopping).await;
+            sessions.close(&token);
+            tracing::info!(%host, %reason, "agent session closed");
+        });
+
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound_rx))))
+    }
+}
+
+/// The controller side of one agent session.
+struct Session {
+    node: RaftNode,
+    host: String,
+}
+
+impl Session {
+    /// Relays assignments to the agent and status reports to the state
+    /// until the session ends; returns why it ended.
+    async fn run(
+        &self,
+        mut inbound: Streaming<proto::AgentMessage>,
+        outbound: mpsc::Sender<Result<proto::ControllerMessage, Status>>,
+        mut replaced: watch::Receiver<bool>,
+        mut stopping: watch::Receiver<bool>,
+    ) -> String {
+        let mut applied = self.node.applied.clone();
+        let mut last_sent: Option<proto::Assignments> = None;
+
+        loop {
+            let assignments = view::assignments(&*self.node.state.read().await, &self.host);
+            if last_sent.as_ref() != Some(&assignments) {
+                tracing::info!(host = %self.host, silos = assignments.silos.len(), "sending assignments");
+                let message = proto::ControllerMessage {
+                    kind: Some(ControllerKind::Assignments(assignments.clone())),
+                };
+                if outbound.send(Ok(message)).await.is_err() {
+                    return "the agent closed the stream".to_owned();
+                }
+                last_sent = Some(assignments);
+            }
+
+            tokio::select! {
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return "the controller is shutting down".to_owned();
+                    }
+                }
+                _ = replaced.changed() => return "a newer session of the same host replaced it".to_owned(),
+                _ = stopping.changed() => return "the controller is stopping".to_owned(),
+                _ = outbound.closed() => return "the agent closed the stream".to_owned(),
+                message = tokio::time::timeout(SESSION_IDLE_TIMEOUT, inbound.message()) => {
+                    match message {
+                        Err(_) => return format!("no message from the agent for {}s", SESSION_IDLE_TIMEOUT.as_secs()),
+                        Ok(Err(status)) => return format!("stream error: {status}"),
+                        Ok(Ok(None)) => return "the agent ended the session".to_owned(),
+                        Ok(Ok(Some(message))) => {
+                            if let Err(status) = self.handle(message).await {
+                                tracing::warn!(host = %self.host, %status, "agent message not handled");
+                                return format!("message not handled: {status}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, message: proto::AgentMessage) -> Result<(), Status> {
+        match message.kind {
+            Some(AgentKind::Status(status)) => self.record(status).await,
+            Some(AgentKind::Heartbeat(_)) => Ok(()),
+            Some(AgentKind::Hello(_)) => Err(Status::invalid_argument("Hello sent twice in one session")),
+            None => Err(Status::invalid_argument("empty agent message")),
+        }
+    }
+
+    /// Stores one status report. A report that a stopping silo is removed
+    /// deletes its record.
+    async fn record(&self, status: proto::SiloStatus) -> Result<(), Status> {
+        let state = proto::SiloState::try_from(status.state).unwrap_or(proto::SiloState::Unspecified);
+        if state == proto::SiloState::Removed {
+            let name = {
+                let cluster = self.node.state.read().await;
+                cluster
+                    .silo_by_id(&status.silo_id)
+                    .filter(|record| record.host == self.host && record.desired == Desired::Stop)
+                    .map(|record| record.name.clone())
+            };
+            if let Some(name) = name {
+                self.delete(name, status.silo_id).await?;
+            }
+            return Ok(());
+        }
+
+        let command = Command::ReportStatus {
+            host: self.host.clone(),
+            silo_id: status.silo_id.clone(),
+            status: SiloStatus {
+                state: status.state,
+                interfaces: status
+                    .interfaces
+                    .into_iter()
+                    .map(|interface| (interface.name, interface.address))
+                    .collect(),
+                exit_code: status.exit_code,
+                message: status.message,
+            },
+        };
+        self.node.write(command).await.map_err(|error| unavailable(&error))?;
+        tracing::debug!(host = %self.host, silo_id = %status.silo_id, state = state.label(), "status recorded");
+        Ok(())
+    }
+
+    /// Deletes the records of stopping silos on this host that the agent
+    /// no longer has: it removed them while the controller could not hear
+    /// its report.
+    async fn forget_removed(&self, reported: &[proto::SiloStatus]) -> Result<(), Status> {
+        let gone: Vec<(String, String)> = {
+            let cluster = self.node.state.read().await;
+            cluster
+                .silos_on(&self.host)
+                .filter(|record| record.desired == Desired::Stop)
+                .filter(|record| !reported.iter().any(|status| status.silo_id == record.id))
+                .map(|record| (record.name.clone(), record.id.clone()))
+                .collect()
+        };
+        for (name, id) in gone {
+            self.delete(name, id).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, name: String, id: String) -> Result<(), Status> {
+        self.node
+            .write(Command::DeleteSilo {
+                name: name.clone(),
+                id: id.clone(),
+            })
+            .await
+            .map_err(|error| unavailable(&error))?;
+        tracing::info!(host = %self.host, silo = %name, %id, "silo removed");
+        Ok(())
+    }
+}

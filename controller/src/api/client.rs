@@ -1,0 +1,201 @@
+//! The `Client` service used by colex-cli.
+
+use std::sync::Arc;
+
+use colex_proto as proto;
+use prost::Message;
+use rand::Rng;
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+use crate::api::unavailable;
+use crate::raft::RaftNode;
+use crate::scheduler;
+use crate::sessions::Sessions;
+use crate::state::{Command, Desired};
+use crate::view;
+
+/// Maximum length of a silo name, as for a DNS label.
+const MAX_NAME_LEN: usize = 63;
+
+pub struct ClientService {
+    node: RaftNode,
+    sessions: Sessions,
+    /// Serializes `up` so two requests never place silos from the same
+    /// stale view of the hosts' load.
+    placement: Arc<Mutex<()>>,
+}
+
+impl ClientService {
+    pub fn new(node: RaftNode, sessions: Sessions) -> Self {
+        Self {
+            node,
+            sessions,
+            placement: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Stores one silo, or leaves it alone when an identical spec already
+    /// runs under that name.
+    async fn up_one(&self, spec: proto::SiloSpec) -> Result<proto::SiloInfo, Status> {
+        validate(&spec)?;
+        let encoded = spec.encode_to_vec();
+
+        let (host, id) = {
+            let state = self.node.state.read().await;
+            if let Some(existing) = state.silos.get(&spec.name) {
+                let unchanged = existing.spec == encoded && existing.desired == Desired::Run;
+                let failed = view::silo_state(existing) == proto::SiloState::Failed;
+                if unchanged && !failed {
+                    tracing::info!(silo = %spec.name, id = %existing.id, "spec unchanged; nothing to do");
+                    return Ok(view::silo_info(existing));
+                }
+            }
+
+            let live = self.sessions.live_hosts();
+            // A replacement stays on its host while that host is live, so the
+            // old instance is stopped before the new one takes its place there.
+            let current_host = state
+                .silos
+                .get(&spec.name)
+                .map(|existing| existing.host.clone())
+                .filter(|host| live.contains(host));
+            let host = match current_host.or_else(|| scheduler::least_loaded(&state, &live)) {
+                Some(host) => host,
+                None => {
+                    return Err(Status::failed_precondition(format!(
+                        "no live host to place silo {}; start an agent with `colex-agent --join CONTROLLER_ADDR`",
+                        spec.name
+                    )))
+                }
+            };
+
+            let mut id = new_silo_id();
+            while state.silo_by_id(&id).is_some() {
+                id = new_silo_id();
+            }
+            (host, id)
+        };
+
+        let name = spec.name.clone();
+        self.node
+            .write(Command::PutSilo {
+                name: name.clone(),
+                id: id.clone(),
+                spec: encoded,
+                host: host.clone(),
+            })
+            .await
+            .map_err(|error| unavailable(&error))?;
+        tracing::info!(silo = %name, %id, %host, "silo placed");
+
+        let state = self.node.state.read().await;
+        state
+            .silos
+            .get(&name)
+            .map(view::silo_info)
+            .ok_or_else(|| Status::aborted(format!("silo {name} was removed while it was being stored; run up again")))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::client_server::Client for ClientService {
+    async fn up(&self, request: Request<proto::UpRequest>) -> Result<Response<proto::UpResponse>, Status> {
+        let specs = request.into_inner().silos;
+        if specs.is_empty() {
+            return Err(Status::invalid_argument("the request contains no silo"));
+        }
+
+        let _placement = self.placement.lock().await;
+        let mut silos = Vec::with_capacity(specs.len());
+        for spec in specs {
+            silos.push(self.up_one(spec).await?);
+        }
+        Ok(Response::new(proto::UpResponse { silos }))
+    }
+
+    async fn down(&self, request: Request<proto::DownRequest>) -> Result<Response<proto::DownResponse>, Status> {
+        let mut response = proto::DownResponse::default();
+        for name in request.into_inner().names {
+            let known = self.node.state.read().await.silos.contains_key(&name);
+            if !known {
+                response.not_found.push(name);
+                continue;
+            }
+            self.node
+                .write(Command::StopSilo { name: name.clone() })
+                .await
+                .map_err(|error| unavailable(&error))?;
+            tracing::info!(silo = %name, "silo stopping");
+            response.stopping.push(name);
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn list(&self, _request: Request<proto::ListRequest>) -> Result<Response<proto::ListResponse>, Status> {
+        self.node.read_barrier().await.map_err(|error| unavailable(&error))?;
+
+        let live = self.sessions.live_hosts();
+        let state = self.node.state.read().await;
+        let silos = state.silos.values().map(view::silo_info).collect();
+        let hosts = state
+            .hosts
+            .values()
+            .map(|host| view::host_info(&state, host, &live))
+            .collect();
+        Ok(Response::new(proto::ListResponse { silos, hosts }))
+    }
+}
+
+/// Returns a random silo id of 8 lower-case hex digits.
+fn new_silo_id() -> String {
+    format!("{:08x}", rand::rng().random::<u32>())
+}
+
+/// Checks what the controller relies on. The CLI validates files in depth
+/// with line numbers; this guards against other clients.
+fn validate(spec: &proto::SiloSpec) -> Result<(), Status> {
+    if !is_dns_label(&spec.name) {
+        return Err(Status::invalid_argument(format!(
+            "invalid silo name {:?}: use 1 to {MAX_NAME_LEN} of a-z, 0-9 and -, not starting or ending with -",
+            spec.name
+        )));
+    }
+    let binary_path = spec.binary.as_ref().map(|binary| binary.path.as_str()).unwrap_or("");
+    if !binary_path.starts_with('/') {
+        return Err(Status::invalid_argument(format!(
+            "silo {}: binary.path {:?} must be an absolute path inside the silo",
+            spec.name, binary_path
+        )));
+    }
+    Ok(())
+}
+
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns_label("web-1"));
+        assert!(!is_dns_label(""));
+        assert!(!is_dns_label("-web"));
+        assert!(!is_dns_label("Web"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn silo_ids_are_eight_hex_digits() {
+        let id = new_silo_id();
+        assert_eq!(id.len(), 8);
+        assert!(id.bytes().all(|byte| byte.is_ascii_hexdigit()));
+    }
+}

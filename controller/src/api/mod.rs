@@ -1,0 +1,12 @@
+//! gRPC services the controller serves on its one listen address.
+
+pub mod agent;
+pub mod client;
+
+use crate::raft::RaftError;
+
+/// Maps a Raft failure to the status clients see: the cluster cannot take
+/// the request now, so they may retry.
+pub fn unavailable(error: &RaftError) -> tonic::Status {
+    tonic::Status::unavailable(format!("controller cannot commit or read the cluster state: {error}"))
+}

@@ -1,0 +1,61 @@
+//! Replication of the cluster state with openraft 0.9 (storage-v2 API).
+//!
+//! - [`log_store`]: the Raft log and vote in `raft-log.redb`.
+//! - [`state_machine`]: the applied [`ClusterState`](crate::state::ClusterState) rows, the last
+//!   applied log id, the membership and the current snapshot in `state.redb` (tables in
+//!   `state_tables`, snapshot content and builder in `snapshot`).
+//! - [`network`] and [`service`]: the client and server sides of the gRPC `Raft` service, whose
+//!   payloads are the JSON encoding of openraft's request and response types.
+//! - [`node`]: [`RaftNode`], the handle the rest of the controller uses.
+
+mod database;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod service;
+mod snapshot;
+pub mod state_machine;
+mod state_tables;
+
+#[cfg(test)]
+mod node_tests;
+#[cfg(test)]
+mod store_tests;
+
+use std::fmt;
+// `declare_raft_types!` names `Cursor` unqualified for its default `SnapshotData`.
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Command, Response};
+
+pub use node::{RaftError, RaftNode};
+pub use service::raft_service;
+
+/// Raft node id, openraft's default `NodeId` type.
+pub type NodeId = u64;
+
+/// A controller as stored in the Raft membership, so peers learn each other's address from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// `host:port` of the controller's gRPC server, which serves the `Raft` service.
+    pub addr: String,
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// openraft type configuration of colex: log entries carry [`Command`]s and applying one
+    /// returns a [`Response`].
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = NodeId,
+        Node = Node,
+        SnapshotData = Cursor<Vec<u8>>,
+);

@@ -1,0 +1,283 @@
+//! The client side of the gRPC `Raft` service: how this controller sends Raft RPCs to its peers.
+//!
+//! Each request and response travels as the JSON encoding of the openraft type inside a
+//! `RaftPayload`. The response payload is the JSON of the `Result` that the peer's
+//! `openraft::Raft` method returned, so a peer's Raft error arrives as
+//! [`RPCError::RemoteError`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use colex_proto::raft_client::RaftClient;
+use colex_proto::{RaftPayload, MAX_MESSAGE_BYTES};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{RaftNetwork, RaftNetworkFactory};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Node, NodeId, TypeConfig};
+
+/// Time allowed for the TCP (and later TLS) connection to a peer. Shorter than the election
+/// timeout, so a dead peer does not hold a vote request for a whole election round.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Errors of a Raft RPC to a peer, before they are wrapped in openraft's `RPCError`.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("invalid address {addr:?} for raft peer {target}")]
+    InvalidAddress {
+        target: NodeId,
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("failed to encode {rpc} request for raft peer {target} as JSON")]
+    Encode {
+        rpc: &'static str,
+        target: NodeId,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("failed to decode {rpc} response from raft peer {target} at {addr}")]
+    Decode {
+        rpc: &'static str,
+        target: NodeId,
+        addr: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{rpc} to raft peer {target} at {addr} failed")]
+    Status {
+        rpc: &'static str,
+        target: NodeId,
+        addr: String,
+        #[source]
+        source: tonic::Status,
+    },
+}
+
+/// Creates the [`PeerNetwork`] clients that openraft requests. It keeps one lazily connected
+/// channel per peer, so heartbeats, votes and replication share one HTTP/2 connection.
+#[derive(Debug, Default)]
+pub struct NetworkFactory {
+    channels: HashMap<NodeId, PeerChannel>,
+}
+
+/// The channel to one peer, or why none could be built from its address.
+#[derive(Debug, Clone)]
+struct PeerChannel {
+    addr: String,
+    channel: Result<Channel, String>,
+}
+
+impl NetworkFactory {
+    pub fn new() -> NetworkFactory {
+        NetworkFactory::default()
+    }
+
+    /// Returns the channel to `target`, making a new one when the peer is new or its address
+    /// changed in the membership.
+    fn channel(&mut self, target: NodeId, addr: &str) -> PeerChannel {
+        if let Some(known) = self.channels.get(&target) {
+            if known.addr == addr {
+                return known.clone();
+            }
+        }
+        let channel = connect_lazy(addr).map_err(|source| {
+            let error = PeerError::InvalidAddress {
+                target,
+                addr: addr.to_owned(),
+                source,
+            };
+            tracing::warn!(%error, "cannot build a channel to raft peer");
+            error.to_string()
+        });
+        let peer = PeerChannel {
+            addr: addr.to_owned(),
+            channel,
+        };
+        self.channels.insert(target, peer.clone());
+        peer
+    }
+}
+
+/// Builds a channel that connects on first use and reconnects after a failure.
+fn connect_lazy(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    // NOTE: plain HTTP/2, so peer traffic is not yet authenticated or encrypted.
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(uri)?
+        .connect_timeout(PEER_CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    Ok(endpoint.connect_lazy())
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerNetwork {
+        let peer = self.channel(target, &node.addr);
+        let client = peer.channel.map(|channel| {
+            RaftClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        });
+        PeerNetwork {
+            target,
+            addr: peer.addr,
+            client,
+        }
+    }
+}
+
+/// The Raft RPCs of the gRPC service.
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl Rpc {
+    fn name(self) -> &'static str {
+        match self {
+            Rpc::AppendEntries => "AppendEntries",
+            Rpc::Vote => "Vote",
+            Rpc::InstallSnapshot => "InstallSnapshot",
+        }
+    }
+}
+
+/// The client openraft uses to send RPCs to one peer.
+#[derive(Debug)]
+pub struct PeerNetwork {
+    target: NodeId,
+    addr: String,
+    /// The client, or the message of the error that prevented building its channel.
+    client: Result<RaftClient<Channel>, String>,
+}
+
+impl PeerNetwork {
+    /// Sends `request` as `rpc` and decodes the peer's `Result`.
+    ///
+    /// A peer that cannot be reached (no channel, or gRPC status `UNAVAILABLE`, which tonic
+    /// returns when the connection fails) is reported as [`Unreachable`], so openraft backs off
+    /// before the next try instead of logging every failed heartbeat. Every other failure is a
+    /// [`NetworkError`].
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &self.client {
+            Ok(client) => client,
+            Err(message) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(message.clone()),
+                )))
+            }
+        };
+        let mut client = client.clone();
+
+        let data = serde_json::to_vec(request).map_err(|source| {
+            let error = PeerError::Encode {
+                rpc: rpc.name(),
+                target: self.target,
+                source,
+            };
+            RPCError::Network(NetworkError::new(&error))
+        })?;
+        let mut grpc_request = tonic::Request::new(RaftPayload { data });
+        // Tells the peer when openraft stops waiting, so the peer can drop the work too.
+        grpc_request.set_timeout(option.hard_ttl());
+
+        let reply = match rpc {
+            Rpc::AppendEntries => client.append_entries(grpc_request).await,
+            Rpc::Vote => client.vote(grpc_request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(grpc_request).await,
+        };
+        let payload = reply
+            .map_err(|status| self.status_error(rpc, status))?
+            .into_inner();
+
+        let result: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&payload.data)
+            .map_err(|source| {
+                let error = PeerError::Decode {
+                    rpc: rpc.name(),
+                    target: self.target,
+                    addr: self.addr.clone(),
+                    source,
+                };
+                RPCError::Network(NetworkError::new(&error))
+            })?;
+        result.map_err(|remote| RPCError::RemoteError(RemoteError::new(self.target, remote)))
+    }
+
+    fn status_error<E>(
+        &self,
+        rpc: Rpc,
+        status: tonic::Status,
+    ) -> RPCError<NodeId, Node, RaftError<NodeId, E>>
+    where
+        E: std::error::Error,
+    {
+        let unreachable = status.code() == tonic::Code::Unavailable;
+        let error = PeerError::Status {
+            rpc: rpc.name(),
+            target: self.target,
+            addr: self.addr.clone(),
+            source: status,
+        };
+        if unreachable {
+            RPCError::Unreachable(Unreachable::new(&error))
+        } else {
+            RPCError::Network(NetworkError::new(&error))
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(Rpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,396 @@
+//! [`RaftNode`]: opens the stores in a data directory, starts Raft and serves writes and reads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use openraft::error::{
+    CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader, InitializeError,
+};
+use openraft::metrics::WaitError;
+use openraft::{Config, ConfigError, ServerState, SnapshotPolicy};
+use redb::Database;
+use tokio::sync::{watch, RwLock};
+
+use super::log_store::{LogStore, LogStoreError};
+use super::network::NetworkFactory;
+use super::state_machine::{StateMachineError, StateMachineStore};
+use super::{Node, NodeId, TypeConfig};
+use crate::state::{ClusterState, Command, Response};
+
+/// File holding the Raft log and vote.
+pub const LOG_FILE_NAME: &str = "raft-log.redb";
+/// File holding the applied state, the membership and the current snapshot.
+pub const STATE_FILE_NAME: &str = "state.redb";
+/// File holding this node's Raft id in decimal.
+pub const NODE_ID_FILE_NAME: &str = "node-id";
+/// Id of the first node of a new cluster.
+const FIRST_NODE_ID: NodeId = 1;
+
+const CLUSTER_NAME: &str = "colex";
+/// The leader's heartbeat period. openraft 0.9 also uses it as the timeout of each AppendEntries
+/// RPC, so it must cover a loaded peer's round trip.
+const HEARTBEAT_INTERVAL_MS: u64 = 250;
+const ELECTION_TIMEOUT_MIN_MS: u64 = 1500;
+const ELECTION_TIMEOUT_MAX_MS: u64 = 3000;
+/// Timeout of each snapshot chunk RPC. openraft's 200 ms default is too short for 1 MiB chunks
+/// on a busy peer.
+const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
+/// Size of one snapshot chunk, well below tonic's 4 MiB default message limit.
+const SNAPSHOT_MAX_CHUNK_BYTES: u64 = 1024 * 1024;
+/// A snapshot is built after this many log entries since the last one.
+const SNAPSHOT_EVERY_ENTRIES: u64 = 5000;
+
+/// How long `open` waits for a node that is the only voter to become leader. One election
+/// takes at most `ELECTION_TIMEOUT_MAX_MS`, and a sole voter wins the first one it starts.
+const SOLE_VOTER_LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `shutdown` waits for openraft's tasks to drop the stores and close the files.
+const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+const STORE_CLOSE_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Errors of [`RaftNode`].
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error("failed to create data directory {path}")]
+    CreateDataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to read node id file {path}")]
+    ReadNodeId {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid node id {value:?} in {path}: expected a decimal number")]
+    InvalidNodeId { path: PathBuf, value: String },
+    #[error("node id file {path} is missing but {log_path} exists; restore the node id file")]
+    MissingNodeId { path: PathBuf, log_path: PathBuf },
+    #[error("failed to write node id file {path}")]
+    WriteNodeId {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to open the raft log")]
+    OpenLog(#[source] LogStoreError),
+    #[error("failed to open the state machine")]
+    OpenStateMachine(#[source] StateMachineError),
+    #[error("invalid raft config")]
+    Config(#[source] Box<ConfigError>),
+    #[error("failed to start raft")]
+    Start(#[source] Fatal<NodeId>),
+    #[error("failed to initialize the cluster with node {id}")]
+    Initialize {
+        id: NodeId,
+        #[source]
+        source: openraft::error::RaftError<NodeId, InitializeError<NodeId, Node>>,
+    },
+    #[error("node {id} did not become leader of its single-node cluster")]
+    WaitForLeader {
+        id: NodeId,
+        #[source]
+        source: WaitError,
+    },
+    /// This node is not the leader. `leader_id` and `leader_addr` name the leader when this node
+    /// has heard from one, so the caller can send the request there.
+    #[error("not the raft leader (leader: {leader_id:?} at {leader_addr:?})")]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    #[error("raft write failed")]
+    Write(#[source] openraft::error::RaftError<NodeId, ClientWriteError<NodeId, Node>>),
+    #[error("raft read barrier failed")]
+    ReadBarrier(#[source] openraft::error::RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>),
+    #[error("raft is not running")]
+    Stopped(#[source] Fatal<NodeId>),
+    #[error("failed to shut down raft")]
+    Shutdown(#[source] tokio::task::JoinError),
+}
+
+impl RaftError {
+    fn not_leader(forward: &ForwardToLeader<NodeId, Node>) -> RaftError {
+        RaftError::NotLeader {
+            leader_id: forward.leader_id,
+            leader_addr: forward.leader_node.as_ref().map(|node| node.addr.clone()),
+        }
+    }
+}
+
+/// A running Raft node and the applied state it serves. Clones share the node.
+#[derive(Clone)]
+pub struct RaftNode {
+    pub id: NodeId,
+    pub raft: openraft::Raft<TypeConfig>,
+    /// In-memory copy of the applied state, updated by the state machine after each apply
+    /// (same lock order every time), read by the API without touching disk.
+    pub state: Arc<RwLock<ClusterState>>,
+    /// Last applied log index, bumped after every apply so API tasks can wait for changes.
+    pub applied: watch::Receiver<u64>,
+    /// The store files, watched by `shutdown` until openraft has dropped them.
+    databases: [Weak<Database>; 2],
+}
+
+impl RaftNode {
+    /// Opens or creates the stores in `data_dir` and starts Raft.
+    ///
+    /// A data dir without a vote and log starts a new single-node cluster: `open` calls
+    /// `initialize` once with `{id: Node { addr: advertise_addr }}` and waits until this node is
+    /// leader. A restarted node loads its state and does not initialize again. The node id is
+    /// stored in `data_dir/node-id`, and new clusters use 1.
+    ///
+    /// A restarted node whose membership has it as the only voter also waits until it is leader,
+    /// so writes work as soon as `open` returns.
+    pub async fn open(data_dir: &Path, advertise_addr: &str) -> Result<RaftNode, RaftError> {
+        tokio::fs::create_dir_all(data_dir)
+            .await
+            .map_err(|source| RaftError::CreateDataDir {
+                path: data_dir.to_owned(),
+                source,
+            })?;
+        let id = load_or_create_node_id(data_dir).await?;
+
+        let log_store = LogStore::open(&data_dir.join(LOG_FILE_NAME))
+            .await
+            .map_err(RaftError::OpenLog)?;
+        let state_machine = StateMachineStore::open(&data_dir.join(STATE_FILE_NAME))
+            .await
+            .map_err(RaftError::OpenStateMachine)?;
+        let state = state_machine.shared_state();
+        let applied = state_machine.subscribe_applied();
+        let databases = [log_store.database_handle(), state_machine.database_handle()];
+
+        let config = Arc::new(raft_config().map_err(RaftError::Config)?);
+        let raft = openraft::Raft::new(id, config, NetworkFactory::new(), log_store, state_machine)
+            .await
+            .map_err(RaftError::Start)?;
+        let node = RaftNode {
+            id,
+            raft,
+            state,
+            applied,
+            databases,
+        };
+
+        if let Err(error) = node.initialize_or_resume(data_dir, advertise_addr).await {
+            // Stop Raft so it does not keep the store files open behind a failed `open`.
+            if let Err(shutdown_error) = node.shutdown().await {
+                tracing::warn!(node_id = id, %shutdown_error, "failed to stop raft after a failed open");
+            }
+            return Err(error);
+        }
+        Ok(node)
+    }
+
+    /// Initializes a new cluster when the stores are empty, then waits for leadership when this
+    /// node is the only voter.
+    async fn initialize_or_resume(
+        &self,
+        data_dir: &Path,
+        advertise_addr: &str,
+    ) -> Result<(), RaftError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(RaftError::Stopped)?;
+        if initialized {
+            tracing::info!(node_id = self.id, data_dir = %data_dir.display(), "restarted raft node");
+            self.warn_if_address_changed(advertise_addr).await?;
+        } else {
+            tracing::info!(
+                node_id = self.id,
+                advertise_addr,
+                "initializing a new single-node cluster"
+            );
+            let members = BTreeMap::from([(
+                self.id,
+                Node {
+                    addr: advertise_addr.to_owned(),
+                },
+            )]);
+            self.raft
+                .initialize(members)
+                .await
+                .map_err(|source| RaftError::Initialize {
+                    id: self.id,
+                    source,
+                })?;
+        }
+
+        if self.is_sole_voter().await? {
+            self.raft
+                .wait(Some(SOLE_VOTER_LEADER_TIMEOUT))
+                .state(ServerState::Leader, "sole voter becomes leader")
+                .await
+                .map_err(|source| RaftError::WaitForLeader {
+                    id: self.id,
+                    source,
+                })?;
+            tracing::info!(node_id = self.id, "raft node is leader");
+        }
+        Ok(())
+    }
+
+    /// Proposes a command, waits until it is applied and returns the state machine's response.
+    /// A `ForwardToLeader` from openraft becomes [`RaftError::NotLeader`]. Nothing forwards the
+    /// command to the leader yet, because a cluster has a single node so far.
+    ///
+    /// When this returns `Ok`, `state` already contains the command's effect.
+    pub async fn write(&self, command: Command) -> Result<Response, RaftError> {
+        match self.raft.client_write(command).await {
+            Ok(written) => Ok(written.data),
+            Err(error) => match error.api_error() {
+                Some(ClientWriteError::ForwardToLeader(forward)) => {
+                    Err(RaftError::not_leader(forward))
+                }
+                _ => Err(RaftError::Write(error)),
+            },
+        }
+    }
+
+    /// Linearizable read barrier: `raft.ensure_linearizable()`, then the caller reads `state`.
+    pub async fn read_barrier(&self) -> Result<(), RaftError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_read_log_id) => Ok(()),
+            Err(error) => match error.api_error() {
+                Some(CheckIsLeaderError::ForwardToLeader(forward)) => {
+                    Err(RaftError::not_leader(forward))
+                }
+                _ => Err(RaftError::ReadBarrier(error)),
+            },
+        }
+    }
+
+    /// Stops Raft and waits until its tasks have closed the store files, so the same data
+    /// directory can be opened again.
+    pub async fn shutdown(&self) -> Result<(), RaftError> {
+        self.raft.shutdown().await.map_err(RaftError::Shutdown)?;
+
+        let deadline = tokio::time::Instant::now() + STORE_CLOSE_TIMEOUT;
+        while self
+            .databases
+            .iter()
+            .any(|database| database.strong_count() > 0)
+        {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    node_id = self.id,
+                    timeout = ?STORE_CLOSE_TIMEOUT,
+                    "raft stores still open after shutdown"
+                );
+                break;
+            }
+            tokio::time::sleep(STORE_CLOSE_POLL_INTERVAL).await;
+        }
+        tracing::info!(node_id = self.id, "raft node shut down");
+        Ok(())
+    }
+
+    /// Logs a warning when the membership records another address for this node than
+    /// `advertise_addr`.
+    ///
+    /// NOTE: the membership is not updated, so peers keep using the recorded address until a
+    /// membership change rewrites it.
+    async fn warn_if_address_changed(&self, advertise_addr: &str) -> Result<(), RaftError> {
+        let id = self.id;
+        let recorded = self
+            .raft
+            .with_raft_state(move |raft_state| {
+                let membership = raft_state.membership_state.effective().membership();
+                membership.get_node(&id).map(|node| node.addr.clone())
+            })
+            .await
+            .map_err(RaftError::Stopped)?;
+        if let Some(recorded) = recorded.filter(|recorded| recorded != advertise_addr) {
+            tracing::warn!(
+                node_id = id,
+                recorded_addr = %recorded,
+                advertise_addr,
+                "advertise address differs from the one in the raft membership, which peers still use"
+            );
+        }
+        Ok(())
+    }
+
+    /// Returns whether this node is the only voter of its effective membership. The check runs
+    /// inside openraft's core task, so it reads a membership that `initialize` has just written
+    /// even when the metrics channel does not show it yet.
+    async fn is_sole_voter(&self) -> Result<bool, RaftError> {
+        let id = self.id;
+        self.raft
+            .with_raft_state(move |raft_state| {
+                let mut voters = raft_state.membership_state.effective().voter_ids();
+                voters.next() == Some(id) && voters.next().is_none()
+            })
+            .await
+            .map_err(RaftError::Stopped)
+    }
+}
+
+/// Returns the Raft configuration of every colex controller.
+pub(super) fn raft_config() -> Result<Config, Box<ConfigError>> {
+    Config {
+        cluster_name: CLUSTER_NAME.to_owned(),
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+        snapshot_max_chunk_size: SNAPSHOT_MAX_CHUNK_BYTES,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+        ..Config::default()
+    }
+    .validate()
+    .map_err(Box::new)
+}
+
+/// Reads the node id from `data_dir/node-id`, or writes [`FIRST_NODE_ID`] there for a new data
+/// directory.
+async fn load_or_create_node_id(data_dir: &Path) -> Result<NodeId, RaftError> {
+    let path = data_dir.join(NODE_ID_FILE_NAME);
+    match tokio::fs::read_to_string(&path).await {
+        Ok(text) => {
+            let value = text.trim();
+            value.parse().map_err(|_| RaftError::InvalidNodeId {
+                path: path.clone(),
+                value: value.to_owned(),
+            })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            // A log without an id would restart under a guessed id, which could make this node
+            // vote as another member. Return an error instead.
+            let log_path = data_dir.join(LOG_FILE_NAME);
+            if tokio::fs::try_exists(&log_path).await.unwrap_or(true) {
+                return Err(RaftError::MissingNodeId { path, log_path });
+            }
+            write_node_id(data_dir, FIRST_NODE_ID).await?;
+            Ok(FIRST_NODE_ID)
+        }
+        Err(source) => Err(RaftError::ReadNodeId { path, source }),
+    }
+}
+
+/// Writes `id` to `data_dir/node-id` durably: a temporary file, fsynced, renamed into place,
+/// then the directory fsynced so the rename survives a crash.
+async fn write_node_id(data_dir: &Path, id: NodeId) -> Result<(), RaftError> {
+    let path = data_dir.join(NODE_ID_FILE_NAME);
+    let dir = data_dir.to_owned();
+    let target = path.clone();
+    let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+
+        let temporary = dir.join(format!("{NODE_ID_FILE_NAME}.tmp"));
+        let mut file = std::fs::File::create(&temporary)?;
+        writeln!(file, "{id}")?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &target)?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|join_error| Err(std::io::Error::other(join_error)));
+    result.map_err(|source| RaftError::WriteNodeId { path, source })
+}

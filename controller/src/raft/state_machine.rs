@@ -1,0 +1,360 @@
+//! The Raft state machine: the applied [`ClusterState`], stored in the redb file `state.redb`.
+//!
+//! `apply` persists before it returns. Each batch of entries is one `Durability::Immediate`
+//! transaction that writes the changed rows, the last applied log id and the membership, so
+//! recovery does not need a snapshot. The current snapshot is stored anyway, so a restarted
+//! leader can send it without building a new one.
+//!
+//! The in-memory copy that the API reads ([`StateMachineStore::shared_state`]) is updated only
+//! after that transaction has committed. Commands are first applied to a private working copy,
+//! so API readers never see a row that a crash could still take back.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use redb::{Database, ReadableDatabase};
+use tokio::sync::{watch, RwLock};
+
+use super::database::{self, begin_durable_write, run_blocking};
+use super::snapshot::{self, SnapshotBuilder, SnapshotContent};
+use super::state_tables::{self, AppliedWrites, StoredState};
+use super::{Node, NodeId, TypeConfig};
+use crate::state::{Change, ClusterState, Response};
+
+/// Errors of the state machine store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateMachineError {
+    #[error("failed to open state machine database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("state machine database operation failed")]
+    Database(#[from] redb::Error),
+    #[error("failed to encode {what} as JSON")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("failed to decode {what} {key:?} from JSON")]
+    Decode {
+        what: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("failed to decode snapshot {snapshot_id} from JSON")]
+    DecodeSnapshot {
+        snapshot_id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("snapshot meta is stored without its data")]
+    MissingSnapshotData,
+    #[error("blocking state machine task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl StateMachineError {
+    fn into_read_error(self) -> StorageError<NodeId> {
+        StorageIOError::read_state_machine(AnyError::new(&self)).into()
+    }
+
+    fn into_write_error(self) -> StorageError<NodeId> {
+        StorageIOError::write_state_machine(AnyError::new(&self)).into()
+    }
+}
+
+/// The state machine on one redb file.
+pub struct StateMachineStore {
+    database: Arc<Database>,
+    /// The state as of `last_applied`. It equals the tables after every commit and is ahead of
+    /// them only while an apply is writing, which rolls it back if the write fails.
+    working: ClusterState,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, Node>,
+    /// The copy the API reads. Updated after each commit, under its write lock, taken alone.
+    shared: Arc<RwLock<ClusterState>>,
+    /// Index of the last applied entry, sent after `shared` was updated and its lock released.
+    applied_sender: watch::Sender<u64>,
+}
+
+impl StateMachineStore {
+    /// Opens or creates the state database at `path` and loads its state into memory.
+    pub async fn open(path: &Path) -> Result<StateMachineStore, StateMachineError> {
+        let database = database::open(path)
+            .await
+            .map_err(|source| StateMachineError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let database = Arc::new(database);
+
+        let for_load = Arc::clone(&database);
+        let stored = run_blocking(move || -> Result<StoredState, StateMachineError> {
+            let transaction = begin_durable_write(&for_load)?;
+            state_tables::create_tables(&transaction)?;
+            transaction.commit().map_err(redb::Error::from)?;
+
+            let transaction = for_load.begin_read().map_err(redb::Error::from)?;
+            state_tables::read_stored_state(&transaction)
+        })
+        .await?;
+
+        tracing::info!(
+            path = %path.display(),
+            silos = stored.state.silos.len(),
+            hosts = stored.state.hosts.len(),
+            last_applied = ?stored.last_applied,
+            "loaded state machine"
+        );
+
+        let (applied_sender, _) = watch::channel(applied_index(stored.last_applied));
+        Ok(StateMachineStore {
+            database,
+            shared: Arc::new(RwLock::new(stored.state.clone())),
+            working: stored.state,
+            last_applied: stored.last_applied,
+            last_membership: stored.last_membership,
+            applied_sender,
+        })
+    }
+
+    /// Returns the in-memory state that is updated after each apply.
+    pub fn shared_state(&self) -> Arc<RwLock<ClusterState>> {
+        Arc::clone(&self.shared)
+    }
+
+    /// Returns a receiver of the last applied log index.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.applied_sender.subscribe()
+    }
+
+    /// Returns a handle that upgrades while the store or a snapshot build has the file open.
+    pub fn database_handle(&self) -> Weak<Database> {
+        Arc::downgrade(&self.database)
+    }
+
+    /// Copies the changed rows from `working` into the shared state, then announces `applied`.
+    async fn publish(&self, silos: &[String], hosts: &[String]) {
+        {
+            let mut shared = self.shared.write().await;
+            for name in silos {
+                match self.working.silos.get(name) {
+                    Some(record) => shared.silos.insert(name.clone(), record.clone()),
+                    None => shared.silos.remove(name),
+                };
+            }
+            for name in hosts {
+                match self.working.hosts.get(name) {
+                    Some(record) => shared.hosts.insert(name.clone(), record.clone()),
+                    None => shared.hosts.remove(name),
+                };
+            }
+        }
+        self.applied_sender
+            .send_replace(applied_index(self.last_applied));
+    }
+
+    /// Undoes uncommitted changes to `working` by copying the rows back from the shared state,
+    /// which contains committed rows only.
+    async fn roll_back(&mut self, silos: &[String], hosts: &[String]) {
+        let shared = self.shared.read().await;
+        for name in silos {
+            match shared.silos.get(name) {
+                Some(record) => self.working.silos.insert(name.clone(), record.clone()),
+                None => self.working.silos.remove(name),
+            };
+        }
+        for name in hosts {
+            match shared.hosts.get(name) {
+                Some(record) => self.working.hosts.insert(name.clone(), record.clone()),
+                None => self.working.hosts.remove(name),
+            };
+        }
+    }
+
+    fn encode_rows(
+        &self,
+        silos: &[String],
+        hosts: &[String],
+        writes: &mut AppliedWrites,
+    ) -> Result<(), StateMachineError> {
+        for name in silos {
+            let write = state_tables::row_write("silo row", name, self.working.silos.get(name))?;
+            writes.silos.push(write);
+        }
+        for name in hosts {
+            let write = state_tables::row_write("host row", name, self.working.hosts.get(name))?;
+            writes.hosts.push(write);
+        }
+        Ok(())
+    }
+
+    async fn commit_writes(&self, writes: AppliedWrites) -> Result<(), StateMachineError> {
+        let database = Arc::clone(&self.database);
+        run_blocking(move || -> Result<(), StateMachineError> {
+            let transaction = begin_durable_write(&database)?;
+            state_tables::write_applied(&transaction, &writes)?;
+            transaction.commit().map_err(redb::Error::from)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), StorageError<NodeId>> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    /// Applies `entries` to the working copy, commits the changed rows with the new last applied
+    /// log id and membership in one transaction, and only then updates the shared state and the
+    /// applied index.
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        let mut changed_silos = Vec::new();
+        let mut changed_hosts = Vec::new();
+        let mut last_applied = self.last_applied;
+        let mut last_membership = None;
+
+        for entry in entries {
+            last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => responses.push(Response::Empty),
+                EntryPayload::Normal(command) => {
+                    let (response, changes) = self.working.apply(&command);
+                    for change in changes {
+                        match change {
+                            Change::Silo(name) => changed_silos.push(name),
+                            Change::Host(name) => changed_hosts.push(name),
+                        }
+                    }
+                    responses.push(response);
+                }
+                EntryPayload::Membership(membership) => {
+                    last_membership = Some(StoredMembership::new(Some(entry.log_id), membership));
+                    responses.push(Response::Empty);
+                }
+            }
+        }
+        if responses.is_empty() {
+            return Ok(responses);
+        }
+        changed_silos.sort();
+        changed_silos.dedup();
+        changed_hosts.sort();
+        changed_hosts.dedup();
+
+        let mut writes = AppliedWrites {
+            last_applied,
+            last_membership: last_membership.clone(),
+            ..AppliedWrites::default()
+        };
+        let committed = match self.encode_rows(&changed_silos, &changed_hosts, &mut writes) {
+            Ok(()) => self.commit_writes(writes).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = committed {
+            tracing::error!(%error, ?last_applied, "failed to persist applied entries");
+            self.roll_back(&changed_silos, &changed_hosts).await;
+            return Err(error.into_write_error());
+        }
+
+        self.last_applied = last_applied;
+        if let Some(membership) = last_membership {
+            self.last_membership = membership;
+        }
+        self.publish(&changed_silos, &changed_hosts).await;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder::new(Arc::clone(&self.database))
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<std::io::Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(std::io::Cursor::new(Vec::new())))
+    }
+
+    /// Replaces all rows with the snapshot's in one transaction, makes it the current snapshot,
+    /// then replaces the in-memory state.
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<std::io::Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let content = SnapshotContent::decode(&meta.snapshot_id, &data)
+            .map_err(|error| snapshot::read_error(meta, &error))?;
+        let state = content.state;
+
+        let database = Arc::clone(&self.database);
+        let for_write = (state.clone(), meta.clone());
+        run_blocking(move || -> Result<(), StateMachineError> {
+            let (state, meta) = for_write;
+            let transaction = begin_durable_write(&database)?;
+            state_tables::write_installed(&transaction, &state, &meta, &data)?;
+            transaction.commit().map_err(redb::Error::from)?;
+            Ok(())
+        })
+        .await
+        .map_err(|error| snapshot::write_error(meta, &error))?;
+
+        tracing::info!(
+            snapshot_id = %meta.snapshot_id,
+            last_log_id = ?meta.last_log_id,
+            silos = state.silos.len(),
+            hosts = state.hosts.len(),
+            "installed snapshot"
+        );
+
+        self.working = state.clone();
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        *self.shared.write().await = state;
+        self.applied_sender
+            .send_replace(applied_index(self.last_applied));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let database = Arc::clone(&self.database);
+        let current = run_blocking(move || {
+            let transaction = database.begin_read().map_err(redb::Error::from)?;
+            state_tables::read_current_snapshot(&transaction)
+        })
+        .await
+        .map_err(StateMachineError::into_read_error)?;
+
+        Ok(current.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(std::io::Cursor::new(stored.data)),
+        }))
+    }
+}
+
+/// Returns the index the applied watch carries for `last_applied`. It is 0 both before any entry
+/// and after entry 0, which is the initial membership entry and carries no command.
+fn applied_index(last_applied: Option<LogId<NodeId>>) -> u64 {
+    last_applied.map_or(0, |log_id| log_id.index)
+}

@@ -1,0 +1,237 @@
+//! Tests of the redb log store and state machine: openraft's conformance suite, and the
+//! colex-specific behaviour the suite cannot check (commands, persistence across reopen).
+
+use std::path::Path;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{
+    AnyError, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader,
+    RaftSnapshotBuilder, StorageError, StorageIOError, Vote,
+};
+use tempfile::TempDir;
+
+use super::log_store::LogStore;
+use super::node::{LOG_FILE_NAME, STATE_FILE_NAME};
+use super::state_machine::StateMachineStore;
+use super::{Node, NodeId, TypeConfig};
+use crate::state::{Command, Response};
+
+/// Makes a fresh log store and state machine in a new temporary directory for each suite test.
+struct RedbStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbStoreBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+        let dir =
+            tempfile::tempdir().map_err(|error| StorageIOError::write(AnyError::new(&error)))?;
+        let log_store = LogStore::open(&dir.path().join(LOG_FILE_NAME))
+            .await
+            .map_err(|error| StorageIOError::write_logs(AnyError::new(&error)))?;
+        let state_machine = StateMachineStore::open(&dir.path().join(STATE_FILE_NAME))
+            .await
+            .map_err(|error| StorageIOError::write_state_machine(AnyError::new(&error)))?;
+        Ok((dir, log_store, state_machine))
+    }
+}
+
+#[test]
+fn conformance_suite_passes() {
+    // The suite starts its own tokio runtime for each case, so this is a plain test.
+    Suite::test_all(RedbStoreBuilder).expect("openraft storage conformance suite");
+}
+
+fn log_id(index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+fn command_entry(index: u64, command: Command) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
+fn membership_entry(index: u64) -> Entry<TypeConfig> {
+    let nodes = std::collections::BTreeMap::from([(
+        1,
+        Node {
+            addr: "127.0.0.1:7000".to_owned(),
+        },
+    )]);
+    let voters = std::collections::BTreeSet::from([1]);
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)),
+    }
+}
+
+fn register_host(name: &str) -> Command {
+    Command::RegisterHost {
+        name: name.to_owned(),
+        address: "198.51.100.7".to_owned(),
+        cpus: 4,
+        memory_bytes: 8 << 30,
+    }
+}
+
+fn put_silo(name: &str, id: &str) -> Command {
+    Command::PutSilo {
+        name: name.to_owned(),
+        id: id.to_owned(),
+        spec: vec![1, 2, 3],
+        host: "host-a".to_owned(),
+    }
+}
+
+async fn open_state_machine(dir: &Path) -> StateMachineStore {
+    StateMachineStore::open(&dir.join(STATE_FILE_NAME))
+        .await
+        .expect("open state machine")
+}
+
+#[tokio::test]
+async fn apply_updates_shared_state_and_watch() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut state_machine = open_state_machine(dir.path()).await;
+    let shared = state_machine.shared_state();
+    let applied = state_machine.subscribe_applied();
+
+    let responses = state_machine
+        .apply([
+            membership_entry(0),
+            command_entry(1, register_host("host-a")),
+            command_entry(2, put_silo("web", "00000001")),
+        ])
+        .await
+        .expect("apply");
+
+    assert_eq!(
+        responses,
+        vec![
+            Response::Empty,
+            Response::HostRegistered { subnet_index: 1 },
+            Response::SiloStored { generation: 1 },
+        ]
+    );
+    assert_eq!(*applied.borrow(), 2);
+    let state = shared.read().await;
+    assert_eq!(state.hosts["host-a"].subnet_index, 1);
+    assert_eq!(state.silos["web"].id, "00000001");
+}
+
+#[tokio::test]
+async fn applied_rows_survive_reopen() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    {
+        let mut state_machine = open_state_machine(dir.path()).await;
+        state_machine
+            .apply([
+                membership_entry(0),
+                command_entry(1, register_host("host-a")),
+                command_entry(2, put_silo("web", "00000001")),
+                command_entry(3, put_silo("db", "00000002")),
+                command_entry(
+                    4,
+                    Command::DeleteSilo {
+                        name: "db".to_owned(),
+                        id: "00000002".to_owned(),
+                    },
+                ),
+            ])
+            .await
+            .expect("apply");
+    }
+
+    let mut reopened = open_state_machine(dir.path()).await;
+    let (last_applied, membership) = reopened.applied_state().await.expect("applied state");
+    assert_eq!(last_applied, Some(log_id(4)));
+    assert_eq!(membership.log_id(), &Some(log_id(0)));
+    assert_eq!(*reopened.subscribe_applied().borrow(), 4);
+
+    let shared = reopened.shared_state();
+    let state = shared.read().await;
+    assert!(state.hosts.contains_key("host-a"));
+    assert!(state.silos.contains_key("web"));
+    assert!(
+        !state.silos.contains_key("db"),
+        "deleted row must be gone after reopen"
+    );
+}
+
+#[tokio::test]
+async fn snapshot_install_replaces_state() {
+    let leader_dir = tempfile::tempdir().expect("temporary directory");
+    let follower_dir = tempfile::tempdir().expect("temporary directory");
+    let mut leader = open_state_machine(leader_dir.path()).await;
+    let mut follower = open_state_machine(follower_dir.path()).await;
+
+    leader
+        .apply([
+            membership_entry(0),
+            command_entry(1, register_host("host-a")),
+            command_entry(2, put_silo("web", "00000001")),
+        ])
+        .await
+        .expect("apply on leader");
+    // The follower has a row that the snapshot does not contain, and installing must remove it.
+    follower
+        .apply([
+            membership_entry(0),
+            command_entry(1, register_host("stale-host")),
+        ])
+        .await
+        .expect("apply on follower");
+
+    let snapshot = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build snapshot");
+    follower
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .expect("install snapshot");
+
+    let expected = leader.shared_state().read().await.clone();
+    assert_eq!(*follower.shared_state().read().await, expected);
+    assert_eq!(*follower.subscribe_applied().borrow(), 2);
+    drop(follower);
+
+    let reopened = open_state_machine(follower_dir.path()).await;
+    assert_eq!(*reopened.shared_state().read().await, expected);
+}
+
+#[tokio::test]
+async fn log_and_vote_survive_reopen() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join(LOG_FILE_NAME);
+    let vote = Vote::new_committed(3, 1);
+    {
+        let mut log_store = LogStore::open(&path).await.expect("open log store");
+        log_store.save_vote(&vote).await.expect("save vote");
+        log_store
+            .blocking_append([
+                membership_entry(0),
+                command_entry(1, register_host("host-a")),
+            ])
+            .await
+            .expect("append");
+        log_store.purge(log_id(0)).await.expect("purge");
+    }
+
+    let mut reopened = LogStore::open(&path).await.expect("reopen log store");
+    assert_eq!(reopened.read_vote().await.expect("read vote"), Some(vote));
+    let log_state = reopened.get_log_state().await.expect("log state");
+    assert_eq!(log_state.last_purged_log_id, Some(log_id(0)));
+    assert_eq!(log_state.last_log_id, Some(log_id(1)));
+    let entries = reopened
+        .try_get_log_entries(0..10)
+        .await
+        .expect("read entries");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        entries[0].payload,
+        EntryPayload::Normal(register_host("host-a"))
+    );
+}

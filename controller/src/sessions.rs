@@ -1,0 +1,94 @@
+//! Registry of the agents that have an open session with this controller.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+/// Open agent sessions by host name. A host is live while it has one.
+#[derive(Debug, Clone, Default)]
+pub struct Sessions {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_token: u64,
+    /// Host name to the token of its current session and a sender that
+    /// ends that session when dropped or signalled.
+    open: BTreeMap<String, (u64, watch::Sender<bool>)>,
+}
+
+/// Proof of one registered session; `Sessions::close` with it removes the
+/// session only if no newer session of the same host replaced it.
+#[derive(Debug)]
+pub struct SessionToken {
+    host: String,
+    token: u64,
+}
+
+impl Sessions {
+    /// Registers a session for `host`, replacing (and ending) any earlier one.
+    /// The returned receiver turns `true` when a newer session replaced
+    /// this one.
+    pub fn open(&self, host: &str) -> (SessionToken, watch::Receiver<bool>) {
+        let mut inner = self.lock();
+        inner.next_token += 1;
+        let token = inner.next_token;
+        let (replaced_tx, replaced_rx) = watch::channel(false);
+        if let Some((old_token, old)) = inner.open.insert(host.to_owned(), (token, replaced_tx)) {
+            tracing::warn!(host, old_token, token, "new session replaces an open one");
+            // The old session may already be gone, so a failed send is fine.
+            let _ = old.send(true);
+        }
+        (
+            SessionToken {
+                host: host.to_owned(),
+                token,
+            },
+            replaced_rx,
+        )
+    }
+
+    /// Removes the session, unless a newer session of the host replaced it.
+    pub fn close(&self, token: &SessionToken) {
+        let mut inner = self.lock();
+        if inner.open.get(&token.host).map(|(current, _)| *current) == Some(token.token) {
+            inner.open.remove(&token.host);
+        }
+    }
+
+    /// Returns the names of the hosts with an open session.
+    pub fn live_hosts(&self) -> BTreeSet<String> {
+        self.lock().open.keys().cloned().collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves only a map of senders,
+        // which stays consistent, so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_session_survives_close_of_older() {
+        let sessions = Sessions::default();
+        let (first, first_replaced) = sessions.open("a");
+        let (_second, _) = sessions.open("a");
+        assert!(*first_replaced.borrow());
+        sessions.close(&first);
+        assert!(sessions.live_hosts().contains("a"));
+    }
+
+    #[test]
+    fn close_removes_host() {
+        let sessions = Sessions::default();
+        let (token, _) = sessions.open("a");
+        sessions.close(&token);
+        assert!(sessions.live_hosts().is_empty());
+    }
+}
