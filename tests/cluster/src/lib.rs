@@ -1,1 +1,383 @@
+//! A lab of colex hosts on one machine, for multi-host tests.
+//!
+//! Each host is a network namespace with one veth (`eth0`) whose other end
+//! sits on a bridge inside a lab namespace of its own, so nothing touches
+//! the root namespace's links, routes or firewall. The real
+//! `colex-controller`, `colex-agent` and `colex-cli` binaries run inside
+//! those namespaces through `nsenter --net`, which (unlike `ip netns exec`)
+//! leaves `/sys/fs/cgroup` in place for the agents.
+//!
+//! Everything is named with the prefix `cx` plus a run id, and [`Lab`]'s
+//! `Drop` removes processes, cgroups, mounts, namespaces and files, also
+//! when a test panics.
 
+pub mod ledger;
+pub mod process;
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rand::Rng;
+
+pub use process::{CommandOutput, Daemon};
+
+/// Lab network; hosts get addresses from .2 upwards. A documentation range,
+/// so it cannot clash with a real network the machine is on.
+const LAB_NETWORK: [u8; 3] = [198, 51, 100];
+const LAB_PREFIX_LEN: u8 = 24;
+/// Port the lab controller listens on inside its namespace.
+pub const CONTROLLER_PORT: u16 = 7069;
+/// Environment variable that keeps a lab (processes, namespaces, files)
+/// after the test, for debugging by hand.
+pub const KEEP_LAB_VAR: &str = "COLEX_KEEP_LAB";
+/// How long a test waits for a cluster to reach an expected state.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Returns true when the tests can run. Without root they are skipped with
+/// a printed reason, except under CI (`CI=true`), where that is a failure.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: needs root (network namespaces, cgroups, mounts), and CI=true forbids skipping"
+    );
+    eprintln!("skipping {test}: needs root for network namespaces, cgroups and mounts");
+    false
+}
+
+/// Folder holding the colex binaries: `COLEX_BIN_DIR`, or the cargo target
+/// folder this test binary was built into.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("COLEX_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().context("cannot find the test executable")?;
+    // target/debug/deps/TEST -> target/debug
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target folder")?
+        .to_path_buf();
+    for binary in ["colex-controller", "colex-agent", "colex-cli"] {
+        if !dir.join(binary).exists() {
+            bail!(
+                "{} not found in {}; run `cargo build --workspace` first or set COLEX_BIN_DIR",
+                binary,
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// One lab host: a network namespace with an address on the lab bridge.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Host name the agent registers, e.g. `cx1a2b3c-h1`.
+    pub name: String,
+    /// Network namespace name under /run/netns.
+    pub netns: String,
+    pub address: Ipv4Addr,
+    /// The agent's silo bridge inside this namespace.
+    pub bridge: String,
+    /// The agent's state folder.
+    pub state_dir: PathBuf,
+}
+
+impl Host {
+    /// Runs a command inside this host's network namespace.
+    pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<CommandOutput> {
+        process::run_in_netns(&self.netns, program, args, process::COMMAND_TIMEOUT)
+    }
+}
+
+/// A lab: controller host, agent hosts, their processes and files.
+pub struct Lab {
+    pub run_id: String,
+    lab_netns: String,
+    pub bins: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub controller_host: Host,
+    pub hosts: Vec<Host>,
+    pub controller: Option<Daemon>,
+    agents: Vec<Option<Daemon>>,
+    namespaces: Vec<String>,
+}
+
+impl Lab {
+    /// Builds a lab with one controller host and `agent_count` agent hosts,
+    /// and starts the controller and agents.
+    pub fn start(agent_count: usize) -> anyhow::Result<Lab> {
+        let bins = bin_dir()?;
+        let run_id = format!("{:06x}", rand::rng().random::<u32>() & 0x00ff_ffff);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("colex-lab-{run_id}-"))
+            .tempdir()
+            .context("cannot create the lab folder")?;
+
+        let lab_netns = format!("cx{run_id}lab");
+        let mut lab = Lab {
+            run_id: run_id.clone(),
+            lab_netns: lab_netns.clone(),
+            bins,
+            controller_host: Host {
+                name: format!("cx{run_id}-ctl"),
+                netns: format!("cx{run_id}ctl"),
+                address: host_address(2),
+                bridge: String::new(),
+                state_dir: dir.path().join("controller"),
+            },
+            hosts: Vec::new(),
+            dir,
+            controller: None,
+            agents: Vec::new(),
+            namespaces: Vec::new(),
+        };
+
+        lab.add_netns(&lab_netns)?;
+        ip(&["-n", &lab_netns, "link", "add", "cxlab", "type", "bridge"])?;
+        ip(&["-n", &lab_netns, "link", "set", "cxlab", "up"])?;
+
+        let controller_host = lab.controller_host.clone();
+        lab.add_host_netns(&controller_host, 0)?;
+        for index in 1..=agent_count {
+            let host = Host {
+                name: format!("cx{run_id}-h{index}"),
+                netns: format!("cx{run_id}h{index}"),
+                address: host_address(2 + u8::try_from(index).context("too many lab hosts")?),
+                bridge: format!("cxb{run_id}"),
+                state_dir: lab.dir.path().join(format!("h{index}")),
+            };
+            lab.add_host_netns(&host, index)?;
+            lab.hosts.push(host);
+        }
+
+        lab.start_controller()?;
+        for index in 0..lab.hosts.len() {
+            let agent = lab.spawn_agent(index)?;
+            lab.agents.push(Some(agent));
+        }
+        lab.wait_for_hosts_up()?;
+        Ok(lab)
+    }
+
+    /// Address the CLI and agents use to reach the controller.
+    pub fn controller_address(&self) -> String {
+        format!("{}:{CONTROLLER_PORT}", self.controller_host.address)
+    }
+
+    fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
+        ip(&["netns", "add", name])?;
+        self.namespaces.push(name.to_owned());
+        ip(&["-n", name, "link", "set", "lo", "up"])
+    }
+
+    /// Creates the host's namespace and plugs its `eth0` into the lab bridge.
+    fn add_host_netns(&mut self, host: &Host, index: usize) -> anyhow::Result<()> {
+        self.add_netns(&host.netns)?;
+        let lab_side = format!("cxport{index}");
+        ip(&[
+            "-n", &self.lab_netns, "link", "add", &lab_side, "type", "veth", "peer", "name", "eth0", "netns", &host.netns,
+        ])?;
+        ip(&["-n", &self.lab_netns, "link", "set", &lab_side, "master", "cxlab", "up"])?;
+        let cidr = format!("{}/{LAB_PREFIX_LEN}", host.address);
+        ip(&["-n", &host.netns, "addr", "add", &cidr, "dev", "eth0"])?;
+        ip(&["-n", &host.netns, "link", "set", "eth0", "up"])
+    }
+
+    /// Starts the controller on its lab host, keeping its data folder.
+    pub fn start_controller(&mut self) -> anyhow::Result<()> {
+        let listen = self.controller_address();
+        let data_dir = self.controller_host.state_dir.display().to_string();
+        let log = self.dir.path().join("controller.log");
+        let daemon = Daemon::spawn_in_netns(
+            &self.controller_host.netns,
+            &self.bins.join("colex-controller"),
+            &["--listen", &listen, "--data-dir", &data_dir],
+            &log,
+        )?;
+        self.controller = Some(daemon);
+        self.wait_for_controller()
+    }
+
+    /// Stops the controller with SIGTERM and waits for it to exit.
+    pub fn stop_controller(&mut self) -> anyhow::Result<()> {
+        if let Some(mut controller) = self.controller.take() {
+            controller.stop(Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    fn spawn_agent(&self, index: usize) -> anyhow::Result<Daemon> {
+        let host = &self.hosts[index];
+        let controller = self.controller_address();
+        let state_dir = host.state_dir.display().to_string();
+        let log = self.dir.path().join(format!("agent-h{}.log", index + 1));
+        Daemon::spawn_in_netns(
+            &host.netns,
+            &self.bins.join("colex-agent"),
+            &[
+                "--join", &controller, "--name", &host.name, "--state-dir", &state_dir, "--bridge", &host.bridge,
+            ],
+            &log,
+        )
+    }
+
+    fn wait_for_controller(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let output = self.cli(&["list"])?;
+            if output.success() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("controller did not answer within {SETTLE_TIMEOUT:?}: {}", output.stderr);
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until every agent host is listed as UP and its agent has
+    /// prepared the runtime (its bridge exists), so a ledger taken next
+    /// sees the host as the agent leaves it between silos.
+    pub fn wait_for_hosts_up(&self) -> anyhow::Result<()> {
+        self.wait_until("every host is UP with its bridge", |lab| {
+            let output = lab.cli(&["list", "--all-hosts"])?;
+            for host in &lab.hosts {
+                let heading = format!("HOST {} ", host.name);
+                let listed_up = output
+                    .stdout
+                    .lines()
+                    .any(|line| line.starts_with(&heading) && line.contains("state UP"));
+                if !listed_up || !host.run("ip", &["link", "show", &host.bridge])?.success() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// Polls `check` every 200 ms until it returns true or SETTLE_TIMEOUT passes.
+    pub fn wait_until(&self, what: &str, mut check: impl FnMut(&Lab) -> anyhow::Result<bool>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            if check(self)? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("timed out after {SETTLE_TIMEOUT:?} waiting until {what}\n{}", self.logs());
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs colex-cli in the controller's namespace with `--serv` set.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<CommandOutput> {
+        let serv = self.controller_address();
+        let mut full = vec!["--serv", serv.as_str()];
+        full.extend_from_slice(args);
+        let cli = self.bins.join("colex-cli");
+        process::run_in_netns(&self.controller_host.netns, &cli.display().to_string(), &full, process::CLI_TIMEOUT)
+    }
+
+    /// Writes a file into the lab folder and returns its path.
+    pub fn write_file(&self, name: &str, contents: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        fs::write(&path, contents).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Returns the text of every process log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        if let Ok(entries) = fs::read_dir(self.dir.path()) {
+            let mut paths: Vec<PathBuf> = entries.filter_map(|entry| entry.ok().map(|entry| entry.path())).collect();
+            paths.sort();
+            for path in paths.into_iter().filter(|path| path.extension().is_some_and(|ext| ext == "log")) {
+                let body = fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = body.lines().rev().take(40).collect();
+                text.push_str(&format!("--- {} (last lines)\n", path.display()));
+                for line in tail.into_iter().rev() {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+        text
+    }
+
+    /// Returns the v2 cgroup folder the agent of `host` keeps its silos in.
+    pub fn agent_cgroup(&self, host: &Host) -> Option<PathBuf> {
+        ledger::cgroup2_root().map(|root| root.join(format!("colex-{}", host.name)))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::env::var_os(KEEP_LAB_VAR).is_some() {
+            eprintln!(
+                "{KEEP_LAB_VAR} is set: lab {} is kept (namespaces {:?}, folder {}); remove it by hand",
+                self.run_id,
+                self.namespaces,
+                self.dir.path().display()
+            );
+            let dir = tempfile::Builder::new().tempdir().map(|fresh| std::mem::replace(&mut self.dir, fresh));
+            if let Ok(dir) = dir {
+                let _ = dir.keep();
+            }
+            for agent in self.agents.iter_mut().filter_map(Option::take) {
+                std::mem::forget(agent);
+            }
+            if let Some(controller) = self.controller.take() {
+                std::mem::forget(controller);
+            }
+            return;
+        }
+        // Agents first, with SIGTERM, so they remove their silos themselves.
+        for agent in self.agents.iter_mut().filter_map(Option::take) {
+            let mut agent = agent;
+            if let Err(error) = agent.stop(Duration::from_secs(15)) {
+                eprintln!("lab {}: agent did not stop cleanly: {error:#}", self.run_id);
+            }
+        }
+        if let Some(mut controller) = self.controller.take() {
+            if let Err(error) = controller.stop(Duration::from_secs(10)) {
+                eprintln!("lab {}: controller did not stop cleanly: {error:#}", self.run_id);
+            }
+        }
+
+        // Whatever the agents left: silo processes, cgroups and mounts.
+        for host in self.hosts.clone() {
+            if let Some(cgroup) = self.agent_cgroup(&host) {
+                ledger::kill_and_remove_cgroup(&cgroup);
+            }
+        }
+        ledger::unmount_below(self.dir.path());
+
+        for netns in self.namespaces.iter().rev() {
+            if let Err(error) = ip(&["netns", "del", netns]) {
+                eprintln!("lab {}: {error:#}", self.run_id);
+            }
+        }
+    }
+}
+
+fn host_address(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(LAB_NETWORK[0], LAB_NETWORK[1], LAB_NETWORK[2], last)
+}
+
+/// Runs `ip` with the given arguments in the root namespace.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("ip").args(args).output().context("cannot run ip")?;
+    if !output.status.success() {
+        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}

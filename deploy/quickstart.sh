@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Runs colex on this one machine: installs missing packages, builds, starts
+# a single-node controller and an agent, runs examples/hello.hcl (a busybox
+# httpd silo), prints every host's table and fetches the silo's page.
+#
+#   ./deploy/quickstart.sh        start (restarts an earlier quickstart)
+#   ./deploy/quickstart.sh stop   remove the silo, stop agent and controller
+#
+# Must run as root: the agent creates namespaces, a bridge, veths,
+# iptables rules and cgroups.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+readonly CONTROLLER_ADDR=127.0.0.1:7069
+readonly WORK_DIR=/var/lib/colex/quickstart
+readonly BIN_DIR=target/debug
+readonly SETTLE_SECONDS=30
+
+cli() { "$BIN_DIR/colex-cli" --serv "$CONTROLLER_ADDR" "$@"; }
+
+# Stops the process whose PID is in file $1 (SIGTERM, then SIGKILL after $2 s).
+stop_pid_file() {
+  local pid_file=$1 grace=$2 pid
+  [[ -f $pid_file ]] || return 0
+  pid=$(<"$pid_file")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for ((i = 0; i < grace * 10; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  fi
+  rm -f "$pid_file"
+}
+
+stop() {
+  if [[ -f $WORK_DIR/agent.pid ]] && [[ -x $BIN_DIR/colex-cli ]]; then
+    cli down examples/hello.hcl || echo "could not remove the hello silo; stopping the agent removes it" >&2
+  fi
+  # The agent removes its silos, bridge and firewall rules on SIGTERM.
+  stop_pid_file "$WORK_DIR/agent.pid" 30
+  stop_pid_file "$WORK_DIR/controller.pid" 10
+}
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "quickstart: run as root (the agent creates namespaces, links and cgroups)" >&2
+  exit 1
+fi
+
+if [[ ${1:-} == stop ]]; then
+  stop
+  echo "quickstart stopped; state is kept in $WORK_DIR"
+  exit 0
+fi
+
+./deploy/install-deps.sh
+cargo build --workspace --bins
+stop
+mkdir -p "$WORK_DIR"
+
+"$BIN_DIR/colex-controller" --listen "$CONTROLLER_ADDR" --data-dir "$WORK_DIR/controller" \
+  >"$WORK_DIR/controller.log" 2>&1 &
+echo $! >"$WORK_DIR/controller.pid"
+
+host_name=$(hostname)
+"$BIN_DIR/colex-agent" --join "$CONTROLLER_ADDR" --name "$host_name" --state-dir "$WORK_DIR/agent" \
+  >"$WORK_DIR/agent.log" 2>&1 &
+echo $! >"$WORK_DIR/agent.pid"
+
+echo "waiting for host $host_name to join" >&2
+for ((i = 0; i < SETTLE_SECONDS * 5; i++)); do
+  if cli list --all-hosts 2>/dev/null | grep -q "^HOST $host_name .*state UP"; then
+    break
+  fi
+  sleep 0.2
+done
+
+cli up examples/hello.hcl
+echo
+cli list --all-hosts
+echo
+
+address=$(cli list | awk -F'|' '$2 ~ /^ *hello *$/ { gsub(/ /, "", $7); print $7 }')
+echo "fetching http://$address/ from the hello silo:"
+curl --silent --show-error --max-time 5 "http://$address/"
+echo
+echo "controller and agent keep running (logs in $WORK_DIR); stop them with: $0 stop"

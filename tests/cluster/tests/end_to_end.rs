@@ -1,0 +1,283 @@
+//! End-to-end tests: real controller and agents in lab namespaces, driven
+//! through colex-cli.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use colex_cluster_tests::ledger::Ledger;
+use colex_cluster_tests::{require_root, Host, Lab};
+
+/// Two busybox httpd silos, each serving its own page.
+const TWO_SILOS: &str = r#"
+Silo "a" {
+  name  = "web-a"
+  class = "web"
+  tags  = ["demo"]
+
+  binary {
+    path = "/bin/httpd"
+    args = ["-f", "-p", "80", "-h", "/www"]
+  }
+
+  file "page" {
+    path      = "index-a.html"
+    silo_path = "/www/index.html"
+  }
+
+  network {
+    internet_access = true
+  }
+}
+
+Silo "b" {
+  name = "web-b"
+
+  binary {
+    path = "/bin/httpd"
+    args = ["-f", "-p", "80", "-h", "/www"]
+  }
+
+  file "page" {
+    path      = "index-b.html"
+    silo_path = "/www/index.html"
+  }
+}
+"#;
+
+/// One row of a table printed by colex-cli, by column header.
+type Row = BTreeMap<String, String>;
+
+/// Parses the tables of `list --all-hosts` into rows, each with a `HOST`
+/// entry taken from the heading above its table.
+fn parse_all_hosts(output: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut host = String::new();
+    let mut headers: Vec<String> = Vec::new();
+    for line in output.lines() {
+        if let Some(rest) = line.strip_prefix("HOST ") {
+            host = rest.split_whitespace().next().unwrap_or_default().to_owned();
+            headers.clear();
+            continue;
+        }
+        if !line.starts_with('|') || line.starts_with("|-") {
+            continue;
+        }
+        let cells: Vec<String> = line.trim_matches('|').split('|').map(|cell| cell.trim().to_owned()).collect();
+        if headers.is_empty() {
+            headers = cells;
+            continue;
+        }
+        let mut row: Row = headers.iter().cloned().zip(cells).collect();
+        row.insert("HOST".to_owned(), host.clone());
+        rows.push(row);
+    }
+    rows
+}
+
+/// Parses one table printed by colex-cli into rows.
+fn parse_table(output: &str) -> Vec<Row> {
+    let mut headers: Vec<String> = Vec::new();
+    let mut rows = Vec::new();
+    for line in output.lines().filter(|line| line.starts_with('|') && !line.starts_with("|-")) {
+        let cells: Vec<String> = line.trim_matches('|').split('|').map(|cell| cell.trim().to_owned()).collect();
+        if headers.is_empty() {
+            headers = cells;
+        } else {
+            rows.push(headers.iter().cloned().zip(cells).collect());
+        }
+    }
+    rows
+}
+
+fn host_by_name<'a>(lab: &'a Lab, name: &str) -> &'a Host {
+    lab.hosts
+        .iter()
+        .find(|host| host.name == name)
+        .unwrap_or_else(|| panic!("no lab host named {name:?}"))
+}
+
+/// Time a silo's server gets to bind its port after its program started:
+/// UP means the program was executed, not that it listens yet.
+const SERVER_START_GRACE: Duration = Duration::from_secs(5);
+
+/// Fetches `http://ADDRESS/` from inside `host`'s namespace.
+fn fetch_page(host: &Host, address: &str) -> String {
+    let url = format!("http://{address}/");
+    let deadline = Instant::now() + SERVER_START_GRACE;
+    loop {
+        // curl, not busybox wget: the wget of Debian 12's busybox-static
+        // 1.35 crashes now and then when writing the body to a pipe.
+        let output = host
+            .run("curl", &["--silent", "--show-error", "--max-time", "2", &url])
+            .expect("curl runs");
+        if output.success() {
+            return output.stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "curl {url} from {} failed for {SERVER_START_GRACE:?}: {}",
+            host.name,
+            output.stderr
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_silos_on_two_hosts() {
+    if !require_root("two_silos_on_two_hosts") {
+        return;
+    }
+    let lab = Lab::start(2).expect("lab starts");
+    lab.write_file("index-a.html", "page of web-a\n").expect("page a");
+    lab.write_file("index-b.html", "page of web-b\n").expect("page b");
+    let silo_file = lab.write_file("web.hcl", TWO_SILOS).expect("silo file");
+    let silo_file = silo_file.to_str().expect("utf-8 path");
+
+    let before: Vec<Ledger> = lab.hosts.iter().map(|host| Ledger::take(host).expect("ledger")).collect();
+
+    let up = lab.cli(&["up", silo_file]).expect("up runs");
+    assert!(up.success(), "up failed: {}\n{}", up.stderr, lab.logs());
+    assert!(up.stdout.contains("web-a"), "up output lacks web-a:\n{}", up.stdout);
+    assert!(up.stdout.contains("web-b"), "up output lacks web-b:\n{}", up.stdout);
+    assert_eq!(up.stdout.matches("| UP ").count(), 2, "both silos UP:\n{}", up.stdout);
+
+    let listed = lab.cli(&["list", "--all-hosts"]).expect("list runs");
+    assert!(listed.success(), "list failed: {}", listed.stderr);
+    for host in &lab.hosts {
+        assert!(
+            listed.stdout.contains(&format!("HOST {} ", host.name)),
+            "host {} missing from:\n{}",
+            host.name,
+            listed.stdout
+        );
+    }
+    let rows = parse_all_hosts(&listed.stdout);
+    assert_eq!(rows.len(), 2, "two silo rows in:\n{}", listed.stdout);
+    let hosts_used: std::collections::BTreeSet<&str> = rows.iter().map(|row| row["HOST"].as_str()).collect();
+    assert_eq!(hosts_used.len(), 2, "least-loaded placement spreads the two silos:\n{}", listed.stdout);
+
+    for row in &rows {
+        let name = &row["NAME"];
+        let address = &row["ADDRESSES"];
+        assert!(address.starts_with("10.69."), "silo {name} has address {address:?}");
+        assert_eq!(row["STATE"], "UP");
+        let host = host_by_name(&lab, &row["HOST"]);
+        assert_eq!(fetch_page(host, address), format!("page of {name}\n"));
+    }
+
+    let web_a_host = host_by_name(&lab, &rows.iter().find(|row| row["NAME"] == "web-a").expect("web-a row")["HOST"]);
+    let masquerade = web_a_host.run("iptables-save", &["-t", "nat"]).expect("iptables-save");
+    assert_eq!(
+        masquerade.stdout.lines().filter(|line| line.contains("MASQUERADE")).count(),
+        1,
+        "one MASQUERADE rule for web-a:\n{}",
+        masquerade.stdout
+    );
+
+    let list_plain = lab.cli(&["list"]).expect("list runs");
+    let plain_rows = parse_table(&list_plain.stdout);
+    assert_eq!(plain_rows.len(), 2, "two rows in:\n{}", list_plain.stdout);
+    let header: Vec<&str> = plain_rows[0].keys().map(String::as_str).collect();
+    assert_eq!(header, ["ADDRESSES", "CLASS", "HOST", "ID", "NAME", "TAGS"]);
+    let web_a = plain_rows.iter().find(|row| row["NAME"] == "web-a").expect("web-a listed");
+    assert_eq!(web_a["CLASS"], "web");
+    assert_eq!(web_a["TAGS"], "demo");
+    assert_eq!(web_a["HOST"], web_a_host.name);
+    assert!(web_a["ADDRESSES"].starts_with("10.69."), "address of web-a: {:?}", web_a["ADDRESSES"]);
+
+    let down = lab.cli(&["down", silo_file]).expect("down runs");
+    assert!(down.success(), "down failed: {}\n{}", down.stderr, lab.logs());
+    assert_eq!(down.stdout.matches("REMOVED").count(), 2, "down output:\n{}", down.stdout);
+
+    let listed = lab.cli(&["list", "--all-hosts"]).expect("list runs");
+    assert!(parse_all_hosts(&listed.stdout).is_empty(), "silos left:\n{}", listed.stdout);
+    for (host, before) in lab.hosts.iter().zip(&before) {
+        let after = Ledger::take(host).expect("ledger");
+        assert_eq!(&after, before, "host {} differs after down", host.name);
+    }
+}
+
+#[test]
+fn controller_restart_keeps_silos() {
+    if !require_root("controller_restart_keeps_silos") {
+        return;
+    }
+    let mut lab = Lab::start(1).expect("lab starts");
+    lab.write_file("index-a.html", "page of web-a\n").expect("page");
+    let silo_file = lab
+        .write_file("one.hcl", &TWO_SILOS[..TWO_SILOS.find("Silo \"b\"").expect("second silo")])
+        .expect("silo file");
+    let silo_file = silo_file.to_str().expect("utf-8 path");
+
+    let up = lab.cli(&["up", silo_file]).expect("up runs");
+    assert!(up.success(), "up failed: {}\n{}", up.stderr, lab.logs());
+    let before = parse_all_hosts(&lab.cli(&["list", "--all-hosts"]).expect("list").stdout);
+    assert_eq!(before.len(), 1);
+
+    lab.stop_controller().expect("controller stops");
+    let host = lab.hosts[0].clone();
+    assert_eq!(fetch_page(&host, &before[0]["ADDRESSES"]), "page of web-a\n", "silo serves while the controller is down");
+    lab.start_controller().expect("controller restarts");
+
+    lab.wait_until("the silo is listed UP again", |lab| {
+        let rows = parse_all_hosts(&lab.cli(&["list", "--all-hosts"])?.stdout);
+        Ok(rows.len() == 1 && rows[0]["STATE"] == "UP")
+    })
+    .expect("silo listed after restart");
+    let after = parse_all_hosts(&lab.cli(&["list", "--all-hosts"]).expect("list").stdout);
+    assert_eq!(after[0]["NAME"], "web-a");
+    assert_eq!(after[0]["ID"], before[0]["ID"], "same silo instance after the restart");
+    assert_eq!(after[0]["ADDRESSES"], before[0]["ADDRESSES"]);
+    assert_eq!(fetch_page(&host, &after[0]["ADDRESSES"]), "page of web-a\n");
+
+    let down = lab.cli(&["down", "--name", "web-a"]).expect("down runs");
+    assert!(down.success(), "down failed: {}\n{}", down.stderr, lab.logs());
+}
+
+#[test]
+fn bad_input_is_one_line_and_creates_nothing() {
+    if !require_root("bad_input_is_one_line_and_creates_nothing") {
+        return;
+    }
+    let lab = Lab::start(1).expect("lab starts");
+    let before = Ledger::take(&lab.hosts[0]).expect("ledger");
+
+    let missing = lab.dir.path().join("missing.hcl");
+    let syntax = lab.write_file("syntax.hcl", "Silo \"s\" {\n  name = \"x\"\n  binary {\n    path = \n  }\n}\n").expect("file");
+    let no_path = lab
+        .write_file("nopath.hcl", "Silo \"s\" {\n  name = \"x\"\n  binary {\n    args = [\"a\"]\n  }\n}\n")
+        .expect("file");
+    let good = lab.write_file("good.hcl", "Silo \"s\" {\n  name = \"x\"\n  binary {\n    path = \"/bin/sleep\"\n    args = [\"100\"]\n  }\n}\n").expect("file");
+
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["up".into(), missing.display().to_string()],
+            missing.display().to_string(),
+        ),
+        (vec!["up".into(), syntax.display().to_string()], format!("{}:4:", syntax.display())),
+        (vec!["up".into(), no_path.display().to_string()], "binary.path".to_owned()),
+    ];
+    for (args, expected) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = lab.cli(&args).expect("cli runs");
+        assert_ne!(output.code, Some(0), "{args:?} must fail");
+        assert_eq!(output.stderr.trim().lines().count(), 1, "{args:?}: one line expected:\n{}", output.stderr);
+        assert!(output.stderr.contains(expected.as_str()), "{args:?}: {expected:?} not in {:?}", output.stderr);
+    }
+
+    let unreachable = colex_cluster_tests::process::run_in_netns(
+        &lab.controller_host.netns,
+        &lab.bins.join("colex-cli").display().to_string(),
+        &["--serv", "127.0.0.1:1", "up", good.to_str().expect("utf-8 path")],
+        colex_cluster_tests::process::COMMAND_TIMEOUT,
+    )
+    .expect("cli runs");
+    assert_ne!(unreachable.code, Some(0));
+    assert_eq!(unreachable.stderr.trim().lines().count(), 1, "one line:\n{}", unreachable.stderr);
+    assert!(unreachable.stderr.contains("127.0.0.1:1"), "address named: {}", unreachable.stderr);
+
+    let listed = lab.cli(&["list"]).expect("list runs");
+    assert!(!listed.stdout.contains("| x "), "no silo was created:\n{}", listed.stdout);
+    assert_eq!(Ledger::take(&lab.hosts[0]).expect("ledger"), before, "nothing created on the host");
+}
