@@ -215,6 +215,21 @@ impl Lab {
         Ok(())
     }
 
+    /// Kills the agent of host `index` with SIGKILL, as a crash would.
+    pub fn kill_agent(&mut self, index: usize) -> anyhow::Result<()> {
+        if let Some(mut agent) = self.agents[index].take() {
+            agent.kill()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent of host `index` again, after `kill_agent`.
+    pub fn restart_agent(&mut self, index: usize) -> anyhow::Result<()> {
+        let agent = self.spawn_agent(index)?;
+        self.agents[index] = Some(agent);
+        Ok(())
+    }
+
     fn spawn_agent(&self, index: usize) -> anyhow::Result<Daemon> {
         let host = &self.hosts[index];
         let controller = self.controller_address();

@@ -281,3 +281,95 @@ fn bad_input_is_one_line_and_creates_nothing() {
     assert!(!listed.stdout.contains("| x "), "no silo was created:\n{}", listed.stdout);
     assert_eq!(Ledger::take(&lab.hosts[0]).expect("ledger"), before, "nothing created on the host");
 }
+
+#[test]
+fn up_again_replaces_changed_silo() {
+    if !require_root("up_again_replaces_changed_silo") {
+        return;
+    }
+    let lab = Lab::start(1).expect("lab starts");
+    let host = lab.hosts[0].clone();
+    let before = Ledger::take(&host).expect("ledger");
+    lab.write_file("index-a.html", "first page\n").expect("page");
+    let first = TWO_SILOS[..TWO_SILOS.find("Silo \"b\"").expect("second silo")].to_owned();
+    let silo_file = lab.write_file("one.hcl", &first).expect("silo file");
+    let silo_file = silo_file.to_str().expect("utf-8 path");
+
+    let up = lab.cli(&["up", silo_file]).expect("up runs");
+    assert!(up.success(), "first up failed: {}\n{}", up.stderr, lab.logs());
+    let first_rows = parse_table(&up.stdout);
+    assert_eq!(first_rows.len(), 1);
+
+    let unchanged = lab.cli(&["up", silo_file]).expect("up runs");
+    assert!(unchanged.success(), "second up failed: {}", unchanged.stderr);
+    assert_eq!(parse_table(&unchanged.stdout)[0]["ID"], first_rows[0]["ID"], "unchanged spec keeps the instance");
+
+    lab.write_file("one.hcl", &first.replace("\"demo\"", "\"demo\", \"v2\"")).expect("changed file");
+    lab.write_file("index-a.html", "second page\n").expect("page");
+    let changed = lab.cli(&["up", silo_file]).expect("up runs");
+    assert!(changed.success(), "third up failed: {}\n{}", changed.stderr, lab.logs());
+    let changed_rows = parse_table(&changed.stdout);
+    assert_ne!(changed_rows[0]["ID"], first_rows[0]["ID"], "changed spec makes a new instance");
+
+    lab.wait_until("only the new instance is left", |lab| {
+        let rows = parse_all_hosts(&lab.cli(&["list", "--all-hosts"])?.stdout);
+        Ok(rows.len() == 1 && rows[0]["ID"] == changed_rows[0]["ID"] && rows[0]["TAGS"] == "demo, v2")
+    })
+    .expect("replacement finished");
+    let listed = parse_all_hosts(&lab.cli(&["list", "--all-hosts"]).expect("list").stdout);
+    assert_eq!(fetch_page(&host, &listed[0]["ADDRESSES"]), "second page\n");
+    let old_veth = format!("cx{}", first_rows[0]["ID"]);
+    assert!(
+        !Ledger::take(&host).expect("ledger").links.contains(&old_veth),
+        "veth {old_veth} of the replaced instance is gone"
+    );
+
+    let down = lab.cli(&["down", silo_file]).expect("down runs");
+    assert!(down.success(), "down failed: {}", down.stderr);
+    assert_eq!(Ledger::take(&host).expect("ledger"), before, "host is as before");
+}
+
+#[test]
+fn agent_crash_is_cleaned_up_on_restart() {
+    if !require_root("agent_crash_is_cleaned_up_on_restart") {
+        return;
+    }
+    let mut lab = Lab::start(1).expect("lab starts");
+    let host = lab.hosts[0].clone();
+    let before = Ledger::take(&host).expect("ledger");
+    lab.write_file("index-a.html", "page of web-a\n").expect("page");
+    let silo_file = lab
+        .write_file("one.hcl", &TWO_SILOS[..TWO_SILOS.find("Silo \"b\"").expect("second silo")])
+        .expect("silo file");
+    let silo_file = silo_file.to_str().expect("utf-8 path");
+
+    let up = lab.cli(&["up", silo_file]).expect("up runs");
+    assert!(up.success(), "up failed: {}\n{}", up.stderr, lab.logs());
+
+    lab.kill_agent(0).expect("agent killed");
+    lab.wait_until("the host is DOWN", |lab| {
+        let output = lab.cli(&["list", "--all-hosts"])?;
+        Ok(output.stdout.contains("state DOWN"))
+    })
+    .expect("host marked down");
+
+    lab.restart_agent(0).expect("agent restarts");
+    lab.wait_until("the silo is UP again", |lab| {
+        let rows = parse_all_hosts(&lab.cli(&["list", "--all-hosts"])?.stdout);
+        Ok(rows.len() == 1 && rows[0]["STATE"] == "UP")
+    })
+    .expect("silo runs again");
+    let rows = parse_all_hosts(&lab.cli(&["list", "--all-hosts"]).expect("list").stdout);
+    assert_eq!(fetch_page(&host, &rows[0]["ADDRESSES"]), "page of web-a\n");
+    let masquerade = host.run("iptables-save", &["-t", "nat"]).expect("iptables-save");
+    assert_eq!(
+        masquerade.stdout.lines().filter(|line| line.contains("MASQUERADE")).count(),
+        1,
+        "exactly one MASQUERADE rule after the restart:\n{}",
+        masquerade.stdout
+    );
+
+    let down = lab.cli(&["down", silo_file]).expect("down runs");
+    assert!(down.success(), "down failed: {}\n{}", down.stderr, lab.logs());
+    assert_eq!(Ledger::take(&host).expect("ledger"), before, "nothing left after the crash and down");
+}
