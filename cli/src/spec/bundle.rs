@@ -136,5 +136,7 @@ fn read_entry(
         silo_path: silo_path.value.clone(),
         content,
         mode,
+        kind: colex_proto::FileKind::Regular.into(),
+        link_target: String::new(),
     }))
 }

@@ -146,5 +146,6 @@ fn build_spec(silo: DeclaredSilo, files: Vec<FileEntry>) -> SiloSpec {
         binary,
         files,
         network: Some(network),
+        ..SiloSpec::default()
     }
 }
