@@ -1,1 +1,104 @@
-fn main() {}
+//! colex-agent: runs the silos the controller assigns to this host.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use colex_agent::session::{Agent, AgentConfig};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+#[derive(Debug, Parser)]
+#[command(name = "colex-agent", version, about = "The colex agent: runs the silos the controller assigns to this host")]
+struct Args {
+    /// Controller address (HOST:PORT) to register with.
+    #[arg(long, value_name = "CONTROLLER_ADDR")]
+    join: String,
+
+    /// Host name, unique in the cluster; defaults to the system host name.
+    #[arg(long)]
+    name: Option<String>,
+
+    /// Folder for this agent's silo state; defaults to /var/lib/colex/agent/HOST.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+
+    /// Bridge that connects this host's silos.
+    #[arg(long, default_value = "colex0")]
+    bridge: String,
+
+    /// Address reported to the controller; defaults to the address this host
+    /// uses to reach the controller.
+    #[arg(long)]
+    address: Option<String>,
+
+    /// Static busybox binary the built-in image is made from.
+    #[arg(long, default_value = colex_agent::runtime::DEFAULT_BUSYBOX_PATH)]
+    busybox: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    // The helper must run before any thread exists, so it is checked before
+    // argument parsing and before the tokio runtime starts.
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == colex_agent::runtime::HELPER_ARG) {
+        colex_agent::runtime::helper_main();
+    }
+
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+
+    let host_name = match args.name {
+        Some(name) => name,
+        None => nix::unistd::gethostname()
+            .context("cannot read the system host name; pass --name")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let state_dir = args
+        .state_dir
+        .unwrap_or_else(|| PathBuf::from("/var/lib/colex/agent").join(&host_name));
+    let helper_exe = std::env::current_exe().context("cannot find the agent's own executable")?;
+    let config = AgentConfig {
+        controller: args.join,
+        host_name,
+        address: args.address,
+        state_dir,
+        bridge: args.bridge,
+        helper_exe,
+        busybox: args.busybox,
+    };
+
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    runtime.block_on(async move {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = shutdown_tx.send(true);
+        });
+        tracing::info!(host = %config.host_name, controller = %config.controller, "agent started");
+        Agent::new(config, shutdown_rx).run().await
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGTERM; stop the agent with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -17,6 +17,8 @@ use crate::view;
 
 /// Maximum length of a silo name, as for a DNS label.
 const MAX_NAME_LEN: usize = 63;
+/// The image every agent builds from its static busybox.
+const BUILTIN_IMAGE: &str = "busybox";
 
 pub struct ClientService {
     node: RaftNode,
@@ -168,7 +170,51 @@ fn validate(spec: &proto::SiloSpec) -> Result<(), Status> {
             spec.name, binary_path
         )));
     }
+    if !spec.base.is_empty() && spec.base != BUILTIN_IMAGE {
+        return Err(Status::failed_precondition(format!(
+            "silo {}: image {:?} is not available on any host; only img://{BUILTIN_IMAGE} is built in",
+            spec.name, spec.base
+        )));
+    }
+    if let Some(field) = unsupported_field(spec) {
+        return Err(Status::invalid_argument(format!(
+            "silo {}: `{field}` is not supported yet by this cluster; remove it from the silo file",
+            spec.name
+        )));
+    }
     Ok(())
+}
+
+/// Returns the first field the cluster cannot act on yet. Such a spec is
+/// rejected instead of run without it.
+fn unsupported_field(spec: &proto::SiloSpec) -> Option<&'static str> {
+    if !spec.binds.is_empty() {
+        return Some("bind");
+    }
+    if spec.grants.as_ref().is_some_and(|grants| grants.query_silos) {
+        return Some("grants.query_silos");
+    }
+    if spec
+        .resources
+        .as_ref()
+        .is_some_and(|resources| resources.cpu_percent != 0 || resources.memory_bytes != 0)
+    {
+        return Some("resources");
+    }
+    if spec.count.is_some_and(|count| count != 1) {
+        return Some("count");
+    }
+    if spec.placement.as_ref().is_some_and(|placement| *placement != proto::Placement::default()) {
+        return Some("placement");
+    }
+    if spec
+        .restart
+        .as_ref()
+        .is_some_and(|restart| restart.mode() != proto::RestartMode::Never)
+    {
+        return Some("restart");
+    }
+    None
 }
 
 fn is_dns_label(name: &str) -> bool {
@@ -190,6 +236,71 @@ mod tests {
         assert!(!is_dns_label("-web"));
         assert!(!is_dns_label("Web"));
         assert!(!is_dns_label(&"a".repeat(64)));
+    }
+
+    fn valid_spec() -> proto::SiloSpec {
+        proto::SiloSpec {
+            name: "web".to_owned(),
+            base: "busybox".to_owned(),
+            binary: Some(proto::Binary {
+                path: "/bin/httpd".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_spec_passes() {
+        assert!(validate(&valid_spec()).is_ok());
+    }
+
+    #[test]
+    fn unsupported_fields_are_rejected() {
+        let mut with_count = valid_spec();
+        with_count.count = Some(3);
+        let mut with_resources = valid_spec();
+        with_resources.resources = Some(proto::Resources {
+            cpu_percent: 50,
+            memory_bytes: 0,
+        });
+        let mut with_bind = valid_spec();
+        with_bind.binds.push(proto::Bind {
+            id: "data".to_owned(),
+            path: "/data".to_owned(),
+        });
+        let mut with_restart = valid_spec();
+        with_restart.restart = Some(proto::RestartPolicy {
+            mode: proto::RestartMode::Always.into(),
+            ..Default::default()
+        });
+        for (spec, field) in [
+            (with_count, "`count`"),
+            (with_resources, "`resources`"),
+            (with_bind, "`bind`"),
+            (with_restart, "`restart`"),
+        ] {
+            let status = validate(&spec).expect_err("unsupported field rejected");
+            assert!(status.message().contains(field), "{field} named in {:?}", status.message());
+            assert!(status.message().contains("not supported yet"), "{:?}", status.message());
+        }
+    }
+
+    #[test]
+    fn count_of_one_and_never_restart_pass() {
+        let mut spec = valid_spec();
+        spec.count = Some(1);
+        spec.restart = Some(proto::RestartPolicy::default());
+        spec.kill_timeout_ms = 10_000;
+        assert!(validate(&spec).is_ok());
+    }
+
+    #[test]
+    fn unknown_image_is_rejected() {
+        let mut spec = valid_spec();
+        spec.base = "alpine".to_owned();
+        let status = validate(&spec).expect_err("unknown image rejected");
+        assert!(status.message().contains("alpine"));
     }
 
     #[test]

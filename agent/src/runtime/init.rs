@@ -1,0 +1,385 @@
+//! PID 1 of a silo: a copy of the helper made by `clone` with new pid, mount, UTS, IPC and
+//! network namespaces.
+//!
+//! It waits until the agent has placed it in its cgroup and moved the veth in. Then it sets up
+//! the root file system, forks the silo program and reports whether the program was exec'd.
+//! After that it acts as a small init: it forwards termination signals to the program, reaps
+//! every orphan, and exits with the program's status (128 + signal number when the program was
+//! killed). When PID 1 exits, the kernel kills every other process of the pid namespace.
+//!
+//! The helper is single-threaded, so this copy of it may allocate and take locks freely.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::prctl;
+use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{
+    dup2_stderr, dup2_stdin, dup2_stdout, execve, fork, pipe2, setsid, ForkResult, Pid,
+};
+
+use super::protocol::{send_report, HelperJob, HelperReport};
+use super::rootfs::{self, RootfsError};
+
+/// Exit code of PID 1 when the agent aborted the start before releasing it.
+pub const ABORTED_EXIT_CODE: i32 = 125;
+/// Exit code of PID 1 when the setup before exec failed.
+pub const SETUP_FAILED_EXIT_CODE: i32 = 126;
+/// Exit code of the forked program process when `execve` failed, as shells use it.
+const EXEC_FAILED_EXIT_CODE: i32 = 127;
+/// Offset added to a signal number to form the exit code of a killed process, as shells do.
+pub const SIGNAL_EXIT_CODE_BASE: i32 = 128;
+/// Mode of the program's log files.
+const LOG_FILE_MODE: u32 = 0o640;
+/// Process name of PID 1, shown by `ps` inside and outside the silo.
+const INIT_PROCESS_NAME: &std::ffi::CStr = c"colex-init";
+/// Signals PID 1 passes on to the program.
+const FORWARDED_SIGNALS: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Errors of PID 1 before the program runs; each becomes the failure message to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("failed to open log file {path}: {source}")]
+    OpenLog { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error("binary {path} not found in silo root")]
+    BinaryNotFound { path: String },
+    #[error("binary {path} in silo root is not a regular file")]
+    BinaryNotFile { path: String },
+    #[error("binary {path} in silo root is not executable (mode {mode:o})")]
+    BinaryNotExecutable { path: String, mode: u32 },
+    #[error("failed to inspect binary {path} in silo root: {source}")]
+    InspectBinary { path: String, source: io::Error },
+    #[error("failed to open /dev/null in the silo: {source}")]
+    OpenDevNull { source: io::Error },
+    #[error("argument or env entry {value:?} contains a NUL byte")]
+    NulByte { value: String },
+    #[error("failed to block signals: {source}")]
+    BlockSignals { source: Errno },
+    #[error("failed to create the exec status pipe: {source}")]
+    Pipe { source: Errno },
+    #[error("failed to fork the silo program: {source}")]
+    Fork { source: Errno },
+    #[error("{message}")]
+    Exec { message: String },
+}
+
+/// The program to exec, with every string already converted for `execve`.
+struct Program {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    stdin: File,
+    stdout: File,
+    stderr: File,
+}
+
+/// Runs PID 1 and returns its exit code. `sync_read` and `sync_write` are this process's copies
+/// of the helper's sync pipe.
+pub fn run(job: &HelperJob, sync_read: RawFd, sync_write: RawFd) -> i32 {
+    // SAFETY: clone gave this process its own copy of the helper's fd table, in which both
+    // descriptors are open, and nothing else in this process owns them.
+    let (sync_read, sync_write) = unsafe {
+        (
+            OwnedFd::from_raw_fd(sync_read),
+            OwnedFd::from_raw_fd(sync_write),
+        )
+    };
+    // Once this copy of the write end is closed, the read below returns EOF when the helper dies.
+    drop(sync_write);
+    // The helper records the exit, so the silo must not outlive it.
+    let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+    let _ = prctl::set_name(INIT_PROCESS_NAME);
+
+    if !wait_for_release(&sync_read) {
+        return ABORTED_EXIT_CODE;
+    }
+    drop(sync_read);
+
+    let reports = io::stdout();
+    let program_pid = match start_program(job) {
+        Ok(pid) => pid,
+        Err(err) => {
+            eprintln!("colex-init: {err}");
+            let _ = send_report(&reports, &HelperReport::failed(err.to_string()));
+            return SETUP_FAILED_EXIT_CODE;
+        }
+    };
+    if let Err(errno) = send_report(&reports, &HelperReport::Started) {
+        eprintln!("colex-init: failed to report the start: {errno}");
+    }
+    release_report_pipe();
+    supervise(program_pid)
+}
+
+/// Blocks until the helper writes the release byte; returns false on EOF or error, which
+/// means the start was aborted.
+fn wait_for_release(sync_read: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(sync_read, &mut byte) {
+            Ok(1) => return true,
+            Err(Errno::EINTR) => continue,
+            Ok(_) | Err(_) => return false,
+        }
+    }
+}
+
+/// Sets up the silo and forks the program; returns its pid once `execve` succeeded.
+fn start_program(job: &HelperJob) -> Result<Pid, InitError> {
+    // The logs live in the silo dir on the host, which is out of reach after pivot_root.
+    let stdout = open_log(&job.stdout_log)?;
+    let stderr = open_log(&job.stderr_log)?;
+
+    rootfs::enter(job)?;
+
+    check_binary(&job.binary)?;
+    let stdin = OpenOptions::new()
+        .read(true)
+        .open("/dev/null")
+        .map_err(|source| InitError::OpenDevNull { source })?;
+    let program = Program {
+        path: c_string(&job.binary)?,
+        argv: job
+            .argv
+            .iter()
+            .map(|arg| c_string(arg))
+            .collect::<Result<_, _>>()?,
+        envp: job
+            .env
+            .iter()
+            .map(|entry| c_string(entry))
+            .collect::<Result<_, _>>()?,
+        stdin,
+        stdout,
+        stderr,
+    };
+
+    // Blocked before the fork, so no SIGCHLD or forwarded signal is lost; sigwait takes them.
+    install_noop_handlers();
+    supervised_signals()
+        .thread_block()
+        .map_err(|source| InitError::BlockSignals { source })?;
+
+    // The write end is close-on-exec, so EOF without data means that execve succeeded.
+    let (status_read, status_write) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|source| InitError::Pipe { source })?;
+    // SAFETY: this process is single-threaded (a clone of the single-threaded helper), so the
+    // child may run any code, not only async-signal-safe functions.
+    match unsafe { fork() }.map_err(|source| InitError::Fork { source })? {
+        ForkResult::Child => {
+            drop(status_read);
+            exec_program(&program, status_write)
+        }
+        ForkResult::Parent { child } => {
+            drop(status_write);
+            let mut message = String::new();
+            let _ = File::from(status_read).read_to_string(&mut message);
+            if message.is_empty() {
+                Ok(child)
+            } else {
+                let _ = waitpid(child, None);
+                Err(InitError::Exec { message })
+            }
+        }
+    }
+}
+
+fn open_log(path: &PathBuf) -> Result<File, InitError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(LOG_FILE_MODE)
+        .open(path)
+        .map_err(|source| InitError::OpenLog {
+            path: path.clone(),
+            source,
+        })
+}
+
+/// Checks inside the new root that the binary exists and is executable, so the agent gets a
+/// clear message in place of an `execve` errno.
+fn check_binary(path: &str) -> Result<(), InitError> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return Err(InitError::BinaryNotFound {
+                path: path.to_string(),
+            })
+        }
+        Err(source) => {
+            return Err(InitError::InspectBinary {
+                path: path.to_string(),
+                source,
+            })
+        }
+    };
+    if !metadata.is_file() {
+        return Err(InitError::BinaryNotFile {
+            path: path.to_string(),
+        });
+    }
+    let mode = metadata.permissions().mode();
+    if mode & 0o111 == 0 {
+        return Err(InitError::BinaryNotExecutable {
+            path: path.to_string(),
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(())
+}
+
+fn c_string(value: &str) -> Result<CString, InitError> {
+    CString::new(value).map_err(|_| InitError::NulByte {
+        value: value.to_string(),
+    })
+}
+
+/// Runs in the forked program process: resets what PID 1 changed and execs. Writes the reason
+/// to `status_write` and exits if `execve` fails.
+fn exec_program(program: &Program, status_write: OwnedFd) -> ! {
+    let errno = prepare_and_exec(program);
+    let path = program.path.to_string_lossy();
+    let message = format!("exec {path} failed: {errno}");
+    let _ = nix::unistd::write(&status_write, message.as_bytes());
+    // SAFETY: _exit ends this forked process at once; skipping Rust's exit handlers is what a
+    // forked child that failed to exec must do.
+    unsafe { libc::_exit(EXEC_FAILED_EXIT_CODE) }
+}
+
+fn prepare_and_exec(program: &Program) -> Errno {
+    // A session of its own, so the program has no controlling terminal of the helper.
+    if let Err(errno) = setsid() {
+        return errno;
+    }
+    reset_signal_dispositions();
+    if let Err(errno) = SigSet::empty().thread_set_mask() {
+        return errno;
+    }
+    let redirected = dup2_stdin(program.stdin.as_fd())
+        .and_then(|()| dup2_stdout(program.stdout.as_fd()))
+        .and_then(|()| dup2_stderr(program.stderr.as_fd()));
+    if let Err(errno) = redirected {
+        return errno;
+    }
+    mark_fds_close_on_exec();
+    match execve(&program.path, &program.argv, &program.envp) {
+        Err(errno) => errno,
+        Ok(never) => match never {},
+    }
+}
+
+/// Restores default dispositions: ignored signals (Rust ignores SIGPIPE) stay ignored across
+/// `execve`, which would change how the program behaves.
+fn reset_signal_dispositions() {
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in Signal::iterator() {
+        if signal == Signal::SIGKILL || signal == Signal::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in a signal handler.
+        let _ = unsafe { sigaction(signal, &default) };
+    }
+}
+
+/// Marks every descriptor from 3 up close-on-exec, so nothing of the helper leaks into the
+/// program.
+fn mark_fds_close_on_exec() {
+    const FIRST_FD: libc::c_uint = 3;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors; it closes
+    // nothing and touches no memory.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            FIRST_FD,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+}
+
+/// Points fd 1, the report pipe to the agent, at /dev/null, so PID 1 does not hold the pipe
+/// open for the silo's whole life.
+fn release_report_pipe() {
+    if let Ok(dev_null) = OpenOptions::new().write(true).open("/dev/null") {
+        let _ = dup2_stdout(dev_null.as_fd());
+    }
+}
+
+fn supervised_signals() -> SigSet {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGCHLD);
+    for signal in FORWARDED_SIGNALS {
+        signals.add(*signal);
+    }
+    signals
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Installs handlers that do nothing for the supervised signals. The kernel discards a signal
+/// sent to a pid namespace's init while the signal is unblocked and its disposition is SIG_DFL.
+/// The signals are blocked for sigwait, which already keeps them pending; the handlers keep
+/// that true should a signal arrive while unblocked. They never run while blocked.
+fn install_noop_handlers() {
+    let action = SigAction::new(
+        SigHandler::Handler(ignore_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in supervised_signals().iter() {
+        // SAFETY: the handler does nothing, so it is async-signal-safe.
+        let _ = unsafe { sigaction(signal, &action) };
+    }
+}
+
+/// Forwards signals to the program and reaps children until the program exits; returns the
+/// program's exit code.
+fn supervise(program: Pid) -> i32 {
+    let signals = supervised_signals();
+    loop {
+        let Ok(signal) = signals.wait() else {
+            continue;
+        };
+        if signal == Signal::SIGCHLD {
+            if let Some(code) = reap_children(program) {
+                return code;
+            }
+        } else {
+            let _ = kill(program, signal);
+        }
+    }
+}
+
+/// Reaps every exited child; returns the program's exit code if it was among them.
+fn reap_children(program: Pid) -> Option<i32> {
+    let mut program_code = None;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == program => program_code = Some(code),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == program => {
+                program_code = Some(SIGNAL_EXIT_CODE_BASE + signal as i32)
+            }
+            Ok(WaitStatus::StillAlive) => break,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            // ECHILD: no child left.
+            Err(_) => break,
+        }
+    }
+    program_code
+}

@@ -1,0 +1,183 @@
+//! NAT for silos with internet access: one MASQUERADE rule per silo in the colex-owned chain
+//! `colex-masq` of the `nat` table, which `POSTROUTING` jumps to.
+//!
+//! The rules live in the agent's network namespace, so agents in separate namespaces never see
+//! each other's rules.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use tokio::process::Command;
+
+use super::names;
+
+/// Chain in the `nat` table that contains the silos' MASQUERADE rules.
+pub const MASQUERADE_CHAIN: &str = "colex-masq";
+/// sysctl that lets the kernel route packets between the bridge and other interfaces.
+const IP_FORWARD_PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Places where Debian installs iptables; `PATH` may lack the sbin dirs.
+const IPTABLES_PATHS: &[&str] = &["/usr/sbin/iptables", "/sbin/iptables"];
+
+/// Errors of iptables handling.
+#[derive(Debug, thiserror::Error)]
+pub enum IptablesError {
+    #[error("failed to run iptables {args}: {source}")]
+    Spawn { args: String, source: io::Error },
+    #[error("iptables {args} failed with {status}: {stderr}")]
+    Failed {
+        args: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("failed to enable IPv4 forwarding in {IP_FORWARD_PATH}: {source}")]
+    IpForward { source: io::Error },
+}
+
+/// Returns the rule specification of a silo's MASQUERADE rule, without table and command:
+/// traffic from the silo address that leaves through any interface but the bridge.
+pub fn masquerade_rule(address: Ipv4Addr, bridge: &str, silo_id: &str) -> Vec<String> {
+    vec![
+        "-s".to_string(),
+        format!("{address}/32"),
+        "!".to_string(),
+        "-o".to_string(),
+        bridge.to_string(),
+        "-j".to_string(),
+        "MASQUERADE".to_string(),
+        "-m".to_string(),
+        "comment".to_string(),
+        "--comment".to_string(),
+        names::masquerade_comment(silo_id),
+    ]
+}
+
+/// Creates the `colex-masq` chain if it is missing and makes `POSTROUTING` jump to it once.
+pub async fn ensure_chain() -> Result<(), IptablesError> {
+    if !succeeds(&["-t", "nat", "-S", MASQUERADE_CHAIN]).await? {
+        run(&["-t", "nat", "-N", MASQUERADE_CHAIN]).await?;
+    }
+    let jump = ["-t", "nat", "-C", "POSTROUTING", "-j", MASQUERADE_CHAIN];
+    if !succeeds(&jump).await? {
+        run(&["-t", "nat", "-A", "POSTROUTING", "-j", MASQUERADE_CHAIN]).await?;
+    }
+    Ok(())
+}
+
+/// Removes every rule from the `colex-masq` chain, for an agent start when no silo runs.
+pub async fn flush_chain() -> Result<(), IptablesError> {
+    run(&["-t", "nat", "-F", MASQUERADE_CHAIN]).await
+}
+
+/// Removes the jump from `POSTROUTING` and the `colex-masq` chain with its rules, if present.
+pub async fn remove_chain() -> Result<(), IptablesError> {
+    let jump = ["-t", "nat", "-C", "POSTROUTING", "-j", MASQUERADE_CHAIN];
+    while succeeds(&jump).await? {
+        run(&["-t", "nat", "-D", "POSTROUTING", "-j", MASQUERADE_CHAIN]).await?;
+    }
+    if succeeds(&["-t", "nat", "-S", MASQUERADE_CHAIN]).await? {
+        run(&["-t", "nat", "-F", MASQUERADE_CHAIN]).await?;
+        run(&["-t", "nat", "-X", MASQUERADE_CHAIN]).await?;
+    }
+    Ok(())
+}
+
+/// Adds the MASQUERADE rule of a silo unless it is already there.
+pub async fn add_masquerade(
+    address: Ipv4Addr,
+    bridge: &str,
+    silo_id: &str,
+) -> Result<(), IptablesError> {
+    let rule = masquerade_rule(address, bridge, silo_id);
+    if succeeds(&rule_command("-C", &rule)).await? {
+        return Ok(());
+    }
+    run(&rule_command("-A", &rule)).await
+}
+
+/// Removes the MASQUERADE rule of a silo, every copy of it; a missing rule or chain is fine.
+pub async fn remove_masquerade(
+    address: Ipv4Addr,
+    bridge: &str,
+    silo_id: &str,
+) -> Result<(), IptablesError> {
+    let rule = masquerade_rule(address, bridge, silo_id);
+    while succeeds(&rule_command("-C", &rule)).await? {
+        run(&rule_command("-D", &rule)).await?;
+    }
+    Ok(())
+}
+
+/// Turns on IPv4 forwarding in the agent's network namespace.
+pub async fn enable_ip_forward() -> Result<(), IptablesError> {
+    tokio::fs::write(IP_FORWARD_PATH, "1")
+        .await
+        .map_err(|source| IptablesError::IpForward { source })
+}
+
+fn rule_command<'a>(command: &'a str, rule: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["-t", "nat", command, MASQUERADE_CHAIN];
+    args.extend(rule.iter().map(String::as_str));
+    args
+}
+
+fn iptables_program() -> &'static str {
+    IPTABLES_PATHS
+        .iter()
+        .copied()
+        .find(|path| Path::new(path).exists())
+        .unwrap_or("iptables")
+}
+
+async fn output(args: &[&str]) -> Result<std::process::Output, IptablesError> {
+    // -w waits for the xtables lock instead of failing when another iptables runs.
+    Command::new(iptables_program())
+        .arg("-w")
+        .args(args)
+        .output()
+        .await
+        .map_err(|source| IptablesError::Spawn {
+            args: args.join(" "),
+            source,
+        })
+}
+
+/// Runs a check command (`-C`, `-S`); a non-zero exit means "not present".
+async fn succeeds(args: &[&str]) -> Result<bool, IptablesError> {
+    Ok(output(args).await?.status.success())
+}
+
+async fn run(args: &[&str]) -> Result<(), IptablesError> {
+    let output = output(args).await?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(IptablesError::Failed {
+            args: args.join(" "),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masquerade_rule_spec() {
+        let rule = masquerade_rule(Ipv4Addr::new(10, 69, 1, 2), "colex0", "3938a44e");
+        assert_eq!(
+            rule.join(" "),
+            "-s 10.69.1.2/32 ! -o colex0 -j MASQUERADE -m comment --comment colex silo 3938a44e"
+        );
+        assert_eq!(rule.last().map(String::as_str), Some("colex silo 3938a44e"));
+    }
+
+    #[test]
+    fn rule_command_targets_chain() {
+        let rule = masquerade_rule(Ipv4Addr::new(10, 69, 1, 2), "colex0", "3938a44e");
+        let args = rule_command("-D", &rule);
+        assert_eq!(&args[..4], ["-t", "nat", "-D", MASQUERADE_CHAIN]);
+    }
+}

@@ -1,0 +1,206 @@
+//! The agent's side of a helper process: spawn it, read its reports, release the silo.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use super::protocol::{HelperJob, HelperReport, GO_LINE, HELPER_ARG};
+
+/// How long the agent waits for a killed helper to exit.
+const HELPER_KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Errors of talking to a helper process.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("failed to open helper log {path}: {source}")]
+    OpenLog { path: PathBuf, source: io::Error },
+    #[error("failed to spawn helper {exe}: {source}")]
+    Spawn { exe: PathBuf, source: io::Error },
+    #[error("failed to send to the helper: {source}")]
+    Send { source: io::Error },
+    #[error("failed to read the helper's reports: {source}")]
+    Read { source: io::Error },
+    #[error("helper sent an invalid report {line:?}: {source}")]
+    InvalidReport {
+        line: String,
+        source: serde_json::Error,
+    },
+    #[error("helper sent {report:?} while the agent waited for {expected}")]
+    UnexpectedReport {
+        report: HelperReport,
+        expected: &'static str,
+    },
+    #[error("helper exited before reporting {expected}; see {log}")]
+    HelperExited {
+        expected: &'static str,
+        log: PathBuf,
+    },
+    #[error("helper sent no {expected} report within {timeout:?}")]
+    TimedOut {
+        expected: &'static str,
+        timeout: Duration,
+    },
+    #[error("{message}")]
+    SiloFailed { message: String },
+}
+
+/// A running helper process before its silo has started.
+#[derive(Debug)]
+pub struct Helper {
+    child: Child,
+    pid: u32,
+    stdin: Option<ChildStdin>,
+    reports: Lines<BufReader<ChildStdout>>,
+    log: PathBuf,
+}
+
+impl Helper {
+    /// Spawns `<exe> silo-helper` in a session of its own and sends it `job`. Its stderr goes
+    /// to `log`.
+    pub async fn spawn(exe: &Path, job: &HelperJob, log: &Path) -> Result<Helper, LaunchError> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| LaunchError::OpenLog {
+                path: log.to_path_buf(),
+                source,
+            })?;
+        let mut command = Command::new(exe);
+        command
+            .arg(HELPER_ARG)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(false);
+        // SAFETY: setsid is async-signal-safe, and the closure touches no memory of the parent,
+        // which is what a pre_exec hook in a forked copy of a multi-threaded process may do.
+        unsafe {
+            command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+        }
+        let mut child = command.spawn().map_err(|source| LaunchError::Spawn {
+            exe: exe.to_path_buf(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or_default();
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.start_kill();
+            return Err(LaunchError::Spawn {
+                exe: exe.to_path_buf(),
+                source: io::Error::other("helper stdin or stdout is not a pipe"),
+            });
+        };
+
+        if let Err(err) = send_job(&mut stdin, job).await {
+            // A helper that cannot take its job is of no use; it must not linger.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(err);
+        }
+
+        Ok(Helper {
+            child,
+            pid,
+            stdin: Some(stdin),
+            reports: BufReader::new(stdout).lines(),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Returns the helper's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for the helper to report the pid of the silo's PID 1.
+    pub async fn wait_cloned(&mut self, timeout: Duration) -> Result<u32, LaunchError> {
+        const EXPECTED: &str = "the silo init's pid";
+        match self.next_report(EXPECTED, timeout).await? {
+            HelperReport::Cloned { init_pid } => Ok(init_pid),
+            HelperReport::Failed { message } => Err(LaunchError::SiloFailed { message }),
+            report => Err(LaunchError::UnexpectedReport {
+                report,
+                expected: EXPECTED,
+            }),
+        }
+    }
+
+    /// Lets the silo's PID 1 continue, then waits until it reports that the program was exec'd.
+    pub async fn release(&mut self, timeout: Duration) -> Result<(), LaunchError> {
+        const EXPECTED: &str = "the program start";
+        if let Some(mut stdin) = self.stdin.take() {
+            let line = format!("{GO_LINE}\n");
+            stdin
+                .write_all(line.as_bytes())
+                .await
+                .map_err(|source| LaunchError::Send { source })?;
+            stdin
+                .flush()
+                .await
+                .map_err(|source| LaunchError::Send { source })?;
+        }
+        match self.next_report(EXPECTED, timeout).await? {
+            HelperReport::Started => Ok(()),
+            HelperReport::Failed { message } => Err(LaunchError::SiloFailed { message }),
+            report => Err(LaunchError::UnexpectedReport {
+                report,
+                expected: EXPECTED,
+            }),
+        }
+    }
+
+    /// Aborts the start: closes stdin, which makes the helper kill the silo's PID 1, kills the
+    /// helper, and waits for it to exit.
+    pub async fn abort(mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.start_kill();
+        if tokio::time::timeout(HELPER_KILL_WAIT, self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(pid = self.pid, "helper did not exit after SIGKILL");
+        }
+    }
+
+    /// Returns the process handle, for waiting on the helper once the silo runs.
+    pub fn into_child(self) -> Child {
+        self.child
+    }
+
+    async fn next_report(
+        &mut self,
+        expected: &'static str,
+        timeout: Duration,
+    ) -> Result<HelperReport, LaunchError> {
+        let line = tokio::time::timeout(timeout, self.reports.next_line())
+            .await
+            .map_err(|_| LaunchError::TimedOut { expected, timeout })?
+            .map_err(|source| LaunchError::Read { source })?;
+        let Some(line) = line else {
+            return Err(LaunchError::HelperExited {
+                expected,
+                log: self.log.clone(),
+            });
+        };
+        serde_json::from_str(&line).map_err(|source| LaunchError::InvalidReport { line, source })
+    }
+}
+
+async fn send_job(stdin: &mut ChildStdin, job: &HelperJob) -> Result<(), LaunchError> {
+    let mut line = serde_json::to_string(job).map_err(|source| LaunchError::Send {
+        source: io::Error::other(source),
+    })?;
+    line.push('\n');
+    stdin
+        .write_all(line.as_bytes())
+        .await
+        .map_err(|source| LaunchError::Send { source })?;
+    stdin
+        .flush()
+        .await
+        .map_err(|source| LaunchError::Send { source })
+}

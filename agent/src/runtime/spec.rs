@@ -1,0 +1,321 @@
+//! Validation of a [`SiloSpec`] before anything is created for it.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use colex_proto::SiloSpec;
+
+use super::files::{self, FilesError};
+use super::image::BUSYBOX_IMAGE;
+
+/// `PATH` given to a silo program whose spec sets none.
+pub const DEFAULT_PATH_ENV: &str =
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Maximum length of a silo name, which is the silo's host name (a DNS label).
+pub const MAX_SILO_NAME_BYTES: usize = 63;
+/// Scheme the user may write before an image name.
+const IMAGE_SCHEME: &str = "img://";
+
+/// Errors in a silo spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error(
+        "invalid silo name {name:?}: expected a DNS label of 1 to {MAX_SILO_NAME_BYTES} letters, \
+         digits and '-', not starting or ending with '-'"
+    )]
+    InvalidName { name: String },
+    #[error("image {image:?} not supported yet: only \"busybox\" is built in")]
+    UnsupportedImage { image: String },
+    #[error("silo spec has no binary")]
+    MissingBinary,
+    #[error("`{field}` is not supported yet by this agent; remove it from the silo file")]
+    Unsupported { field: &'static str },
+    #[error("binary path {path:?} must be absolute without '.' or '..' components")]
+    InvalidBinaryPath { path: String },
+    #[error("binary argument {arg:?} contains a NUL byte")]
+    InvalidArg { arg: String },
+    #[error(
+        "invalid env entry {entry:?}: expected KEY=VALUE with a non-empty key and no NUL byte"
+    )]
+    InvalidEnv { entry: String },
+    #[error("file path {path:?} appears more than once")]
+    DuplicateFile { path: String },
+    #[error(transparent)]
+    File(#[from] FilesError),
+}
+
+/// The content of a validated spec, in the form the runtime uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiloPlan {
+    /// Silo name, also its host name.
+    pub name: String,
+    /// Built-in image the root file system is made of.
+    pub image: &'static str,
+    /// Absolute path of the program inside the silo.
+    pub binary: String,
+    /// Full argument vector; `argv[0]` is the binary path.
+    pub argv: Vec<String>,
+    /// Environment: the spec's entries plus [`DEFAULT_PATH_ENV`] when they set no `PATH`.
+    pub env: Vec<String>,
+    /// Content of `/etc/resolv.conf`, or `None` when the spec has no nameservers.
+    pub resolv_conf: Option<String>,
+    pub internet_access: bool,
+}
+
+/// Checks `spec` and returns the plan for it. Creates nothing.
+pub fn plan(spec: &SiloSpec) -> Result<SiloPlan, SpecError> {
+    validate_name(&spec.name)?;
+    let image = resolve_image(&spec.base)?;
+    // A silo that cannot get what it asked for is rejected, not run without it.
+    if let Some(field) = unapplied_fields(spec).first() {
+        return Err(SpecError::Unsupported { field });
+    }
+
+    let binary = spec.binary.as_ref().ok_or(SpecError::MissingBinary)?;
+    if files::silo_path_components(&binary.path).is_err() {
+        return Err(SpecError::InvalidBinaryPath {
+            path: binary.path.clone(),
+        });
+    }
+    let mut argv = Vec::with_capacity(binary.args.len() + 1);
+    argv.push(binary.path.clone());
+    for arg in &binary.args {
+        if arg.contains('\0') {
+            return Err(SpecError::InvalidArg { arg: arg.clone() });
+        }
+        argv.push(arg.clone());
+    }
+    let env = plan_env(&binary.env)?;
+
+    let mut seen = HashSet::new();
+    for file in &spec.files {
+        files::check_entry(file)?;
+        let normalized = normalize(&file.silo_path);
+        if !seen.insert(normalized) {
+            return Err(SpecError::DuplicateFile {
+                path: file.silo_path.clone(),
+            });
+        }
+    }
+
+    let network = spec.network.clone().unwrap_or_default();
+    let resolv_conf = files::resolv_conf(&network.nameservers)?;
+    // The real address is known only after leasing; this call checks the entries now.
+    files::hosts_file(&spec.name, Ipv4Addr::UNSPECIFIED, &network.hosts)?;
+
+    Ok(SiloPlan {
+        name: spec.name.clone(),
+        image,
+        binary: binary.path.clone(),
+        argv,
+        env,
+        resolv_conf,
+        internet_access: network.internet_access,
+    })
+}
+
+/// Maps a spec's `base` to a built-in image: empty means `busybox`, and an `img://` scheme is
+/// accepted.
+pub fn resolve_image(base: &str) -> Result<&'static str, SpecError> {
+    let name = base.strip_prefix(IMAGE_SCHEME).unwrap_or(base);
+    if name.is_empty() || name == BUSYBOX_IMAGE {
+        Ok(BUSYBOX_IMAGE)
+    } else {
+        Err(SpecError::UnsupportedImage {
+            image: base.to_string(),
+        })
+    }
+}
+
+/// Returns the set fields of `spec` that the runtime does not apply yet.
+// TODO: apply `binds`, which needs bind sources in the agent config, and `resources`, which
+// needs the cpu and memory controllers (cgroup v1 hierarchies on hybrid hosts). Until then a
+// silo that sets them is rejected.
+fn unapplied_fields(spec: &SiloSpec) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    if !spec.binds.is_empty() {
+        fields.push("binds");
+    }
+    if let Some(resources) = &spec.resources {
+        if resources.cpu_percent != 0 || resources.memory_bytes != 0 {
+            fields.push("resources");
+        }
+    }
+    fields
+}
+
+fn validate_name(name: &str) -> Result<(), SpecError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_SILO_NAME_BYTES
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(SpecError::InvalidName {
+            name: name.to_string(),
+        })
+    }
+}
+
+fn plan_env(entries: &[String]) -> Result<Vec<String>, SpecError> {
+    let mut env = Vec::with_capacity(entries.len() + 1);
+    let mut has_path = false;
+    for entry in entries {
+        let key = entry.split_once('=').map(|(key, _)| key);
+        let valid = key.is_some_and(|key| !key.is_empty()) && !entry.contains('\0');
+        if !valid {
+            return Err(SpecError::InvalidEnv {
+                entry: entry.clone(),
+            });
+        }
+        has_path |= key == Some("PATH");
+        env.push(entry.clone());
+    }
+    if !has_path {
+        env.push(DEFAULT_PATH_ENV.to_string());
+    }
+    Ok(env)
+}
+
+fn normalize(path: &str) -> String {
+    path.split('/')
+        .filter(|c| !c.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use colex_proto::{Binary, FileEntry, Network};
+
+    use super::*;
+
+    fn spec() -> SiloSpec {
+        SiloSpec {
+            name: "web".to_string(),
+            base: "busybox".to_string(),
+            binary: Some(Binary {
+                path: "/bin/httpd".to_string(),
+                args: vec!["-f".to_string(), "-p".to_string(), "80".to_string()],
+                env: vec!["A=1".to_string()],
+            }),
+            files: vec![FileEntry {
+                silo_path: "/www/index.html".to_string(),
+                content: b"hi".to_vec(),
+                mode: 0o644,
+                ..Default::default()
+            }],
+            network: Some(Network {
+                internet_access: true,
+                nameservers: vec!["8.8.8.8".to_string()],
+                hosts: HashMap::from([("db".to_string(), "10.69.0.5".to_string())]),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plan_of_valid_spec() {
+        let plan = plan(&spec()).expect("valid spec");
+        assert_eq!(plan.image, BUSYBOX_IMAGE);
+        assert_eq!(plan.argv, ["/bin/httpd", "-f", "-p", "80"]);
+        assert_eq!(plan.env, ["A=1", DEFAULT_PATH_ENV]);
+        assert_eq!(plan.resolv_conf.as_deref(), Some("nameserver 8.8.8.8\n"));
+        assert!(plan.internet_access);
+    }
+
+    #[test]
+    fn unapplied_fields_are_rejected() {
+        let mut spec = spec();
+        spec.binds.push(colex_proto::Bind {
+            id: "data".to_string(),
+            path: "/data".to_string(),
+        });
+        spec.resources = Some(colex_proto::Resources {
+            cpu_percent: 50,
+            memory_bytes: 0,
+        });
+        assert!(matches!(plan(&spec), Err(SpecError::Unsupported { field: "binds" })));
+    }
+
+    #[test]
+    fn spec_path_env_is_kept() {
+        let mut spec = spec();
+        if let Some(binary) = spec.binary.as_mut() {
+            binary.env = vec!["PATH=/bin".to_string()];
+        }
+        assert_eq!(plan(&spec).expect("valid spec").env, ["PATH=/bin"]);
+    }
+
+    #[test]
+    fn image_names() {
+        assert_eq!(resolve_image("").expect("empty"), BUSYBOX_IMAGE);
+        assert_eq!(
+            resolve_image("img://busybox").expect("scheme"),
+            BUSYBOX_IMAGE
+        );
+        let err = resolve_image("alpine").expect_err("unsupported");
+        assert_eq!(
+            err.to_string(),
+            "image \"alpine\" not supported yet: only \"busybox\" is built in"
+        );
+    }
+
+    #[test]
+    fn rejects_invalid_specs() {
+        let mut bad_name = spec();
+        bad_name.name = "-web".to_string();
+        assert!(matches!(
+            plan(&bad_name),
+            Err(SpecError::InvalidName { .. })
+        ));
+
+        let mut no_binary = spec();
+        no_binary.binary = None;
+        assert!(matches!(plan(&no_binary), Err(SpecError::MissingBinary)));
+
+        let mut relative = spec();
+        if let Some(binary) = relative.binary.as_mut() {
+            binary.path = "bin/sh".to_string();
+        }
+        assert!(matches!(
+            plan(&relative),
+            Err(SpecError::InvalidBinaryPath { .. })
+        ));
+
+        let mut bad_env = spec();
+        if let Some(binary) = bad_env.binary.as_mut() {
+            binary.env = vec!["NOEQUALS".to_string()];
+        }
+        assert!(matches!(plan(&bad_env), Err(SpecError::InvalidEnv { .. })));
+
+        let mut dot_dot = spec();
+        dot_dot.files[0].silo_path = "/www/../../etc/passwd".to_string();
+        assert!(matches!(
+            plan(&dot_dot),
+            Err(SpecError::File(FilesError::DotComponent { .. }))
+        ));
+
+        let mut duplicate = spec();
+        let mut copy = duplicate.files[0].clone();
+        copy.silo_path = "//www//index.html".to_string();
+        duplicate.files.push(copy);
+        assert!(matches!(
+            plan(&duplicate),
+            Err(SpecError::DuplicateFile { .. })
+        ));
+
+        let mut bad_dns = spec();
+        if let Some(network) = bad_dns.network.as_mut() {
+            network.nameservers = vec!["dns".to_string()];
+        }
+        assert!(matches!(
+            plan(&bad_dns),
+            Err(SpecError::File(FilesError::InvalidNameserver { .. }))
+        ));
+    }
+}

@@ -1,0 +1,237 @@
+//! On-disk intent records: what a silo has or may have created, so that a restarted agent can
+//! remove it.
+//!
+//! Layout of `<state_dir>/silos/<id>/`: `silo.json` (the [`SiloRecord`]), `exit.json` (the
+//! [`ExitRecord`] that the helper writes), `stdout.log`, `stderr.log`, `helper.log`, and the
+//! overlayfs dirs `upper/`, `work/` and `rootfs/`.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// File name of the silo record.
+pub const RECORD_FILE: &str = "silo.json";
+/// File name of the exit record the helper writes when the silo's PID 1 has exited.
+pub const EXIT_FILE: &str = "exit.json";
+/// File name of the silo program's standard output.
+pub const STDOUT_LOG_FILE: &str = "stdout.log";
+/// File name of the silo program's standard error.
+pub const STDERR_LOG_FILE: &str = "stderr.log";
+/// File name of the helper's and the silo init's own diagnostics.
+pub const HELPER_LOG_FILE: &str = "helper.log";
+/// Prefix of a silo dir that is being deleted; such dirs are removed on start.
+pub const TRASH_PREFIX: &str = ".trash-";
+
+/// Errors reading and writing state files.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("failed to write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("failed to read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("failed to parse {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("failed to encode {path}: {source}")]
+    Encode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Record of what a silo has or may have created. Written before the first kernel object is made and
+/// updated when the helper's pids are known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiloRecord {
+    pub silo_id: String,
+    pub generation: u64,
+    /// Host-side veth name.
+    pub host_veth: String,
+    /// Leased silo address.
+    pub address: Ipv4Addr,
+    /// cgroup v2 directory of the silo.
+    pub cgroup_dir: PathBuf,
+    /// Whether a MASQUERADE rule is (or may be) installed for the silo.
+    pub internet_access: bool,
+    /// Pid of the helper process, in the agent's pid namespace.
+    pub helper_pid: Option<u32>,
+    /// Pid of the silo's PID 1, in the agent's pid namespace.
+    pub init_pid: Option<u32>,
+}
+
+/// Exit status of a silo's PID 1: its exit code, or 128 + signal number when it was killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub exit_code: i32,
+}
+
+/// Paths of one silo's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiloPaths {
+    pub dir: PathBuf,
+}
+
+impl SiloPaths {
+    /// Returns the paths of silo `silo_id` under `silos_dir`.
+    pub fn new(silos_dir: &Path, silo_id: &str) -> Self {
+        SiloPaths {
+            dir: silos_dir.join(silo_id),
+        }
+    }
+
+    pub fn record(&self) -> PathBuf {
+        self.dir.join(RECORD_FILE)
+    }
+
+    pub fn exit(&self) -> PathBuf {
+        self.dir.join(EXIT_FILE)
+    }
+
+    pub fn stdout_log(&self) -> PathBuf {
+        self.dir.join(STDOUT_LOG_FILE)
+    }
+
+    pub fn stderr_log(&self) -> PathBuf {
+        self.dir.join(STDERR_LOG_FILE)
+    }
+
+    pub fn helper_log(&self) -> PathBuf {
+        self.dir.join(HELPER_LOG_FILE)
+    }
+
+    /// Overlayfs upper dir: the silo's writable layer, where its files are placed.
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+
+    /// Overlayfs work dir, on the same file system as the upper dir.
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+
+    /// Mount point of the silo's root file system inside its mount namespace.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+}
+
+/// Writes `value` as JSON to `path` through a synced temp file and a rename, so readers see
+/// either the old or the new content, also after a crash.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let encoded = serde_json::to_vec_pretty(value).map_err(|source| StateError::Encode {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut temp_name = path.as_os_str().to_owned();
+    temp_name.push(".tmp");
+    let temp = PathBuf::from(temp_name);
+    let write_error = |source| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+
+    let mut file = File::create(&temp).map_err(write_error)?;
+    file.write_all(&encoded).map_err(write_error)?;
+    file.sync_all().map_err(write_error)?;
+    drop(file);
+    fs::rename(&temp, path).map_err(write_error)
+}
+
+/// Reads a JSON file written by [`write_json_atomic`].
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, StateError> {
+    let bytes = fs::read(path).map_err(|source| StateError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Lists the entries of the silos dir: silo dirs by name, and leftover trash dirs.
+pub fn list_dir(silos_dir: &Path) -> Result<Vec<String>, StateError> {
+    let read_error = |source| StateError::Read {
+        path: silos_dir.to_path_buf(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in fs::read_dir(silos_dir).map_err(read_error)? {
+        let entry = entry.map_err(read_error)?;
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> SiloRecord {
+        SiloRecord {
+            silo_id: "3938a44e".to_string(),
+            generation: 7,
+            host_veth: "cx3938a44e".to_string(),
+            address: Ipv4Addr::new(10, 69, 1, 2),
+            cgroup_dir: PathBuf::from("/sys/fs/cgroup/colex-node1/3938a44e"),
+            internet_access: true,
+            helper_pid: Some(1234),
+            init_pid: None,
+        }
+    }
+
+    #[test]
+    fn record_round_trip() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let path = dir.path().join(RECORD_FILE);
+        write_json_atomic(&path, &record()).expect("write record");
+        let read: SiloRecord = read_json(&path).expect("read record");
+        assert_eq!(read, record());
+        assert!(!dir.path().join("silo.json.tmp").exists());
+    }
+
+    #[test]
+    fn record_overwrite_replaces() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let path = dir.path().join(RECORD_FILE);
+        write_json_atomic(&path, &record()).expect("write record");
+        let mut updated = record();
+        updated.init_pid = Some(1235);
+        write_json_atomic(&path, &updated).expect("overwrite record");
+        let read: SiloRecord = read_json(&path).expect("read record");
+        assert_eq!(read.init_pid, Some(1235));
+    }
+
+    #[test]
+    fn read_reports_parse_errors() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let path = dir.path().join(EXIT_FILE);
+        fs::write(&path, b"{not json").expect("write garbage");
+        let err = read_json::<ExitRecord>(&path).expect_err("garbage must not parse");
+        assert!(matches!(err, StateError::Parse { .. }));
+        assert!(err.to_string().contains("exit.json"));
+    }
+
+    #[test]
+    fn paths_are_under_silo_dir() {
+        let paths = SiloPaths::new(Path::new("/state/silos"), "3938a44e");
+        assert_eq!(
+            paths.record(),
+            PathBuf::from("/state/silos/3938a44e/silo.json")
+        );
+        assert_eq!(
+            paths.stdout_log(),
+            PathBuf::from("/state/silos/3938a44e/stdout.log")
+        );
+        assert_eq!(paths.upper(), PathBuf::from("/state/silos/3938a44e/upper"));
+    }
+}

@@ -1,0 +1,972 @@
+//! Root integration tests of the silo runtime: real namespaces, overlayfs, veths, iptables and
+//! cgroups.
+//!
+//! Each test runs its runtime in a fresh network namespace made by a dedicated thread, so the
+//! bridge, veths and iptables rules never touch the machine's own namespace and vanish with the
+//! thread's namespace. Names carry a random part, so tests run in parallel like several agents
+//! on one machine. The host cgroup dir and the state dir are removed by guards, also when a test
+//! fails. Without root the tests are skipped, unless CI=true, where they fail.
+
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use colex_agent::runtime::{Runtime, RuntimeConfig, RuntimeError, SiloExit, STDOUT_LOG_FILE};
+use colex_proto::{Binary, FileEntry, FileKind, Network, SiloSpec};
+use tokio::sync::mpsc;
+
+const HELPER_EXE: &str = env!("CARGO_BIN_EXE_colex-agent");
+const BUSYBOX: &str = "/bin/busybox";
+const IPTABLES_SAVE: &str = "/usr/sbin/iptables-save";
+const SUBNET: &str = "10.69.1.0/24";
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+const EXIT_WAIT: Duration = Duration::from_secs(20);
+const HTTP_WAIT: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+/// Returns whether the test can run; panics without root when CI=true.
+fn has_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root, and CI=true does not allow skipping it");
+    }
+    eprintln!("skipped {test}: needs root");
+    false
+}
+
+fn random_hex() -> String {
+    let value = RandomState::new().hash_one((std::process::id(), Instant::now()));
+    format!("{:08x}", value as u32)
+}
+
+/// A test agent's configuration, with guards that remove its state dir and cgroup dir.
+struct TestHost {
+    cfg: RuntimeConfig,
+    _state_dir: tempfile::TempDir,
+}
+
+impl TestHost {
+    fn new() -> TestHost {
+        let state_dir = tempfile::Builder::new()
+            .prefix("colex-runtime-test")
+            .tempdir()
+            .expect("create state dir");
+        let subnet = SUBNET.parse().expect("valid subnet literal");
+        let cfg = RuntimeConfig::new(
+            format!("cxt{}", random_hex()),
+            state_dir.path(),
+            format!("cxb{}", random_hex()),
+            subnet,
+            HELPER_EXE,
+        );
+        TestHost {
+            cfg,
+            _state_dir: state_dir,
+        }
+    }
+
+    fn cgroup_dir(&self) -> PathBuf {
+        cgroup2_mount().join(format!("colex-{}", self.cfg.host_name))
+    }
+
+    fn silo_dir(&self, silo_id: &str) -> PathBuf {
+        self.cfg.state_dir.join("silos").join(silo_id)
+    }
+
+    fn leases(&self) -> Vec<String> {
+        let dir = self.cfg.state_dir.join("leases");
+        let mut leases = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                leases.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        leases
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        // Kill whatever a failed test left in the host's cgroups, then remove them.
+        let host_dir = self.cgroup_dir();
+        let Ok(entries) = std::fs::read_dir(&host_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                let _ = std::fs::write(entry.path().join("cgroup.kill"), "1");
+                wait_for(Duration::from_secs(5), || !cgroup_populated(&entry.path()));
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&host_dir);
+    }
+}
+
+fn cgroup2_mount() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let mount_point = before.split_whitespace().nth(4)?;
+            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .expect("a cgroup2 mount")
+}
+
+fn cgroup_populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .is_ok_and(|events| events.contains("populated 1"))
+}
+
+fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// Runs `test` on a thread in a new network namespace with loopback up. Processes the test
+/// spawns inherit the namespace.
+fn in_netns(test: impl FnOnce() + Send + 'static) {
+    let thread = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare network namespace");
+        run(BUSYBOX, &["ip", "link", "set", "lo", "up"]);
+        test();
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Runs `future` on a new multi-threaded tokio runtime whose threads start in the calling
+/// thread's network namespace. Dropping the runtime at the end cancels its tasks, as an agent
+/// crash would.
+fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build tokio runtime")
+        .block_on(future)
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .expect("spawn command");
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn link_exists(name: &str) -> bool {
+    Command::new(BUSYBOX)
+        .args(["ip", "link", "show", name])
+        .output()
+        .expect("spawn ip")
+        .status
+        .success()
+}
+
+fn masquerade_rules() -> Vec<String> {
+    run(IPTABLES_SAVE, &["-t", "nat"])
+        .lines()
+        .filter(|line| line.contains("MASQUERADE"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn spec(name: &str, path: &str, args: &[&str]) -> SiloSpec {
+    SiloSpec {
+        name: name.to_string(),
+        base: "busybox".to_string(),
+        binary: Some(Binary {
+            path: path.to_string(),
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+            env: Vec::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn wait_exit(exits: &mut mpsc::Receiver<SiloExit>, silo_id: &str) -> SiloExit {
+    let deadline = tokio::time::Instant::now() + EXIT_WAIT;
+    loop {
+        let exit = tokio::time::timeout_at(deadline, exits.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no exit of silo {silo_id} within {EXIT_WAIT:?}"))
+            .expect("exit channel open");
+        if exit.silo_id == silo_id {
+            return exit;
+        }
+    }
+}
+
+/// Fetches `url` with the host's busybox wget, retrying while the server starts. busybox 1.35's
+/// wget crashes with `-T`, so each try is bounded by a tokio timeout instead.
+async fn wget(url: &str) -> String {
+    const TRY_TIMEOUT: Duration = Duration::from_secs(3);
+    let deadline = Instant::now() + HTTP_WAIT;
+    loop {
+        let fetch = tokio::process::Command::new(BUSYBOX)
+            .args(["wget", "-q", "-O", "-", url])
+            .kill_on_drop(true)
+            .output();
+        let failure = match tokio::time::timeout(TRY_TIMEOUT, fetch).await {
+            Ok(Ok(output)) if output.status.success() => {
+                return String::from_utf8_lossy(&output.stdout).into_owned()
+            }
+            Ok(Ok(output)) => format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ),
+            Ok(Err(err)) => format!("spawn failed: {err}"),
+            Err(_) => format!("no answer within {TRY_TIMEOUT:?}"),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "wget {url} kept failing: {failure}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts that nothing of the silo is left: veth, NAT rule, cgroup, silo dir, mount, lease.
+fn assert_silo_gone(host: &TestHost, silo_id: &str) {
+    assert!(
+        !link_exists(&format!("cx{silo_id}")),
+        "veth of {silo_id} still exists"
+    );
+    let comment = format!("colex silo {silo_id}");
+    let rules: Vec<String> = masquerade_rules()
+        .into_iter()
+        .filter(|rule| rule.contains(&comment))
+        .collect();
+    assert!(rules.is_empty(), "NAT rules of {silo_id} left: {rules:?}");
+    let cgroup = host.cgroup_dir().join(silo_id);
+    assert!(!cgroup.exists(), "cgroup {} still exists", cgroup.display());
+    let silo_dir = host.silo_dir(silo_id);
+    assert!(
+        !silo_dir.exists(),
+        "silo dir {} still exists",
+        silo_dir.display()
+    );
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    let silo_dir_text = silo_dir.to_string_lossy().into_owned();
+    assert!(
+        !mountinfo.contains(&silo_dir_text),
+        "a mount below {silo_dir_text} is left"
+    );
+    let silos_dir = host.cfg.state_dir.join("silos");
+    let leftovers: Vec<_> = std::fs::read_dir(silos_dir)
+        .expect("list silos dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "silos dir not empty: {leftovers:?}");
+    for lease in host.leases() {
+        let owner = std::fs::read_to_string(host.cfg.state_dir.join("leases").join(&lease))
+            .unwrap_or_default();
+        assert_ne!(owner.trim(), silo_id, "lease {lease} of {silo_id} left");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn httpd_serves_placed_file() {
+    if !has_root("httpd_serves_placed_file") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, _exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let silo_id = random_hex();
+            let mut web = spec("web", "/bin/httpd", &["-f", "-p", "80", "-h", "/www"]);
+            web.files.push(FileEntry {
+                silo_path: "/www/index.html".to_string(),
+                content: b"hello from a silo\n".to_vec(),
+                mode: 0o644,
+                ..Default::default()
+            });
+
+            let interfaces = runtime
+                .run_silo(&silo_id, 1, &web)
+                .await
+                .expect("run httpd silo");
+            assert_eq!(interfaces.len(), 1);
+            assert_eq!(interfaces[0].name, format!("cx{silo_id}"));
+            assert_eq!(interfaces[0].address, "10.69.1.2");
+            assert!(link_exists(&interfaces[0].name));
+
+            let body = wget(&format!("http://{}/", interfaces[0].address)).await;
+            assert_eq!(body, "hello from a silo\n");
+
+            runtime
+                .remove_silo(&silo_id, KILL_TIMEOUT)
+                .await
+                .expect("remove silo");
+            assert_silo_gone(&host, &silo_id);
+
+            runtime.shutdown().await.expect("shutdown");
+            assert!(!link_exists(&host.cfg.bridge), "bridge left after shutdown");
+            assert!(
+                !host.cgroup_dir().exists(),
+                "host cgroup left after shutdown"
+            );
+            let chains = run(IPTABLES_SAVE, &["-t", "nat"]);
+            assert!(
+                !chains.contains("colex-masq"),
+                "iptables chain left: {chains}"
+            );
+        });
+    });
+}
+
+#[test]
+fn silo_sees_hostname_proc_and_env() {
+    if !has_root("silo_sees_hostname_proc_and_env") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, mut exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let silo_id = random_hex();
+            // A placed script, started through a placed symlink: the entries land with their
+            // kinds and modes, and the program can be exec'd.
+            let script = "#!/bin/sh\n\
+                          echo args=$0 $1\n\
+                          echo host=$(hostname)\n\
+                          echo pid=$$\n\
+                          echo init=$(cat /proc/1/comm)\n\
+                          echo maxpid=$(ls /proc | grep '^[0-9]' | sort -n | tail -n 1)\n\
+                          echo foo=$FOO\n\
+                          echo path=$PATH\n\
+                          ip -4 -o addr show eth0\n\
+                          ip route\n\
+                          cat /etc/hosts /etc/resolv.conf\n\
+                          echo data=$(stat -c %a /data)\n\
+                          echo err >&2\n";
+            let mut silo = spec("inspector", "/usr/local/bin/inspect", &["first"]);
+            silo.files.push(FileEntry {
+                silo_path: "/opt/inspect.sh".to_string(),
+                content: script.as_bytes().to_vec(),
+                mode: 0o755,
+                ..Default::default()
+            });
+            silo.files.push(FileEntry {
+                silo_path: "/usr/local/bin/inspect".to_string(),
+                kind: FileKind::Symlink.into(),
+                link_target: "/opt/inspect.sh".to_string(),
+                ..Default::default()
+            });
+            silo.files.push(FileEntry {
+                silo_path: "/data".to_string(),
+                kind: FileKind::Directory.into(),
+                mode: 0o700,
+                ..Default::default()
+            });
+            if let Some(binary) = silo.binary.as_mut() {
+                binary.env = vec!["FOO=bar".to_string()];
+            }
+            silo.network = Some(Network {
+                internet_access: false,
+                nameservers: vec!["203.0.113.53".to_string()],
+                hosts: [("db".to_string(), "10.69.0.5".to_string())]
+                    .into_iter()
+                    .collect(),
+            });
+
+            runtime
+                .run_silo(&silo_id, 4, &silo)
+                .await
+                .expect("run silo");
+            let exit = wait_exit(&mut exits, &silo_id).await;
+            assert_eq!(exit.exit_code, 0);
+            assert_eq!(exit.generation, 4);
+
+            let dir = runtime.silo_dir(&silo_id);
+            let stdout =
+                std::fs::read_to_string(dir.join(STDOUT_LOG_FILE)).expect("read stdout.log");
+            let stderr = std::fs::read_to_string(dir.join("stderr.log")).expect("read stderr.log");
+            assert!(
+                stdout.contains("args=/usr/local/bin/inspect first\n"),
+                "{stdout}"
+            );
+            assert!(stdout.contains("data=700\n"), "{stdout}");
+            assert!(stdout.contains("host=inspector\n"), "{stdout}");
+            // PID 1 is the init, so the program is the first process it forked.
+            assert!(stdout.contains("pid=2\n"), "{stdout}");
+            assert!(stdout.contains("init=colex-init\n"), "{stdout}");
+            // A fresh pid namespace: only the init, the shell and its pipeline are in /proc.
+            let max_pid: u32 = stdout
+                .lines()
+                .find_map(|line| line.strip_prefix("maxpid="))
+                .and_then(|pid| pid.parse().ok())
+                .unwrap_or_else(|| panic!("no maxpid line in {stdout}"));
+            assert!(
+                max_pid < 10,
+                "pid {max_pid} in a fresh pid namespace: {stdout}"
+            );
+            assert!(stdout.contains("foo=bar\n"), "{stdout}");
+            assert!(
+                stdout.contains(
+                    "path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+                ),
+                "{stdout}"
+            );
+            assert!(stdout.contains("inet 10.69.1.2/24"), "{stdout}");
+            assert!(
+                stdout.contains("default via 10.69.1.1 dev eth0"),
+                "{stdout}"
+            );
+            assert!(stdout.contains("10.69.1.2\tinspector\n"), "{stdout}");
+            assert!(stdout.contains("10.69.0.5\tdb\n"), "{stdout}");
+            assert!(stdout.contains("nameserver 203.0.113.53\n"), "{stdout}");
+            assert_eq!(stderr, "err\n");
+
+            // An exited silo is removed like a running one.
+            runtime
+                .remove_silo(&silo_id, KILL_TIMEOUT)
+                .await
+                .expect("remove silo");
+            assert_silo_gone(&host, &silo_id);
+            runtime.shutdown().await.expect("shutdown");
+        });
+    });
+}
+
+#[test]
+fn exit_code_is_reported() {
+    if !has_root("exit_code_is_reported") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, mut exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let silo_id = random_hex();
+            runtime
+                .run_silo(&silo_id, 9, &spec("exiter", "/bin/sh", &["-c", "exit 3"]))
+                .await
+                .expect("run silo");
+            let exit = wait_exit(&mut exits, &silo_id).await;
+            assert_eq!(
+                exit,
+                SiloExit {
+                    silo_id: silo_id.clone(),
+                    generation: 9,
+                    exit_code: 3
+                }
+            );
+
+            let killed_id = random_hex();
+            runtime
+                .run_silo(
+                    &killed_id,
+                    1,
+                    &spec("killed", "/bin/sh", &["-c", "kill -9 $$"]),
+                )
+                .await
+                .expect("run silo");
+            assert_eq!(wait_exit(&mut exits, &killed_id).await.exit_code, 128 + 9);
+
+            runtime
+                .remove_silo(&silo_id, KILL_TIMEOUT)
+                .await
+                .expect("remove silo");
+            runtime
+                .remove_silo(&killed_id, KILL_TIMEOUT)
+                .await
+                .expect("remove silo");
+            assert_silo_gone(&host, &silo_id);
+            assert_silo_gone(&host, &killed_id);
+            runtime.shutdown().await.expect("shutdown");
+        });
+    });
+}
+
+#[test]
+fn missing_binary_fails_cleanly() {
+    if !has_root("missing_binary_fails_cleanly") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, mut exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let silo_id = random_hex();
+            let mut silo = spec("broken", "/bin/nope", &[]);
+            silo.network = Some(Network {
+                internet_access: true,
+                ..Default::default()
+            });
+            let err = runtime
+                .run_silo(&silo_id, 1, &silo)
+                .await
+                .expect_err("missing binary must fail");
+            let message = err.to_string();
+            assert!(
+                message.contains("binary /bin/nope not found in silo root"),
+                "{message}"
+            );
+            assert!(matches!(err, RuntimeError::Launch { .. }), "{err:?}");
+            assert_silo_gone(&host, &silo_id);
+            assert!(host.leases().is_empty(), "leases left: {:?}", host.leases());
+            assert!(masquerade_rules().is_empty(), "{:?}", masquerade_rules());
+            // A failed start is not an exit of a program.
+            assert!(exits.try_recv().is_err());
+
+            // A directory in place of the binary is reported as such.
+            let dir_id = random_hex();
+            let err = runtime
+                .run_silo(&dir_id, 1, &spec("broken", "/etc", &[]))
+                .await
+                .expect_err("a directory is no binary");
+            assert!(
+                err.to_string()
+                    .contains("binary /etc in silo root is not a regular file"),
+                "{err}"
+            );
+            assert_silo_gone(&host, &dir_id);
+
+            // The failed ids can be used again.
+            runtime
+                .run_silo(&silo_id, 2, &spec("fixed", "/bin/sleep", &["1000"]))
+                .await
+                .expect("run after failure");
+            runtime
+                .remove_silo(&silo_id, KILL_TIMEOUT)
+                .await
+                .expect("remove silo");
+            assert_silo_gone(&host, &silo_id);
+            runtime.shutdown().await.expect("shutdown");
+        });
+    });
+}
+
+#[test]
+fn invalid_input_creates_nothing() {
+    if !has_root("invalid_input_creates_nothing") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, _exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let silo_id = random_hex();
+
+            let mut alpine = spec("web", "/bin/sh", &[]);
+            alpine.base = "alpine".to_string();
+            let err = runtime
+                .run_silo(&silo_id, 1, &alpine)
+                .await
+                .expect_err("unsupported image");
+            assert!(
+                err.to_string()
+                    .contains("image \"alpine\" not supported yet"),
+                "{err}"
+            );
+
+            let mut escape = spec("web", "/bin/sh", &[]);
+            escape.files.push(FileEntry {
+                silo_path: "/www/../../etc/passwd".to_string(),
+                content: Vec::new(),
+                mode: 0o644,
+                ..Default::default()
+            });
+            let err = runtime
+                .run_silo(&silo_id, 1, &escape)
+                .await
+                .expect_err("path with ..");
+            assert!(err.to_string().contains("'..'"), "{err}");
+
+            let err = runtime
+                .run_silo("NOT-AN-ID", 1, &spec("web", "/bin/sh", &[]))
+                .await
+                .expect_err("invalid id");
+            assert!(err.to_string().contains("invalid silo id"), "{err}");
+
+            assert_silo_gone(&host, &silo_id);
+            assert!(host.leases().is_empty());
+
+            // Removing an unknown silo succeeds, twice.
+            runtime
+                .remove_silo(&silo_id, KILL_TIMEOUT)
+                .await
+                .expect("remove unknown silo");
+            runtime
+                .remove_silo(&silo_id, KILL_TIMEOUT)
+                .await
+                .expect("remove unknown silo again");
+            runtime.shutdown().await.expect("shutdown");
+        });
+    });
+}
+
+#[test]
+fn remove_leaves_nothing() {
+    if !has_root("remove_leaves_nothing") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, mut exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let mut sleeper = spec("sleeper", "/bin/sleep", &["1000"]);
+            sleeper.network = Some(Network {
+                internet_access: true,
+                ..Default::default()
+            });
+            let silo_id = random_hex();
+            let interfaces = runtime
+                .run_silo(&silo_id, 1, &sleeper)
+                .await
+                .expect("run silo");
+
+            let rules = masquerade_rules();
+            assert_eq!(rules.len(), 1, "{rules:?}");
+            assert!(
+                rules[0].contains(&format!("-s {}/32", interfaces[0].address)),
+                "{rules:?}"
+            );
+            assert!(
+                rules[0].contains(&format!("! -o {}", host.cfg.bridge)),
+                "{rules:?}"
+            );
+            assert!(
+                rules[0].contains(&format!("colex silo {silo_id}")),
+                "{rules:?}"
+            );
+            let forward =
+                std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read ip_forward");
+            assert_eq!(forward.trim(), "1");
+            let cgroup = host.cgroup_dir().join(&silo_id);
+            assert!(cgroup_populated(&cgroup), "silo cgroup has no process");
+
+            // sleep dies of the forwarded SIGTERM, long before the kill timeout.
+            let started = Instant::now();
+            runtime
+                .remove_silo(&silo_id, Duration::from_secs(30))
+                .await
+                .expect("remove silo");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "SIGTERM was not forwarded"
+            );
+            assert_silo_gone(&host, &silo_id);
+            assert!(masquerade_rules().is_empty());
+            assert!(host.leases().is_empty(), "leases left: {:?}", host.leases());
+
+            // A program that ignores SIGTERM is killed through its cgroup after the timeout.
+            let stubborn_id = random_hex();
+            let stubborn = spec(
+                "stubborn",
+                "/bin/sh",
+                &[
+                    "-c",
+                    "trap '' TERM; echo ready; while true; do sleep 1; done",
+                ],
+            );
+            runtime
+                .run_silo(&stubborn_id, 1, &stubborn)
+                .await
+                .expect("run silo");
+            // The shell must have set its trap before the SIGTERM comes.
+            let stdout_log = runtime.silo_dir(&stubborn_id).join(STDOUT_LOG_FILE);
+            let ready = wait_for(Duration::from_secs(10), || {
+                std::fs::read_to_string(&stdout_log).is_ok_and(|text| text.contains("ready"))
+            });
+            assert!(ready, "the stubborn silo never reported ready");
+            let started = Instant::now();
+            runtime
+                .remove_silo(&stubborn_id, Duration::from_millis(500))
+                .await
+                .expect("remove stubborn silo");
+            assert!(started.elapsed() >= Duration::from_millis(500));
+            assert_silo_gone(&host, &stubborn_id);
+
+            // Removal is not reported as an exit, and a second removal succeeds.
+            assert!(exits.try_recv().is_err());
+            runtime
+                .remove_silo(&silo_id, KILL_TIMEOUT)
+                .await
+                .expect("remove again");
+            runtime.shutdown().await.expect("shutdown");
+        });
+    });
+}
+
+#[test]
+fn addresses_are_distinct_and_reused() {
+    if !has_root("addresses_are_distinct_and_reused") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, _exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let sleeper = spec("sleeper", "/bin/sleep", &["1000"]);
+            let first = random_hex();
+            let second = random_hex();
+            let first_address = runtime
+                .run_silo(&first, 1, &sleeper)
+                .await
+                .expect("run first")[0]
+                .address
+                .clone();
+            let second_address = runtime
+                .run_silo(&second, 1, &sleeper)
+                .await
+                .expect("run second")[0]
+                .address
+                .clone();
+            assert_eq!(first_address, "10.69.1.2");
+            assert_eq!(second_address, "10.69.1.3");
+
+            // The silos reach each other through the bridge.
+            let ping = tokio::process::Command::new(BUSYBOX)
+                .args(["ping", "-c", "1", "-W", "5", &second_address])
+                .output()
+                .await
+                .expect("spawn ping");
+            assert!(ping.status.success(), "host cannot ping {second_address}");
+
+            let err = runtime
+                .run_silo(&first, 2, &sleeper)
+                .await
+                .expect_err("duplicate id");
+            assert!(err.to_string().contains("already exists"), "{err}");
+
+            runtime
+                .remove_silo(&first, KILL_TIMEOUT)
+                .await
+                .expect("remove first");
+            let third = random_hex();
+            let third_address = runtime
+                .run_silo(&third, 1, &sleeper)
+                .await
+                .expect("run third")[0]
+                .address
+                .clone();
+            assert_eq!(
+                third_address, "10.69.1.2",
+                "the lowest free address is reused"
+            );
+
+            runtime.shutdown().await.expect("shutdown");
+            assert_silo_gone(&host, &second);
+            assert_silo_gone(&host, &third);
+        });
+    });
+}
+
+#[test]
+fn start_cleans_crash_leftovers() {
+    if !has_root("start_cleans_crash_leftovers") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        let silo_id = random_hex();
+        let unrecorded_id = random_hex();
+
+        // First agent: start two silos, then "crash": the tokio runtime is dropped without
+        // shutdown, which leaves the helpers and the silos running.
+        block_on(async {
+            let (runtime, _exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let mut sleeper = spec("sleeper", "/bin/sleep", &["1000"]);
+            sleeper.network = Some(Network {
+                internet_access: true,
+                ..Default::default()
+            });
+            for id in [&silo_id, &unrecorded_id] {
+                runtime.run_silo(id, 1, &sleeper).await.expect("run silo");
+            }
+        });
+        for id in [&silo_id, &unrecorded_id] {
+            let cgroup = host.cgroup_dir().join(id);
+            assert!(
+                cgroup_populated(&cgroup),
+                "silo {id} should survive the agent crash"
+            );
+            assert!(link_exists(&format!("cx{id}")));
+        }
+        assert_eq!(masquerade_rules().len(), 2);
+        // A lost record: the objects are still found through names derived from the id.
+        std::fs::remove_file(host.silo_dir(&unrecorded_id).join("silo.json"))
+            .expect("delete record");
+
+        // Second agent: start cleans everything up and runs silos again.
+        block_on(async {
+            let (runtime, mut exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("restart runtime");
+            assert_silo_gone(&host, &silo_id);
+            assert_silo_gone(&host, &unrecorded_id);
+            assert!(host.leases().is_empty(), "leases left: {:?}", host.leases());
+            assert!(masquerade_rules().is_empty(), "{:?}", masquerade_rules());
+            assert!(link_exists(&host.cfg.bridge), "bridge must stay");
+
+            let next = random_hex();
+            let interfaces = runtime
+                .run_silo(&next, 1, &spec("after", "/bin/sh", &["-c", "exit 0"]))
+                .await
+                .expect("run after restart");
+            assert_eq!(interfaces[0].address, "10.69.1.2", "leases were released");
+            assert_eq!(wait_exit(&mut exits, &next).await.exit_code, 0);
+            runtime.shutdown().await.expect("shutdown");
+            assert_silo_gone(&host, &next);
+        });
+    });
+}
+
+#[test]
+fn helper_death_ends_silo() {
+    if !has_root("helper_death_ends_silo") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, mut exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let silo_id = random_hex();
+            runtime
+                .run_silo(&silo_id, 1, &spec("orphan", "/bin/sleep", &["1000"]))
+                .await
+                .expect("run silo");
+
+            let record: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(host.silo_dir(&silo_id).join("silo.json")).expect("read record"),
+            )
+            .expect("parse record");
+            let helper_pid = record["helper_pid"].as_i64().expect("helper pid recorded");
+            assert!(record["init_pid"].as_i64().is_some(), "{record}");
+            // The helper is a child of this test process, so its pid cannot have been reused.
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(helper_pid).expect("pid fits i32")),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .expect("kill helper");
+
+            // The silo's PID 1 dies with its helper, and the exit is reported as a kill.
+            let exit = wait_exit(&mut exits, &silo_id).await;
+            assert_eq!(exit.exit_code, 128 + 9);
+            let cgroup = host.cgroup_dir().join(&silo_id);
+            assert!(
+                wait_for(Duration::from_secs(5), || !cgroup_populated(&cgroup)),
+                "silo processes outlived the helper"
+            );
+
+            runtime
+                .remove_silo(&silo_id, KILL_TIMEOUT)
+                .await
+                .expect("remove silo");
+            assert_silo_gone(&host, &silo_id);
+            runtime.shutdown().await.expect("shutdown");
+        });
+    });
+}
+
+#[test]
+fn two_agents_do_not_collide() {
+    if !has_root("two_agents_do_not_collide") {
+        return;
+    }
+    // Both agents use the same subnet, chain name and silo address, each in its own network
+    // namespace, and run at the same time.
+    let running = Arc::new(AtomicUsize::new(0));
+    let agents: Vec<_> = ["one", "two"]
+        .into_iter()
+        .map(|label| {
+            let running = Arc::clone(&running);
+            std::thread::spawn(move || {
+                in_netns(move || {
+                    let host = TestHost::new();
+                    block_on(async {
+                        let (runtime, _exits) = Runtime::start(host.cfg.clone())
+                            .await
+                            .expect("start runtime");
+                        let silo_id = random_hex();
+                        let mut web = spec("web", "/bin/httpd", &["-f", "-p", "80", "-h", "/www"]);
+                        web.network = Some(Network {
+                            internet_access: true,
+                            ..Default::default()
+                        });
+                        web.files.push(FileEntry {
+                            silo_path: "/www/index.html".to_string(),
+                            content: format!("agent {label}\n").into_bytes(),
+                            mode: 0o644,
+                            ..Default::default()
+                        });
+                        let interfaces =
+                            runtime.run_silo(&silo_id, 1, &web).await.expect("run silo");
+                        assert_eq!(interfaces[0].address, "10.69.1.2");
+
+                        running.fetch_add(1, Ordering::SeqCst);
+                        // If the other agent failed, this one goes on alone after the wait.
+                        let deadline = Instant::now() + Duration::from_secs(30);
+                        while running.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+
+                        let body = wget("http://10.69.1.2/").await;
+                        assert_eq!(body, format!("agent {label}\n"));
+                        assert_eq!(masquerade_rules().len(), 1, "{:?}", masquerade_rules());
+
+                        runtime.shutdown().await.expect("shutdown");
+                        assert_silo_gone(&host, &silo_id);
+                    });
+                });
+            })
+        })
+        .collect();
+    for agent in agents {
+        if let Err(panic) = agent.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
