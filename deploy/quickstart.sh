@@ -83,6 +83,7 @@ echo
 
 address=$(cli list | awk -F'|' '$2 ~ /^ *hello *$/ { gsub(/ /, "", $7); print $7 }')
 echo "fetching http://$address/ from the hello silo:"
-curl --silent --show-error --max-time 5 "http://$address/"
+# The silo is UP once its program runs; httpd may need a moment to listen.
+curl --silent --show-error --max-time 5 --retry 10 --retry-connrefused --retry-delay 1 "http://$address/"
 echo
 echo "controller and agent keep running (logs in $WORK_DIR); stop them with: $0 stop"

@@ -970,3 +970,75 @@ fn two_agents_do_not_collide() {
         }
     }
 }
+
+/// Builds a file entry of the given kind.
+fn entry(kind: FileKind, silo_path: &str, content: &str, link_target: &str) -> FileEntry {
+    FileEntry {
+        silo_path: silo_path.to_owned(),
+        content: content.as_bytes().to_vec(),
+        mode: if kind == FileKind::Directory { 0o755 } else { 0o644 },
+        kind: kind.into(),
+        link_target: link_target.to_owned(),
+    }
+}
+
+#[test]
+fn symlink_in_tree_cannot_redirect_writes() {
+    if !has_root("symlink_in_tree_cannot_redirect_writes") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, _exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+
+            // A write through the symlink would create this file on the host.
+            let escape_name = format!("cx-escape-{}", random_hex());
+            let host_target = Path::new("/etc").join(&escape_name);
+            for link_target in ["/etc", "../../../../../../etc"] {
+                let silo_id = random_hex();
+                let mut silo = spec("evil", "/bin/sleep", &["1000"]);
+                silo.files = vec![
+                    entry(FileKind::Directory, "/app", "", ""),
+                    entry(FileKind::Symlink, "/app/evil", "", link_target),
+                    entry(FileKind::Regular, &format!("/app/evil/{escape_name}"), "owned\n", ""),
+                ];
+
+                let err = runtime
+                    .run_silo(&silo_id, 1, &silo)
+                    .await
+                    .expect_err("a write through a symlink must fail");
+                let message = err.to_string();
+                assert!(message.contains("/app/evil"), "error names the path: {message}");
+                assert!(
+                    !host_target.exists(),
+                    "{} was written on the host through a symlink to {link_target}",
+                    host_target.display()
+                );
+                assert_silo_gone(&host, &silo_id);
+            }
+
+            // The same tree without the write through the link is fine, and the
+            // symlink is placed as a symlink.
+            let silo_id = random_hex();
+            let mut silo = spec("links", "/bin/sh", &["-c", "readlink /app/evil; sleep 1000"]);
+            silo.files = vec![
+                entry(FileKind::Directory, "/app", "", ""),
+                entry(FileKind::Symlink, "/app/evil", "", "/etc"),
+            ];
+            runtime.run_silo(&silo_id, 1, &silo).await.expect("tree with a symlink runs");
+            let stdout = host.silo_dir(&silo_id).join(STDOUT_LOG_FILE);
+            assert!(
+                wait_for(Duration::from_secs(5), || std::fs::read_to_string(&stdout)
+                    .is_ok_and(|text| text == "/etc\n")),
+                "readlink output: {:?}",
+                std::fs::read_to_string(&stdout)
+            );
+            runtime.remove_silo(&silo_id, KILL_TIMEOUT).await.expect("remove silo");
+            assert_silo_gone(&host, &silo_id);
+            runtime.shutdown().await.expect("shutdown");
+        });
+    });
+}
