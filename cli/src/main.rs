@@ -1,8 +1,9 @@
-//! colex-cli: starts, stops and lists silos on a colex cluster.
+//! colex-cli: starts, stops and lists silos on a colex cluster, and checks silo files.
 
 mod client;
 mod commands;
 mod table;
+mod validate;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -54,6 +55,13 @@ enum Command {
         #[arg(long)]
         all_hosts: bool,
     },
+    /// Check silo files without a controller: print one summary line per silo, or every
+    /// problem as FILE:LINE:COLUMN: message. Exits with 1 if any file has a problem.
+    Validate {
+        /// Silo files (HCL) to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +89,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::down(&cli.serv, file.as_deref(), names, Duration::from_secs(wait)).await
         }
         Command::List { all_hosts } => commands::list(&cli.serv, all_hosts).await,
+        Command::Validate { files } => validate::run(&files),
     }
 }
 
@@ -124,6 +133,21 @@ mod tests {
     fn modern_order_is_kept() {
         let args = strings(&["colex-cli", "--serv", "h:1", "up", "silo.hcl"]);
         assert_eq!(reorder_legacy_args(args.clone()), args);
+    }
+
+    #[test]
+    fn validate_takes_several_files() {
+        let cli = Cli::try_parse_from(strings(&["colex-cli", "validate", "a.hcl", "b.hcl"]));
+        let files = match cli.map(|cli| cli.command) {
+            Ok(Command::Validate { files }) => files,
+            other => panic!("expected the validate command, got {other:?}"),
+        };
+        assert_eq!(files, [PathBuf::from("a.hcl"), PathBuf::from("b.hcl")]);
+    }
+
+    #[test]
+    fn validate_requires_a_file() {
+        assert!(Cli::try_parse_from(strings(&["colex-cli", "validate"])).is_err());
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use colex_cli::spec::{load, load_str, SpecError, MAX_BUNDLE_BYTES};
-use colex_proto::{Binary, FileEntry, Network, SiloSpec};
+use colex_proto::{
+    Binary, Bind, FileEntry, FileKind, Grants, Network, Placement, PlacementStrategy, Resources,
+    RestartMode, RestartPolicy, SiloSpec,
+};
 
 fn fixture_folder() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spec")
@@ -88,6 +91,8 @@ fn expected_good_specs(script: Vec<u8>) -> Vec<SiloSpec> {
                 silo_path: "/script.sh".to_owned(),
                 content: script,
                 mode: 0o755,
+                kind: FileKind::Regular.into(),
+                link_target: String::new(),
             }],
             network: Some(Network {
                 internet_access: true,
@@ -97,6 +102,7 @@ fn expected_good_specs(script: Vec<u8>) -> Vec<SiloSpec> {
                     ("cache.internal".to_owned(), "2001:db8::5".to_owned()),
                 ]),
             }),
+            ..SiloSpec::default()
         },
         SiloSpec {
             name: "worker".to_owned(),
@@ -110,6 +116,7 @@ fn expected_good_specs(script: Vec<u8>) -> Vec<SiloSpec> {
             }),
             files: Vec::new(),
             network: Some(Network::default()),
+            ..SiloSpec::default()
         },
     ]
 }
@@ -247,40 +254,60 @@ fn unknown_names_with_suggestions() {
         &[
             "1:1: unknown attribute `version` at the top level, which accepts blocks Silo",
             "3:1: unknown block `Silos` at the top level, which accepts blocks Silo; did you mean `Silo`?",
-            "7:3: silo \"s\": unknown attribute `nmae` in the silo block, which accepts attributes name, class, tags, base and blocks binary, file, network; did you mean `name`?",
-            "8:3: silo \"s\": unknown attribute `command` in the silo block, which accepts attributes name, class, tags, base and blocks binary, file, network",
+            "7:3: silo \"s\": unknown attribute `nmae` in the silo block, which accepts attributes name, class, tags, base, count, kill_timeout and blocks binary, network, grants, resources, placement, restart, file, files, bind; did you mean `name`?",
+            "8:3: silo \"s\": unknown attribute `command` in the silo block, which accepts attributes name, class, tags, base, count, kill_timeout and blocks binary, network, grants, resources, placement, restart, file, files, bind",
             "12:5: silo \"s\": unknown attribute `arg` in the binary block, which accepts attributes path, args, env; did you mean `args`?",
-            "15:3: silo \"s\": unknown block `netwrk` in the silo block, which accepts attributes name, class, tags, base and blocks binary, file, network; did you mean `network`?",
+            "15:3: silo \"s\": unknown block `netwrk` in the silo block, which accepts attributes name, class, tags, base, count, kill_timeout and blocks binary, network, grants, resources, placement, restart, file, files, bind; did you mean `network`?",
             "20:5: silo \"s\": unknown attribute `internet` in the network block, which accepts attributes internet_access, nameservers, hosts",
         ],
     );
 }
 
 #[test]
-fn unsupported_fields_rejected() {
+fn misplaced_and_mistyped_settings() {
+    let silo_names = "which accepts attributes name, class, tags, base, count, kill_timeout and blocks binary, network, grants, resources, placement, restart, file, files, bind";
+    let things = fixture("things").display().to_string();
     assert_problems(
-        "unsupported.hcl",
+        "misplaced_fields.hcl",
         &[
-            "3:3: silo \"test-sh\": `count` is not supported yet; remove it",
-            "4:3: silo \"test-sh\": `memory` is not supported yet; remove it",
-            "5:3: silo \"test-sh\": `kill_timeout` is not supported yet; remove it",
-            "6:3: silo \"test-sh\": `restart` is not supported yet; remove it",
-            "7:3: silo \"test-sh\": `placement` is not supported yet; remove it",
-            "8:3: silo \"test-sh\": `grants` is not supported yet; remove it",
-            "9:3: silo \"test-sh\": `bind` is not supported yet; remove it",
-            "11:3: silo \"test-sh\": `resources` is not supported yet; remove it",
-            "15:3: silo \"test-sh\": `files` is not supported yet; remove it",
-            "22:5: silo \"test-sh\": `memory` is not supported yet; remove it",
+            &format!("4:3: silo \"test-sh\": unknown attribute `memory` in the silo block, {silo_names}; `memory` belongs in the resources block"),
+            "6:3: silo \"test-sh\": invalid type for restart: expected a block or an object, found a string; write restart { ... }",
+            "7:3: silo \"test-sh\": invalid type for placement: expected a block or an object, found a string; write placement { ... }",
+            "8:3: silo \"test-sh\": invalid type for grants: expected a block or an object, found a list; write grants { ... }",
+            "9:3: silo \"test-sh\": `bind` is a block, not an attribute; write bind \"name\" { ... }",
+            "12:5: silo \"test-sh\": unknown attribute `cpu` in the resources block, which accepts attributes cpu_percent, max_memory_bytes, memory",
+            &format!("16:5: silo \"test-sh\": files \"things directory\": path \"things/\" not found at {things}; relative paths start at the silo file's folder"),
+            "22:5: silo \"test-sh\": unknown attribute `memory` in the binary block, which accepts attributes path, args, env; `memory` belongs in the resources block",
         ],
     );
 }
 
 #[test]
-fn unsupported_base_image() {
+fn base_must_name_an_image() {
     assert_problems(
         "base_image.hcl",
-        &["3:3: silo \"test-sh\": image \"img://alpine\" is not supported yet; only img://busybox is built in"],
+        &[
+            "3:3: silo \"no-scheme\": invalid base \"alpine\"; write img://NAME, such as \"img://busybox\"",
+            "10:3: silo \"upper-case\": invalid image name \"Alpine\" in base \"img://Alpine\"; use 1-128 lower-case letters, digits, '-', '_' and '.', starting with a letter or digit",
+            "16:3: silo \"empty\": invalid image name \"\" in base \"img://\"; use 1-128 lower-case letters, digits, '-', '_' and '.', starting with a letter or digit",
+            "22:3: silo \"climbs\": invalid image name \"..\" in base \"img://..\"; use 1-128 lower-case letters, digits, '-', '_' and '.', starting with a letter or digit",
+        ],
     );
+}
+
+#[test]
+fn other_image_is_carried_without_scheme() {
+    let text =
+        "Silo \"s\" {\n  base = \"img://alpine-3.20\"\n  binary = { path = \"/bin/sh\" }\n}\n";
+
+    let specs = load_str(text, "inline.hcl", Path::new("/"));
+
+    let bases: Vec<String> = specs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|spec| spec.base)
+        .collect();
+    assert_eq!(bases, ["alpine-3.20"]);
 }
 
 #[test]
@@ -324,8 +351,10 @@ fn relative_binary_path_rejected() {
 #[test]
 fn invalid_names_rejected() {
     let long_name = "a-name-that-is-longer-than-sixty-three-characters-which-is-the-limit";
+    // The message prefix cuts the name to 64 characters.
+    let cut_name = &long_name[..64];
     let long_line = format!(
-        "16:3: silo \"{long_name}\": invalid name \"{long_name}\"; use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+        "16:3: silo \"{cut_name}\"...: invalid name \"{long_name}\"; use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
     );
     assert_problems(
         "invalid_name.hcl",
@@ -347,7 +376,7 @@ fn duplicate_names_and_blocks() {
         &[
             &format!("9:1: silo \"test-sh\": duplicate name \"test-sh\", first used at {first}; give each silo a unique name"),
             &format!("16:3: silo \"test-sh\": duplicate name \"test-sh\", first used at {first}; give each silo a unique name"),
-            &format!("22:3: silo \"test-sh\": duplicate binary block, first at {first_binary}; merge them into one"),
+            &format!("22:3: silo \"test-sh\": duplicate binary settings, first at {first_binary}; merge them into one binary block"),
         ],
     );
 }
@@ -363,8 +392,8 @@ fn env_entries_and_silo_paths() {
             "11:5: silo \"test-sh\": file \"relative\": silo_path \"script.sh\" is not absolute; start it with /",
             "16:5: silo \"test-sh\": file \"climbs\": silo_path \"/app/../../etc/passwd\" contains a \"..\" component; write the path without \"..\"",
             "21:5: silo \"test-sh\": file \"folder\": silo_path \"/app/\" ends with /; write the path of the file itself",
-            &format!("31:5: silo \"test-sh\": file \"second\": duplicate silo_path \"/script.sh\", first used at {origin}:26:5; give each file its own silo_path"),
-            &format!("34:3: silo \"test-sh\": duplicate file block \"first\", first at {origin}:24:3; give each file block its own label"),
+            &format!("31:5: silo \"test-sh\": file \"second\": duplicate silo_path \"/script.sh\", first used at {origin}:26:5; give each file and folder its own silo_path"),
+            &format!("34:3: silo \"test-sh\": duplicate file block \"first\", first at {origin}:24:3; give each block its own label"),
         ],
     );
 }
@@ -375,14 +404,14 @@ fn file_block_problems() {
     assert_problems(
         "file_problems.hcl",
         &[
-            "8:3: silo \"test-sh\": file \"no path\": missing path; add path = \"...\" (relative paths start at the silo file's folder)",
+            "8:3: silo \"test-sh\": file \"no path\": missing path; add path = \"...\" naming a file on this machine (relative paths start at the silo file's folder)",
             "12:3: silo \"test-sh\": file \"no silo path\": missing silo_path; add silo_path = \"/...\" (an absolute path inside the silo)",
             &format!(
                 "17:5: silo \"test-sh\": file \"missing\": path \"does-not-exist.sh\" not found at {}; relative paths start at the silo file's folder",
                 folder.join("does-not-exist.sh").display()
             ),
             &format!(
-                "22:5: silo \"test-sh\": file \"folder\": path \".\" resolves to {}, which is not a regular file; point it at a file",
+                "22:5: silo \"test-sh\": file \"folder\": path \".\" resolves to {}, which is a folder; use a files block for a folder, or point path at a file",
                 folder.display()
             ),
             "26:3: silo \"test-sh\": a file block takes one label, found 0; write file \"name\" { ... }",
@@ -412,8 +441,7 @@ fn block_kinds_and_labels() {
         &[
             "1:1: `Silo` is a block, not an attribute; write Silo \"name\" { ... }",
             "3:10: silo \"test-sh\": a Silo block takes one label, found 2; write Silo \"name\" { ... }",
-            "6:3: silo \"test-sh\": `binary` is a block, not an attribute; write binary { ... }",
-            "8:3: silo \"test-sh\": unknown block `name2` in the silo block, which accepts attributes name, class, tags, base and blocks binary, file, network; did you mean `name`?",
+            "8:3: silo \"test-sh\": unknown block `name2` in the silo block, which accepts attributes name, class, tags, base, count, kill_timeout and blocks binary, network, grants, resources, placement, restart, file, files, bind; did you mean `name`?",
             "11:3: silo \"test-sh\": `class` is an attribute, not a block; write class = <value>",
             "16:10: silo \"t\": the binary block takes no label; remove \"main\"",
             "20:11: silo \"t\": the network block takes no label; remove \"default\"",
@@ -493,4 +521,119 @@ Silo "s" {
     let expected =
         "inline.hcl:4:3: silo \"s\": missing binary.path; add path = \"/bin/...\" to the binary block";
     assert_eq!(error.as_deref(), Some(expected));
+}
+
+#[test]
+fn every_field_builds_wire_specs() {
+    let specs = match load(&fixture("every_field.hcl")) {
+        Ok(specs) => specs,
+        Err(error) => panic!("every_field.hcl failed to load:\n{error}"),
+    };
+
+    // The modes of checked-out files depend on the umask, so the bundle is compared by path
+    // and kind here. `spec_files.rs` checks modes on files it creates.
+    let bundles: Vec<Vec<(String, FileKind, String)>> = specs
+        .iter()
+        .map(|spec| {
+            spec.files
+                .iter()
+                .map(|entry| {
+                    (
+                        entry.silo_path.clone(),
+                        entry.kind(),
+                        entry.link_target.clone(),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let entry =
+        |path: &str, kind: FileKind, target: &str| (path.to_owned(), kind, target.to_owned());
+    assert_eq!(
+        bundles,
+        [
+            vec![
+                entry("/start.sh", FileKind::Regular, ""),
+                entry("/www", FileKind::Directory, ""),
+                entry("/www/css", FileKind::Directory, ""),
+                entry("/www/css/site.css", FileKind::Regular, ""),
+                entry("/www/home.html", FileKind::Symlink, "index.html"),
+                entry("/www/index.html", FileKind::Regular, ""),
+            ],
+            vec![entry("/start.sh", FileKind::Regular, "")],
+        ]
+    );
+
+    let without_files: Vec<SiloSpec> = specs
+        .into_iter()
+        .map(|spec| SiloSpec {
+            files: Vec::new(),
+            ..spec
+        })
+        .collect();
+    assert_eq!(without_files, expected_every_field_specs());
+}
+
+fn expected_every_field_specs() -> Vec<SiloSpec> {
+    let strings = |items: &[&str]| {
+        items
+            .iter()
+            .map(|item| (*item).to_owned())
+            .collect::<Vec<String>>()
+    };
+    vec![
+        SiloSpec {
+            name: "web-a".to_owned(),
+            class: "web".to_owned(),
+            tags: strings(&["frontend", "public"]),
+            base: "busybox".to_owned(),
+            binary: Some(Binary {
+                path: "/bin/httpd".to_owned(),
+                args: strings(&["-f", "-p", "80", "-h", "/www"]),
+                env: strings(&["LANG=C"]),
+            }),
+            network: Some(Network {
+                internet_access: true,
+                nameservers: strings(&["198.51.100.53"]),
+                hosts: HashMap::from([("db".to_owned(), "10.69.0.5".to_owned())]),
+            }),
+            binds: vec![Bind {
+                id: "shared-data".to_owned(),
+                path: "/data".to_owned(),
+            }],
+            grants: Some(Grants { query_silos: true }),
+            resources: Some(Resources {
+                cpu_percent: 25,
+                memory_bytes: 134_217_728,
+            }),
+            ..SiloSpec::default()
+        },
+        SiloSpec {
+            name: "worker".to_owned(),
+            base: "busybox".to_owned(),
+            binary: Some(Binary {
+                path: "/bin/sh".to_owned(),
+                args: strings(&["/start.sh"]),
+                env: Vec::new(),
+            }),
+            network: Some(Network::default()),
+            resources: Some(Resources {
+                cpu_percent: 50,
+                memory_bytes: 64 * 1024 * 1024,
+            }),
+            count: Some(3),
+            placement: Some(Placement {
+                hosts: strings(&["node1", "node2"]),
+                labels: HashMap::from([("disk".to_owned(), "ssd".to_owned())]),
+                strategy: PlacementStrategy::Binpack.into(),
+            }),
+            restart: Some(RestartPolicy {
+                mode: RestartMode::OnFailure.into(),
+                attempts: 5,
+                delay_ms: 2_000,
+            }),
+            kill_timeout_ms: 10_000,
+            ..SiloSpec::default()
+        },
+    ]
 }

@@ -5,6 +5,15 @@ use hcl_edit::Span;
 
 use super::error::Problem;
 
+/// Distance in bytes between two checkpoints of the character count, so that finding a column
+/// never scans more than this many bytes, however long the line is.
+const CHECKPOINT_BYTES: usize = 256;
+
+/// Maximum number of characters of a user-chosen name (silo name, block label) repeated in the
+/// prefix of every message about it. Longer names are cut, so the output of a file with a huge
+/// label and many problems stays proportional to the file's size.
+const MAX_NAME_IN_MESSAGE_CHARS: usize = 64;
+
 /// Problems found so far in one silo file.
 #[derive(Debug)]
 pub(super) struct Diagnostics<'a> {
@@ -12,6 +21,8 @@ pub(super) struct Diagnostics<'a> {
     text: &'a str,
     /// Byte offset at which each line starts, beginning with 0.
     line_starts: Vec<usize>,
+    /// Number of characters that start before byte `i * CHECKPOINT_BYTES`, for each `i`.
+    chars_before_checkpoint: Vec<usize>,
     /// Problems as (byte offset, message), in the order they were found.
     found: Vec<(usize, String)>,
 }
@@ -20,10 +31,20 @@ impl<'a> Diagnostics<'a> {
     pub(super) fn new(origin: &'a str, text: &'a str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(offset, _)| offset + 1));
+
+        let mut chars_before_checkpoint = Vec::with_capacity(text.len() / CHECKPOINT_BYTES + 1);
+        let mut chars = 0;
+        for chunk in text.as_bytes().chunks(CHECKPOINT_BYTES) {
+            chars_before_checkpoint.push(chars);
+            chars += count_char_starts(chunk);
+        }
+        chars_before_checkpoint.push(chars);
+
         Diagnostics {
             origin,
             text,
             line_starts,
+            chars_before_checkpoint,
             found: Vec::new(),
         }
     }
@@ -38,17 +59,34 @@ impl<'a> Diagnostics<'a> {
     }
 
     /// Returns the 1-based line and column of a byte offset. Columns count characters, not bytes,
-    /// the same way hcl-edit counts them in syntax errors.
+    /// the same way hcl-edit counts them in syntax errors. An offset inside a multi-byte
+    /// character counts that character as before it.
     pub(super) fn line_column(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
-        let line_index = self.line_starts.partition_point(|&start| start <= offset) - 1;
-        let line_start = self.line_starts[line_index];
-        let column = match self.text.get(line_start..offset) {
-            Some(before) => before.chars().count() + 1,
-            // An offset inside a multi-byte character: fall back to counting bytes.
-            None => offset - line_start + 1,
-        };
+        let line_index = self
+            .line_starts
+            .partition_point(|&start| start <= offset)
+            .saturating_sub(1);
+        let line_start = self.line_starts.get(line_index).copied().unwrap_or(0);
+        let column = self.chars_before(offset) - self.chars_before(line_start) + 1;
         (line_index + 1, column)
+    }
+
+    /// Counts the characters that start before a byte offset, scanning at most
+    /// `CHECKPOINT_BYTES` bytes.
+    fn chars_before(&self, offset: usize) -> usize {
+        let checkpoint = offset / CHECKPOINT_BYTES;
+        let counted = self
+            .chars_before_checkpoint
+            .get(checkpoint)
+            .copied()
+            .unwrap_or(0);
+        let rest = self
+            .text
+            .as_bytes()
+            .get(checkpoint * CHECKPOINT_BYTES..offset)
+            .unwrap_or_default();
+        counted + count_char_starts(rest)
     }
 
     /// Formats a byte offset as `FILE:LINE:COLUMN`, for messages that refer to a second place.
@@ -73,6 +111,23 @@ impl<'a> Diagnostics<'a> {
             });
         }
         problems
+    }
+}
+
+/// Counts the bytes that start a UTF-8 character, that is every byte but continuation bytes.
+fn count_char_starts(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .filter(|&&byte| byte & 0b1100_0000 != 0b1000_0000)
+        .count()
+}
+
+/// Quotes a user-chosen name for a message prefix, cut to `MAX_NAME_IN_MESSAGE_CHARS`
+/// characters with `...` after the cut.
+pub(super) fn quoted_name(name: &str) -> String {
+    match name.char_indices().nth(MAX_NAME_IN_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{:?}...", &name[..cut]),
+        None => format!("{name:?}"),
     }
 }
 
@@ -103,6 +158,23 @@ mod tests {
         let diagnostics = Diagnostics::new("f", "é x");
 
         assert_eq!(diagnostics.line_column(3), (1, 3));
+    }
+
+    #[test]
+    fn line_column_on_long_multibyte_line() {
+        // Past several checkpoints, on a line that starts in the middle of a checkpoint span.
+        let text = format!("x\n{}z", "é".repeat(1000));
+        let diagnostics = Diagnostics::new("f", &text);
+
+        assert_eq!(diagnostics.line_column(2 + 2 * 1000), (2, 1001));
+        assert_eq!(diagnostics.line_column(2 + 2 * 300), (2, 301));
+    }
+
+    #[test]
+    fn quoted_name_cuts_long_names() {
+        assert_eq!(quoted_name("web"), "\"web\"");
+        let long = "a".repeat(100);
+        assert_eq!(quoted_name(&long), format!("\"{}\"...", "a".repeat(64)));
     }
 
     #[test]

@@ -1,15 +1,25 @@
-//! Rules on the values of declared silos: names, paths, environment entries, images and
-//! network addresses. Type errors were reported while reading, so this module checks meaning only.
+//! Rules on the values of declared silos: names, images, the binary and network addresses.
+//! Paths are checked in `validate_paths` and the cluster extensions in `validate_cluster`.
+//! Type errors were reported while reading, so these modules check meaning only.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::declared::{file_prefix, DeclaredBinary, DeclaredFile, DeclaredNetwork, DeclaredSilo};
+use super::declared::{DeclaredBinary, DeclaredNetwork, DeclaredSilo};
 use super::diagnostics::Diagnostics;
+use super::validate_cluster;
+use super::validate_paths;
 use super::value::Field;
 
-/// The only image the runtime has built in, and the default `base`.
-pub(super) const BUILT_IN_BASE: &str = "img://busybox";
+/// Scheme of image references in `base`. `SiloSpec.base` carries the image name without it.
+pub(super) const IMAGE_SCHEME: &str = "img://";
+
+/// Image name used when `base` is absent.
+pub(super) const DEFAULT_IMAGE: &str = "busybox";
+
+/// Maximum length of an image name in characters. Agents use the name as a folder name, so it
+/// stays well below the 255-byte file name limit of Linux file systems.
+const MAX_IMAGE_NAME_CHARS: usize = 128;
 
 /// Maximum length of a DNS label in characters (RFC 1035, section 2.3.4).
 const MAX_DNS_LABEL_CHARS: usize = 63;
@@ -37,10 +47,12 @@ pub(super) fn validate(silos: &[DeclaredSilo], diagnostics: &mut Diagnostics<'_>
                 ),
             ),
         }
-        check_files(&silo.files, &silo.prefix, diagnostics);
+        validate_paths::check_files(&silo.files, &silo.prefix, diagnostics);
+        validate_paths::check_binds(&silo.binds, &silo.prefix, diagnostics);
         if let Some(network) = &silo.network {
             check_network(network, &silo.prefix, diagnostics);
         }
+        validate_cluster::check(silo, diagnostics);
     }
 }
 
@@ -92,11 +104,21 @@ fn check_base(silo: &DeclaredSilo, diagnostics: &mut Diagnostics<'_>) {
     let Some(base) = &silo.base else {
         return;
     };
-    if base.value != BUILT_IN_BASE {
+    let Some(image) = base.value.strip_prefix(IMAGE_SCHEME) else {
         diagnostics.report(
             base.offset,
             format!(
-                "{}image {:?} is not supported yet; only {BUILT_IN_BASE} is built in",
+                "{}invalid base {:?}; write img://NAME, such as \"img://{DEFAULT_IMAGE}\"",
+                silo.prefix, base.value
+            ),
+        );
+        return;
+    };
+    if !is_image_name(image) {
+        diagnostics.report(
+            base.offset,
+            format!(
+                "{}invalid image name {image:?} in base {:?}; use 1-{MAX_IMAGE_NAME_CHARS} lower-case letters, digits, '-', '_' and '.', starting with a letter or digit",
                 silo.prefix, base.value
             ),
         );
@@ -134,90 +156,6 @@ fn check_binary(binary: &DeclaredBinary, prefix: &str, diagnostics: &mut Diagnos
             );
         }
     }
-}
-
-fn check_files(files: &[DeclaredFile], silo_prefix: &str, diagnostics: &mut Diagnostics<'_>) {
-    let mut first_use_of_label: HashMap<&str, usize> = HashMap::new();
-    let mut first_use_of_silo_path: HashMap<&str, usize> = HashMap::new();
-
-    for file in files {
-        let prefix = file_prefix(silo_prefix, &file.label);
-
-        match first_use_of_label.get(file.label.as_str()) {
-            Some(&first) => {
-                let first_position = diagnostics.position(first);
-                diagnostics.report(
-                    file.header,
-                    format!(
-                        "{silo_prefix}duplicate file block {:?}, first at {first_position}; give each file block its own label",
-                        file.label
-                    ),
-                );
-            }
-            None => {
-                first_use_of_label.insert(&file.label, file.header);
-            }
-        }
-
-        if file.path.is_absent() {
-            diagnostics.report(
-                file.header,
-                format!("{prefix}missing path; add path = \"...\" (relative paths start at the silo file's folder)"),
-            );
-        }
-
-        let silo_path = match &file.silo_path {
-            Field::Valid(silo_path) => silo_path,
-            Field::Invalid => continue,
-            Field::Absent => {
-                diagnostics.report(
-                    file.header,
-                    format!("{prefix}missing silo_path; add silo_path = \"/...\" (an absolute path inside the silo)"),
-                );
-                continue;
-            }
-        };
-        if let Some(problem) = silo_path_problem(&silo_path.value) {
-            diagnostics.report(silo_path.offset, format!("{prefix}{problem}"));
-            continue;
-        }
-        match first_use_of_silo_path.get(silo_path.value.as_str()) {
-            Some(&first) => {
-                let first_position = diagnostics.position(first);
-                diagnostics.report(
-                    silo_path.offset,
-                    format!(
-                        "{prefix}duplicate silo_path {:?}, first used at {first_position}; give each file its own silo_path",
-                        silo_path.value
-                    ),
-                );
-            }
-            None => {
-                first_use_of_silo_path.insert(&silo_path.value, silo_path.offset);
-            }
-        }
-    }
-}
-
-/// Describes what is wrong with a file's path inside the silo, if anything. The agent writes
-/// the file there, so the path must be absolute and must not climb out with `..`.
-fn silo_path_problem(silo_path: &str) -> Option<String> {
-    if !silo_path.starts_with('/') {
-        return Some(format!(
-            "silo_path {silo_path:?} is not absolute; start it with /"
-        ));
-    }
-    if silo_path.split('/').any(|component| component == "..") {
-        return Some(format!(
-            "silo_path {silo_path:?} contains a \"..\" component; write the path without \"..\""
-        ));
-    }
-    if silo_path.ends_with('/') {
-        return Some(format!(
-            "silo_path {silo_path:?} ends with /; write the path of the file itself"
-        ));
-    }
-    None
 }
 
 fn check_network(network: &DeclaredNetwork, prefix: &str, diagnostics: &mut Diagnostics<'_>) {
@@ -263,6 +201,19 @@ fn is_dns_label(name: &str) -> bool {
         .bytes()
         .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
     length_ok && characters_ok && !name.starts_with('-') && !name.ends_with('-')
+}
+
+/// Checks an image name: lower-case letters, digits, '-', '_' and '.', starting with a letter
+/// or digit so that it is never `.` or `..`.
+fn is_image_name(name: &str) -> bool {
+    let starts_well = name
+        .bytes()
+        .next()
+        .is_some_and(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit());
+    let characters_ok = name.bytes().all(|byte| {
+        byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'-' | b'_' | b'.')
+    });
+    starts_well && characters_ok && name.len() <= MAX_IMAGE_NAME_CHARS
 }
 
 /// Checks an `/etc/hosts` name: dot-separated labels of ASCII letters, digits and '-', each
@@ -342,21 +293,21 @@ mod tests {
     }
 
     #[test]
-    fn silo_path_rules() {
-        assert_eq!(silo_path_problem("/script.sh"), None);
-        assert_eq!(silo_path_problem("/etc/app/conf.d/x.conf"), None);
-        assert_eq!(silo_path_problem("/a..b"), None);
-        assert_eq!(
-            silo_path_problem("script.sh"),
-            Some("silo_path \"script.sh\" is not absolute; start it with /".to_owned())
-        );
-        assert_eq!(
-            silo_path_problem("/etc/../x"),
-            Some("silo_path \"/etc/../x\" contains a \"..\" component; write the path without \"..\"".to_owned())
-        );
-        assert_eq!(
-            silo_path_problem("/etc/"),
-            Some("silo_path \"/etc/\" ends with /; write the path of the file itself".to_owned())
-        );
+    fn image_names() {
+        for name in ["busybox", "alpine-3.20", "my_image", "0day"] {
+            assert!(is_image_name(name), "{name:?} should be valid");
+        }
+        for name in [
+            "",
+            ".",
+            "..",
+            "-x",
+            "Alpine",
+            "a/b",
+            "a:1",
+            &"a".repeat(129),
+        ] {
+            assert!(!is_image_name(name), "{name:?} should be invalid");
+        }
     }
 }
