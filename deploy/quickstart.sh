@@ -36,10 +36,14 @@ stop_pid_file() {
 
 stop() {
   if [[ -f $WORK_DIR/agent.pid ]] && [[ -x $BIN_DIR/colex-cli ]]; then
-    cli down examples/hello.hcl || echo "could not remove the hello silo; stopping the agent removes it" >&2
+    cli down examples/hello.hcl || echo "could not remove the hello silo; the teardown below removes it" >&2
   fi
-  # The agent removes its silos, bridge and firewall rules on SIGTERM.
+  # A stopped agent leaves its silos running; teardown removes them and the
+  # agent's bridge, firewall rules and cgroup dir.
   stop_pid_file "$WORK_DIR/agent.pid" 30
+  if [[ -x $BIN_DIR/colex-agent ]] && [[ -d $WORK_DIR/agent ]]; then
+    "$BIN_DIR/colex-agent" teardown --name "$(hostname)" --state-dir "$WORK_DIR/agent"
+  fi
   stop_pid_file "$WORK_DIR/controller.pid" 10
 }
 

@@ -1,5 +1,6 @@
 //! colex-agent as a library: the controller session and the silo runtime.
 
+pub mod config;
 pub mod host;
 pub mod local;
 pub mod runtime;

@@ -35,6 +35,64 @@ struct Args {
     /// Static busybox binary the built-in image is made from.
     #[arg(long, default_value = colex_agent::runtime::DEFAULT_BUSYBOX_PATH)]
     busybox: PathBuf,
+
+    /// Agent configuration file (HCL) declaring the images, bind sources and labels this host
+    /// offers; see docs/agent-config.md. Without it the host offers only the busybox image.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// First argument that runs [`teardown`] instead of the agent.
+const TEARDOWN_COMMAND: &str = "teardown";
+/// Placeholder subnet for a teardown, which creates no address and so needs none.
+const TEARDOWN_SUBNET: &str = "10.69.0.0/24";
+
+/// `colex-agent teardown`: removes what an agent of one host left on this machine.
+#[derive(Debug, Parser)]
+#[command(
+    name = "colex-agent teardown",
+    about = "Stop and remove every silo of a host, then its bridge, iptables chain and cgroup dir; run it after the agent has stopped"
+)]
+struct TeardownArgs {
+    /// Host name the agent ran with; defaults to the system host name.
+    #[arg(long)]
+    name: Option<String>,
+
+    /// The agent's state folder; defaults to /var/lib/colex/agent/HOST.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+
+    /// Bridge the agent's silos were attached to.
+    #[arg(long, default_value = "colex0")]
+    bridge: String,
+}
+
+/// Removes every silo recorded in the state folder and the host objects, in the calling
+/// process's network namespace.
+fn teardown(args: TeardownArgs) -> anyhow::Result<()> {
+    let host_name = host_name_or_system(args.name)?;
+    let state_dir = args
+        .state_dir
+        .unwrap_or_else(|| PathBuf::from("/var/lib/colex/agent").join(&host_name));
+    let helper_exe = std::env::current_exe().context("cannot find the agent's own executable")?;
+    let subnet = TEARDOWN_SUBNET.parse().context("invalid teardown subnet literal")?;
+    let config = colex_agent::runtime::RuntimeConfig::new(host_name.clone(), state_dir, args.bridge, subnet, helper_exe);
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    runtime
+        .block_on(colex_agent::runtime::Runtime::teardown(config))
+        .with_context(|| format!("teardown of host {host_name} was incomplete; run it again"))?;
+    tracing::info!(host = %host_name, "host torn down");
+    Ok(())
+}
+
+fn host_name_or_system(name: Option<String>) -> anyhow::Result<String> {
+    match name {
+        Some(name) => Ok(name),
+        None => Ok(nix::unistd::gethostname()
+            .context("cannot read the system host name; pass --name")?
+            .to_string_lossy()
+            .into_owned()),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +110,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == TEARDOWN_COMMAND) {
+        return teardown(TeardownArgs::parse_from(std::env::args_os().skip(1)));
+    }
     let args = Args::parse();
 
     let host_name = match args.name {
@@ -65,6 +126,10 @@ fn main() -> anyhow::Result<()> {
         .state_dir
         .unwrap_or_else(|| PathBuf::from("/var/lib/colex/agent").join(&host_name));
     let helper_exe = std::env::current_exe().context("cannot find the agent's own executable")?;
+    let settings = match &args.config {
+        Some(path) => colex_agent::config::load(path)?,
+        None => colex_agent::config::AgentSettings::default(),
+    };
     let config = AgentConfig {
         controller: args.join,
         host_name,
@@ -73,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         bridge: args.bridge,
         helper_exe,
         busybox: args.busybox,
+        settings,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;

@@ -1,8 +1,15 @@
 //! The agent's session with the controller: register the host, receive
-//! assignments, run them on the runtime and report every silo's state.
-//! A lost session is opened again with exponential backoff while the
-//! silos keep running.
+//! assignments, run them on the runtime and report every silo's state,
+//! apply restart policies, and serve log requests. A lost session is opened
+//! again with exponential backoff while the silos keep running.
+//!
+//! Silos outlive the agent: a stopping agent leaves them running, and a
+//! starting one adopts them before its first Hello whenever it has stored its
+//! subnet in an earlier session (the `subnet` file in the state dir), so
+//! the controller's first assignments keep or remove them and never start a
+//! second copy. Nothing is started or stopped before those assignments.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::host::HostFacts;
 use crate::local::{self, LocalSilos, Operation};
-use crate::runtime::{Runtime, RuntimeConfig, SiloExit};
+use crate::runtime::{LogQuery, LogStreamKind, Runtime, RuntimeConfig, SiloExit, StopReport};
 
 /// Interval of the heartbeats the controller uses to see that the agent is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -23,6 +30,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Delay before a failed removal is tried again.
 const REMOVE_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// File in the state dir that keeps the host's subnet from the last welcome, so a restarted
+/// agent can start its runtime and adopt its silos before it reaches the controller.
+const SUBNET_FILE: &str = "subnet";
+/// Chunks of one log request queued between the runtime and the session.
+const LOG_CHUNK_QUEUE_LEN: usize = 8;
 const OUTBOUND_QUEUE_LEN: usize = 64;
 
 /// Settings of one agent.
@@ -37,13 +49,18 @@ pub struct AgentConfig {
     pub bridge: String,
     pub helper_exe: PathBuf,
     pub busybox: PathBuf,
+    /// Settings from the agent's configuration file (`--config`): images, binds, labels.
+    pub settings: crate::config::AgentSettings,
 }
 
 /// The result of a runtime operation, sent back to the session loop.
 enum Done {
+    /// A start or an in-place restart finished.
     Started { id: String, result: Result<Vec<proto::Interface>, String> },
-    Removed { id: String, result: Result<(), String> },
+    Removed { id: String, result: Result<StopReport, String> },
     RetryRemove { id: String },
+    /// The delay before a restart has passed.
+    RestartDue { id: String, generation: u64 },
 }
 
 /// Why one session ended.
@@ -60,6 +77,8 @@ pub struct Agent {
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     shutdown: watch::Receiver<bool>,
+    /// Log requests being served, by request id.
+    log_tasks: HashMap<u64, tokio::task::AbortHandle>,
 }
 
 impl Agent {
@@ -73,11 +92,21 @@ impl Agent {
             done_tx,
             done_rx,
             shutdown,
+            log_tasks: HashMap::new(),
         }
     }
 
-    /// Runs sessions until shutdown is signalled, then stops every silo.
+    /// Runs sessions until shutdown is signalled. The silos keep running
+    /// after it returns; `colex-agent teardown` removes them.
     pub async fn run(mut self) -> anyhow::Result<()> {
+        match self.read_subnet().await {
+            Some(subnet) => {
+                if let Err(error) = self.ensure_runtime(&subnet).await {
+                    tracing::warn!(%subnet, error = %format!("{error:#}"), "cannot start the runtime before the session; retrying after the welcome");
+                }
+            }
+            None => tracing::info!(host = %self.config.host_name, "no subnet known yet; the runtime starts after the first welcome"),
+        }
         let mut backoff = INITIAL_BACKOFF;
         loop {
             match self.session().await {
@@ -92,12 +121,21 @@ impl Agent {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
 
-        tracing::info!(host = %self.config.host_name, "agent stopping; removing its silos");
-        if let Some(runtime) = &self.runtime {
-            runtime.shutdown().await?;
-        }
-        tracing::info!(host = %self.config.host_name, "agent stopped");
+        let silos = self.silos.statuses().len();
+        tracing::info!(host = %self.config.host_name, silos, "agent stopped; its silos keep running");
         Ok(())
+    }
+
+    async fn read_subnet(&self) -> Option<String> {
+        let path = self.config.state_dir.join(SUBNET_FILE);
+        match tokio::fs::read_to_string(&path).await {
+            Ok(text) => Some(text.trim().to_owned()).filter(|subnet| !subnet.is_empty()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read the stored subnet");
+                None
+            }
+        }
     }
 
     /// Waits `delay` while still tracking silo exits and finished
@@ -147,6 +185,9 @@ impl Agent {
             cpus: facts.cpus,
             memory_bytes: facts.memory_bytes,
             silos: self.silos.statuses(),
+            images: self.config.settings.image_names(),
+            bind_ids: self.config.settings.bind_ids(),
+            labels: self.config.settings.labels.clone().into_iter().collect(),
         };
         if outbound.send(agent_message(AgentKind::Hello(hello))).await.is_err() {
             return SessionEnd::Lost("outbound queue closed".to_owned());
@@ -163,11 +204,33 @@ impl Agent {
             Ok(_) => return SessionEnd::Lost("the controller did not send a welcome".to_owned()),
             Err(status) => return SessionEnd::Lost(format!("session rejected: {}", status.message())),
         };
+        let started_now = self.runtime.is_none();
         if let Err(error) = self.ensure_runtime(&subnet).await {
             return SessionEnd::Lost(format!("cannot prepare the silo runtime: {error:#}"));
         }
         tracing::info!(host = %self.config.host_name, controller = %self.config.controller, %subnet, "session open");
+        if started_now {
+            // The Hello went out before the runtime adopted anything: report the adopted silos
+            // now, before any assignment is acted on.
+            for status in self.silos.statuses() {
+                if outbound.send(agent_message(AgentKind::Status(status))).await.is_err() {
+                    return SessionEnd::Lost("outbound queue closed".to_owned());
+                }
+            }
+        }
 
+        let end = self.session_loop(&mut inbound, &outbound).await;
+        for (_, task) in self.log_tasks.drain() {
+            task.abort();
+        }
+        end
+    }
+
+    async fn session_loop(
+        &mut self,
+        inbound: &mut tonic::Streaming<proto::ControllerMessage>,
+        outbound: &mpsc::Sender<proto::AgentMessage>,
+    ) -> SessionEnd {
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tokio::select! {
@@ -183,6 +246,14 @@ impl Agent {
                             if outbound.send(agent_message(AgentKind::Status(status))).await.is_err() {
                                 return SessionEnd::Lost("outbound queue closed".to_owned());
                             }
+                        }
+                    }
+                    Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::LogsRequest(request)) })) => {
+                        self.serve_logs(request, outbound.clone());
+                    }
+                    Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::LogsCancel(cancel)) })) => {
+                        if let Some(task) = self.log_tasks.remove(&cancel.request_id) {
+                            task.abort();
                         }
                     }
                     Ok(Some(other)) => tracing::warn!(?other, "unexpected controller message ignored"),
@@ -212,24 +283,80 @@ impl Agent {
         }
     }
 
-    /// Starts the runtime on the first welcome; later welcomes must carry
-    /// the same subnet, because running silos hold addresses from it.
+    /// Starts the runtime, from the stored subnet or on the first welcome,
+    /// and takes over the silos it adopted. Later welcomes must carry the
+    /// same subnet, because running silos hold addresses from it.
     async fn ensure_runtime(&mut self, subnet: &str) -> anyhow::Result<()> {
-        if self.runtime.is_some() {
+        if let Some(runtime) = &self.runtime {
+            let running = runtime.config().subnet.to_string();
+            if running != subnet {
+                tracing::error!(%running, welcome = %subnet, "the controller assigns another subnet than the one the silos use; keeping the running one");
+            }
             return Ok(());
         }
-        let config = RuntimeConfig {
-            host_name: self.config.host_name.clone(),
-            state_dir: self.config.state_dir.clone(),
-            bridge: self.config.bridge.clone(),
-            subnet: subnet.parse()?,
-            helper_exe: self.config.helper_exe.clone(),
-            busybox: self.config.busybox.clone(),
-        };
+        let mut config = RuntimeConfig::new(
+            self.config.host_name.clone(),
+            self.config.state_dir.clone(),
+            self.config.bridge.clone(),
+            subnet.parse()?,
+            self.config.helper_exe.clone(),
+        );
+        config.busybox = self.config.busybox.clone();
+        config.images = self.config.settings.images.clone();
+        config.binds = self.config.settings.binds.clone();
+        config.pids_limit = self.config.settings.effective_pids_limit(config.pids_limit);
         let (runtime, exits) = Runtime::start(config).await?;
+        let adopted = runtime.silos();
+        tracing::info!(host = %self.config.host_name, adopted = adopted.len(), "silo runtime ready");
+        self.silos.adopt(&adopted);
         self.runtime = Some(runtime);
         self.exits = Some(exits);
+        let path = self.config.state_dir.join(SUBNET_FILE);
+        if let Err(error) = tokio::fs::write(&path, format!("{subnet}\n")).await {
+            tracing::warn!(path = %path.display(), %error, "cannot store the subnet; a restarted agent adopts its silos only after the welcome");
+        }
         Ok(())
+    }
+
+    /// Streams the logs of one silo to the controller in a task of its own,
+    /// ending with a chunk that has `end` set.
+    fn serve_logs(&mut self, request: proto::AgentLogsRequest, outbound: mpsc::Sender<proto::AgentMessage>) {
+        self.log_tasks.retain(|_, task| !task.is_finished());
+        let request_id = request.request_id;
+        let Some(runtime) = self.runtime.clone() else {
+            let chunk = log_chunk(request_id, Vec::new(), true, Some("the agent's runtime is not ready yet".to_owned()));
+            tokio::spawn(async move {
+                let _ = outbound.send(chunk).await;
+            });
+            return;
+        };
+        let stream = match proto::LogStream::try_from(request.stream) {
+            Ok(proto::LogStream::Stderr) => LogStreamKind::Stderr,
+            _ => LogStreamKind::Stdout,
+        };
+        let query = LogQuery {
+            tail_lines: request.tail_lines,
+            follow: request.follow,
+        };
+        tracing::info!(silo_id = %request.silo_id, request_id, ?stream, follow = query.follow, "serving logs");
+        let task = tokio::spawn(async move {
+            let (sink, mut chunks) = mpsc::channel(LOG_CHUNK_QUEUE_LEN);
+            let reader = {
+                let silo_id = request.silo_id.clone();
+                async move { runtime.stream_logs(&silo_id, stream, query, &sink).await }
+            };
+            let forward = async {
+                while let Some(data) = chunks.recv().await {
+                    if outbound.send(log_chunk(request_id, data, false, None)).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let (result, ()) = tokio::join!(reader, forward);
+            let error = result.err().map(|error| error.to_string());
+            let _ = outbound.send(log_chunk(request_id, Vec::new(), true, error)).await;
+        });
+        self.log_tasks.insert(request_id, task.abort_handle());
     }
 
     /// Runs one operation in a task of its own; its result comes back
@@ -262,9 +389,25 @@ impl Agent {
                         .map_err(|error| error.to_string());
                     Done::Removed { id, result }
                 }
+                Operation::ScheduleRestart { id, generation, delay } => {
+                    tracing::info!(silo_id = %id, generation, delay_ms = delay.as_millis() as u64, "restart scheduled");
+                    tokio::time::sleep(delay).await;
+                    Done::RestartDue { id, generation }
+                }
+                Operation::Restart { id, generation, spec, restarts } => {
+                    tracing::info!(silo = %spec.name, silo_id = %id, generation, restarts, "restarting silo");
+                    let result = runtime
+                        .restart_silo(&id, generation, &spec, restarts)
+                        .await
+                        .map_err(|error| error.to_string());
+                    if let Err(error) = &result {
+                        tracing::warn!(silo = %spec.name, silo_id = %id, %error, "silo failed to restart");
+                    }
+                    Done::Started { id, result }
+                }
             };
             // The receiver lives as long as the agent; a send fails only
-            // during shutdown, when the runtime removes everything anyway.
+            // once the agent stops, and its silos keep running then.
             let _ = done.send(message);
         });
     }
@@ -278,10 +421,10 @@ impl Agent {
                 }
                 self.silos.get(&id).map(local::status_of)
             }
-            Done::Removed { id, result: Ok(()) } => {
-                tracing::info!(silo_id = %id, "silo removed");
+            Done::Removed { id, result: Ok(report) } => {
+                tracing::info!(silo_id = %id, exit_code = ?report.exit_code, how = %report.message, "silo removed");
                 self.silos.removed(&id, Ok(()));
-                Some(local::removed_status(&id))
+                Some(local::removed_status(&id, report.exit_code, report.message))
             }
             Done::Removed { id, result: Err(error) } => {
                 tracing::warn!(silo_id = %id, %error, retry_in_s = REMOVE_RETRY_DELAY.as_secs(), "silo removal failed; retrying");
@@ -304,17 +447,37 @@ impl Agent {
                 });
                 self.silos.get(&id).map(local::status_of)
             }
+            Done::RestartDue { id, generation } => {
+                let restart = self.silos.restart_due(&id, generation)?;
+                self.launch(restart);
+                self.silos.get(&id).map(local::status_of)
+            }
         }
     }
 
     fn exit(&mut self, exit: SiloExit) -> Option<proto::SiloStatus> {
-        tracing::info!(silo_id = %exit.silo_id, generation = exit.generation, exit_code = exit.exit_code, "silo program exited");
-        if self.silos.exited(&exit.silo_id, exit.generation, exit.exit_code) {
+        tracing::info!(silo_id = %exit.silo_id, generation = exit.generation, exit_code = exit.exit_code, reason = ?exit.reason, "silo program exited");
+        let (reported, restart) = self.silos.exited(&exit.silo_id, exit.generation, exit.exit_code, exit.reason);
+        if let Some(restart) = restart {
+            self.launch(restart);
+        }
+        if reported {
             self.silos.get(&exit.silo_id).map(local::status_of)
         } else {
             None
         }
     }
+}
+
+/// Builds a log chunk message; `end` is set on the last one of a request, which carries the
+/// error if the request failed.
+fn log_chunk(request_id: u64, data: Vec<u8>, end: bool, error: Option<String>) -> proto::AgentMessage {
+    agent_message(AgentKind::LogChunk(proto::AgentLogChunk {
+        request_id,
+        data,
+        end,
+        error: error.unwrap_or_default(),
+    }))
 }
 
 fn agent_message(kind: AgentKind) -> proto::AgentMessage {

@@ -15,7 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use colex_agent::runtime::{Runtime, RuntimeConfig, RuntimeError, SiloExit, STDOUT_LOG_FILE};
+use colex_agent::runtime::{
+    LogQuery, LogStreamKind, Runtime, RuntimeConfig, RuntimeError, SiloExit, MAX_LOG_FILE_BYTES,
+    STDOUT_LOG_FILE,
+};
 use colex_proto::{Binary, FileEntry, FileKind, Network, SiloSpec};
 use tokio::sync::mpsc;
 
@@ -98,17 +101,28 @@ impl Drop for TestHost {
     fn drop(&mut self) {
         // Kill whatever a failed test left in the host's cgroups, then remove them.
         let host_dir = self.cgroup_dir();
-        let Ok(entries) = std::fs::read_dir(&host_dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if entry.path().is_dir() {
-                let _ = std::fs::write(entry.path().join("cgroup.kill"), "1");
-                wait_for(Duration::from_secs(5), || !cgroup_populated(&entry.path()));
-                let _ = std::fs::remove_dir(entry.path());
+        if let Ok(entries) = std::fs::read_dir(&host_dir) {
+            for entry in entries.flatten() {
+                if entry.path().is_dir() {
+                    let _ = std::fs::write(entry.path().join("cgroup.kill"), "1");
+                    wait_for(Duration::from_secs(5), || !cgroup_populated(&entry.path()));
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&host_dir);
+        }
+        // The runtime also makes the host's dirs in cgroup v1 hierarchies (cpu, memory, pids
+        // ...); their processes died with the v2 kill above, so only empty dirs are left.
+        let name = format!("colex-{}", self.cfg.host_name);
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let v1_host_dir = hierarchy.path().join(&name);
+            if let Ok(silos) = std::fs::read_dir(&v1_host_dir) {
+                for silo in silos.flatten().filter(|entry| entry.path().is_dir()) {
+                    let _ = std::fs::remove_dir(silo.path());
+                }
+                let _ = std::fs::remove_dir(&v1_host_dir);
             }
         }
-        let _ = std::fs::remove_dir(&host_dir);
     }
 }
 
@@ -487,7 +501,8 @@ fn exit_code_is_reported() {
                 SiloExit {
                     silo_id: silo_id.clone(),
                     generation: 9,
-                    exit_code: 3
+                    exit_code: 3,
+                    reason: None,
                 }
             );
 
@@ -599,7 +614,7 @@ fn invalid_input_creates_nothing() {
                 .expect_err("unsupported image");
             assert!(
                 err.to_string()
-                    .contains("image \"alpine\" not supported yet"),
+                    .contains("image \"alpine\" is not available on this host"),
                 "{err}"
             );
 
@@ -801,8 +816,8 @@ fn addresses_are_distinct_and_reused() {
 }
 
 #[test]
-fn start_cleans_crash_leftovers() {
-    if !has_root("start_cleans_crash_leftovers") {
+fn start_adopts_live_silos_and_cleans_the_rest() {
+    if !has_root("start_adopts_live_silos_and_cleans_the_rest") {
         return;
     }
     in_netns(|| {
@@ -834,32 +849,72 @@ fn start_cleans_crash_leftovers() {
             assert!(link_exists(&format!("cx{id}")));
         }
         assert_eq!(masquerade_rules().len(), 2);
-        // A lost record: the objects are still found through names derived from the id.
+        let init_pid_before = record_field(&host, &silo_id, "init_pid");
+        // A lost record: that silo cannot be adopted, and its objects are still found through
+        // names derived from the id.
         std::fs::remove_file(host.silo_dir(&unrecorded_id).join("silo.json"))
             .expect("delete record");
 
-        // Second agent: start cleans everything up and runs silos again.
+        // Second agent: adopts the recorded silo as it runs and removes the other one.
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
                 .expect("restart runtime");
+            assert_silo_gone_but_others(&host, &unrecorded_id);
+            let adopted = runtime.silos();
+            assert_eq!(adopted.len(), 1, "{adopted:?}");
+            assert_eq!(adopted[0].silo_id, silo_id);
+            assert_eq!(adopted[0].exit_code, None, "the adopted silo runs");
+            assert_eq!(adopted[0].interfaces[0].address, "10.69.1.2");
+            assert_eq!(record_field(&host, &silo_id, "init_pid"), init_pid_before);
+            assert!(cgroup_populated(&host.cgroup_dir().join(&silo_id)));
+            assert_eq!(masquerade_rules().len(), 1, "{:?}", masquerade_rules());
+            assert!(link_exists(&format!("cx{silo_id}")));
+
+            // The adopted silo is not a child of this process; its exit is still reported.
+            let init_pid = i32::try_from(init_pid_before).expect("pid fits i32");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(init_pid),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .expect("signal the adopted silo");
+            let exit = wait_exit(&mut exits, &silo_id).await;
+            assert_eq!(exit.exit_code, 128 + 15);
+
+            runtime
+                .remove_silo(&silo_id, KILL_TIMEOUT)
+                .await
+                .expect("remove adopted silo");
             assert_silo_gone(&host, &silo_id);
-            assert_silo_gone(&host, &unrecorded_id);
             assert!(host.leases().is_empty(), "leases left: {:?}", host.leases());
             assert!(masquerade_rules().is_empty(), "{:?}", masquerade_rules());
             assert!(link_exists(&host.cfg.bridge), "bridge must stay");
-
-            let next = random_hex();
-            let interfaces = runtime
-                .run_silo(&next, 1, &spec("after", "/bin/sh", &["-c", "exit 0"]))
-                .await
-                .expect("run after restart");
-            assert_eq!(interfaces[0].address, "10.69.1.2", "leases were released");
-            assert_eq!(wait_exit(&mut exits, &next).await.exit_code, 0);
             runtime.shutdown().await.expect("shutdown");
-            assert_silo_gone(&host, &next);
         });
     });
+}
+
+/// Reads a number from the record of silo `silo_id`.
+fn record_field(host: &TestHost, silo_id: &str, field: &str) -> i64 {
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(host.silo_dir(silo_id).join("silo.json")).expect("read record"),
+    )
+    .expect("parse record");
+    record[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{field} missing in {record}"))
+}
+
+/// Asserts that nothing of silo `silo_id` is left, while other silos may exist.
+fn assert_silo_gone_but_others(host: &TestHost, silo_id: &str) {
+    assert!(!link_exists(&format!("cx{silo_id}")), "veth of {silo_id} left");
+    let comment = format!("colex silo {silo_id}");
+    assert!(
+        !masquerade_rules().iter().any(|rule| rule.contains(&comment)),
+        "NAT rule of {silo_id} left"
+    );
+    assert!(!host.cgroup_dir().join(silo_id).exists(), "cgroup of {silo_id} left");
+    assert!(!host.silo_dir(silo_id).exists(), "dir of {silo_id} left");
 }
 
 #[test]
@@ -1037,6 +1092,237 @@ fn symlink_in_tree_cannot_redirect_writes() {
                 std::fs::read_to_string(&stdout)
             );
             runtime.remove_silo(&silo_id, KILL_TIMEOUT).await.expect("remove silo");
+            assert_silo_gone(&host, &silo_id);
+            runtime.shutdown().await.expect("shutdown");
+        });
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Supervisor: PID 1, stop semantics, logs and restarts
+// ---------------------------------------------------------------------------------------------
+
+/// Returns the one-letter states (`R`, `S`, `Z`, ...) of the processes in a cgroup.
+fn process_states(cgroup: &Path) -> Vec<(u32, char)> {
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+    procs
+        .lines()
+        .filter_map(|line| line.trim().parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (_, after_name) = stat.rsplit_once(')')?;
+            let state = after_name.trim_start().chars().next()?;
+            Some((pid, state))
+        })
+        .collect()
+}
+
+#[test]
+fn orphans_are_reaped_and_down_is_fast() {
+    if !has_root("orphans_are_reaped_and_down_is_fast") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, mut exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let silo_id = random_hex();
+            // Each `( ... &)` subshell exits at once, so its sleep is orphaned to PID 1, which
+            // must reap it when it exits half a second later.
+            let orphans = spec(
+                "orphans",
+                "/bin/sh",
+                &[
+                    "-c",
+                    "for i in $(seq 1 50); do (sleep 0.5 &); done; echo spawned; exec sleep 1000",
+                ],
+            );
+            runtime.run_silo(&silo_id, 1, &orphans).await.expect("run silo");
+            let stdout_log = runtime.silo_dir(&silo_id).join(STDOUT_LOG_FILE);
+            assert!(
+                wait_for(Duration::from_secs(10), || std::fs::read_to_string(&stdout_log)
+                    .is_ok_and(|text| text.contains("spawned"))),
+                "the silo never spawned its children"
+            );
+            let cgroup = host.cgroup_dir().join(&silo_id);
+            // Once the orphans exited, only PID 1 and `sleep 1000` may be left, and no zombie.
+            let settled = wait_for(Duration::from_secs(10), || process_states(&cgroup).len() == 2);
+            let states = process_states(&cgroup);
+            assert!(settled, "orphans not gone: {states:?}");
+            assert!(
+                states.iter().all(|(_, state)| *state != 'Z'),
+                "zombies left: {states:?}"
+            );
+
+            let started = Instant::now();
+            let report = runtime
+                .remove_silo(&silo_id, Duration::from_secs(30))
+                .await
+                .expect("remove silo");
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(1), "down took {took:?}");
+            assert_eq!(report.exit_code, Some(128 + 15));
+            assert_eq!(report.message, "stopped by SIGTERM");
+            assert_silo_gone(&host, &silo_id);
+            assert!(exits.try_recv().is_err(), "a removal is no exit");
+            runtime.shutdown().await.expect("shutdown");
+        });
+    });
+}
+
+#[test]
+fn stubborn_silo_is_reported_killed() {
+    if !has_root("stubborn_silo_is_reported_killed") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, _exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let silo_id = random_hex();
+            let stubborn = spec(
+                "stubborn",
+                "/bin/sh",
+                &["-c", "trap '' TERM; echo ready; while true; do sleep 1; done"],
+            );
+            runtime.run_silo(&silo_id, 1, &stubborn).await.expect("run silo");
+            let stdout_log = runtime.silo_dir(&silo_id).join(STDOUT_LOG_FILE);
+            assert!(
+                wait_for(Duration::from_secs(10), || std::fs::read_to_string(&stdout_log)
+                    .is_ok_and(|text| text.contains("ready"))),
+                "the silo never set its trap"
+            );
+            let report = runtime
+                .remove_silo(&silo_id, Duration::from_millis(300))
+                .await
+                .expect("remove silo");
+            assert_eq!(report.exit_code, Some(128 + 9));
+            assert_eq!(report.message, "killed by SIGKILL after 300ms");
+            assert_silo_gone(&host, &silo_id);
+            runtime.shutdown().await.expect("shutdown");
+        });
+    });
+}
+
+#[test]
+fn logs_rotate_at_the_cap() {
+    if !has_root("logs_rotate_at_the_cap") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, mut exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let silo_id = random_hex();
+            const TOTAL_BYTES: u64 = 20_000_000;
+            let writer = spec(
+                "writer",
+                "/bin/sh",
+                &[
+                    "-c",
+                    "yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c 20000000; echo; echo last line; echo done >&2",
+                ],
+            );
+            runtime.run_silo(&silo_id, 1, &writer).await.expect("run silo");
+            assert_eq!(wait_exit(&mut exits, &silo_id).await.exit_code, 0);
+
+            let dir = runtime.silo_dir(&silo_id);
+            let current = std::fs::metadata(dir.join("stdout.log")).expect("stdout.log").len();
+            let rotated = std::fs::metadata(dir.join("stdout.log.1")).expect("stdout.log.1").len();
+            assert_eq!(rotated, MAX_LOG_FILE_BYTES, "the rotated file is full");
+            assert!(current <= MAX_LOG_FILE_BYTES, "stdout.log has {current} bytes");
+            let written = TOTAL_BYTES + "\nlast line\n".len() as u64;
+            assert_eq!(
+                current + rotated,
+                written % MAX_LOG_FILE_BYTES + MAX_LOG_FILE_BYTES,
+                "older output was dropped whole files at a time"
+            );
+            assert!(!dir.join("stdout.log.2").exists());
+
+            let tail = collect_logs(&runtime, &silo_id, LogStreamKind::Stdout, Some(1)).await;
+            assert_eq!(tail, b"last line\n");
+            let errors = collect_logs(&runtime, &silo_id, LogStreamKind::Stderr, None).await;
+            assert_eq!(errors, b"done\n");
+
+            runtime.remove_silo(&silo_id, KILL_TIMEOUT).await.expect("remove");
+            assert_silo_gone(&host, &silo_id);
+            runtime.shutdown().await.expect("shutdown");
+        });
+    });
+}
+
+/// Reads a silo's log through the runtime without following it.
+async fn collect_logs(
+    runtime: &Runtime,
+    silo_id: &str,
+    stream: LogStreamKind,
+    tail_lines: Option<u32>,
+) -> Vec<u8> {
+    let (sink, mut chunks) = mpsc::channel(16);
+    let query = LogQuery {
+        tail_lines,
+        follow: false,
+    };
+    let reader = async move {
+        let result = runtime.stream_logs(silo_id, stream, query, &sink).await;
+        // Closing the sink ends the collector.
+        drop(sink);
+        result
+    };
+    let collector = async {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = chunks.recv().await {
+            bytes.extend(chunk);
+        }
+        bytes
+    };
+    let (result, bytes) = tokio::join!(reader, collector);
+    result.expect("stream logs");
+    bytes
+}
+
+#[test]
+fn restart_in_place_keeps_address_and_logs() {
+    if !has_root("restart_in_place_keeps_address_and_logs") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, mut exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let silo_id = random_hex();
+            let failing = spec("failing", "/bin/sh", &["-c", "echo run; exit 3"]);
+            let first = runtime.run_silo(&silo_id, 4, &failing).await.expect("run silo");
+            assert_eq!(wait_exit(&mut exits, &silo_id).await.exit_code, 3);
+
+            let err = runtime
+                .restart_silo(&silo_id, 5, &failing, 1)
+                .await
+                .expect_err("another generation is not restarted");
+            assert!(err.to_string().contains("cannot be restarted"), "{err}");
+
+            let second = runtime
+                .restart_silo(&silo_id, 4, &failing, 1)
+                .await
+                .expect("restart silo");
+            assert_eq!(second, first, "same veth and address");
+            assert_eq!(wait_exit(&mut exits, &silo_id).await.exit_code, 3);
+            let output = collect_logs(&runtime, &silo_id, LogStreamKind::Stdout, None).await;
+            assert_eq!(output, b"run\nrun\n", "the log keeps every run");
+            assert_eq!(record_field(&host, &silo_id, "restarts"), 1);
+            let silos = runtime.silos();
+            assert_eq!(silos[0].restarts, 1);
+            assert_eq!(silos[0].exit_code, Some(3));
+
+            runtime.remove_silo(&silo_id, KILL_TIMEOUT).await.expect("remove");
             assert_silo_gone(&host, &silo_id);
             runtime.shutdown().await.expect("shutdown");
         });

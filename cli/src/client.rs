@@ -72,12 +72,18 @@ pub struct Controller {
 impl Controller {
     /// Connects to `address` (HOST:PORT).
     pub async fn connect(address: &str) -> Result<Self, CliError> {
-        let endpoint = Channel::from_shared(format!("http://{address}")).map_err(|error| {
+        Self::connect_with(address, Some(REQUEST_TIMEOUT)).await
+    }
+
+    async fn connect_with(address: &str, request_timeout: Option<Duration>) -> Result<Self, CliError> {
+        let mut endpoint = Channel::from_shared(format!("http://{address}")).map_err(|error| {
             CliError::user(format!("invalid controller address {address:?} ({error}); use HOST:PORT, e.g. 127.0.0.1:7069"))
         })?;
+        if let Some(timeout) = request_timeout {
+            endpoint = endpoint.timeout(timeout);
+        }
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
             .connect()
             .await
             .map_err(|error| CliError::cluster(unreachable_message(address, &root_cause(&error))))?;
@@ -88,6 +94,11 @@ impl Controller {
             address: address.to_owned(),
             client,
         })
+    }
+
+    /// Connects to `address` for a streaming call such as `logs -f`, which has no deadline.
+    pub async fn connect_streaming(address: &str) -> Result<Self, CliError> {
+        Self::connect_with(address, None).await
     }
 
     pub async fn list(&mut self) -> Result<proto::ListResponse, CliError> {

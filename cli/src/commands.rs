@@ -1,6 +1,7 @@
-//! The `up`, `down` and `list` commands.
+//! The `up`, `down`, `list` and `logs` commands.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -190,6 +191,38 @@ pub async fn list(address: &str, all_hosts: bool) -> Result<(), CliError> {
     }
     if listed.hosts.is_empty() {
         println!("no hosts have joined; start one with `colex-agent --join {address}`");
+    }
+    Ok(())
+}
+
+/// Prints the output of silo `name`'s program as the agent that runs it sends it: the last
+/// `tail` lines (all kept output when `None`), then, with `follow`, new output until the
+/// silo is removed or the user interrupts.
+pub async fn logs(address: &str, name: &str, follow: bool, tail: Option<u32>, stderr: bool) -> Result<(), CliError> {
+    let mut controller = Controller::connect_streaming(address).await?;
+    let stream = if stderr { proto::LogStream::Stderr } else { proto::LogStream::Stdout };
+    let request = proto::LogsRequest {
+        name: name.to_owned(),
+        stream: stream.into(),
+        tail_lines: tail,
+        follow,
+    };
+    let mut chunks = controller
+        .client
+        .logs(request)
+        .await
+        .map_err(|status| CliError::from_status(address, &status))?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = chunks
+        .message()
+        .await
+        .map_err(|status| CliError::from_status(address, &status))?
+    {
+        // Flushed per chunk, so followed output shows up as it is written.
+        out.write_all(&chunk.data)
+            .and_then(|()| out.flush())
+            .map_err(|error| CliError::cluster(format!("cannot write to stdout: {error}")))?;
     }
     Ok(())
 }

@@ -62,6 +62,20 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the output of a silo's program, fetched from the host that runs it.
+    Logs {
+        /// Silo name.
+        name: String,
+        /// Keep printing new output as it is written, until interrupted.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Print only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
+        /// Print standard error in place of standard output.
+        #[arg(long)]
+        stderr: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,6 +104,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::List { all_hosts } => commands::list(&cli.serv, all_hosts).await,
         Command::Validate { files } => validate::run(&files),
+        Command::Logs { name, follow, tail, stderr } => commands::logs(&cli.serv, &name, follow, tail, stderr).await,
     }
 }
 

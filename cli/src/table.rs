@@ -38,6 +38,7 @@ pub struct HostSiloRow {
     pub class: String,
     pub tags: String,
     pub state: String,
+    pub restarts: u32,
     pub addresses: String,
 }
 
@@ -108,6 +109,7 @@ pub fn host_silo_row(silo: &proto::SiloInfo) -> HostSiloRow {
         class: silo.class.clone(),
         tags: silo.tags.join(", "),
         state: state_label(silo),
+        restarts: silo.restarts,
         addresses: addresses(silo),
     }
 }
@@ -144,5 +146,21 @@ mod tests {
 | test-sh | 3938a44e | UP    | h1   | cx3938a44e (10.69.1.2) |
 |---------|----------|-------|------|------------------------|";
         assert_eq!(render(&rows), expected);
+    }
+
+    #[test]
+    fn host_table_shows_restarts() {
+        let silo = proto::SiloInfo {
+            name: "job".to_owned(),
+            id: "3938a44e".to_owned(),
+            state: proto::SiloState::Exited.into(),
+            exit_code: Some(1),
+            restarts: 2,
+            ..Default::default()
+        };
+        let rendered = render(&[host_silo_row(&silo)]);
+        let lines: Vec<&str> = rendered.lines().collect();
+        assert!(lines[1].contains("RESTARTS"), "{rendered}");
+        assert!(lines[3].contains("| EXITED (1) | 2 "), "{rendered}");
     }
 }

@@ -41,6 +41,9 @@ pub struct SiloStatus {
     pub interfaces: Vec<(String, String)>,
     pub exit_code: Option<i32>,
     pub message: String,
+    /// Times the agent restarted the program in place under its restart policy.
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 /// One silo as stored in the cluster state.
@@ -74,6 +77,22 @@ pub struct HostRecord {
     /// Index of the host's /24 inside the cluster network, so 3 means
     /// 10.69.3.0/24. Kept for the life of the record.
     pub subnet_index: u32,
+    /// What the agent offers to silos, from its last registration. Records
+    /// written before hosts reported it read as offering nothing.
+    #[serde(default)]
+    pub attributes: HostAttributes,
+}
+
+/// What a host's agent offers to silos, as its configuration file declares
+/// it. The scheduler places a silo only where its image and bind ids are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostAttributes {
+    /// Image names, the built-in "busybox" included.
+    pub images: Vec<String>,
+    /// Bind ids silos may name in `bind` blocks.
+    pub bind_ids: Vec<String>,
+    /// Labels for placement.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl HostRecord {
@@ -99,6 +118,9 @@ pub enum Command {
         address: String,
         cpus: u32,
         memory_bytes: u64,
+        /// Absent in log entries written before agents reported it.
+        #[serde(default)]
+        attributes: HostAttributes,
     },
     /// Store a silo, replacing any silo of the same name.
     PutSilo {
@@ -162,7 +184,8 @@ impl ClusterState {
                 address,
                 cpus,
                 memory_bytes,
-            } => self.register_host(name, address, *cpus, *memory_bytes),
+                attributes,
+            } => self.register_host(name, address, *cpus, *memory_bytes, attributes),
             Command::PutSilo {
                 name,
                 id,
@@ -195,6 +218,7 @@ impl ClusterState {
         address: &str,
         cpus: u32,
         memory_bytes: u64,
+        attributes: &HostAttributes,
     ) -> (Response, Vec<Change>) {
         let subnet_index = match self.hosts.get(name) {
             Some(known) => known.subnet_index,
@@ -215,6 +239,7 @@ impl ClusterState {
             cpus,
             memory_bytes,
             subnet_index,
+            attributes: attributes.clone(),
         };
         self.hosts.insert(name.to_owned(), record);
         (
@@ -301,6 +326,7 @@ mod tests {
             address: "198.51.100.2".to_owned(),
             cpus: 2,
             memory_bytes: 1 << 30,
+            attributes: HostAttributes::default(),
         };
         state.apply(&command).0
     }
@@ -329,6 +355,41 @@ mod tests {
             assert_eq!(response, Response::HostRegistered { subnet_index: index });
         }
         assert!(matches!(register(&mut state, "one-more"), Response::Rejected { .. }));
+    }
+
+    #[test]
+    fn register_again_replaces_attributes() {
+        let mut state = ClusterState::default();
+        let register_with = |images: &[&str]| Command::RegisterHost {
+            name: "a".to_owned(),
+            address: "198.51.100.2".to_owned(),
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            attributes: HostAttributes {
+                images: images.iter().map(|image| (*image).to_owned()).collect(),
+                bind_ids: vec!["data".to_owned()],
+                labels: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
+            },
+        };
+        state.apply(&register_with(&["busybox", "alpine"]));
+        assert_eq!(state.hosts["a"].attributes.images, ["busybox", "alpine"]);
+        state.apply(&register_with(&["busybox"]));
+        assert_eq!(state.hosts["a"].attributes.images, ["busybox"]);
+        assert_eq!(state.hosts["a"].attributes.bind_ids, ["data"]);
+        assert_eq!(state.hosts["a"].attributes.labels["zone"], "a");
+    }
+
+    #[test]
+    fn records_without_attributes_still_decode() {
+        let old = r#"{"RegisterHost":{"name":"a","address":"198.51.100.2","cpus":1,"memory_bytes":1}}"#;
+        let command: Command = serde_json::from_str(old).expect("decode an old log entry");
+        assert!(matches!(
+            command,
+            Command::RegisterHost { attributes, .. } if attributes == HostAttributes::default()
+        ));
+        let old_host = r#"{"name":"a","address":"x","cpus":1,"memory_bytes":1,"subnet_index":1}"#;
+        let host: HostRecord = serde_json::from_str(old_host).expect("decode an old host row");
+        assert_eq!(host.attributes, HostAttributes::default());
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub fn silo_info(record: &SiloRecord) -> proto::SiloInfo {
         message: status.message,
         generation: record.generation,
         exit_code: status.exit_code,
+        restarts: status.restarts,
     }
 }
 
@@ -72,6 +73,9 @@ pub fn host_info(state: &ClusterState, host: &HostRecord, live: &BTreeSet<String
         cpus: host.cpus,
         memory_bytes: host.memory_bytes,
         silo_count: u32::try_from(silo_count).unwrap_or(u32::MAX),
+        images: host.attributes.images.clone(),
+        bind_ids: host.attributes.bind_ids.clone(),
+        labels: host.attributes.labels.clone().into_iter().collect(),
     }
 }
 

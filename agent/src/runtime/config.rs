@@ -1,10 +1,13 @@
 //! Configuration of the silo runtime of one agent.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
+use super::binds::{is_bind_id, BindSource, MAX_BIND_ID_BYTES};
+use super::image::{is_image_name, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES};
 use super::names::{self, NameError};
 
 /// Default path of the static busybox that the built-in `busybox` image is made from.
@@ -12,6 +15,13 @@ pub const DEFAULT_BUSYBOX_PATH: &str = "/bin/busybox";
 
 /// Maximum subnet prefix length: a /30 leaves the bridge address and one silo address.
 pub const MAX_SUBNET_PREFIX_LEN: u8 = 30;
+
+/// Default maximum number of tasks (processes and threads) of one silo: far above what a
+/// service needs, and it bounds what a fork bomb in one silo takes from the host.
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
+
+/// Smallest pids limit: the silo's PID 1 and its program.
+pub const MIN_PIDS_LIMIT: u64 = 2;
 
 /// Settings of one agent's silo runtime.
 #[derive(Debug, Clone)]
@@ -29,6 +39,13 @@ pub struct RuntimeConfig {
     pub helper_exe: PathBuf,
     /// Static busybox binary the `busybox` image is made from.
     pub busybox: PathBuf,
+    /// Tarball images by name: each path is a `docker export` tar, plain or gzip-compressed.
+    /// The built-in `busybox` image is always available in addition and cannot be listed here.
+    pub images: BTreeMap<String, PathBuf>,
+    /// Host paths offered to the silos' `bind` blocks, by bind id.
+    pub binds: BTreeMap<String, BindSource>,
+    /// Maximum number of tasks of each silo (`pids.max`); `None` for no limit.
+    pub pids_limit: Option<u64>,
 }
 
 /// Errors in a [`RuntimeConfig`].
@@ -47,10 +64,27 @@ pub enum ConfigError {
          without ',', ':' or '\\'"
     )]
     UnsupportedStateDir { path: PathBuf },
+    #[error(
+        "invalid image name {name:?}: expected 1 to {MAX_IMAGE_NAME_BYTES} lower-case letters, \
+         digits, '-', '_' and '.', starting with a letter or digit"
+    )]
+    InvalidImageName { name: String },
+    #[error("image name {BUSYBOX_IMAGE:?} is built in and cannot name a tarball image")]
+    BuiltInImageName,
+    #[error(
+        "invalid bind id {id:?}: expected 1 to {MAX_BIND_ID_BYTES} letters, digits, '-', '_' \
+         and '.', starting with a letter or digit"
+    )]
+    InvalidBindId { id: String },
+    #[error(
+        "pids limit {limit} is too low: a silo needs at least {MIN_PIDS_LIMIT} tasks, its PID 1 \
+         and its program; leave it unset for no limit"
+    )]
+    PidsLimitTooLow { limit: u64 },
 }
 
 impl RuntimeConfig {
-    /// Creates a configuration with the default busybox path.
+    /// Creates a configuration with the default busybox path and pids limit.
     pub fn new(
         host_name: impl Into<String>,
         state_dir: impl Into<PathBuf>,
@@ -65,6 +99,9 @@ impl RuntimeConfig {
             subnet,
             helper_exe: helper_exe.into(),
             busybox: PathBuf::from(DEFAULT_BUSYBOX_PATH),
+            images: BTreeMap::new(),
+            binds: BTreeMap::new(),
+            pids_limit: Some(DEFAULT_PIDS_LIMIT),
         }
     }
 
@@ -80,12 +117,37 @@ impl RuntimeConfig {
         check_absolute("state dir", &self.state_dir)?;
         check_absolute("helper executable", &self.helper_exe)?;
         check_absolute("busybox", &self.busybox)?;
+        for (name, path) in &self.images {
+            if name == BUSYBOX_IMAGE {
+                return Err(ConfigError::BuiltInImageName);
+            }
+            if !is_image_name(name) {
+                return Err(ConfigError::InvalidImageName { name: name.clone() });
+            }
+            check_absolute("image tarball", path)?;
+        }
+        for (id, source) in &self.binds {
+            if !is_bind_id(id) {
+                return Err(ConfigError::InvalidBindId { id: id.clone() });
+            }
+            check_absolute("bind source", &source.path)?;
+        }
         if !is_overlay_safe(&self.state_dir) {
             return Err(ConfigError::UnsupportedStateDir {
                 path: self.state_dir.clone(),
             });
         }
+        if let Some(limit) = self.pids_limit.filter(|limit| *limit < MIN_PIDS_LIMIT) {
+            return Err(ConfigError::PidsLimitTooLow { limit });
+        }
         Ok(())
+    }
+
+    /// Returns the names of every image silos can use: `busybox` first, then the tarball images.
+    pub fn image_names(&self) -> Vec<String> {
+        std::iter::once(BUSYBOX_IMAGE.to_string())
+            .chain(self.images.keys().cloned())
+            .collect()
     }
 
     /// Returns the subnet with its host bits cleared.
@@ -138,6 +200,21 @@ mod tests {
         let cfg = config();
         assert!(cfg.validate().is_ok());
         assert_eq!(cfg.busybox, PathBuf::from(DEFAULT_BUSYBOX_PATH));
+        assert_eq!(cfg.pids_limit, Some(DEFAULT_PIDS_LIMIT));
+    }
+
+    #[test]
+    fn pids_limit_bounds() {
+        let mut cfg = config();
+        cfg.pids_limit = Some(1);
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::PidsLimitTooLow { limit: 1 })
+        ));
+        cfg.pids_limit = Some(MIN_PIDS_LIMIT);
+        assert!(cfg.validate().is_ok());
+        cfg.pids_limit = None;
+        assert!(cfg.validate().is_ok());
     }
 
     #[test]
@@ -177,5 +254,61 @@ mod tests {
         let mut cfg = config();
         cfg.bridge = "a-very-long-bridge-name".to_string();
         assert!(matches!(cfg.validate(), Err(ConfigError::Name(_))));
+    }
+
+    #[test]
+    fn image_and_bind_names_are_checked() {
+        let mut cfg = config();
+        cfg.images
+            .insert("alpine".to_string(), PathBuf::from("/srv/alpine.tar"));
+        cfg.binds.insert(
+            "data".to_string(),
+            BindSource {
+                path: PathBuf::from("/srv/data"),
+                writable: false,
+            },
+        );
+        assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.image_names(), ["busybox", "alpine"]);
+
+        let mut built_in = config();
+        built_in
+            .images
+            .insert(BUSYBOX_IMAGE.to_string(), PathBuf::from("/srv/b.tar"));
+        assert!(matches!(
+            built_in.validate(),
+            Err(ConfigError::BuiltInImageName)
+        ));
+
+        let mut bad_name = config();
+        bad_name
+            .images
+            .insert("Alpine".to_string(), PathBuf::from("/srv/a.tar"));
+        assert!(matches!(
+            bad_name.validate(),
+            Err(ConfigError::InvalidImageName { .. })
+        ));
+
+        let mut relative = config();
+        relative
+            .images
+            .insert("alpine".to_string(), PathBuf::from("alpine.tar"));
+        assert!(matches!(
+            relative.validate(),
+            Err(ConfigError::RelativePath { .. })
+        ));
+
+        let mut bad_id = config();
+        bad_id.binds.insert(
+            "-data".to_string(),
+            BindSource {
+                path: PathBuf::from("/srv/data"),
+                writable: false,
+            },
+        );
+        assert!(matches!(
+            bad_id.validate(),
+            Err(ConfigError::InvalidBindId { .. })
+        ));
     }
 }

@@ -1,22 +1,28 @@
 //! The helper process: `<helper_exe> silo-helper`, one per silo, single-threaded and without
-//! tokio.
+//! tokio. It is the silo's supervisor and outlives the agent that started it.
 //!
 //! It reads the [`HelperJob`] from stdin, clones the silo's PID 1 into new namespaces, reports
-//! its pid, releases it when the agent sends "go", waits for it, and writes the exit record to
-//! the silo dir. It runs in a session of its own, so a signal to the agent's process group does
-//! not reach it.
+//! its pid, and releases it when the agent sends "go". Then it drains the pipes that are the
+//! program's stdout and stderr into size-capped rotating files, waits for PID 1 to exit, and
+//! writes the exit record to the silo dir. It runs in a session of its own, so a signal to the
+//! agent's process group does not reach it. It needs nothing from the agent once the program
+//! runs, so an agent that is restarted, upgraded or killed leaves the silo running.
 
 use std::io::{self, BufRead};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sched::{clone, CloneFlags};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 
-use super::init::{self, SIGNAL_EXIT_CODE_BASE};
+use super::init::{self, InitFds, SIGNAL_EXIT_CODE_BASE};
+use super::logs::{RotatingLog, MAX_LOG_FILE_BYTES};
+use super::pidfd::PidFd;
 use super::protocol::{send_report, HelperJob, HelperReport, GO_LINE};
 use super::state::{write_json_atomic, ExitRecord, StateError};
 
@@ -24,6 +30,13 @@ use super::state::{write_json_atomic, ExitRecord, StateError};
 const INIT_STACK_BYTES: usize = 8 * 1024 * 1024;
 /// Exit code of the helper when it could not do its job; the reason went to the agent.
 const HELPER_FAILED_EXIT_CODE: i32 = 1;
+/// Bytes read from an output pipe at a time.
+const PIPE_READ_BYTES: usize = 64 * 1024;
+/// How long the helper keeps draining the output pipes after PID 1 exited. The kernel kills
+/// the rest of the silo's pid namespace with PID 1, so the pipes normally reach EOF at once.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Poll interval while the kernel offers no pidfd to wait on, in milliseconds.
+const NO_PIDFD_POLL_MILLIS: libc::c_int = 100;
 
 /// Errors of the helper process.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +55,13 @@ pub enum HelperError {
     Report { source: Errno },
     #[error("failed to wait for the silo init (pid {pid}): {source}")]
     Wait { pid: Pid, source: Errno },
+    #[error("failed to open log file {path}: {source}")]
+    OpenLog {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+    #[error("failed to poll the output pipes: {source}")]
+    Poll { source: io::Error },
     #[error(transparent)]
     WriteExit(#[from] StateError),
 }
@@ -73,10 +93,25 @@ fn run() -> Result<(), HelperError> {
     let job: HelperJob =
         serde_json::from_str(&line).map_err(|source| HelperError::ParseJob { source })?;
 
-    let (sync_read, sync_write) =
-        pipe2(OFlag::O_CLOEXEC).map_err(|source| HelperError::Pipe { source })?;
-    let init_pid = clone_init(&job, &sync_read, &sync_write)?;
-    drop(sync_read);
+    // Opened before the clone, so a log that cannot be written fails the start, not the silo.
+    let mut stdout_log = open_log(&job.stdout_log)?;
+    let mut stderr_log = open_log(&job.stderr_log)?;
+    let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|source| HelperError::Pipe { source });
+    let (sync_read, sync_write) = pipe()?;
+    let (stdout_read, stdout_write) = pipe()?;
+    let (stderr_read, stderr_write) = pipe()?;
+    let fds = InitFds {
+        sync_read: sync_read.as_raw_fd(),
+        sync_write: sync_write.as_raw_fd(),
+        stdout_read: stdout_read.as_raw_fd(),
+        stdout_write: stdout_write.as_raw_fd(),
+        stderr_read: stderr_read.as_raw_fd(),
+        stderr_write: stderr_write.as_raw_fd(),
+    };
+    let init_pid = clone_init(&job, fds)?;
+    // Only PID 1 and the program hold the write ends now, so the pipes reach EOF once the
+    // silo's processes are gone.
+    drop((sync_read, stdout_write, stderr_write));
 
     let init_pid_u32 = u32::try_from(init_pid.as_raw()).unwrap_or_default();
     if let Err(source) = send_report(
@@ -101,20 +136,160 @@ fn run() -> Result<(), HelperError> {
     }
     drop(sync_write);
 
-    let exit_code = wait_for_exit(init_pid)?;
+    let mut outputs = [
+        Output {
+            pipe: Some(stdout_read),
+            log: &mut stdout_log,
+        },
+        Output {
+            pipe: Some(stderr_read),
+            log: &mut stderr_log,
+        },
+    ];
+    let exit_code = supervise(init_pid, &mut outputs)?;
     write_json_atomic(&job.exit_file, &ExitRecord { exit_code })?;
     Ok(())
 }
 
+fn open_log(path: &Path) -> Result<RotatingLog, HelperError> {
+    RotatingLog::open(path, MAX_LOG_FILE_BYTES).map_err(|source| HelperError::OpenLog {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// One output stream of the program: the read end of its pipe, until EOF, and its log.
+struct Output<'a> {
+    pipe: Option<OwnedFd>,
+    log: &'a mut RotatingLog,
+}
+
+impl Output<'_> {
+    /// Moves the bytes waiting in the pipe into the log, and closes the pipe at EOF.
+    fn drain_once(&mut self, buffer: &mut [u8]) {
+        let Some(pipe) = &self.pipe else {
+            return;
+        };
+        match nix::unistd::read(pipe, buffer) {
+            Ok(0) => self.pipe = None,
+            Ok(read) => {
+                if let Err(err) = self.log.write(&buffer[..read]) {
+                    // The output is lost, but the silo must not block on a full pipe.
+                    eprintln!("colex silo helper: failed to write program output: {err}");
+                }
+            }
+            Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
+            Err(errno) => {
+                eprintln!("colex silo helper: failed to read program output: {errno}");
+                self.pipe = None;
+            }
+        }
+    }
+}
+
+/// Copies the program's output into its logs until PID 1 exits, then drains what is left;
+/// returns PID 1's exit code.
+fn supervise(init_pid: Pid, outputs: &mut [Output<'_>; 2]) -> Result<i32, HelperError> {
+    let init_pid_u32 = u32::try_from(init_pid.as_raw()).unwrap_or_default();
+    let pidfd = match PidFd::open(init_pid_u32) {
+        Ok(pidfd) => Some(pidfd),
+        Err(err) => {
+            eprintln!("colex silo helper: pidfd_open failed ({err}); polling for the exit");
+            None
+        }
+    };
+    let mut buffer = vec![0u8; PIPE_READ_BYTES];
+    let mut exit_code = None;
+    let mut drain_deadline = None;
+    loop {
+        if exit_code.is_none() {
+            exit_code = try_wait(init_pid)?;
+            if exit_code.is_some() {
+                drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+            }
+        }
+        let open_pipes = outputs.iter().filter(|output| output.pipe.is_some()).count();
+        if let (Some(code), Some(deadline)) = (exit_code, drain_deadline) {
+            if open_pipes == 0 || Instant::now() >= deadline {
+                return Ok(code);
+            }
+        }
+
+        let mut poll_fds: Vec<libc::pollfd> = Vec::with_capacity(3);
+        for output in outputs.iter() {
+            if let Some(pipe) = &output.pipe {
+                poll_fds.push(poll_entry(pipe));
+            }
+        }
+        let watch_pidfd = exit_code.is_none() && pidfd.is_some();
+        if let (true, Some(pidfd)) = (watch_pidfd, &pidfd) {
+            poll_fds.push(poll_entry(pidfd));
+        }
+        let timeout = match (exit_code, drain_deadline) {
+            (Some(_), Some(deadline)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX)
+            }
+            _ if pidfd.is_none() => NO_PIDFD_POLL_MILLIS,
+            _ => -1,
+        };
+        poll(&mut poll_fds, timeout)?;
+
+        let mut index = 0;
+        for output in outputs.iter_mut() {
+            if output.pipe.is_none() {
+                continue;
+            }
+            let revents = poll_fds[index].revents;
+            index += 1;
+            if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                output.drain_once(&mut buffer);
+            }
+        }
+    }
+}
+
+fn poll_entry<Fd: AsFd>(fd: &Fd) -> libc::pollfd {
+    libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Waits until one of `fds` is ready or `timeout_millis` passed (-1 waits forever).
+fn poll(fds: &mut [libc::pollfd], timeout_millis: libc::c_int) -> Result<(), HelperError> {
+    let count = libc::nfds_t::try_from(fds.len()).unwrap_or(libc::nfds_t::MAX);
+    // SAFETY: `fds` is a valid, exclusively borrowed slice of `count` pollfd structs, which the
+    // kernel only writes the revents fields of.
+    let result = unsafe { libc::poll(fds.as_mut_ptr(), count, timeout_millis) };
+    if result < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(HelperError::Poll { source: err });
+        }
+    }
+    Ok(())
+}
+
+/// Returns PID 1's exit code if it has exited, reaping it.
+fn try_wait(pid: Pid) -> Result<Option<i32>, HelperError> {
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return Ok(Some(SIGNAL_EXIT_CODE_BASE + signal as i32))
+            }
+            Ok(WaitStatus::StillAlive) => return Ok(None),
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(source) => return Err(HelperError::Wait { pid, source }),
+        }
+    }
+}
+
 /// Clones the silo's PID 1, which runs [`init::run`] in new namespaces.
-fn clone_init(
-    job: &HelperJob,
-    sync_read: &OwnedFd,
-    sync_write: &OwnedFd,
-) -> Result<Pid, HelperError> {
-    let sync_read_fd = sync_read.as_raw_fd();
-    let sync_write_fd = sync_write.as_raw_fd();
-    let callback = Box::new(move || init::run(job, sync_read_fd, sync_write_fd) as isize);
+fn clone_init(job: &HelperJob, fds: InitFds) -> Result<Pid, HelperError> {
+    let callback = Box::new(move || init::run(job, fds) as isize);
     let mut stack = vec![0u8; INIT_STACK_BYTES];
     let flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS

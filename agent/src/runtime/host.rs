@@ -1,8 +1,7 @@
 //! Host-level setup and shutdown of the runtime: dirs, image, bridge, iptables chain, the
-//! host's cgroup dir, and removal of an earlier run's leftovers.
+//! host's cgroup dir, adoption of an earlier run's silos and removal of its leftovers.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +15,7 @@ use super::network::Netlink;
 use super::state::{self, TRASH_PREFIX};
 use super::teardown::{remove_dir_all, CGROUP_KILL_WAIT};
 use super::{
-    cgroup, image, iptables, names, removal, Inner, Runtime, RuntimeError, SiloExit,
+    adopt, cgroup, image, iptables, names, removal, Inner, Runtime, RuntimeError, SiloExit,
     EXIT_CHANNEL_CAPACITY,
 };
 
@@ -40,14 +39,19 @@ pub async fn start(
             })?;
     }
 
-    let host_cgroup = cgroup::cgroup2_mount()?.join(names::host_cgroup_name(&cfg.host_name));
-    cgroup::create(&host_cgroup).await?;
+    let cgroups =
+        cgroup::HostCgroups::detect(&names::host_cgroup_name(&cfg.host_name), cfg.pids_limit)?;
+    cgroups.create().await?;
+    let host_cgroup = cgroups.membership_host_dir();
 
-    let image_dir = {
+    let images = {
         let images_dir = images_dir.clone();
         let busybox = cfg.busybox.clone();
-        tokio::task::spawn_blocking(move || image::ensure_busybox_image(&images_dir, &busybox))
-            .await??
+        let tarballs = cfg.images.clone();
+        tokio::task::spawn_blocking(move || {
+            image::ImageStore::open(&images_dir, &busybox, &tarballs)
+        })
+        .await??
     };
 
     let netlink = Netlink::connect()?;
@@ -63,14 +67,15 @@ pub async fn start(
         cfg,
         network,
         silos_dir,
-        image_dir,
+        images,
         host_cgroup,
+        cgroups,
         netlink,
         exits,
         silos: Mutex::new(HashMap::new()),
         shut_down: AtomicBool::new(false),
     };
-    remove_leftovers(&inner).await?;
+    adopt_earlier_silos(&inner).await?;
 
     info!(host = %inner.cfg.host_name, bridge = %inner.cfg.bridge, subnet = %inner.network, "silo runtime started");
     Ok((
@@ -81,8 +86,10 @@ pub async fn start(
     ))
 }
 
-/// Removes every silo an earlier run of the agent left: no silo runs when the agent starts.
-async fn remove_leftovers(inner: &Inner) -> Result<(), RuntimeError> {
+/// Adopts the silos an earlier run of the agent left running or exited, and removes the rest
+/// of what it left: half-created silos, cgroups without a record, stale NAT rules and leases.
+async fn adopt_earlier_silos(inner: &Inner) -> Result<(), RuntimeError> {
+    let mut adopted = Vec::new();
     for name in state::list_dir(&inner.silos_dir)? {
         if name.starts_with(TRASH_PREFIX) {
             remove_dir_all(inner.silos_dir.join(&name)).await?;
@@ -92,23 +99,39 @@ async fn remove_leftovers(inner: &Inner) -> Result<(), RuntimeError> {
             warn!(entry = %name, dir = %inner.silos_dir.display(), "ignoring unexpected entry in silos dir");
             continue;
         }
-        if let Err(err) = removal::remove_leftover(inner, &name).await {
+        match adopt::adopt_or_remove(inner, &name).await {
+            Ok(Some(silo)) => adopted.push(silo),
+            Ok(None) => {}
             // The record stays, so the next start or a remove_silo retries.
-            warn!(silo = %name, error = %err, "failed to remove leftover silo");
+            Err(err) => warn!(silo = %name, error = %err, "failed to remove leftover silo"),
         }
     }
 
     // Cgroups without a record (the record write is the first step, so only after a manual
     // deletion) are killed all the same: nothing of this host may run now.
-    for dir in cgroup::child_dirs(&inner.host_cgroup).await? {
-        if !has_record(inner, &dir) {
-            warn!(cgroup = %dir.display(), "removing cgroup of an unrecorded silo");
-            cgroup::kill_and_remove(&dir, removal::LEFTOVER_KILL_WAIT).await?;
+    for name in inner.cgroups.silo_names().await? {
+        if !has_record(inner, &name) {
+            warn!(silo = %name, "removing cgroup of an unrecorded silo");
+            inner
+                .cgroups
+                .silo(&name)
+                .kill_and_remove(removal::LEFTOVER_KILL_WAIT)
+                .await?;
         }
     }
 
     // Rules whose records were lost; the chain belongs to this agent's network namespace.
-    iptables::flush_chain().await?;
+    // NOTE: with adopted silos the chain is not flushed, so that their NAT never pauses; a rule
+    // whose record and lease were both lost then stays until a start without adopted silos.
+    if adopted.is_empty() {
+        iptables::flush_chain().await?;
+    }
+    for silo in &adopted {
+        let record = adopted_record(inner, &silo.silo_id).await;
+        if let Some(record) = record.filter(|record| record.internet_access) {
+            iptables::add_masquerade(record.address, &inner.cfg.bridge, &silo.silo_id).await?;
+        }
+    }
 
     for (address, owner) in inner.leases.list()? {
         if !inner
@@ -123,10 +146,62 @@ async fn remove_leftovers(inner: &Inner) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-fn has_record(inner: &Inner, cgroup_dir: &Path) -> bool {
-    cgroup_dir
-        .file_name()
-        .is_some_and(|name| inner.silos_dir.join(name).join(state::RECORD_FILE).exists())
+async fn adopted_record(inner: &Inner, silo_id: &str) -> Option<state::SiloRecord> {
+    let slot = inner
+        .silos
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(silo_id)
+        .cloned()?;
+    let guard = slot.lock().await;
+    guard.as_ref().map(|running| running.record.clone())
+}
+
+fn has_record(inner: &Inner, silo_id: &str) -> bool {
+    inner
+        .silos_dir
+        .join(silo_id)
+        .join(state::RECORD_FILE)
+        .exists()
+}
+
+/// Implements [`Runtime::teardown`]: builds the runtime's view of the host without creating
+/// the bridge, chain or image, then removes everything as [`shutdown`] does.
+pub async fn teardown(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
+    cfg.validate()?;
+    let silos_dir = cfg.state_dir.join("silos");
+    let leases_dir = cfg.state_dir.join("leases");
+    for dir in [&silos_dir, &leases_dir] {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|source| RuntimeError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+    }
+    let cgroups =
+        cgroup::HostCgroups::detect(&names::host_cgroup_name(&cfg.host_name), cfg.pids_limit)?;
+    let host_cgroup = cgroups.membership_host_dir();
+    let network = cfg.network();
+    // The channel is never read: a teardown adopts nothing and starts nothing.
+    let (exits, _exits_rx) = mpsc::channel(1);
+    let inner = Inner {
+        leases: Leases::new(leases_dir, network),
+        images: image::ImageStore::unprepared(&cfg.state_dir.join("images")),
+        cfg,
+        network,
+        silos_dir,
+        host_cgroup,
+        cgroups,
+        netlink: Netlink::connect()?,
+        exits,
+        silos: Mutex::new(HashMap::new()),
+        shut_down: AtomicBool::new(false),
+    };
+    let runtime = Runtime {
+        inner: Arc::new(inner),
+    };
+    shutdown(&runtime).await
 }
 
 /// Implements [`Runtime::shutdown`].
@@ -186,9 +261,6 @@ pub async fn shutdown(runtime: &Runtime) -> Result<(), RuntimeError> {
 }
 
 async fn remove_host_cgroup(inner: &Inner) -> Result<(), RuntimeError> {
-    for dir in cgroup::child_dirs(&inner.host_cgroup).await? {
-        cgroup::kill_and_remove(&dir, CGROUP_KILL_WAIT).await?;
-    }
-    cgroup::remove(&inner.host_cgroup).await?;
+    inner.cgroups.remove(CGROUP_KILL_WAIT).await?;
     Ok(())
 }

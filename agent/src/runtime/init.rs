@@ -2,7 +2,8 @@
 //! network namespaces.
 //!
 //! It waits until the agent has placed it in its cgroup and moved the veth in. Then it sets up
-//! the root file system, forks the silo program and reports whether the program was exec'd.
+//! the root file system, forks the silo program with its stdout and stderr on the helper's
+//! output pipes, and reports whether the program was exec'd.
 //! After that it acts as a small init: it forwards termination signals to the program, reaps
 //! every orphan, and exits with the program's status (128 + signal number when the program was
 //! killed). When PID 1 exits, the kernel kills every other process of the pid namespace.
@@ -13,8 +14,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -36,8 +36,6 @@ pub const SETUP_FAILED_EXIT_CODE: i32 = 126;
 const EXEC_FAILED_EXIT_CODE: i32 = 127;
 /// Offset added to a signal number to form the exit code of a killed process, as shells do.
 pub const SIGNAL_EXIT_CODE_BASE: i32 = 128;
-/// Mode of the program's log files.
-const LOG_FILE_MODE: u32 = 0o640;
 /// Process name of PID 1, shown by `ps` inside and outside the silo.
 const INIT_PROCESS_NAME: &std::ffi::CStr = c"colex-init";
 /// Signals PID 1 passes on to the program.
@@ -53,8 +51,6 @@ const FORWARDED_SIGNALS: &[Signal] = &[
 /// Errors of PID 1 before the program runs; each becomes the failure message to the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    #[error("failed to open log file {path}: {source}")]
-    OpenLog { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
     #[error("binary {path} not found in silo root")]
@@ -85,23 +81,40 @@ struct Program {
     argv: Vec<CString>,
     envp: Vec<CString>,
     stdin: File,
-    stdout: File,
-    stderr: File,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
 }
 
-/// Runs PID 1 and returns its exit code. `sync_read` and `sync_write` are this process's copies
-/// of the helper's sync pipe.
-pub fn run(job: &HelperJob, sync_read: RawFd, sync_write: RawFd) -> i32 {
-    // SAFETY: clone gave this process its own copy of the helper's fd table, in which both
+/// This process's copies of the helper's pipes: the sync pipe, and the pipes the helper drains
+/// into the program's log files.
+#[derive(Debug, Clone, Copy)]
+pub struct InitFds {
+    pub sync_read: RawFd,
+    pub sync_write: RawFd,
+    pub stdout_read: RawFd,
+    pub stdout_write: RawFd,
+    pub stderr_read: RawFd,
+    pub stderr_write: RawFd,
+}
+
+/// Runs PID 1 and returns its exit code.
+pub fn run(job: &HelperJob, fds: InitFds) -> i32 {
+    // SAFETY: clone gave this process its own copy of the helper's fd table, in which all six
     // descriptors are open, and nothing else in this process owns them.
-    let (sync_read, sync_write) = unsafe {
+    let (sync_read, sync_write, stdout_read, stdout, stderr_read, stderr) = unsafe {
         (
-            OwnedFd::from_raw_fd(sync_read),
-            OwnedFd::from_raw_fd(sync_write),
+            OwnedFd::from_raw_fd(fds.sync_read),
+            OwnedFd::from_raw_fd(fds.sync_write),
+            OwnedFd::from_raw_fd(fds.stdout_read),
+            OwnedFd::from_raw_fd(fds.stdout_write),
+            OwnedFd::from_raw_fd(fds.stderr_read),
+            OwnedFd::from_raw_fd(fds.stderr_write),
         )
     };
     // Once this copy of the write end is closed, the read below returns EOF when the helper dies.
-    drop(sync_write);
+    // Without the read ends here, the program gets EPIPE instead of blocking should the helper
+    // die.
+    drop((sync_write, stdout_read, stderr_read));
     // The helper records the exit, so the silo must not outlive it.
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
     let _ = prctl::set_name(INIT_PROCESS_NAME);
@@ -112,7 +125,7 @@ pub fn run(job: &HelperJob, sync_read: RawFd, sync_write: RawFd) -> i32 {
     drop(sync_read);
 
     let reports = io::stdout();
-    let program_pid = match start_program(job) {
+    let program_pid = match start_program(job, stdout, stderr) {
         Ok(pid) => pid,
         Err(err) => {
             eprintln!("colex-init: {err}");
@@ -140,12 +153,9 @@ fn wait_for_release(sync_read: &OwnedFd) -> bool {
     }
 }
 
-/// Sets up the silo and forks the program; returns its pid once `execve` succeeded.
-fn start_program(job: &HelperJob) -> Result<Pid, InitError> {
-    // The logs live in the silo dir on the host, which is out of reach after pivot_root.
-    let stdout = open_log(&job.stdout_log)?;
-    let stderr = open_log(&job.stderr_log)?;
-
+/// Sets up the silo and forks the program with `stdout` and `stderr` as its output; returns
+/// its pid once `execve` succeeded. PID 1 keeps no copy of the output pipes.
+fn start_program(job: &HelperJob, stdout: OwnedFd, stderr: OwnedFd) -> Result<Pid, InitError> {
     rootfs::enter(job)?;
 
     check_binary(&job.binary)?;
@@ -198,18 +208,6 @@ fn start_program(job: &HelperJob) -> Result<Pid, InitError> {
             }
         }
     }
-}
-
-fn open_log(path: &PathBuf) -> Result<File, InitError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(LOG_FILE_MODE)
-        .open(path)
-        .map_err(|source| InitError::OpenLog {
-            path: path.clone(),
-            source,
-        })
 }
 
 /// Checks inside the new root that the binary exists and is executable, so the agent gets a

@@ -1,18 +1,25 @@
 //! The silo runtime: runs each silo's program in new pid, mount, UTS, IPC and network
-//! namespaces on an overlayfs root whose lower layer is a busybox image, with a veth pair on a
-//! host bridge, optional NAT, and a cgroup v2 directory.
+//! namespaces on an overlayfs root whose lower layer is an image (the built-in busybox image or
+//! a tarball image from the agent's configuration), with a veth pair on a host bridge, optional
+//! NAT, and cgroups (v1 or v2, per controller) for limits and stats.
 //!
 //! Process model: the agent (multi-threaded tokio) never forks except to exec. For each silo it
 //! spawns `<helper_exe> silo-helper` ([`helper_main`]), a single-threaded process that clones
 //! the silo's PID 1 (module `init`) into the new namespaces. PID 1 waits on a pipe until the
 //! agent has put it in its cgroup and configured its network. Then it sets up its root file
-//! system and execs the program in a forked child. The helper waits for PID 1 and writes its
-//! exit status to the silo dir, and the agent waits for the helper and sends a [`SiloExit`].
+//! system and execs the program in a forked child. The helper is the silo's supervisor: it
+//! drains the program's stdout and stderr pipes into rotating log files (module `logs`), waits
+//! for PID 1 and writes its exit status to the silo dir, and the agent waits for the helper and
+//! sends a [`SiloExit`]. The helper needs nothing from the agent once the program runs, so the
+//! silo survives a restart or crash of the agent, and the next agent adopts it (module `adopt`).
 //!
 //! Every kernel object is named after the silo id or the host name and recorded on disk
 //! (module `state`) before it is created, so [`Runtime::start`] can remove what an earlier
-//! agent left behind.
+//! agent left behind of a silo it cannot adopt.
 
+mod adopt;
+mod binds;
+mod busybox;
 mod cgroup;
 mod config;
 mod files;
@@ -23,15 +30,20 @@ mod init;
 mod iptables;
 mod launch;
 mod lease;
+mod logs;
 mod names;
 mod network;
 mod pidfd;
 mod protocol;
 mod removal;
+mod restart;
 mod rootfs;
 mod silo;
+mod sources;
 mod spec;
 mod state;
+mod stats;
+mod tarball;
 mod teardown;
 
 use std::collections::HashMap;
@@ -43,20 +55,27 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
+pub use adopt::AdoptedSilo;
+pub use binds::{is_bind_id, BindError, BindSource, MAX_BIND_ID_BYTES};
 pub use cgroup::CgroupError;
-pub use config::{ConfigError, RuntimeConfig, DEFAULT_BUSYBOX_PATH};
+pub use config::{ConfigError, RuntimeConfig, DEFAULT_BUSYBOX_PATH, DEFAULT_PIDS_LIMIT};
 pub use files::FilesError;
 pub use helper::helper_main;
-pub use image::ImageError;
+pub use image::{is_image_name, ImageError, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES};
 pub use iptables::{IptablesError, MASQUERADE_CHAIN};
 pub use launch::LaunchError;
 pub use lease::LeaseError;
+pub use logs::{LogQuery, LogsError, MAX_LOG_FILE_BYTES};
 pub use names::NameError;
 pub use network::NetworkError;
 pub use protocol::HELPER_ARG;
+pub use removal::StopReport;
 pub use spec::SpecError;
+pub use stats::SiloStats;
+pub use tarball::TarballError;
 pub use state::{
-    StateError, EXIT_FILE, HELPER_LOG_FILE, RECORD_FILE, STDERR_LOG_FILE, STDOUT_LOG_FILE,
+    LogStreamKind, StateError, EXIT_FILE, HELPER_LOG_FILE, RECORD_FILE, STDERR_LOG_FILE,
+    STDOUT_LOG_FILE,
 };
 
 /// Capacity of the [`SiloExit`] channel; a full channel delays the waiting tasks, not silos.
@@ -69,6 +88,9 @@ pub struct SiloExit {
     pub generation: u64,
     /// Exit code of the program, or 128 + signal number when it was killed.
     pub exit_code: i32,
+    /// Why the program ended, when the runtime knows more than the exit code, such as
+    /// "OOM killed (memory limit 64 MiB)"; for the silo's status message.
+    pub reason: Option<String>,
 }
 
 /// Errors of the silo runtime. Each variant names the step that failed.
@@ -96,6 +118,8 @@ pub enum RuntimeError {
     },
     #[error("failed to prepare image: {0}")]
     Image(#[from] ImageError),
+    #[error("invalid bind for silo {silo_id}: {source}")]
+    Bind { silo_id: String, source: BindError },
     #[error("address lease failed: {0}")]
     Lease(#[from] LeaseError),
     #[error("state file: {0}")]
@@ -115,6 +139,24 @@ pub enum RuntimeError {
     },
     #[error("a blocking task of the runtime panicked: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("silo {silo_id} not found on this host")]
+    NotFound { silo_id: String },
+    #[error(
+        "silo {silo_id} generation {generation} cannot be restarted: it runs, or the host has \
+         generation {running_generation}"
+    )]
+    NotRestartable {
+        silo_id: String,
+        generation: u64,
+        running_generation: u64,
+    },
+    #[error("failed to remove file {path}: {source}")]
+    RemoveFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("logs of silo {silo_id}: {source}")]
+    Logs { silo_id: String, source: LogsError },
 }
 
 /// The silo runtime of one agent. Cheap to clone; all clones share the same silos.
@@ -129,10 +171,13 @@ struct Inner {
     /// The configured subnet with its host bits cleared.
     network: Ipv4Net,
     silos_dir: PathBuf,
-    /// Lower dir of every silo's overlayfs: the built busybox image.
-    image_dir: PathBuf,
-    /// `<cgroup2 mount>/colex-<host>`.
+    /// The host's images, whose cache dirs are the silos' overlayfs lower dirs.
+    images: image::ImageStore,
+    /// `<mount>/colex-<host>` in the hierarchy that tracks the silos' processes:
+    /// `cgroups.membership_host_dir()`.
     host_cgroup: PathBuf,
+    /// The host's cgroup dirs in every hierarchy, and the silo limits' mapping onto them.
+    cgroups: cgroup::HostCgroups,
     leases: lease::Leases,
     netlink: network::Netlink,
     exits: mpsc::Sender<SiloExit>,
@@ -144,9 +189,10 @@ struct Inner {
 
 impl Runtime {
     /// Prepares the host: state dir, image cache, bridge (created if missing, address, up),
-    /// iptables chain and cgroup dir. Removes the leftovers of silos recorded in the state dir
-    /// by an earlier run: their processes (through `cgroup.kill`), veths, NAT rules, cgroups,
-    /// leases and dirs.
+    /// iptables chain and cgroup dir. Adopts the silos an earlier run left whose helper still
+    /// runs or whose program exited (see [`Runtime::silos`]), and removes the rest of what it
+    /// left: processes (through `cgroup.kill`), veths, NAT rules, cgroups, leases and dirs of
+    /// half-created silos.
     ///
     /// Must be called inside a tokio runtime. Everything network-related happens in the network
     /// namespace of the calling thread.
@@ -171,17 +217,96 @@ impl Runtime {
     /// Stops a silo and removes everything it had: veth, address lease, NAT rule, cgroup dir
     /// and silo dir. Stopping sends SIGTERM to the silo's PID 1, which forwards it to the
     /// program, and SIGKILLs the whole cgroup after `kill_timeout`. Works for running, exited
-    /// and half-created silos, and removing an unknown silo succeeds.
+    /// and half-created silos, and removing an unknown silo succeeds. Returns how the program
+    /// ended.
     pub async fn remove_silo(
         &self,
         silo_id: &str,
         kill_timeout: Duration,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<StopReport, RuntimeError> {
         removal::remove(self, silo_id, kill_timeout).await
     }
 
+    /// Starts the program of an exited silo again, in place: same id, generation, address,
+    /// writable layer and logs, with a new helper, PID 1 and veth pair. `restarts` is the
+    /// count to record, including this restart. Fails for a running silo and for another
+    /// generation.
+    pub async fn restart_silo(
+        &self,
+        silo_id: &str,
+        generation: u64,
+        spec: &colex_proto::SiloSpec,
+        restarts: u32,
+    ) -> Result<Vec<colex_proto::Interface>, RuntimeError> {
+        restart::restart(self, silo_id, generation, spec, restarts).await
+    }
+
+    /// Returns every silo the runtime tracks and is not creating or removing at this moment.
+    /// Right after [`Runtime::start`] these are the silos adopted from an earlier agent.
+    pub fn silos(&self) -> Vec<AdoptedSilo> {
+        let slots: Vec<_> = self
+            .inner
+            .silos
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut silos = Vec::new();
+        for slot in slots {
+            let Ok(guard) = slot.try_lock() else {
+                continue;
+            };
+            if let Some(running) = guard.as_ref() {
+                silos.push(AdoptedSilo {
+                    silo_id: running.record.silo_id.clone(),
+                    generation: running.record.generation,
+                    interfaces: vec![colex_proto::Interface {
+                        name: running.record.host_veth.clone(),
+                        address: running.record.address.to_string(),
+                    }],
+                    exit_code: *running.exit_code.borrow(),
+                    restarts: running.record.restarts,
+                });
+            }
+        }
+        silos.sort_by(|a, b| a.silo_id.cmp(&b.silo_id));
+        silos
+    }
+
+    /// Sends the output of silo `silo_id` to `sink` in chunks, as [`LogQuery`] asks. Returns
+    /// once everything asked for was sent, `sink` closed, or a followed silo was removed.
+    pub async fn stream_logs(
+        &self,
+        silo_id: &str,
+        stream: LogStreamKind,
+        query: LogQuery,
+        sink: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), RuntimeError> {
+        names::validate_silo_id(silo_id)?;
+        let paths = state::SiloPaths::new(&self.inner.silos_dir, silo_id);
+        if !tokio::fs::try_exists(&paths.record()).await.unwrap_or(false) {
+            return Err(RuntimeError::NotFound {
+                silo_id: silo_id.to_string(),
+            });
+        }
+        logs::stream_log(&paths.log(stream), &paths.dir, query, sink)
+            .await
+            .map_err(|source| RuntimeError::Logs {
+                silo_id: silo_id.to_string(),
+                source,
+            })
+    }
+
+    /// Removes every silo recorded in `cfg.state_dir`, then the bridge, the iptables chain and
+    /// its jump rule, and the host's cgroup dir, without starting a runtime: what
+    /// `colex-agent teardown` runs once the agent has stopped. The subnet in `cfg` is not used.
+    pub async fn teardown(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
+        host::teardown(cfg).await
+    }
+
     /// Removes every silo, then the bridge, the iptables chain and its jump rule, and the
-    /// host's cgroup dir. The image cache is a plain dir with no mounts and stays for the next
+    /// host's cgroup dir. An agent that stops leaves its silos running and does not call this. The image cache is a plain dir with no mounts and stays for the next
     /// start. Later calls to [`Runtime::run_silo`] fail.
     pub async fn shutdown(&self) -> Result<(), RuntimeError> {
         host::shutdown(self).await
@@ -193,9 +318,23 @@ impl Runtime {
         self.inner.silos_dir.join(silo_id)
     }
 
-    /// Returns the cgroup v2 dir that contains the cgroups of this host's silos.
+    /// Returns the cgroup dir that contains the cgroups of this host's silos in the hierarchy
+    /// that tracks their processes: the cgroup2 one whenever cgroup2 is mounted.
     pub fn host_cgroup_dir(&self) -> PathBuf {
         self.inner.host_cgroup.clone()
+    }
+
+    /// Returns the host's cgroup dir in every hierarchy the runtime uses (cgroup2 and the v1
+    /// cpu, cpuacct, memory and pids hierarchies where mounted).
+    pub fn host_cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.inner.cgroups.host_dirs()
+    }
+
+    /// Returns the usage of silo `silo_id`: CPU time, memory in use and process count from its
+    /// cgroups, and the bytes its interface received and sent. Fails with
+    /// [`RuntimeError::NotFound`] when the silo has no cgroup on this host.
+    pub async fn stats(&self, silo_id: &str) -> Result<SiloStats, RuntimeError> {
+        stats::collect(self, silo_id).await
     }
 
     /// Returns the configuration the runtime was started with.
@@ -223,6 +362,7 @@ mod tests {
         assert_send(&Runtime::start(cfg));
         assert_send(&runtime.run_silo("3938a44e", 1, spec));
         assert_send(&runtime.remove_silo("3938a44e", Duration::ZERO));
+        assert_send(&runtime.stats("3938a44e"));
         assert_send(&runtime.shutdown());
     }
 }

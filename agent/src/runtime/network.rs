@@ -1,6 +1,11 @@
 //! Links of the silo network: the host bridge, one veth pair per silo, and the silo side's
 //! address and default route inside the silo's network namespace.
 //!
+//! A silo's veth pair is made in one request that creates the silo end directly inside the
+//! silo's network namespace. Moving an existing link into another namespace costs far more,
+//! because the kernel unlists the device and waits for RCU grace periods (`synchronize_net`)
+//! before it registers the device again in the new namespace: see docs/benchmarks.md.
+//!
 //! A netlink socket stays in the network namespace of the thread that opened it. Host-side work
 //! uses one socket opened in the agent's namespace. Work inside a silo runs on a fresh OS thread
 //! that `setns()`s into the silo and has its own current-thread tokio runtime, so no tokio worker
@@ -12,7 +17,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use nix::sched::{setns, CloneFlags};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 use tokio::sync::oneshot;
 use tracing::debug;
 
@@ -67,9 +75,13 @@ pub enum NetworkError {
         name: String,
         source: rtnetlink::Error,
     },
-    #[error("failed to move {name} into the network namespace of pid {pid}: {source}")]
-    MoveToNetns {
+    #[error(
+        "failed to create veth pair {name}/{peer} with {peer} in the network namespace of pid \
+         {pid}: {source}"
+    )]
+    CreateSiloVeth {
         name: String,
+        peer: String,
         pid: u32,
         source: rtnetlink::Error,
     },
@@ -79,7 +91,7 @@ pub enum NetworkError {
     NetnsThread { pid: u32, source: io::Error },
     #[error("the netlink thread for pid {pid} ended without a result")]
     NetnsThreadLost { pid: u32 },
-    #[error("failed to rename {from} to {to}: {source}")]
+    #[error("failed to rename {from} to {to} and set it up: {source}")]
     RenameLink {
         from: String,
         to: String,
@@ -223,9 +235,12 @@ impl Netlink {
         }
     }
 
-    /// Creates the veth pair `name`/`peer`, attaches `name` to the bridge and sets it up.
-    /// A leftover link called `name` is deleted first: it can only be an earlier copy of this
-    /// silo's veth, because the name is derived from the silo id.
+    /// Creates the veth pair `name`/`peer` in this namespace, attaches `name` to the bridge and
+    /// sets it up. A leftover link called `name` is deleted first: it can only be an earlier
+    /// copy of this silo's veth, because the name is derived from the silo id.
+    ///
+    /// NOTE: silo starts use [`Netlink::setup_silo_network`]. A restart still calls this before
+    /// its launch, and the launch then deletes this pair and creates the silo's own.
     pub async fn create_veth(
         &self,
         name: &str,
@@ -264,40 +279,102 @@ impl Netlink {
             })
     }
 
-    /// Moves link `name` into the network namespace of process `pid`.
-    pub async fn move_to_netns(&self, name: &str, pid: u32) -> Result<(), NetworkError> {
-        let index = self.require_index(name).await?;
+    /// Creates the veth pair of a silo in one request: `name` in this namespace, attached to
+    /// `bridge` and up, and `peer` inside the network namespace of process `pid`, down.
+    /// A leftover link called `name` is deleted and the request sent once more: it can only be
+    /// an earlier copy of this silo's veth, because the name is derived from the silo id.
+    async fn create_silo_veth(
+        &self,
+        name: &str,
+        peer: &str,
+        bridge: &str,
+        pid: u32,
+    ) -> Result<(), NetworkError> {
+        let bridge_index = self.require_index(bridge).await?;
+        let create_error = |source| NetworkError::CreateSiloVeth {
+            name: name.to_string(),
+            peer: peer.to_string(),
+            pid,
+            source,
+        };
+        let request = || silo_veth_message(name, peer, bridge_index, pid);
+
+        match self.handle.link().add(request()).execute().await {
+            Ok(()) => return Ok(()),
+            Err(err) if is_errno(&err, libc::EEXIST) => {
+                debug!(veth = name, "deleting a leftover veth of the same silo");
+                self.delete_link(name).await?;
+            }
+            Err(source) => return Err(create_error(source)),
+        }
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).setns_by_pid(pid).build())
+            .add(request())
             .execute()
             .await
-            .map_err(|source| NetworkError::MoveToNetns {
-                name: name.to_string(),
-                pid,
-                source,
-            })
+            .map_err(create_error)
     }
 }
 
-/// Configures the network namespace of process `pid`: loopback up, the veth end renamed to
-/// `eth0` with its address and up, and a default route via the bridge.
-pub async fn configure_silo_netns(pid: u32, interface: SiloInterface) -> Result<(), NetworkError> {
-    let (result_tx, result_rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("netns-{pid}"))
-        .spawn(move || {
-            // This thread ends after this call, so its namespace switch affects no other work.
-            let result = configure_on_this_thread(pid, &interface);
-            let _ = result_tx.send(result);
-        })
-        .map_err(|source| NetworkError::NetnsThread { pid, source })?;
-    result_rx
-        .await
-        .map_err(|_| NetworkError::NetnsThreadLost { pid })?
+/// Builds the RTM_NEWLINK message of [`Netlink::create_silo_veth`]. The kernel creates the
+/// peer in the namespace its message names (`IFLA_NET_NS_PID`), so it never exists in ours.
+fn silo_veth_message(name: &str, peer: &str, bridge_index: u32, pid: u32) -> LinkMessage {
+    let peer_message = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.to_string())
+        .setns_by_pid(pid)
+        .build();
+    LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(name.to_string())
+        .controller(bridge_index)
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
+        .build()
 }
 
-fn configure_on_this_thread(pid: u32, interface: &SiloInterface) -> Result<(), NetworkError> {
+impl Netlink {
+    /// Sets up the network of the silo whose PID 1 is process `pid`: the veth pair (host end
+    /// `host_veth` on `bridge`, silo end `interface.peer`), and inside the silo's namespace
+    /// loopback up, the silo end renamed to `eth0` with its address and up, and a default route
+    /// via the bridge.
+    ///
+    /// The work inside the silo's namespace runs on a thread of its own. It starts first and
+    /// brings loopback up while this namespace creates the pair, which saves that time on
+    /// every start.
+    pub async fn setup_silo_network(
+        &self,
+        host_veth: &str,
+        bridge: &str,
+        pid: u32,
+        interface: SiloInterface,
+    ) -> Result<(), NetworkError> {
+        let peer = interface.peer.clone();
+        let (veth_created_tx, veth_created_rx) = oneshot::channel();
+        let (result_tx, result_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("netns-{pid}"))
+            .spawn(move || {
+                // This thread ends after this call, so its namespace switch affects no other work.
+                let result = configure_on_this_thread(pid, &interface, veth_created_rx);
+                let _ = result_tx.send(result);
+            })
+            .map_err(|source| NetworkError::NetnsThread { pid, source })?;
+
+        // Dropping the sender on failure tells the thread to stop after loopback.
+        self.create_silo_veth(host_veth, &peer, bridge, pid).await?;
+        let _ = veth_created_tx.send(());
+        result_rx
+            .await
+            .map_err(|_| NetworkError::NetnsThreadLost { pid })?
+    }
+}
+
+/// Enters the network namespace of process `pid` and configures it, the silo end of the veth
+/// pair once `veth_created` fires.
+fn configure_on_this_thread(
+    pid: u32,
+    interface: &SiloInterface,
+    veth_created: oneshot::Receiver<()>,
+) -> Result<(), NetworkError> {
     let enter_error = |source| NetworkError::EnterNetns { pid, source };
     let netns = File::open(format!("/proc/{pid}/ns/net")).map_err(enter_error)?;
     setns(&netns, CloneFlags::CLONE_NEWNET).map_err(|errno| enter_error(io::Error::from(errno)))?;
@@ -308,19 +385,47 @@ fn configure_on_this_thread(pid: u32, interface: &SiloInterface) -> Result<(), N
         .map_err(|source| NetworkError::NetnsThread { pid, source })?;
     runtime.block_on(async {
         let netlink = Netlink::connect()?;
-        netlink.configure_silo_side(interface).await
+        netlink.set_loopback_up().await?;
+        if veth_created.await.is_err() {
+            // The pair was not created, and the caller returns that error, not this result.
+            return Ok(());
+        }
+        netlink.configure_silo_interface(interface).await
     })
 }
 
 impl Netlink {
-    async fn configure_silo_side(&self, interface: &SiloInterface) -> Result<(), NetworkError> {
-        let loopback = self.require_index(LOOPBACK_IFNAME).await?;
-        self.set_up(loopback, LOOPBACK_IFNAME).await?;
+    /// Sets loopback up. A request without an index selects the link by its name, which saves
+    /// a lookup round trip.
+    async fn set_loopback_up(&self) -> Result<(), NetworkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_name(LOOPBACK_IFNAME).up().build())
+            .execute()
+            .await
+            .map_err(|source| NetworkError::SetUp {
+                name: LOOPBACK_IFNAME.to_string(),
+                source,
+            })
+    }
 
+    /// Renames the silo end of the veth pair to `eth0`, sets it up, gives it its address and
+    /// adds the default route.
+    async fn configure_silo_interface(
+        &self,
+        interface: &SiloInterface,
+    ) -> Result<(), NetworkError> {
+        // The kernel applies a new name before new flags, so one request renames the link
+        // and sets it up.
         let index = self.require_index(&interface.peer).await?;
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).name(SILO_IFNAME).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .name(SILO_IFNAME)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .map_err(|source| NetworkError::RenameLink {
@@ -339,7 +444,6 @@ impl Netlink {
                 prefix_len: interface.prefix_len,
                 source,
             })?;
-        self.set_up(index, SILO_IFNAME).await?;
 
         // The gateway is reachable only once the link is up with its address.
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -360,4 +464,273 @@ impl Netlink {
 
 fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
     matches!(err, rtnetlink::Error::NetlinkError(message) if message.raw_code() == -errno)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+
+    use super::*;
+
+    /// Returns whether the test can run; panics without root when CI=true.
+    fn has_root(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test} needs root, and CI=true does not allow skipping it"
+        );
+        eprintln!("skipped {test}: needs root");
+        false
+    }
+
+    fn random_hex() -> String {
+        let value = RandomState::new().hash_one((std::process::id(), Instant::now()));
+        format!("{:08x}", value as u32)
+    }
+
+    /// A thread in a network namespace of its own that stays until the guard is dropped, as a
+    /// silo's PID 1 would. The test passes its thread id where the runtime passes PID 1's pid:
+    /// the kernel finds the namespace of a thread by its id too.
+    struct TargetNetns {
+        tid: u32,
+        stop: Option<mpsc::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl TargetNetns {
+        fn new() -> TargetNetns {
+            let (tid_tx, tid_rx) = mpsc::channel();
+            let (stop, stop_rx) = mpsc::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare network namespace");
+                let tid = u32::try_from(nix::unistd::gettid().as_raw()).expect("positive tid");
+                tid_tx.send(tid).expect("send tid");
+                let _ = stop_rx.recv();
+            });
+            let tid = tid_rx.recv().expect("target thread started");
+            TargetNetns {
+                tid,
+                stop: Some(stop),
+                thread: Some(thread),
+            }
+        }
+
+        /// Reads a file of the namespace's `/proc/<tid>/net`.
+        fn proc_net(&self, file: &str) -> String {
+            std::fs::read_to_string(format!("/proc/{}/net/{file}", self.tid))
+                .unwrap_or_else(|err| panic!("read /proc/{}/net/{file}: {err}", self.tid))
+        }
+    }
+
+    impl Drop for TargetNetns {
+        fn drop(&mut self) {
+            drop(self.stop.take());
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// Runs `test` on a thread in a new network namespace, with a current-thread tokio runtime.
+    /// The namespace, with everything the test made in it, vanishes when the thread ends.
+    fn in_netns<F: std::future::Future<Output = ()>>(test: impl FnOnce() -> F + Send + 'static) {
+        let thread = std::thread::spawn(move || {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare network namespace");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build tokio runtime")
+                .block_on(test());
+        });
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    async fn link(netlink: &Netlink, name: &str) -> Option<LinkMessage> {
+        netlink
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn assert_silo_network(netlink: &Netlink, target: &TargetNetns, names: &TestNames) {
+        let host_end = link(netlink, &names.host_veth)
+            .await
+            .expect("host end exists in the host namespace");
+        assert!(
+            host_end.header.flags.contains(LinkFlags::Up),
+            "host end is up"
+        );
+        let bridge_index = netlink
+            .link_index(&names.bridge)
+            .await
+            .expect("look up bridge")
+            .expect("bridge exists");
+        assert!(
+            host_end
+                .attributes
+                .contains(&LinkAttribute::Controller(bridge_index)),
+            "host end is attached to the bridge"
+        );
+        assert!(
+            link(netlink, &names.peer).await.is_none(),
+            "the silo end never exists in the host namespace"
+        );
+
+        let devices = target.proc_net("dev");
+        assert!(devices.contains("eth0:"), "eth0 in the silo: {devices}");
+        assert!(
+            !devices.contains(&names.peer),
+            "the silo end is renamed: {devices}"
+        );
+        let routes = target.proc_net("route");
+        let default_route = routes.lines().find(|line| {
+            let fields: Vec<_> = line.split_whitespace().collect();
+            fields.first() == Some(&"eth0") && fields.get(1) == Some(&"00000000")
+        });
+        assert!(default_route.is_some(), "default route via eth0: {routes}");
+        // The local table lists an interface's addresses only while the interface is up.
+        let local = target.proc_net("fib_trie");
+        assert!(local.contains("127.0.0.1"), "loopback is up: {local}");
+        assert!(
+            local.contains(TEST_ADDRESS),
+            "eth0 has its address: {local}"
+        );
+    }
+
+    const TEST_ADDRESS: &str = "10.69.250.2";
+    const TEST_GATEWAY: &str = "10.69.250.1";
+    const TEST_PREFIX_LEN: u8 = 24;
+
+    struct TestNames {
+        bridge: String,
+        host_veth: String,
+        peer: String,
+    }
+
+    impl TestNames {
+        fn new() -> TestNames {
+            let unique = random_hex();
+            TestNames {
+                bridge: format!("cxb{unique}"),
+                host_veth: format!("cx{unique}"),
+                peer: format!("cx{unique}p"),
+            }
+        }
+
+        fn interface(&self) -> SiloInterface {
+            SiloInterface {
+                peer: self.peer.clone(),
+                address: TEST_ADDRESS.parse().expect("valid address literal"),
+                prefix_len: TEST_PREFIX_LEN,
+                gateway: TEST_GATEWAY.parse().expect("valid gateway literal"),
+            }
+        }
+    }
+
+    #[test]
+    fn silo_network_is_created_in_place() {
+        if !has_root("silo_network_is_created_in_place") {
+            return;
+        }
+        in_netns(|| async {
+            let names = TestNames::new();
+            let netlink = Netlink::connect().expect("connect");
+            let gateway = TEST_GATEWAY.parse().expect("valid gateway literal");
+            netlink
+                .ensure_bridge(&names.bridge, gateway, TEST_PREFIX_LEN)
+                .await
+                .expect("create bridge");
+            let target = TargetNetns::new();
+
+            netlink
+                .setup_silo_network(
+                    &names.host_veth,
+                    &names.bridge,
+                    target.tid,
+                    names.interface(),
+                )
+                .await
+                .expect("set up the silo network");
+            assert_silo_network(&netlink, &target, &names).await;
+        });
+    }
+
+    #[test]
+    fn silo_network_replaces_leftover_veth() {
+        if !has_root("silo_network_replaces_leftover_veth") {
+            return;
+        }
+        in_netns(|| async {
+            let names = TestNames::new();
+            let netlink = Netlink::connect().expect("connect");
+            let gateway = TEST_GATEWAY.parse().expect("valid gateway literal");
+            netlink
+                .ensure_bridge(&names.bridge, gateway, TEST_PREFIX_LEN)
+                .await
+                .expect("create bridge");
+            // What an earlier start of the same silo can leave: the pair in the host namespace.
+            netlink
+                .create_veth(&names.host_veth, &names.peer, &names.bridge)
+                .await
+                .expect("create leftover pair");
+            let target = TargetNetns::new();
+
+            netlink
+                .setup_silo_network(
+                    &names.host_veth,
+                    &names.bridge,
+                    target.tid,
+                    names.interface(),
+                )
+                .await
+                .expect("set up the silo network");
+            assert_silo_network(&netlink, &target, &names).await;
+        });
+    }
+
+    #[test]
+    fn silo_network_fails_for_missing_bridge() {
+        if !has_root("silo_network_fails_for_missing_bridge") {
+            return;
+        }
+        in_netns(|| async {
+            let names = TestNames::new();
+            let netlink = Netlink::connect().expect("connect");
+            let target = TargetNetns::new();
+
+            let err = netlink
+                .setup_silo_network(
+                    &names.host_veth,
+                    &names.bridge,
+                    target.tid,
+                    names.interface(),
+                )
+                .await
+                .expect_err("no bridge");
+            assert!(
+                matches!(&err, NetworkError::LinkNotFound { name } if *name == names.bridge),
+                "{err}"
+            );
+            assert!(
+                link(&netlink, &names.host_veth).await.is_none(),
+                "no veth is left"
+            );
+            let devices = target.proc_net("dev");
+            assert!(!devices.contains("eth0"), "nothing in the silo: {devices}");
+        });
+    }
 }

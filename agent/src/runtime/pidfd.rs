@@ -2,13 +2,26 @@
 //! without the risk that its pid was reused by an unrelated process.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::signal::Signal;
 
-/// A handle on one process that stays valid after the process exits.
+/// A handle on one process that stays valid after the process exits. It polls readable once
+/// the process has exited, also for a process that is not a child of this one.
 #[derive(Debug)]
 pub struct PidFd(OwnedFd);
+
+impl AsFd for PidFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for PidFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
 
 impl PidFd {
     /// Opens a pidfd for process `pid`, which must be alive (or a zombie not yet reaped).
@@ -46,5 +59,45 @@ impl PidFd {
         } else {
             Ok(())
         }
+    }
+}
+
+/// Reads the start time of process `pid`: field 22 of `/proc/PID/stat`, in clock ticks since
+/// boot. A pid and its start time together name one process for the life of the system.
+pub fn start_ticks(pid: u32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_start_ticks(&stat).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected /proc/{pid}/stat format"),
+        )
+    })
+}
+
+/// Returns field 22 (`starttime`) of a `/proc/PID/stat` line. The command name (field 2) is in
+/// parentheses and may contain spaces and ')', so fields are counted after its last ')'.
+pub fn parse_start_ticks(stat: &str) -> Option<u64> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    // after_name starts with field 3 (state); starttime is field 22.
+    after_name.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_ticks_skip_odd_command_names() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    987654 1000 100 18446744073709551615";
+        assert_eq!(parse_start_ticks(stat), Some(987_654));
+        assert_eq!(parse_start_ticks("4242 (short) S 1"), None);
+    }
+
+    #[test]
+    fn own_start_ticks_are_stable() {
+        let first = start_ticks(std::process::id()).expect("read own stat");
+        let second = start_ticks(std::process::id()).expect("read own stat");
+        assert_eq!(first, second);
     }
 }

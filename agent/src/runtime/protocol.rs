@@ -42,6 +42,9 @@ pub struct HelperJob {
     pub argv: Vec<String>,
     /// `KEY=VALUE` environment entries.
     pub env: Vec<String>,
+    /// Host paths PID 1 bind-mounts into the silo root before `pivot_root`.
+    #[serde(default)]
+    pub binds: Vec<super::binds::BindMount>,
 }
 
 /// Progress of a silo start, reported to the agent.

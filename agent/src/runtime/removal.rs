@@ -12,17 +12,28 @@ use super::names::{self, validate_silo_id};
 use super::silo::{RunningSilo, HELPER_EXIT_WAIT};
 use super::state::{self, SiloPaths, SiloRecord};
 use super::teardown::{UndoStack, CGROUP_KILL_WAIT};
+use super::init::SIGNAL_EXIT_CODE_BASE;
 use super::{cgroup, Inner, Runtime, RuntimeError};
 
 /// How long a start waits for the leftover processes of an earlier agent to die.
 pub const LEFTOVER_KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// The end of a removed silo's program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopReport {
+    /// Exit code of the program, 128 + signal number when a signal ended it; `None` when the
+    /// runtime did not track the silo.
+    pub exit_code: Option<i32>,
+    /// Description of the end, such as "stopped by SIGTERM" or "killed by SIGKILL after 5s".
+    pub message: String,
+}
 
 /// Implements [`Runtime::remove_silo`].
 pub async fn remove(
     runtime: &Runtime,
     silo_id: &str,
     kill_timeout: Duration,
-) -> Result<(), RuntimeError> {
+) -> Result<StopReport, RuntimeError> {
     let inner = &runtime.inner;
     validate_silo_id(silo_id)?;
 
@@ -33,15 +44,19 @@ pub async fn remove(
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         silos.get(silo_id).cloned()
     };
+    let mut report = StopReport {
+        exit_code: None,
+        message: "removed".to_string(),
+    };
     if let Some(slot) = slot {
         let mut guard = slot.lock().await;
         let result = match guard.take() {
             Some(running) => stop_and_teardown(inner, running, kill_timeout).await,
-            None => Ok(()),
+            None => Ok(report.clone()),
         };
         drop(guard);
         forget_slot(inner, silo_id, &slot);
-        result?;
+        report = result?;
     }
 
     // A record on disk without a slot: an earlier agent's silo, or a removal that failed.
@@ -49,8 +64,8 @@ pub async fn remove(
     if tokio::fs::try_exists(&paths.dir).await.unwrap_or(true) {
         remove_leftover(inner, silo_id).await?;
     }
-    info!(silo = silo_id, "silo removed");
-    Ok(())
+    info!(silo = silo_id, exit_code = ?report.exit_code, how = %report.message, "silo removed");
+    Ok(report)
 }
 
 /// Removes the slot of `silo_id` if it is still `slot`, not a newer silo of the same id.
@@ -75,11 +90,12 @@ async fn stop_and_teardown(
     inner: &Inner,
     mut running: RunningSilo,
     kill_timeout: Duration,
-) -> Result<(), RuntimeError> {
+) -> Result<StopReport, RuntimeError> {
     let silo_id = running.record.silo_id.clone();
     running.removing.store(true, Ordering::SeqCst);
 
-    if running.exit_code.borrow().is_none() {
+    let exited_before = *running.exit_code.borrow();
+    if exited_before.is_none() {
         // PID 1 forwards SIGTERM to the program and exits with it.
         let signalled = match &running.init {
             Some(pidfd) => pidfd.send_signal(Signal::SIGTERM),
@@ -92,8 +108,10 @@ async fn stop_and_teardown(
         }
     }
     let cgroup_dir = running.record.cgroup_dir.clone();
+    let mut killed = false;
     if !cgroup::wait_empty(&cgroup_dir, kill_timeout).await? {
         warn!(silo = %silo_id, ?kill_timeout, "silo did not stop after SIGTERM; killing its cgroup");
+        killed = true;
         cgroup::kill_all(&cgroup_dir).await?;
         cgroup::wait_empty(&cgroup_dir, CGROUP_KILL_WAIT).await?;
     }
@@ -107,6 +125,12 @@ async fn stop_and_teardown(
         wait_for_exit_code(&mut running.exit_code, HELPER_EXIT_WAIT).await;
     }
 
+    let exit_code = *running.exit_code.borrow();
+    let report = StopReport {
+        exit_code,
+        message: describe_stop(exited_before, exit_code, killed, kill_timeout),
+    };
+
     let record = &running.record;
     UndoStack::full(
         &silo_id,
@@ -116,7 +140,34 @@ async fn stop_and_teardown(
         record.internet_access,
     )
     .run(inner)
-    .await
+    .await?;
+    Ok(report)
+}
+
+/// Describes how a stop ended the program: `exited_before` is the exit code it had before the
+/// stop began, `exit_code` the one after.
+fn describe_stop(
+    exited_before: Option<i32>,
+    exit_code: Option<i32>,
+    killed: bool,
+    kill_timeout: Duration,
+) -> String {
+    if let Some(code) = exited_before {
+        return format!("had already exited with code {code}");
+    }
+    if killed {
+        return format!("killed by SIGKILL after {kill_timeout:?}");
+    }
+    match exit_code {
+        Some(code) if code > SIGNAL_EXIT_CODE_BASE => {
+            match Signal::try_from(code - SIGNAL_EXIT_CODE_BASE) {
+                Ok(signal) => format!("stopped by {}", signal.as_str()),
+                Err(_) => format!("stopped by signal {}", code - SIGNAL_EXIT_CODE_BASE),
+            }
+        }
+        Some(code) => format!("exited with code {code} after SIGTERM"),
+        None => "stopped; exit code unknown because the helper did not exit".to_string(),
+    }
 }
 
 async fn wait_for_exit_code(
@@ -200,4 +251,27 @@ async fn wait_for_leftover_helper(pid: u32) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     warn!(pid, "leftover silo helper still runs");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_descriptions() {
+        let timeout = Duration::from_secs(5);
+        assert_eq!(describe_stop(None, Some(143), false, timeout), "stopped by SIGTERM");
+        assert_eq!(
+            describe_stop(None, Some(137), true, timeout),
+            "killed by SIGKILL after 5s"
+        );
+        assert_eq!(
+            describe_stop(None, Some(0), false, timeout),
+            "exited with code 0 after SIGTERM"
+        );
+        assert_eq!(
+            describe_stop(Some(1), Some(1), false, timeout),
+            "had already exited with code 1"
+        );
+    }
 }

@@ -1,16 +1,19 @@
 //! Mount setup of a silo, run by the silo's PID 1 in its fresh mount namespace before the
-//! program starts: overlayfs root, `/proc`, a minimal `/dev`, read-only `/sys`, host name, and
-//! `pivot_root` into the new root.
+//! program starts. The steps: overlayfs root, `/proc`, a minimal `/dev`, read-only `/sys`, the
+//! bind mounts of host paths, host name, and `pivot_root` into the new root.
 
-use std::fs::{self, File};
+use std::fs::{self, DirBuilder, File};
 use std::io;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{chdir, pivot_root, sethostname};
 
+use super::binds::BindMount;
+use super::files;
 use super::protocol::HelperJob;
 
 /// Device nodes bind-mounted from the host into the silo's `/dev`.
@@ -29,6 +32,18 @@ const DEV_TMPFS_OPTIONS: &str = "mode=755,size=64k";
 const DEVPTS_OPTIONS: &str = "newinstance,ptmxmode=0666,mode=0620";
 /// Options of the tmpfs on `/dev/shm`.
 const SHM_TMPFS_OPTIONS: &str = "mode=1777,size=64m";
+/// Mode of the directories created in the silo root as bind mount points.
+const BIND_DIR_MODE: u32 = 0o755;
+/// Flags of a source mount that the kernel locks for a less privileged mount namespace: a
+/// read-only remount of a bind must repeat them, or it fails with EPERM.
+const LOCKED_MOUNT_FLAGS: &[(FsFlags, MsFlags)] = &[
+    (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+    (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+    (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+    (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+    (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+];
 
 /// Errors of a silo's mount setup.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +52,41 @@ pub enum RootfsError {
     MakePrivate { source: Errno },
     #[error("failed to create mount point {path}: {source}")]
     CreateMountPoint { path: PathBuf, source: io::Error },
+    #[error(
+        "mount point {path} is a symlink in the silo image; the image must have a directory there"
+    )]
+    MountPointSymlink { path: PathBuf },
+    #[error("bind {id:?}: failed to inspect host path {path}: {source}")]
+    BindSource {
+        id: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("bind {id:?}: cannot mount on {target:?} in the silo: {reason}")]
+    BindTarget {
+        id: String,
+        target: String,
+        reason: String,
+    },
+    #[error("bind {id:?}: failed to create mount point {path}: {source}")]
+    CreateBindTarget {
+        id: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("bind {id:?}: failed to bind-mount {source_path} on {target:?}: {source}")]
+    BindMount {
+        id: String,
+        source_path: PathBuf,
+        target: String,
+        source: Errno,
+    },
+    #[error("bind {id:?}: failed to make {target:?} read-only: {source}")]
+    BindReadOnly {
+        id: String,
+        target: String,
+        source: Errno,
+    },
     #[error("failed to mount overlayfs on {target} (lower {lower}): {source}")]
     MountOverlay {
         target: PathBuf,
@@ -74,6 +124,10 @@ pub fn enter(job: &HelperJob) -> Result<(), RootfsError> {
     mount_proc(&root.join("proc"))?;
     mount_dev(&root.join("dev"))?;
     mount_sys(&root.join("sys"));
+    // After /dev, so a bind can place a host device below the silo's /dev.
+    for bind in &job.binds {
+        mount_bind(root, bind)?;
+    }
 
     sethostname(&job.hostname).map_err(|source| RootfsError::SetHostname {
         name: job.hostname.clone(),
@@ -239,9 +293,121 @@ fn pivot(root: &Path) -> Result<(), RootfsError> {
     })
 }
 
+/// Creates a mount point, refusing a symlink in its place: mounting there would follow the
+/// symlink out of the silo root.
 fn create_mount_point(path: &Path) -> Result<(), RootfsError> {
+    if fs::symlink_metadata(path).is_ok_and(|metadata| metadata.file_type().is_symlink()) {
+        return Err(RootfsError::MountPointSymlink {
+            path: path.to_path_buf(),
+        });
+    }
     fs::create_dir_all(path).map_err(|source| RootfsError::CreateMountPoint {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Bind-mounts a host path into the silo root, read-only unless the bind is writable. The
+/// bind is not recursive, so mounts below the host path stay out of the silo, and a read-only
+/// bind has no writable submount.
+fn mount_bind(root: &Path, bind: &BindMount) -> Result<(), RootfsError> {
+    let source_metadata = fs::metadata(&bind.source).map_err(|source| RootfsError::BindSource {
+        id: bind.id.clone(),
+        path: bind.source.clone(),
+        source,
+    })?;
+    let target = prepare_bind_target(root, bind, source_metadata.is_dir())?;
+
+    mount(
+        Some(&bind.source),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|source| RootfsError::BindMount {
+        id: bind.id.clone(),
+        source_path: bind.source.clone(),
+        target: bind.target.clone(),
+        source,
+    })?;
+    if bind.writable {
+        return Ok(());
+    }
+
+    // MS_RDONLY is ignored on the first bind call; only a remount applies it.
+    let read_only_error = |source| RootfsError::BindReadOnly {
+        id: bind.id.clone(),
+        target: bind.target.clone(),
+        source,
+    };
+    let source_flags = statvfs(&bind.source).map_err(read_only_error)?.flags();
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for (source_flag, mount_flag) in LOCKED_MOUNT_FLAGS {
+        if source_flags.contains(*source_flag) {
+            flags |= *mount_flag;
+        }
+    }
+    mount(None::<&str>, &target, None::<&str>, flags, None::<&str>).map_err(read_only_error)
+}
+
+/// Walks the bind's silo path below `root` one component at a time and returns the host path
+/// of the mount point. Missing directories are created, and so is an empty file as the last
+/// component when the source is a file. Symlinks are rejected, so the mount cannot land outside
+/// the silo root. Nothing else runs in the silo yet, so the checked path cannot change before
+/// the mount.
+fn prepare_bind_target(
+    root: &Path,
+    bind: &BindMount,
+    source_is_dir: bool,
+) -> Result<PathBuf, RootfsError> {
+    let target_error = |reason: String| RootfsError::BindTarget {
+        id: bind.id.clone(),
+        target: bind.target.clone(),
+        reason,
+    };
+    let components =
+        files::silo_path_components(&bind.target).map_err(|err| target_error(err.to_string()))?;
+    let mut path = root.to_path_buf();
+    let last_index = components.len().saturating_sub(1);
+    for (index, component) in components.iter().enumerate() {
+        path.push(component);
+        let is_last = index == last_index;
+        let create_error = |source| RootfsError::CreateBindTarget {
+            id: bind.id.clone(),
+            path: path.clone(),
+            source,
+        };
+        match fs::symlink_metadata(&path) {
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                return Err(target_error(format!("{component:?} is a symlink")));
+            }
+            Ok(metadata) if !is_last && !metadata.is_dir() => {
+                return Err(target_error(format!("{component:?} is not a directory")));
+            }
+            Ok(metadata) if is_last && metadata.is_dir() != source_is_dir => {
+                let (target_kind, source_kind) = if source_is_dir {
+                    ("a file", "a directory")
+                } else {
+                    ("a directory", "a file")
+                };
+                return Err(target_error(format!(
+                    "the target is {target_kind} but the host path is {source_kind}"
+                )));
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                if is_last && !source_is_dir {
+                    File::create(&path).map_err(create_error)?;
+                } else {
+                    DirBuilder::new()
+                        .mode(BIND_DIR_MODE)
+                        .create(&path)
+                        .map_err(create_error)?;
+                }
+            }
+            Err(err) => return Err(create_error(err)),
+        }
+    }
+    Ok(path)
 }

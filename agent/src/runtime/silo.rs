@@ -15,10 +15,11 @@ use super::files;
 use super::init::SIGNAL_EXIT_CODE_BASE;
 use super::launch::Helper;
 use super::names::{self, validate_silo_id};
-use super::network::{configure_silo_netns, SiloInterface};
-use super::pidfd::PidFd;
+use super::network::SiloInterface;
+use super::pidfd::{self, PidFd};
 use super::protocol::HelperJob;
 use super::removal::{forget_slot, remove_leftover};
+use super::sources::{self, SiloSources};
 use super::spec::{self, SiloPlan};
 use super::state::{self, ExitRecord, SiloPaths, SiloRecord};
 use super::teardown::{UndoStack, UndoStep};
@@ -61,6 +62,7 @@ pub async fn run(
         silo_id: silo_id.to_string(),
         source,
     })?;
+    let sources = sources::resolve(inner, silo_id, spec, &plan).await?;
 
     // The slot is locked before it is visible, so a concurrent remove waits for the setup.
     let slot = Arc::new(tokio::sync::Mutex::new(None));
@@ -78,7 +80,7 @@ pub async fn run(
         silos.insert(silo_id.to_string(), Arc::clone(&slot));
     }
 
-    match setup(inner, silo_id, generation, spec, &plan).await {
+    match setup(inner, silo_id, generation, spec, &plan, &sources).await {
         Ok(running) => {
             let interface = Interface {
                 name: running.record.host_veth.clone(),
@@ -104,6 +106,7 @@ async fn setup(
     generation: u64,
     spec: &SiloSpec,
     plan: &SiloPlan,
+    sources: &SiloSources,
 ) -> Result<RunningSilo, RuntimeError> {
     // A record without a slot is a leftover of a failed removal: finish that first.
     let paths = SiloPaths::new(&inner.silos_dir, silo_id);
@@ -112,7 +115,7 @@ async fn setup(
     }
 
     let mut undo = UndoStack::new(silo_id);
-    match setup_steps(inner, &mut undo, silo_id, generation, spec, plan).await {
+    match setup_steps(inner, &mut undo, silo_id, generation, spec, plan, sources).await {
         Ok(running) => Ok(running),
         Err(err) => {
             if let Err(undo_err) = undo.run(inner).await {
@@ -130,6 +133,7 @@ async fn setup_steps(
     generation: u64,
     spec: &SiloSpec,
     plan: &SiloPlan,
+    sources: &SiloSources,
 ) -> Result<RunningSilo, RuntimeError> {
     let paths = SiloPaths::new(&inner.silos_dir, silo_id);
 
@@ -147,7 +151,7 @@ async fn setup_steps(
             .map_err(|source| RuntimeError::CreateDir { path: dir, source })?;
     }
     undo.push(UndoStep::RemoveSiloDir);
-    let mut record = SiloRecord {
+    let record = SiloRecord {
         silo_id: silo_id.to_string(),
         generation,
         host_veth: names::host_veth_name(silo_id),
@@ -156,25 +160,28 @@ async fn setup_steps(
         internet_access: plan.internet_access,
         helper_pid: None,
         init_pid: None,
+        helper_start_ticks: None,
+        started: false,
+        restarts: 0,
     };
     // Before the first kernel object: the record names everything the silo may get.
     state::write_json_atomic(&paths.record(), &record)?;
 
     place_files(&paths, silo_id, spec, plan, address).await?;
 
-    cgroup::create(&record.cgroup_dir).await?;
+    // Pushed first: a failed create can leave dirs in some hierarchies.
     undo.push(UndoStep::RemoveCgroup {
         path: record.cgroup_dir.clone(),
     });
+    let limits = inner.cgroups.limits(plan.cpu_percent, plan.memory_bytes);
+    inner.cgroups.silo(silo_id).create(&limits).await?;
 
+    // The pair is created once PID 1 has its network namespace (`start_helper`). Its undo is
+    // pushed here, so a failure at any later step deletes whatever exists of it.
     let peer = names::peer_veth_name(silo_id);
     undo.push(UndoStep::DeleteVeth {
         name: record.host_veth.clone(),
     });
-    inner
-        .netlink
-        .create_veth(&record.host_veth, &peer, &inner.cfg.bridge)
-        .await?;
 
     if plan.internet_access {
         iptables::enable_ip_forward().await?;
@@ -182,10 +189,21 @@ async fn setup_steps(
         iptables::add_masquerade(address, &inner.cfg.bridge, silo_id).await?;
     }
 
-    let job = HelperJob {
+    let job = helper_job(&paths, silo_id, plan, sources);
+    launch(inner, &paths, record, &job, peer).await
+}
+
+/// Builds the job of the helper for silo `silo_id`.
+pub(super) fn helper_job(
+    paths: &SiloPaths,
+    silo_id: &str,
+    plan: &SiloPlan,
+    sources: &SiloSources,
+) -> HelperJob {
+    HelperJob {
         silo_id: silo_id.to_string(),
         hostname: plan.name.clone(),
-        lower_dir: inner.image_dir.clone(),
+        lower_dir: sources.lower_dir.clone(),
         upper_dir: paths.upper(),
         work_dir: paths.work(),
         rootfs_dir: paths.rootfs(),
@@ -195,22 +213,43 @@ async fn setup_steps(
         binary: plan.binary.clone(),
         argv: plan.argv.clone(),
         env: plan.env.clone(),
-    };
+        binds: sources.binds.clone(),
+    }
+}
+
+/// Spawns the helper, sets up the silo's network once its PID 1 exists, and takes the silo to
+/// "program exec'd", then starts the task that waits for the helper. On failure the helper and
+/// its PID 1 are gone; the veth pair and the objects the caller made stay for its undo.
+pub(super) async fn launch(
+    inner: &Inner,
+    paths: &SiloPaths,
+    mut record: SiloRecord,
+    job: &HelperJob,
+    peer: String,
+) -> Result<RunningSilo, RuntimeError> {
+    let silo_id = record.silo_id.clone();
     let launch_error = |source| RuntimeError::Launch {
-        silo_id: silo_id.to_string(),
+        silo_id: silo_id.clone(),
         source,
     };
-    let mut helper = Helper::spawn(&inner.cfg.helper_exe, &job, &paths.helper_log())
+    let mut helper = Helper::spawn(&inner.cfg.helper_exe, job, &paths.helper_log())
         .await
         .map_err(launch_error)?;
     record.helper_pid = Some(helper.pid());
+    record.helper_start_ticks = match pidfd::start_ticks(helper.pid()) {
+        Ok(ticks) => Some(ticks),
+        Err(err) => {
+            warn!(silo = %silo_id, helper_pid = helper.pid(), error = %err, "cannot read the helper's start time; a restarted agent will not adopt this silo");
+            None
+        }
+    };
     let peer_interface = SiloInterface {
         peer,
-        address,
+        address: record.address,
         prefix_len: inner.network.prefix_len(),
         gateway: inner.cfg.gateway(),
     };
-    let init = match start_helper(inner, &mut helper, &paths, &mut record, peer_interface).await {
+    let init = match start_helper(inner, &mut helper, paths, &mut record, peer_interface).await {
         Ok(init) => init,
         Err(err) => {
             // Closing the helper's stdin and killing it ends PID 1 (it has PDEATHSIG set).
@@ -218,22 +257,24 @@ async fn setup_steps(
             return Err(err);
         }
     };
+    record.started = true;
+    state::write_json_atomic(&paths.record(), &record)?;
 
+    let generation = record.generation;
     let removing = Arc::new(AtomicBool::new(false));
     let (exit_tx, exit_rx) = watch::channel(None);
     let (kill_tx, kill_rx) = oneshot::channel();
     tokio::spawn(wait_for_helper(
-        helper.into_child(),
-        SiloExit {
-            silo_id: silo_id.to_string(),
-            generation,
-            exit_code: 0,
-        },
-        paths.exit(),
-        Arc::clone(&removing),
-        exit_tx,
+        HelperProcess::Child(helper.into_child()),
         kill_rx,
-        inner.exits.clone(),
+        ExitWatch {
+            exit: exit_template(&silo_id, generation),
+            exit_file: paths.exit(),
+            removing: Arc::clone(&removing),
+            exit_code_tx: exit_tx,
+            exits: inner.exits.clone(),
+            silo_cgroup: inner.cgroups.silo(&silo_id),
+        },
     ));
     Ok(RunningSilo {
         record,
@@ -242,6 +283,16 @@ async fn setup_steps(
         exit_code: exit_rx,
         kill_helper: Some(kill_tx),
     })
+}
+
+/// Returns the [`SiloExit`] of a silo, with an exit code the waiting task fills in.
+pub(super) fn exit_template(silo_id: &str, generation: u64) -> SiloExit {
+    SiloExit {
+        silo_id: silo_id.to_string(),
+        generation,
+        exit_code: 0,
+        reason: None,
+    }
 }
 
 /// Writes the generated `/etc` files and then the spec's files, so the spec's files win.
@@ -309,35 +360,73 @@ async fn start_helper(
     record.init_pid = Some(init_pid);
     state::write_json_atomic(&paths.record(), record)?;
 
-    cgroup::add_process(&record.cgroup_dir, init_pid).await?;
-
-    inner
-        .netlink
-        .move_to_netns(&interface.peer, init_pid)
-        .await?;
-    configure_silo_netns(init_pid, interface).await?;
+    // Independent steps, so they run at the same time: moving PID 1 into its cgroup can wait
+    // for an RCU grace period in the kernel (several ms), which the network setup overlaps.
+    let silo_cgroup = inner.cgroups.silo(&record.silo_id);
+    let network =
+        inner
+            .netlink
+            .setup_silo_network(&record.host_veth, &inner.cfg.bridge, init_pid, interface);
+    let (cgroup_joined, network_ready) = tokio::join!(silo_cgroup.add_process(init_pid), network);
+    cgroup_joined?;
+    network_ready?;
 
     helper.release(EXEC_TIMEOUT).await.map_err(launch_error)?;
     Ok(init)
 }
 
-/// Waits for the helper to exit, publishes the exit code and reports it as a [`SiloExit`]
-/// unless the silo is being removed.
-async fn wait_for_helper(
-    mut child: Child,
-    mut exit: SiloExit,
-    exit_file: std::path::PathBuf,
-    removing: Arc<AtomicBool>,
-    exit_code_tx: watch::Sender<Option<i32>>,
+/// The helper process of a running silo: a child of this agent, or the helper of an earlier
+/// agent that this one adopted.
+#[derive(Debug)]
+pub(super) enum HelperProcess {
+    Child(Child),
+    Adopted(PidFd),
+}
+
+/// Where the task that waits for a helper publishes the silo's exit.
+#[derive(Debug)]
+pub(super) struct ExitWatch {
+    /// The exit to report, with the exit code still to be filled in.
+    pub exit: SiloExit,
+    /// The exit record the helper writes.
+    pub exit_file: std::path::PathBuf,
+    /// Set while the silo is removed, whose exit is then not reported.
+    pub removing: Arc<AtomicBool>,
+    pub exit_code_tx: watch::Sender<Option<i32>>,
+    pub exits: mpsc::Sender<SiloExit>,
+    pub silo_cgroup: cgroup::SiloCgroup,
+}
+
+/// Waits for the helper to exit, or SIGKILLs it when `kill_rx` fires, publishes the exit code
+/// and reports it as a [`SiloExit`] unless the silo is being removed.
+pub(super) async fn wait_for_helper(
+    helper: HelperProcess,
     mut kill_rx: oneshot::Receiver<()>,
-    exits: mpsc::Sender<SiloExit>,
+    watch: ExitWatch,
 ) {
-    let status = tokio::select! {
-        status = child.wait() => status,
-        // A dropped sender is no kill request: the branch is disabled when the pattern fails.
-        Ok(()) = &mut kill_rx => {
-            let _ = child.start_kill();
-            child.wait().await
+    let ExitWatch {
+        mut exit,
+        exit_file,
+        removing,
+        exit_code_tx,
+        exits,
+        silo_cgroup,
+    } = watch;
+    // NOTE: read once the program runs, so an OOM kill in its first moments can be missed.
+    // The count must be read at all because a restart in place reuses the cgroup.
+    let oom_kills_before = silo_cgroup.oom_kills().await.ok().flatten().unwrap_or(0);
+    let status = match helper {
+        HelperProcess::Child(mut child) => tokio::select! {
+            status = child.wait() => status.ok(),
+            // A dropped sender is no kill request: the branch is disabled when the pattern fails.
+            Ok(()) = &mut kill_rx => {
+                let _ = child.start_kill();
+                child.wait().await.ok()
+            }
+        },
+        HelperProcess::Adopted(pidfd) => {
+            super::adopt::wait_for_adopted(&exit.silo_id, pidfd, kill_rx).await;
+            None
         }
     };
     let exit_code =
@@ -345,9 +434,12 @@ async fn wait_for_helper(
         {
             Ok(Ok(record)) => record.exit_code,
             _ => {
-                // Without an exit record the helper itself died; report how it ended.
+                // Without an exit record the helper itself died, and PID 1 with it (PDEATHSIG).
                 warn!(silo = %exit.silo_id, ?status, "helper exited without an exit record");
-                helper_status_code(status.ok())
+                match status {
+                    Some(status) => helper_status_code(Some(status)),
+                    None => SIGNAL_EXIT_CODE_BASE + libc::SIGKILL,
+                }
             }
         };
     let _ = exit_code_tx.send(Some(exit_code));
@@ -355,7 +447,8 @@ async fn wait_for_helper(
     if removing.load(Ordering::SeqCst) {
         return;
     }
-    info!(silo = %exit.silo_id, generation = exit.generation, exit_code, "silo program exited");
+    exit.reason = silo_cgroup.exit_reason(exit_code, oom_kills_before).await;
+    info!(silo = %exit.silo_id, generation = exit.generation, exit_code, reason = ?exit.reason, "silo program exited");
     let _ = exits.send(exit).await;
 }
 

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use colex_proto::SiloSpec;
 
 use super::files::{self, FilesError};
-use super::image::BUSYBOX_IMAGE;
+use super::image::{is_image_name, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES};
 
 /// `PATH` given to a silo program whose spec sets none.
 pub const DEFAULT_PATH_ENV: &str =
@@ -15,6 +15,9 @@ pub const DEFAULT_PATH_ENV: &str =
 pub const MAX_SILO_NAME_BYTES: usize = 63;
 /// Scheme the user may write before an image name.
 const IMAGE_SCHEME: &str = "img://";
+/// Range of `resources.cpu_percent`, in percent of the host's whole CPU capacity; 0 means no
+/// limit.
+pub const CPU_PERCENT_RANGE: std::ops::RangeInclusive<u32> = 4..=100;
 
 /// Errors in a silo spec.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +27,11 @@ pub enum SpecError {
          digits and '-', not starting or ending with '-'"
     )]
     InvalidName { name: String },
-    #[error("image {image:?} not supported yet: only \"busybox\" is built in")]
-    UnsupportedImage { image: String },
+    #[error(
+        "invalid image {image:?} in base: expected img://NAME with NAME of 1 to \
+         {MAX_IMAGE_NAME_BYTES} lower-case letters, digits, '-', '_' and '.'"
+    )]
+    InvalidImage { image: String },
     #[error("silo spec has no binary")]
     MissingBinary,
     #[error("`{field}` is not supported yet by this agent; remove it from the silo file")]
@@ -40,6 +46,13 @@ pub enum SpecError {
     InvalidEnv { entry: String },
     #[error("file path {path:?} appears more than once")]
     DuplicateFile { path: String },
+    #[error(
+        "resources.cpu_percent {value} is outside {}..={}: give the share of the host's whole \
+         CPU capacity in percent, or 0 for no limit",
+        CPU_PERCENT_RANGE.start(),
+        CPU_PERCENT_RANGE.end()
+    )]
+    InvalidCpuPercent { value: u32 },
     #[error(transparent)]
     File(#[from] FilesError),
 }
@@ -49,8 +62,9 @@ pub enum SpecError {
 pub struct SiloPlan {
     /// Silo name, also its host name.
     pub name: String,
-    /// Built-in image the root file system is made of.
-    pub image: &'static str,
+    /// Name of the image the root file system is made of. Whether this host has it is
+    /// checked when the silo starts.
+    pub image: String,
     /// Absolute path of the program inside the silo.
     pub binary: String,
     /// Full argument vector; `argv[0]` is the binary path.
@@ -60,16 +74,16 @@ pub struct SiloPlan {
     /// Content of `/etc/resolv.conf`, or `None` when the spec has no nameservers.
     pub resolv_conf: Option<String>,
     pub internet_access: bool,
+    /// CPU cap in percent of the whole host, or `None` for no cap.
+    pub cpu_percent: Option<u32>,
+    /// Hard memory limit in bytes, or `None` for no limit.
+    pub memory_bytes: Option<u64>,
 }
 
 /// Checks `spec` and returns the plan for it. Creates nothing.
 pub fn plan(spec: &SiloSpec) -> Result<SiloPlan, SpecError> {
     validate_name(&spec.name)?;
     let image = resolve_image(&spec.base)?;
-    // A silo that cannot get what it asked for is rejected, not run without it.
-    if let Some(field) = unapplied_fields(spec).first() {
-        return Err(SpecError::Unsupported { field });
-    }
 
     let binary = spec.binary.as_ref().ok_or(SpecError::MissingBinary)?;
     if files::silo_path_components(&binary.path).is_err() {
@@ -98,6 +112,17 @@ pub fn plan(spec: &SiloSpec) -> Result<SiloPlan, SpecError> {
         }
     }
 
+    // Zero in either field means no limit.
+    let (cpu_percent, memory_bytes) = spec.resources.as_ref().map_or((None, None), |resources| {
+        (
+            (resources.cpu_percent != 0).then_some(resources.cpu_percent),
+            (resources.memory_bytes != 0).then_some(resources.memory_bytes),
+        )
+    });
+    if let Some(value) = cpu_percent.filter(|value| !CPU_PERCENT_RANGE.contains(value)) {
+        return Err(SpecError::InvalidCpuPercent { value });
+    }
+
     let network = spec.network.clone().unwrap_or_default();
     let resolv_conf = files::resolv_conf(&network.nameservers)?;
     // The real address is known only after leasing; this call checks the entries now.
@@ -111,37 +136,24 @@ pub fn plan(spec: &SiloSpec) -> Result<SiloPlan, SpecError> {
         env,
         resolv_conf,
         internet_access: network.internet_access,
+        cpu_percent,
+        memory_bytes,
     })
 }
 
-/// Maps a spec's `base` to a built-in image: empty means `busybox`, and an `img://` scheme is
+/// Maps a spec's `base` to an image name: empty means `busybox`, and an `img://` scheme is
 /// accepted.
-pub fn resolve_image(base: &str) -> Result<&'static str, SpecError> {
+pub fn resolve_image(base: &str) -> Result<String, SpecError> {
     let name = base.strip_prefix(IMAGE_SCHEME).unwrap_or(base);
-    if name.is_empty() || name == BUSYBOX_IMAGE {
-        Ok(BUSYBOX_IMAGE)
+    if name.is_empty() {
+        Ok(BUSYBOX_IMAGE.to_string())
+    } else if is_image_name(name) {
+        Ok(name.to_string())
     } else {
-        Err(SpecError::UnsupportedImage {
+        Err(SpecError::InvalidImage {
             image: base.to_string(),
         })
     }
-}
-
-/// Returns the set fields of `spec` that the runtime does not apply yet.
-// TODO: apply `binds`, which needs bind sources in the agent config, and `resources`, which
-// needs the cpu and memory controllers (cgroup v1 hierarchies on hybrid hosts). Until then a
-// silo that sets them is rejected.
-fn unapplied_fields(spec: &SiloSpec) -> Vec<&'static str> {
-    let mut fields = Vec::new();
-    if !spec.binds.is_empty() {
-        fields.push("binds");
-    }
-    if let Some(resources) = &spec.resources {
-        if resources.cpu_percent != 0 || resources.memory_bytes != 0 {
-            fields.push("resources");
-        }
-    }
-    fields
 }
 
 fn validate_name(name: &str) -> Result<(), SpecError> {
@@ -226,20 +238,58 @@ mod tests {
         assert_eq!(plan.env, ["A=1", DEFAULT_PATH_ENV]);
         assert_eq!(plan.resolv_conf.as_deref(), Some("nameserver 8.8.8.8\n"));
         assert!(plan.internet_access);
+        assert_eq!(plan.cpu_percent, None);
+        assert_eq!(plan.memory_bytes, None);
     }
 
     #[test]
-    fn unapplied_fields_are_rejected() {
+    fn resources_are_planned() {
+        let mut spec = spec();
+        spec.resources = Some(colex_proto::Resources {
+            cpu_percent: 25,
+            memory_bytes: 64 << 20,
+        });
+        let plan = plan(&spec).expect("valid spec");
+        assert_eq!(plan.cpu_percent, Some(25));
+        assert_eq!(plan.memory_bytes, Some(64 << 20));
+
+        spec.resources = Some(colex_proto::Resources {
+            cpu_percent: 0,
+            memory_bytes: 0,
+        });
+        let plan = super::plan(&spec).expect("zero means no limit");
+        assert_eq!(plan.cpu_percent, None);
+        assert_eq!(plan.memory_bytes, None);
+    }
+
+    #[test]
+    fn cpu_percent_out_of_range_is_rejected() {
+        for value in [1, 3, 101, 400] {
+            let mut spec = spec();
+            spec.resources = Some(colex_proto::Resources {
+                cpu_percent: value,
+                memory_bytes: 0,
+            });
+            let err = plan(&spec).expect_err("out of range");
+            assert!(matches!(err, SpecError::InvalidCpuPercent { value: v } if v == value));
+        }
+        let err = SpecError::InvalidCpuPercent { value: 101 };
+        assert_eq!(
+            err.to_string(),
+            "resources.cpu_percent 101 is outside 4..=100: give the share of the host's whole \
+             CPU capacity in percent, or 0 for no limit"
+        );
+    }
+
+    #[test]
+    fn binds_pass_the_plan() {
         let mut spec = spec();
         spec.binds.push(colex_proto::Bind {
             id: "data".to_string(),
             path: "/data".to_string(),
         });
-        spec.resources = Some(colex_proto::Resources {
-            cpu_percent: 50,
-            memory_bytes: 0,
-        });
-        assert!(matches!(plan(&spec), Err(SpecError::Unsupported { field: "binds" })));
+        // Whether this host offers the bind id is checked when the silo starts.
+        assert!(plan(&spec).is_ok());
     }
 
     #[test]
@@ -258,10 +308,12 @@ mod tests {
             resolve_image("img://busybox").expect("scheme"),
             BUSYBOX_IMAGE
         );
-        let err = resolve_image("alpine").expect_err("unsupported");
+        assert_eq!(resolve_image("img://alpine-3.20").expect("tarball image"), "alpine-3.20");
+        let err = resolve_image("img://Alpine").expect_err("invalid name");
         assert_eq!(
             err.to_string(),
-            "image \"alpine\" not supported yet: only \"busybox\" is built in"
+            "invalid image \"img://Alpine\" in base: expected img://NAME with NAME of 1 to 128 \
+             lower-case letters, digits, '-', '_' and '.'"
         );
     }
 

@@ -2,8 +2,9 @@
 //! remove it.
 //!
 //! Layout of `<state_dir>/silos/<id>/`: `silo.json` (the [`SiloRecord`]), `exit.json` (the
-//! [`ExitRecord`] that the helper writes), `stdout.log`, `stderr.log`, `helper.log`, and the
-//! overlayfs dirs `upper/`, `work/` and `rootfs/`.
+//! [`ExitRecord`] that the helper writes), `stdout.log` and `stderr.log` with their rotated
+//! predecessors `stdout.log.1` and `stderr.log.1`, `helper.log`, and the overlayfs dirs
+//! `upper/`, `work/` and `rootfs/`.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -63,12 +64,30 @@ pub struct SiloRecord {
     pub helper_pid: Option<u32>,
     /// Pid of the silo's PID 1, in the agent's pid namespace.
     pub init_pid: Option<u32>,
+    /// Start time of the helper (field 22 of `/proc/PID/stat`, in clock ticks since boot), so
+    /// a restarted agent can tell the helper from a later process that reuses its pid.
+    #[serde(default)]
+    pub helper_start_ticks: Option<u64>,
+    /// Whether the program was exec'd: a record without it belongs to a setup that never
+    /// finished, which a restarted agent removes instead of adopting.
+    #[serde(default)]
+    pub started: bool,
+    /// Times the program was restarted in place under the silo's restart policy.
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 /// Exit status of a silo's PID 1: its exit code, or 128 + signal number when it was killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitRecord {
     pub exit_code: i32,
+}
+
+/// One of the two output streams of a silo's program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogStreamKind {
+    Stdout,
+    Stderr,
 }
 
 /// Paths of one silo's files.
@@ -99,6 +118,14 @@ impl SiloPaths {
 
     pub fn stderr_log(&self) -> PathBuf {
         self.dir.join(STDERR_LOG_FILE)
+    }
+
+    /// Returns the path of the stdout or stderr log.
+    pub fn log(&self, stream: LogStreamKind) -> PathBuf {
+        match stream {
+            LogStreamKind::Stdout => self.stdout_log(),
+            LogStreamKind::Stderr => self.stderr_log(),
+        }
     }
 
     pub fn helper_log(&self) -> PathBuf {
@@ -155,14 +182,20 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, StateError> {
     })
 }
 
-/// Lists the entries of the silos dir: silo dirs by name, and leftover trash dirs.
+/// Lists the entries of the silos dir: silo dirs by name, and leftover trash dirs. A missing
+/// dir has none.
 pub fn list_dir(silos_dir: &Path) -> Result<Vec<String>, StateError> {
     let read_error = |source| StateError::Read {
         path: silos_dir.to_path_buf(),
         source,
     };
+    let entries = match fs::read_dir(silos_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(read_error(source)),
+    };
     let mut names = Vec::new();
-    for entry in fs::read_dir(silos_dir).map_err(read_error)? {
+    for entry in entries {
         let entry = entry.map_err(read_error)?;
         if let Some(name) = entry.file_name().to_str() {
             names.push(name.to_string());
@@ -186,6 +219,9 @@ mod tests {
             internet_access: true,
             helper_pid: Some(1234),
             init_pid: None,
+            helper_start_ticks: Some(98_765),
+            started: true,
+            restarts: 2,
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::warn;
 
 use super::state::{SiloPaths, TRASH_PREFIX};
-use super::{cgroup, iptables, Inner, RuntimeError};
+use super::{iptables, Inner, RuntimeError};
 
 /// How long the processes of a cgroup may take to die after `cgroup.kill`.
 pub const CGROUP_KILL_WAIT: Duration = Duration::from_secs(10);
@@ -23,7 +23,7 @@ pub enum UndoStep {
     },
     /// Removes the silo dir, with the record in it.
     RemoveSiloDir,
-    /// Kills what is left in the cgroup and removes it.
+    /// Kills what is left in the silo's cgroups and removes them from every hierarchy.
     RemoveCgroup {
         path: PathBuf,
     },
@@ -117,9 +117,12 @@ async fn run_step(inner: &Inner, silo_id: &str, step: &UndoStep) -> Result<(), R
     match step {
         UndoStep::ReleaseLease { address } => Ok(inner.leases.release(*address, silo_id)?),
         UndoStep::RemoveSiloDir => remove_silo_dir(&inner.silos_dir, silo_id).await,
-        UndoStep::RemoveCgroup { path } => {
-            Ok(cgroup::kill_and_remove(path, CGROUP_KILL_WAIT).await?)
-        }
+        // `path` is the membership dir; the silo has a dir in every hierarchy.
+        UndoStep::RemoveCgroup { .. } => Ok(inner
+            .cgroups
+            .silo(silo_id)
+            .kill_and_remove(CGROUP_KILL_WAIT)
+            .await?),
         UndoStep::DeleteVeth { name } => Ok(inner.netlink.delete_link(name).await?),
         UndoStep::RemoveMasquerade { address } => {
             Ok(iptables::remove_masquerade(*address, &inner.cfg.bridge, silo_id).await?)

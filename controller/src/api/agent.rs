@@ -11,10 +11,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::logs::LogRouter;
 use crate::api::unavailable;
 use crate::raft::RaftNode;
 use crate::sessions::Sessions;
-use crate::state::{Command, Desired, Response as StateResponse, SiloStatus};
+use crate::state::{Command, Desired, HostAttributes, Response as StateResponse, SiloStatus};
 use crate::view;
 
 /// A session with no message from the agent for this long is closed and
@@ -31,11 +32,17 @@ pub struct AgentService {
     /// Turns true when the controller stops, so sessions end and the
     /// server's graceful shutdown does not wait for agents forever.
     stopping: watch::Receiver<bool>,
+    logs: LogRouter,
 }
 
 impl AgentService {
     pub fn new(node: RaftNode, sessions: Sessions, stopping: watch::Receiver<bool>) -> Self {
-        Self { node, sessions, stopping }
+        Self {
+            node,
+            sessions,
+            stopping,
+            logs: LogRouter::shared(),
+        }
     }
 }
 
@@ -66,6 +73,11 @@ impl proto::agent_server::Agent for AgentService {
                 address: hello.address.clone(),
                 cpus: hello.cpus,
                 memory_bytes: hello.memory_bytes,
+                attributes: HostAttributes {
+                    images: hello.images.clone(),
+                    bind_ids: hello.bind_ids.clone(),
+                    labels: hello.labels.clone().into_iter().collect(),
+                },
             })
             .await
             .map_err(|error| unavailable(&error))?;
@@ -81,6 +93,7 @@ impl proto::agent_server::Agent for AgentService {
         let session = Session {
             node: self.node.clone(),
             host: host.clone(),
+            logs: self.logs.clone(),
         };
         session.forget_removed(&hello.silos).await?;
         for status in hello.silos {
@@ -99,8 +112,11 @@ impl proto::agent_server::Agent for AgentService {
         let (token, replaced) = self.sessions.open(&host);
         let sessions = self.sessions.clone();
         let stopping = self.stopping.clone();
+        let logs = self.logs.clone();
+        let log_registration = logs.register_agent(&host, outbound.clone());
         tokio::spawn(async move {
             let reason = session.run(inbound, outbound, replaced, stopping).await;
+            logs.unregister_agent(&log_registration);
             sessions.close(&token);
             tracing::info!(%host, %reason, "agent session closed");
         });
@@ -113,6 +129,7 @@ impl proto::agent_server::Agent for AgentService {
 struct Session {
     node: RaftNode,
     host: String,
+    logs: LogRouter,
 }
 
 impl Session {
@@ -171,6 +188,10 @@ impl Session {
         match message.kind {
             Some(AgentKind::Status(status)) => self.record(status).await,
             Some(AgentKind::Heartbeat(_)) => Ok(()),
+            Some(AgentKind::LogChunk(chunk)) => {
+                self.logs.deliver(chunk).await;
+                Ok(())
+            }
             Some(AgentKind::Hello(_)) => Err(Status::invalid_argument("Hello sent twice in one session")),
             None => Err(Status::invalid_argument("empty agent message")),
         }
@@ -181,6 +202,7 @@ impl Session {
     async fn record(&self, status: proto::SiloStatus) -> Result<(), Status> {
         let state = proto::SiloState::try_from(status.state).unwrap_or(proto::SiloState::Unspecified);
         if state == proto::SiloState::Removed {
+            tracing::info!(host = %self.host, silo_id = %status.silo_id, exit_code = ?status.exit_code, how = %status.message, "agent removed silo");
             let name = {
                 let cluster = self.node.state.read().await;
                 cluster
@@ -206,6 +228,7 @@ impl Session {
                     .collect(),
                 exit_code: status.exit_code,
                 message: status.message,
+                restarts: status.restarts,
             },
         };
         self.node.write(command).await.map_err(|error| unavailable(&error))?;

@@ -8,6 +8,7 @@ use rand::Rng;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
+use crate::api::logs::{ClientLogStream, LogRouter};
 use crate::api::unavailable;
 use crate::raft::RaftNode;
 use crate::scheduler;
@@ -17,8 +18,6 @@ use crate::view;
 
 /// Maximum length of a silo name, as for a DNS label.
 const MAX_NAME_LEN: usize = 63;
-/// The image every agent builds from its static busybox.
-const BUILTIN_IMAGE: &str = "busybox";
 
 pub struct ClientService {
     node: RaftNode,
@@ -26,6 +25,7 @@ pub struct ClientService {
     /// Serializes `up` so two requests never place silos from the same
     /// stale view of the hosts' load.
     placement: Arc<Mutex<()>>,
+    logs: LogRouter,
 }
 
 impl ClientService {
@@ -34,6 +34,7 @@ impl ClientService {
             node,
             sessions,
             placement: Arc::new(Mutex::new(())),
+            logs: LogRouter::shared(),
         }
     }
 
@@ -55,22 +56,16 @@ impl ClientService {
             }
 
             let live = self.sessions.live_hosts();
-            // A replacement stays on its host while that host is live, so the
-            // old instance is stopped before the new one takes its place there.
+            // A replacement stays on its host while that host is live and has
+            // what the new spec needs, so the old instance is stopped before
+            // the new one takes its place there.
             let current_host = state
                 .silos
                 .get(&spec.name)
                 .map(|existing| existing.host.clone())
                 .filter(|host| live.contains(host));
-            let host = match current_host.or_else(|| scheduler::least_loaded(&state, &live)) {
-                Some(host) => host,
-                None => {
-                    return Err(Status::failed_precondition(format!(
-                        "no live host to place silo {}; start an agent with `colex-agent --join CONTROLLER_ADDR`",
-                        spec.name
-                    )))
-                }
-            };
+            let host = scheduler::place(&state, &live, &spec, current_host.as_deref())
+                .map_err(|error| Status::failed_precondition(error.to_string()))?;
 
             let mut id = new_silo_id();
             while state.silo_by_id(&id).is_some() {
@@ -102,6 +97,34 @@ impl ClientService {
 
 #[tonic::async_trait]
 impl proto::client_server::Client for ClientService {
+    type LogsStream = ClientLogStream;
+
+    async fn logs(&self, request: Request<proto::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let request = request.into_inner();
+        let (host, silo_id) = {
+            let state = self.node.state.read().await;
+            match state.silos.get(&request.name) {
+                Some(record) => (record.host.clone(), record.id.clone()),
+                None => {
+                    return Err(Status::not_found(format!(
+                        "silo {} not found; see `colex-cli list` for the names",
+                        request.name
+                    )))
+                }
+            }
+        };
+        let agent_request = proto::AgentLogsRequest {
+            request_id: 0,
+            silo_id,
+            stream: request.stream,
+            tail_lines: request.tail_lines,
+            follow: request.follow,
+        };
+        tracing::info!(silo = %request.name, %host, follow = request.follow, "logs requested");
+        let stream = self.logs.open(&host, agent_request).await?;
+        Ok(Response::new(stream))
+    }
+
     async fn up(&self, request: Request<proto::UpRequest>) -> Result<Response<proto::UpResponse>, Status> {
         let specs = request.into_inner().silos;
         if specs.is_empty() {
@@ -170,12 +193,6 @@ fn validate(spec: &proto::SiloSpec) -> Result<(), Status> {
             spec.name, binary_path
         )));
     }
-    if !spec.base.is_empty() && spec.base != BUILTIN_IMAGE {
-        return Err(Status::failed_precondition(format!(
-            "silo {}: image {:?} is not available on any host; only img://{BUILTIN_IMAGE} is built in",
-            spec.name, spec.base
-        )));
-    }
     if let Some(field) = unsupported_field(spec) {
         return Err(Status::invalid_argument(format!(
             "silo {}: `{field}` is not supported yet by this cluster; remove it from the silo file",
@@ -188,31 +205,14 @@ fn validate(spec: &proto::SiloSpec) -> Result<(), Status> {
 /// Returns the first field the cluster cannot act on yet. Such a spec is
 /// rejected instead of run without it.
 fn unsupported_field(spec: &proto::SiloSpec) -> Option<&'static str> {
-    if !spec.binds.is_empty() {
-        return Some("bind");
-    }
     if spec.grants.as_ref().is_some_and(|grants| grants.query_silos) {
         return Some("grants.query_silos");
-    }
-    if spec
-        .resources
-        .as_ref()
-        .is_some_and(|resources| resources.cpu_percent != 0 || resources.memory_bytes != 0)
-    {
-        return Some("resources");
     }
     if spec.count.is_some_and(|count| count != 1) {
         return Some("count");
     }
     if spec.placement.as_ref().is_some_and(|placement| *placement != proto::Placement::default()) {
         return Some("placement");
-    }
-    if spec
-        .restart
-        .as_ref()
-        .is_some_and(|restart| restart.mode() != proto::RestartMode::Never)
-    {
-        return Some("restart");
     }
     None
 }
@@ -259,31 +259,30 @@ mod tests {
     fn unsupported_fields_are_rejected() {
         let mut with_count = valid_spec();
         with_count.count = Some(3);
-        let mut with_resources = valid_spec();
-        with_resources.resources = Some(proto::Resources {
+        let status = validate(&with_count).expect_err("unsupported field rejected");
+        assert!(status.message().contains("`count`"), "`count` named in {:?}", status.message());
+        assert!(status.message().contains("not supported yet"), "{:?}", status.message());
+    }
+
+    #[test]
+    fn resources_pass() {
+        let mut spec = valid_spec();
+        spec.resources = Some(proto::Resources {
             cpu_percent: 50,
-            memory_bytes: 0,
+            memory_bytes: 64 << 20,
         });
-        let mut with_bind = valid_spec();
-        with_bind.binds.push(proto::Bind {
-            id: "data".to_owned(),
-            path: "/data".to_owned(),
+        assert!(validate(&spec).is_ok());
+    }
+
+    #[test]
+    fn restart_policies_pass() {
+        let mut spec = valid_spec();
+        spec.restart = Some(proto::RestartPolicy {
+            mode: proto::RestartMode::OnFailure.into(),
+            attempts: 2,
+            delay_ms: 500,
         });
-        let mut with_restart = valid_spec();
-        with_restart.restart = Some(proto::RestartPolicy {
-            mode: proto::RestartMode::Always.into(),
-            ..Default::default()
-        });
-        for (spec, field) in [
-            (with_count, "`count`"),
-            (with_resources, "`resources`"),
-            (with_bind, "`bind`"),
-            (with_restart, "`restart`"),
-        ] {
-            let status = validate(&spec).expect_err("unsupported field rejected");
-            assert!(status.message().contains(field), "{field} named in {:?}", status.message());
-            assert!(status.message().contains("not supported yet"), "{:?}", status.message());
-        }
+        assert!(validate(&spec).is_ok());
     }
 
     #[test]
@@ -296,11 +295,15 @@ mod tests {
     }
 
     #[test]
-    fn unknown_image_is_rejected() {
+    fn images_and_binds_are_left_to_the_scheduler() {
+        // Whether a host has the image and bind ids is checked at placement.
         let mut spec = valid_spec();
         spec.base = "alpine".to_owned();
-        let status = validate(&spec).expect_err("unknown image rejected");
-        assert!(status.message().contains("alpine"));
+        spec.binds.push(proto::Bind {
+            id: "data".to_owned(),
+            path: "/data".to_owned(),
+        });
+        assert!(validate(&spec).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod logs;
 
 use crate::raft::RaftError;
 

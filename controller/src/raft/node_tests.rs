@@ -14,6 +14,7 @@ fn register_host() -> Command {
         address: "198.51.100.7".to_owned(),
         cpus: 4,
         memory_bytes: 8 << 30,
+        attributes: Default::default(),
     }
 }
 

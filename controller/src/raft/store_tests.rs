@@ -71,6 +71,7 @@ fn register_host(name: &str) -> Command {
         address: "198.51.100.7".to_owned(),
         cpus: 4,
         memory_bytes: 8 << 30,
+        attributes: Default::default(),
     }
 }
 

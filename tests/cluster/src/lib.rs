@@ -328,6 +328,39 @@ impl Lab {
         text
     }
 
+    /// Runs `colex-agent teardown` for `host` in its namespace: removes the silos its agent
+    /// left running, its bridge, iptables chain and cgroup folder.
+    pub fn teardown_host(&self, host: &Host) -> anyhow::Result<()> {
+        let agent = self.bins.join("colex-agent").display().to_string();
+        let state_dir = host.state_dir.display().to_string();
+        let output = host.run(
+            &agent,
+            &["teardown", "--name", &host.name, "--state-dir", &state_dir, "--bridge", &host.bridge],
+        )?;
+        if !output.success() {
+            bail!("colex-agent teardown failed: {}", output.stderr.trim());
+        }
+        Ok(())
+    }
+
+    /// Starts colex-cli in the controller's namespace with its stdout piped, for commands
+    /// that keep running such as `logs -f`. The caller ends it by its PID.
+    pub fn spawn_cli(&self, args: &[&str]) -> anyhow::Result<std::process::Child> {
+        let serv = self.controller_address();
+        let cli = self.bins.join("colex-cli");
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.controller_host.netns))
+            .arg("--")
+            .arg(&cli)
+            .args(["--serv", serv.as_str()])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", cli.display()))
+    }
+
     /// Returns the v2 cgroup folder the agent of `host` keeps its silos in.
     pub fn agent_cgroup(&self, host: &Host) -> Option<PathBuf> {
         ledger::cgroup2_root().map(|root| root.join(format!("colex-{}", host.name)))
@@ -355,11 +388,17 @@ impl Drop for Lab {
             }
             return;
         }
-        // Agents first, with SIGTERM, so they remove their silos themselves.
+        // Agents first, with SIGTERM. A stopped agent leaves its silos running, so
+        // `colex-agent teardown` removes them and the host objects next.
         for agent in self.agents.iter_mut().filter_map(Option::take) {
             let mut agent = agent;
             if let Err(error) = agent.stop(Duration::from_secs(15)) {
                 eprintln!("lab {}: agent did not stop cleanly: {error:#}", self.run_id);
+            }
+        }
+        for host in self.hosts.clone() {
+            if let Err(error) = self.teardown_host(&host) {
+                eprintln!("lab {}: teardown of {} failed: {error:#}", self.run_id, host.name);
             }
         }
         if let Some(mut controller) = self.controller.take() {

@@ -1,0 +1,123 @@
+//! Usage statistics of one silo: CPU time, memory and process count from its cgroups, and the
+//! traffic of its network interface.
+
+use std::path::PathBuf;
+
+use tracing::debug;
+
+use super::names::{validate_silo_id, SILO_IFNAME};
+use super::state::{self, SiloPaths, SiloRecord};
+use super::{cgroup, Runtime, RuntimeError};
+
+/// Usage of one silo at the time of the call. Counters (CPU time, bytes) grow from the silo's
+/// start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SiloStats {
+    /// CPU time of all the silo's processes, in microseconds. `None` when the host has no CPU
+    /// accounting (neither cgroup2 nor the v1 cpuacct controller).
+    pub cpu_usec: Option<u64>,
+    /// Memory in use in bytes, without inactive page cache (as `docker stats`). `None` when the
+    /// host has no memory controller.
+    pub memory_bytes: Option<u64>,
+    /// Number of processes in the silo, PID 1 included.
+    pub processes: u64,
+    /// Bytes the silo received on its interface, or `None` when no process of the silo is left
+    /// to read its network namespace from.
+    pub rx_bytes: Option<u64>,
+    /// Bytes the silo sent on its interface, or `None` as for `rx_bytes`.
+    pub tx_bytes: Option<u64>,
+}
+
+/// Implements [`Runtime::stats`].
+pub async fn collect(runtime: &Runtime, silo_id: &str) -> Result<SiloStats, RuntimeError> {
+    let inner = &runtime.inner;
+    validate_silo_id(silo_id)?;
+    let silo_cgroup = inner.cgroups.silo(silo_id);
+    if !silo_cgroup.exists().await {
+        return Err(RuntimeError::NotFound {
+            silo_id: silo_id.to_string(),
+        });
+    }
+    let usage = silo_cgroup.stats().await?;
+
+    // Every process of the silo shares its network namespace. PID 1 is read first because it
+    // lives as long as the silo.
+    let pids = cgroup::pids(silo_cgroup.membership_dir()).await?;
+    let record_path = SiloPaths::new(&inner.silos_dir, silo_id).record();
+    let init_pid =
+        tokio::task::spawn_blocking(move || state::read_json::<SiloRecord>(&record_path))
+            .await?
+            .ok()
+            .and_then(|record| record.init_pid);
+    let mut candidates: Vec<u32> = init_pid
+        .into_iter()
+        .filter(|pid| pids.contains(pid))
+        .collect();
+    candidates.extend(pids.iter().copied().filter(|pid| Some(*pid) != init_pid));
+    let mut traffic = None;
+    for pid in candidates {
+        match read_interface_traffic(pid).await {
+            Some(found) => {
+                traffic = Some(found);
+                break;
+            }
+            None => debug!(
+                silo = silo_id,
+                pid, "no {SILO_IFNAME} counters for this process"
+            ),
+        }
+    }
+
+    Ok(SiloStats {
+        cpu_usec: usage.cpu_usec,
+        memory_bytes: usage.memory_bytes,
+        processes: usage.processes,
+        rx_bytes: traffic.map(|(rx, _)| rx),
+        tx_bytes: traffic.map(|(_, tx)| tx),
+    })
+}
+
+/// Reads the received and sent bytes of the silo interface from `/proc/<pid>/net/dev`, which
+/// shows the network namespace of process `pid` whatever namespace the reader is in.
+async fn read_interface_traffic(pid: u32) -> Option<(u64, u64)> {
+    let path = PathBuf::from(format!("/proc/{pid}/net/dev"));
+    let text = tokio::fs::read_to_string(&path).await.ok()?;
+    parse_net_dev(&text, SILO_IFNAME)
+}
+
+/// Returns the received and sent bytes of `interface` in a `/proc/net/dev` text. Each
+/// interface line is `name: ` followed by 8 receive and 8 transmit counters, bytes first.
+fn parse_net_dev(text: &str, interface: &str) -> Option<(u64, u64)> {
+    const RECEIVE_COUNTERS: usize = 8;
+    text.lines().find_map(|line| {
+        let (name, counters) = line.split_once(':')?;
+        if name.trim() != interface {
+            return None;
+        }
+        let counters: Vec<u64> = counters
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        Some((*counters.first()?, *counters.get(RECEIVE_COUNTERS)?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET_DEV: &str = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     140       2    0    0    0     0          0         0      140       2    0    0    0     0       0          0
+  eth0:    5306      48    0    0    0     0          0         0     1882      21    0    0    0     0       0          0
+";
+
+    #[test]
+    fn parses_interface_bytes() {
+        assert_eq!(parse_net_dev(NET_DEV, "eth0"), Some((5306, 1882)));
+        assert_eq!(parse_net_dev(NET_DEV, "lo"), Some((140, 140)));
+        assert_eq!(parse_net_dev(NET_DEV, "eth1"), None);
+    }
+}

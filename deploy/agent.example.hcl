@@ -1,0 +1,34 @@
+# Example configuration of colex-agent, read with `colex-agent --config FILE`.
+# Every setting is optional; docs/agent-config.md describes each one.
+
+# Labels of this host, reported to the controller for placement.
+labels = {
+  zone = "eu-1a"
+  disk = "ssd"
+}
+
+# Maximum number of tasks (processes and threads) in each silo. 0 means no limit;
+# without this line the agent uses 4096.
+pids_limit = 4096
+
+# User namespaces stay on unless this is true.
+disable_user_namespaces = false
+
+# A tarball image: the output of `docker export`, plain or gzip-compressed.
+# Silos use it with base = "img://alpine". The built-in busybox image needs no block.
+image "alpine" {
+  path = "/var/lib/colex/images/alpine-3.20.tar.gz"
+}
+
+# A host folder offered to silos under the bind id "shared-data". A silo mounts it
+# with a block bind "label" { id = "shared-data", path = "/data" }.
+bind "shared-data" {
+  path     = "/srv/colex/shared-data"
+  writable = false
+}
+
+# A writable bind: silos may write to this folder on the host.
+bind "scratch" {
+  path     = "/srv/colex/scratch"
+  writable = true
+}
