@@ -19,6 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api::agent::AgentService;
 use crate::api::client::ClientService;
+use crate::api::logs::LogRouter;
 use crate::raft::RaftNode;
 use crate::sessions::Sessions;
 
@@ -76,10 +77,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let sessions = Sessions::default();
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let client = proto::client_server::ClientServer::new(ClientService::new(node.clone(), sessions.clone()))
+    // One router pairs log requests from clients with the agent sessions that serve them.
+    let logs = LogRouter::default();
+    let client = proto::client_server::ClientServer::new(ClientService::new(node.clone(), sessions.clone(), logs.clone()))
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
-    let agent = proto::agent_server::AgentServer::new(AgentService::new(node.clone(), sessions, stopping_rx))
+    let agent = proto::agent_server::AgentServer::new(AgentService::new(node.clone(), sessions, logs, stopping_rx))
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
 

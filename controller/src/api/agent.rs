@@ -36,12 +36,12 @@ pub struct AgentService {
 }
 
 impl AgentService {
-    pub fn new(node: RaftNode, sessions: Sessions, stopping: watch::Receiver<bool>) -> Self {
+    pub fn new(node: RaftNode, sessions: Sessions, logs: LogRouter, stopping: watch::Receiver<bool>) -> Self {
         Self {
             node,
             sessions,
             stopping,
-            logs: LogRouter::shared(),
+            logs,
         }
     }
 }

@@ -29,12 +29,12 @@ pub struct ClientService {
 }
 
 impl ClientService {
-    pub fn new(node: RaftNode, sessions: Sessions) -> Self {
+    pub fn new(node: RaftNode, sessions: Sessions, logs: LogRouter) -> Self {
         Self {
             node,
             sessions,
             placement: Arc::new(Mutex::new(())),
-            logs: LogRouter::shared(),
+            logs,
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use colex_proto as proto;
@@ -47,14 +47,6 @@ pub struct AgentRegistration {
 }
 
 impl LogRouter {
-    /// Returns the router shared by the services of this controller process.
-    // NOTE: a process-wide instance, because the services are built in main.rs from a
-    // shared `Sessions` alone; passing one router to both constructors would remove it.
-    pub fn shared() -> LogRouter {
-        static SHARED: OnceLock<LogRouter> = OnceLock::new();
-        SHARED.get_or_init(LogRouter::default).clone()
-    }
-
     /// Makes the agent session of `host` the one log requests for the host go to.
     pub fn register_agent(&self, host: &str, outbound: AgentOutbound) -> AgentRegistration {
         let mut state = self.lock();
