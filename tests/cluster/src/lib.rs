@@ -13,6 +13,7 @@
 
 pub mod ledger;
 pub mod process;
+pub mod table;
 
 use std::fs;
 use std::net::Ipv4Addr;

@@ -1,10 +1,10 @@
 //! End-to-end tests: real controller and agents in lab namespaces, driven
 //! through colex-cli.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use colex_cluster_tests::ledger::Ledger;
+use colex_cluster_tests::table::{parse_all_hosts, parse_table};
 use colex_cluster_tests::{require_root, Host, Lab};
 
 /// Two busybox httpd silos, each serving its own page.
@@ -43,51 +43,6 @@ Silo "b" {
   }
 }
 "#;
-
-/// One row of a table printed by colex-cli, by column header.
-type Row = BTreeMap<String, String>;
-
-/// Parses the tables of `list --all-hosts` into rows, each with a `HOST`
-/// entry taken from the heading above its table.
-fn parse_all_hosts(output: &str) -> Vec<Row> {
-    let mut rows = Vec::new();
-    let mut host = String::new();
-    let mut headers: Vec<String> = Vec::new();
-    for line in output.lines() {
-        if let Some(rest) = line.strip_prefix("HOST ") {
-            host = rest.split_whitespace().next().unwrap_or_default().to_owned();
-            headers.clear();
-            continue;
-        }
-        if !line.starts_with('|') || line.starts_with("|-") {
-            continue;
-        }
-        let cells: Vec<String> = line.trim_matches('|').split('|').map(|cell| cell.trim().to_owned()).collect();
-        if headers.is_empty() {
-            headers = cells;
-            continue;
-        }
-        let mut row: Row = headers.iter().cloned().zip(cells).collect();
-        row.insert("HOST".to_owned(), host.clone());
-        rows.push(row);
-    }
-    rows
-}
-
-/// Parses one table printed by colex-cli into rows.
-fn parse_table(output: &str) -> Vec<Row> {
-    let mut headers: Vec<String> = Vec::new();
-    let mut rows = Vec::new();
-    for line in output.lines().filter(|line| line.starts_with('|') && !line.starts_with("|-")) {
-        let cells: Vec<String> = line.trim_matches('|').split('|').map(|cell| cell.trim().to_owned()).collect();
-        if headers.is_empty() {
-            headers = cells;
-        } else {
-            rows.push(headers.iter().cloned().zip(cells).collect());
-        }
-    }
-    rows
-}
 
 fn host_by_name<'a>(lab: &'a Lab, name: &str) -> &'a Host {
     lab.hosts

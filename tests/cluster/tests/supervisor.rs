@@ -1,39 +1,15 @@
 //! Silos and their supervisors across agent restarts, restart policies and logs, with the real
 //! binaries in lab namespaces.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use colex_cluster_tests::ledger::Ledger;
+use colex_cluster_tests::table::{parse_all_hosts, Row};
 use colex_cluster_tests::{require_root, Host, Lab};
 
-/// One row of a table printed by colex-cli, by column header.
-type Row = BTreeMap<String, String>;
-
-/// Parses the tables of `list --all-hosts` into rows.
-fn parse_all_hosts(output: &str) -> Vec<Row> {
-    let mut rows = Vec::new();
-    let mut headers: Vec<String> = Vec::new();
-    for line in output.lines() {
-        if line.starts_with("HOST ") {
-            headers.clear();
-            continue;
-        }
-        if !line.starts_with('|') || line.starts_with("|-") {
-            continue;
-        }
-        let cells: Vec<String> = line.trim_matches('|').split('|').map(|cell| cell.trim().to_owned()).collect();
-        if headers.is_empty() {
-            headers = cells;
-        } else {
-            rows.push(headers.iter().cloned().zip(cells).collect());
-        }
-    }
-    rows
-}
-
+/// Returns the silo rows of `list --all-hosts`.
 fn list_rows(lab: &Lab) -> anyhow::Result<Vec<Row>> {
     Ok(parse_all_hosts(&lab.cli(&["list", "--all-hosts"])?.stdout))
 }
