@@ -1328,3 +1328,35 @@ fn restart_in_place_keeps_address_and_logs() {
         });
     });
 }
+
+#[test]
+fn program_runs_with_no_new_privs() {
+    if !has_root("program_runs_with_no_new_privs") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new();
+        block_on(async {
+            let (runtime, mut exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let silo_id = random_hex();
+            let silo = spec("privileges", "/bin/sh", &["-c", "grep NoNewPrivs /proc/self/status"]);
+            runtime
+                .run_silo(&silo_id, 1, &silo)
+                .await
+                .expect("run silo");
+            let exit = wait_exit(&mut exits, &silo_id).await;
+            let stdout = std::fs::read_to_string(runtime.silo_dir(&silo_id).join(STDOUT_LOG_FILE))
+                .expect("read stdout.log");
+            runtime
+                .remove_silo(&silo_id, KILL_TIMEOUT)
+                .await
+                .expect("remove silo");
+            runtime.shutdown().await.expect("shutdown");
+
+            assert_eq!(exit.exit_code, 0, "grep failed, stdout: {stdout:?}");
+            assert_eq!(stdout, "NoNewPrivs:\t1\n");
+        });
+    });
+}

@@ -252,11 +252,12 @@ fn open_parent<'a>(root: &Path, silo_path: &'a str) -> Result<(OwnedFd, &'a str)
 }
 
 /// Checks the spec's nameservers and returns the content of `/etc/resolv.conf`, or `None`
-/// when there are none and the file is omitted.
-pub fn resolv_conf(nameservers: &[String]) -> Result<Option<String>, FilesError> {
-    if nameservers.is_empty() {
-        return Ok(None);
-    }
+/// when none is left and the file is omitted.
+///
+/// Loopback nameservers (127.0.0.0/8, `::1`, such as systemd-resolved's 127.0.0.53) are dropped
+/// with a warning: inside the silo's network namespace they name the silo's own loopback,
+/// where no resolver listens.
+pub fn resolv_conf(silo_name: &str, nameservers: &[String]) -> Result<Option<String>, FilesError> {
     let mut text = String::new();
     for value in nameservers {
         let addr: IpAddr = value
@@ -265,9 +266,18 @@ pub fn resolv_conf(nameservers: &[String]) -> Result<Option<String>, FilesError>
             .map_err(|_| FilesError::InvalidNameserver {
                 value: value.clone(),
             })?;
+        // `to_canonical` also catches the IPv4-mapped form, such as ::ffff:127.0.0.53.
+        if addr.to_canonical().is_loopback() {
+            tracing::warn!(
+                silo = silo_name,
+                nameserver = %addr,
+                "dropped loopback nameserver from the silo's /etc/resolv.conf"
+            );
+            continue;
+        }
         let _ = writeln!(text, "nameserver {addr}");
     }
-    Ok(Some(text))
+    Ok((!text.is_empty()).then_some(text))
 }
 
 /// Checks the spec's hosts entries and returns the content of `/etc/hosts`: localhost, the silo
@@ -487,12 +497,34 @@ mod tests {
 
     #[test]
     fn resolv_conf_content() {
-        assert_eq!(resolv_conf(&[]).expect("empty"), None);
-        let text = resolv_conf(&["8.8.8.8".to_string(), "2001:db8::1".to_string()]).expect("valid");
+        assert_eq!(resolv_conf("web", &[]).expect("empty"), None);
+        let text =
+            resolv_conf("web", &["8.8.8.8".to_string(), "2001:db8::1".to_string()]).expect("valid");
         assert_eq!(
             text.as_deref(),
             Some("nameserver 8.8.8.8\nnameserver 2001:db8::1\n")
         );
-        assert!(resolv_conf(&["dns.example".to_string()]).is_err());
+        assert!(resolv_conf("web", &["dns.example".to_string()]).is_err());
+    }
+
+    #[test]
+    fn resolv_conf_drops_loopback_nameservers() {
+        let nameservers = [
+            "127.0.0.53",
+            "203.0.113.53",
+            "::1",
+            "127.1.2.3",
+            "::ffff:127.0.0.53",
+            "2001:db8::1",
+        ]
+        .map(String::from);
+        let text = resolv_conf("web", &nameservers).expect("valid");
+        assert_eq!(
+            text.as_deref(),
+            Some("nameserver 203.0.113.53\nnameserver 2001:db8::1\n")
+        );
+        // Only loopback nameservers: the file is omitted, not written empty.
+        let only_loopback = ["127.0.0.53".to_string(), "::1".to_string()];
+        assert_eq!(resolv_conf("web", &only_loopback).expect("valid"), None);
     }
 }

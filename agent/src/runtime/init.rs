@@ -276,6 +276,11 @@ fn prepare_and_exec(program: &Program) -> Errno {
         return errno;
     }
     mark_fds_close_on_exec();
+    // Last step before exec, so setuid binaries and file capabilities in the image cannot give
+    // the program more privileges than the silo grants. Children inherit the flag.
+    if let Err(errno) = prctl::set_no_new_privs() {
+        return errno;
+    }
     match execve(&program.path, &program.argv, &program.envp) {
         Err(errno) => errno,
         Ok(never) => match never {},

@@ -124,7 +124,7 @@ pub fn plan(spec: &SiloSpec) -> Result<SiloPlan, SpecError> {
     }
 
     let network = spec.network.clone().unwrap_or_default();
-    let resolv_conf = files::resolv_conf(&network.nameservers)?;
+    let resolv_conf = files::resolv_conf(&spec.name, &network.nameservers)?;
     // The real address is known only after leasing; this call checks the entries now.
     files::hosts_file(&spec.name, Ipv4Addr::UNSPECIFIED, &network.hosts)?;
 
