@@ -178,7 +178,7 @@ pub struct StartSample {
     pub removal: Duration,
 }
 
-/// How the starts of a block are spaced.
+/// Spacing of the starts of a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pacing {
     /// Each silo is removed right after its start, then the host idles for the pause before

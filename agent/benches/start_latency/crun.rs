@@ -1,9 +1,9 @@
 //! The reference measurement: `crun run` of the same busybox root file system.
 //!
-//! crun 1.8 rejects this machine's cgroup v1/v2 hybrid layout ("cgroups in hybrid mode not
+//! crun 1.8 rejects a cgroup v1/v2 hybrid layout ("cgroups in hybrid mode not
 //! supported"). So each block of runs happens in a child process of this benchmark that
 //! `unshare -m --propagation private` starts in a private mount namespace. There the child
-//! replaces the cgroup2 mount at [`HYBRID_CGROUP2_MOUNT`] with an empty tmpfs, so crun sees
+//! replaces the cgroup2 mount at [`HYBRID_CGROUP2_MOUNT`] with an empty tmpfs, so crun finds
 //! cgroup v1 only. crun then creates and removes the container's cgroup in every v1 hierarchy.
 //! It also creates a dir in the tmpfs, which it does not remove, and that dir vanishes with the
 //! namespace. The mounts of the benchmark's own mount namespace stay untouched.
@@ -45,7 +45,7 @@ pub struct Tools {
     unshare: PathBuf,
 }
 
-/// Finds `crun` and `unshare` in `PATH`; the error says which one is missing.
+/// Finds `crun` and `unshare` in `PATH`. The error names the missing one.
 pub fn find_tools() -> Result<Tools, String> {
     let crun = find_in_path("crun")
         .ok_or_else(|| format!("crun not found in PATH; install it with `{INSTALL_HINT}`"))?;

@@ -1,7 +1,7 @@
 //! PID 1 of a silo: a copy of the helper made by `clone` with new pid, mount, UTS, IPC and
 //! network namespaces.
 //!
-//! It waits until the agent has placed it in its cgroup and moved the veth in. Then it sets up
+//! It waits until the agent has placed it in its cgroup and created its veth end. Then it sets up
 //! the root file system, forks the silo program with its stdout and stderr on the helper's
 //! output pipes, and reports whether the program was exec'd.
 //! After that it acts as a small init: it forwards termination signals to the program, reaps

@@ -91,8 +91,8 @@ pub fn host_veth_name(silo_id: &str) -> String {
     format!("{VETH_PREFIX}{silo_id}")
 }
 
-/// Returns the name the silo-side veth has in the host namespace before it moves into the silo,
-/// `cx<id>p` (11 bytes). Inside the silo it is renamed to [`SILO_IFNAME`].
+/// Returns the name the silo-side veth gets when it is created inside the silo's network
+/// namespace, `cx<id>p` (11 bytes), before it is renamed to [`SILO_IFNAME`].
 pub fn peer_veth_name(silo_id: &str) -> String {
     format!("{VETH_PREFIX}{silo_id}p")
 }

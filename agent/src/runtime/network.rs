@@ -332,10 +332,10 @@ fn silo_veth_message(name: &str, peer: &str, bridge_index: u32, pid: u32) -> Lin
 }
 
 impl Netlink {
-    /// Sets up the network of the silo whose PID 1 is process `pid`: the veth pair (host end
-    /// `host_veth` on `bridge`, silo end `interface.peer`), and inside the silo's namespace
-    /// loopback up, the silo end renamed to `eth0` with its address and up, and a default route
-    /// via the bridge.
+    /// Sets up the network of the silo whose PID 1 is process `pid`. Creates the veth pair, with
+    /// the host end `host_veth` on `bridge` and the silo end `interface.peer`. Inside the silo's
+    /// namespace, sets loopback up, renames the silo end to `eth0`, gives it its address, sets
+    /// it up and adds a default route via the bridge.
     ///
     /// The work inside the silo's namespace runs on a thread of its own. It starts first and
     /// brings loopback up while this namespace creates the pair, which saves that time on
@@ -359,7 +359,7 @@ impl Netlink {
             })
             .map_err(|source| NetworkError::NetnsThread { pid, source })?;
 
-        // Dropping the sender on failure tells the thread to stop after loopback.
+        // On failure the sender is dropped, which makes the thread stop after loopback.
         self.create_silo_veth(host_veth, &peer, bridge, pid).await?;
         let _ = veth_created_tx.send(());
         result_rx
