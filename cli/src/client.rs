@@ -76,6 +76,7 @@ impl Controller {
     }
 
     async fn connect_with(address: &str, request_timeout: Option<Duration>) -> Result<Self, CliError> {
+        check_address(address)?;
         let mut endpoint = Channel::from_shared(format!("http://{address}")).map_err(|error| {
             CliError::user(format!("invalid controller address {address:?} ({error}); use HOST:PORT, e.g. 127.0.0.1:7069"))
         })?;
@@ -110,6 +111,29 @@ impl Controller {
     }
 }
 
+/// Checks that `address` is HOST:PORT before any connection is tried, so a
+/// typo is reported as such instead of as an unreachable controller.
+pub fn check_address(address: &str) -> Result<(), CliError> {
+    let invalid = |reason: &str| {
+        CliError::user(format!(
+            "invalid controller address {address:?}: {reason}; use HOST:PORT, e.g. 127.0.0.1:7069 (set by --serv or COLEX_SERV)"
+        ))
+    };
+    if address.contains("://") {
+        return Err(invalid("write it without a scheme such as http://"));
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(invalid("the port is missing"));
+    };
+    if host.is_empty() {
+        return Err(invalid("the host is missing"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(invalid(&format!("{port:?} is not a port number from 1 to 65535"))),
+        Ok(_) => Ok(()),
+    }
+}
+
 /// Returns the innermost cause of an error, since tonic's transport error
 /// alone only says "transport error" and its middle layers repeat themselves.
 fn root_cause(error: &dyn std::error::Error) -> String {
@@ -118,4 +142,27 @@ fn root_cause(error: &dyn std::error::Error) -> String {
         cause = source;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_checked() {
+        assert!(check_address("127.0.0.1:7069").is_ok());
+        assert!(check_address("controller.example:7069").is_ok());
+        assert!(check_address("[::1]:7069").is_ok());
+        for (bad, phrase) in [
+            ("127.0.0.1", "port is missing"),
+            ("127.0.0.1:7069x", "not a port number"),
+            ("localhost:70699", "not a port number"),
+            ("http://127.0.0.1:7069", "without a scheme"),
+            (":7069", "host is missing"),
+        ] {
+            let error = check_address(bad).expect_err(bad);
+            assert!(error.message.contains(phrase), "{bad}: {}", error.message);
+            assert!(error.message.contains(bad), "{bad} named in {}", error.message);
+        }
+    }
 }

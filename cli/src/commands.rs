@@ -93,6 +93,13 @@ fn describe_problem(silo: &proto::SiloInfo, wait: Duration) -> String {
 
 pub async fn down(address: &str, file: Option<&Path>, mut names: Vec<String>, wait: Duration) -> Result<(), CliError> {
     if let Some(file) = file {
+        // `down NAME` is a common slip for `down --name NAME`.
+        if !file.exists() && file.components().count() == 1 && !file.to_string_lossy().contains('.') {
+            return Err(CliError::user(format!(
+                "silo file {} not found; to remove the silo named {0}, run `colex-cli down --name {0}`",
+                file.display()
+            )));
+        }
         names.extend(load_specs(file)?.into_iter().map(|spec| spec.name));
     }
     if names.is_empty() {

@@ -33,6 +33,8 @@ pub fn run(files: &[PathBuf]) -> Result<(), CliError> {
                     }
                 }
             }
+            // One file: its problems are the command's error, printed once like `up` does.
+            Err(error) if !show_file => return Err(CliError::user(error.to_string())),
             Err(error) => {
                 eprintln!("{error}");
                 invalid_files += 1;
@@ -42,7 +44,6 @@ pub fn run(files: &[PathBuf]) -> Result<(), CliError> {
 
     match (invalid_files, files.len()) {
         (0, _) => Ok(()),
-        (1, 1) => Err(CliError::user("the silo file is invalid")),
         (invalid, total) => Err(CliError::user(format!(
             "{invalid} of {total} silo files are invalid"
         ))),

@@ -109,8 +109,7 @@ fn invalid_file_prints_diagnostics() {
     assert_eq!(
         stderr(&output),
         format!(
-            "{}:5:5: silo \"test-sh\": binary.path \"bin/sh\" is not absolute; use an absolute path inside the silo, such as \"/bin/sh\"\n\
-             error: the silo file is invalid\n",
+            "error: {}:5:5: silo \"test-sh\": binary.path \"bin/sh\" is not absolute; use an absolute path inside the silo, such as \"/bin/sh\"\n",
             silo_file.display()
         )
     );
@@ -157,7 +156,7 @@ fn missing_file_fails() {
 
     assert_eq!(stdout(&output), "");
     assert!(
-        stderr(&output).starts_with(&format!("failed to read silo file {}:", absent.display())),
+        stderr(&output).starts_with(&format!("error: failed to read silo file {}:", absent.display())),
         "{}",
         stderr(&output)
     );
