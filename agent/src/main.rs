@@ -46,6 +46,8 @@ struct Args {
 const TEARDOWN_COMMAND: &str = "teardown";
 /// Placeholder subnet for a teardown, which creates no address and so needs none.
 const TEARDOWN_SUBNET: &str = "10.69.0.0/24";
+/// Environment variable naming a failpoint of the silo start path; tests only.
+const FAILPOINT_ENV: &str = "COLEX_FAILPOINT";
 
 /// `colex-agent teardown`: removes what an agent of one host left on this machine.
 #[derive(Debug, Parser)]
@@ -139,6 +141,7 @@ fn main() -> anyhow::Result<()> {
         helper_exe,
         busybox: args.busybox,
         settings,
+        failpoint: std::env::var(FAILPOINT_ENV).ok().filter(|name| !name.is_empty()),
     };
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;

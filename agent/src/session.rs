@@ -51,6 +51,8 @@ pub struct AgentConfig {
     pub busybox: PathBuf,
     /// Settings from the agent's configuration file (`--config`): images, binds, labels.
     pub settings: crate::config::AgentSettings,
+    /// Failpoint the silo start path fails at (`COLEX_FAILPOINT`); tests only.
+    pub failpoint: Option<String>,
 }
 
 /// The result of a runtime operation, sent back to the session loop.
@@ -305,6 +307,7 @@ impl Agent {
         config.images = self.config.settings.images.clone();
         config.binds = self.config.settings.binds.clone();
         config.pids_limit = self.config.settings.effective_pids_limit(config.pids_limit);
+        config.failpoint = self.config.failpoint.clone();
         let (runtime, exits) = Runtime::start(config).await?;
         let adopted = runtime.silos();
         tracing::info!(host = %self.config.host_name, adopted = adopted.len(), "silo runtime ready");

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 
 use super::binds::{is_bind_id, BindSource, MAX_BIND_ID_BYTES};
+use super::failpoint::{is_failpoint, FAILPOINTS};
 use super::image::{is_image_name, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES};
 use super::names::{self, NameError};
 
@@ -46,6 +47,9 @@ pub struct RuntimeConfig {
     pub binds: BTreeMap<String, BindSource>,
     /// Maximum number of tasks of each silo (`pids.max`); `None` for no limit.
     pub pids_limit: Option<u64>,
+    /// Failpoint the silo start path fails at, one of [`FAILPOINTS`]; tests only (the agent
+    /// binary reads it from `COLEX_FAILPOINT`). [`super::Runtime::set_failpoint`] changes it.
+    pub failpoint: Option<String>,
 }
 
 /// Errors in a [`RuntimeConfig`].
@@ -81,6 +85,8 @@ pub enum ConfigError {
          and its program; leave it unset for no limit"
     )]
     PidsLimitTooLow { limit: u64 },
+    #[error("unknown failpoint {name:?}: expected one of {FAILPOINTS:?}")]
+    UnknownFailpoint { name: String },
 }
 
 impl RuntimeConfig {
@@ -102,6 +108,7 @@ impl RuntimeConfig {
             images: BTreeMap::new(),
             binds: BTreeMap::new(),
             pids_limit: Some(DEFAULT_PIDS_LIMIT),
+            failpoint: None,
         }
     }
 
@@ -139,6 +146,11 @@ impl RuntimeConfig {
         }
         if let Some(limit) = self.pids_limit.filter(|limit| *limit < MIN_PIDS_LIMIT) {
             return Err(ConfigError::PidsLimitTooLow { limit });
+        }
+        if let Some(name) = self.failpoint.as_deref().filter(|name| !is_failpoint(name)) {
+            return Err(ConfigError::UnknownFailpoint {
+                name: name.to_string(),
+            });
         }
         Ok(())
     }
@@ -215,6 +227,18 @@ mod tests {
         assert!(cfg.validate().is_ok());
         cfg.pids_limit = None;
         assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn failpoint_must_be_known() {
+        let mut cfg = config();
+        cfg.failpoint = Some("after-lease".to_string());
+        assert!(cfg.validate().is_ok());
+        cfg.failpoint = Some("after-lunch".to_string());
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::UnknownFailpoint { .. })
+        ));
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub async fn start(
     iptables::ensure_chain().await?;
 
     let (exits, exits_rx) = mpsc::channel(EXIT_CHANNEL_CAPACITY);
+    let failpoint = cfg.failpoint.clone();
     let inner = Inner {
         leases: Leases::new(leases_dir, network),
         cfg,
@@ -74,6 +75,7 @@ pub async fn start(
         exits,
         silos: Mutex::new(HashMap::new()),
         shut_down: AtomicBool::new(false),
+        failpoint: Mutex::new(failpoint),
     };
     adopt_earlier_silos(&inner).await?;
 
@@ -197,6 +199,7 @@ pub async fn teardown(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
         exits,
         silos: Mutex::new(HashMap::new()),
         shut_down: AtomicBool::new(false),
+        failpoint: Mutex::new(None),
     };
     let runtime = Runtime {
         inner: Arc::new(inner),

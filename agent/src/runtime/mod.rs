@@ -22,6 +22,7 @@ mod binds;
 mod busybox;
 mod cgroup;
 mod config;
+mod failpoint;
 mod files;
 mod helper;
 mod host;
@@ -59,6 +60,7 @@ pub use adopt::AdoptedSilo;
 pub use binds::{is_bind_id, BindError, BindSource, MAX_BIND_ID_BYTES};
 pub use cgroup::CgroupError;
 pub use config::{ConfigError, RuntimeConfig, DEFAULT_BUSYBOX_PATH, DEFAULT_PIDS_LIMIT};
+pub use failpoint::{FailpointReached, FAILPOINTS};
 pub use files::FilesError;
 pub use helper::helper_main;
 pub use image::{is_image_name, ImageError, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES};
@@ -157,6 +159,8 @@ pub enum RuntimeError {
     },
     #[error("logs of silo {silo_id}: {source}")]
     Logs { silo_id: String, source: LogsError },
+    #[error(transparent)]
+    Failpoint(#[from] FailpointReached),
 }
 
 /// The silo runtime of one agent. Cheap to clone; all clones share the same silos.
@@ -185,6 +189,8 @@ struct Inner {
     /// removed; `None` inside means it is gone.
     silos: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<silo::RunningSilo>>>>>,
     shut_down: AtomicBool,
+    /// The failpoint the start path fails at, from `cfg.failpoint` or [`Runtime::set_failpoint`].
+    failpoint: Mutex<Option<String>>,
 }
 
 impl Runtime {
@@ -340,6 +346,21 @@ impl Runtime {
     /// Returns the configuration the runtime was started with.
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.cfg
+    }
+
+    /// Sets the failpoint later starts fail at, or clears it with `None`; tests only.
+    pub fn set_failpoint(&self, name: Option<&str>) -> Result<(), ConfigError> {
+        if let Some(name) = name.filter(|name| !failpoint::is_failpoint(name)) {
+            return Err(ConfigError::UnknownFailpoint {
+                name: name.to_string(),
+            });
+        }
+        *self
+            .inner
+            .failpoint
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = name.map(str::to_string);
+        Ok(())
     }
 }
 

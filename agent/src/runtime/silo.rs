@@ -11,6 +11,7 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use super::failpoint::failpoint;
 use super::files;
 use super::init::SIGNAL_EXIT_CODE_BASE;
 use super::launch::Helper;
@@ -139,6 +140,7 @@ async fn setup_steps(
 
     let address = inner.leases.acquire(silo_id)?;
     undo.push(UndoStep::ReleaseLease { address });
+    failpoint(inner, "after-lease")?;
 
     for dir in [
         paths.dir.clone(),
@@ -166,8 +168,10 @@ async fn setup_steps(
     };
     // Before the first kernel object: the record names everything the silo may get.
     state::write_json_atomic(&paths.record(), &record)?;
+    failpoint(inner, "after-silo-dir")?;
 
     place_files(&paths, silo_id, spec, plan, address).await?;
+    failpoint(inner, "after-files")?;
 
     // Pushed first: a failed create can leave dirs in some hierarchies.
     undo.push(UndoStep::RemoveCgroup {
@@ -175,6 +179,7 @@ async fn setup_steps(
     });
     let limits = inner.cgroups.limits(plan.cpu_percent, plan.memory_bytes);
     inner.cgroups.silo(silo_id).create(&limits).await?;
+    failpoint(inner, "after-cgroup")?;
 
     // The pair is created once PID 1 has its network namespace (`start_helper`). Its undo is
     // pushed here, so a failure at any later step deletes whatever exists of it.
@@ -187,6 +192,7 @@ async fn setup_steps(
         iptables::enable_ip_forward().await?;
         undo.push(UndoStep::RemoveMasquerade { address });
         iptables::add_masquerade(address, &inner.cfg.bridge, silo_id).await?;
+        failpoint(inner, "after-masquerade")?;
     }
 
     let job = helper_job(&paths, silo_id, plan, sources);
@@ -249,7 +255,19 @@ pub(super) async fn launch(
         prefix_len: inner.network.prefix_len(),
         gateway: inner.cfg.gateway(),
     };
-    let init = match start_helper(inner, &mut helper, paths, &mut record, peer_interface).await {
+    let started = match start_helper(inner, &mut helper, paths, &mut record, peer_interface).await {
+        Ok(init) => {
+            record.started = true;
+            match state::write_json_atomic(&paths.record(), &record) {
+                Ok(()) => failpoint(inner, "after-started")
+                    .map(|()| init)
+                    .map_err(RuntimeError::from),
+                Err(err) => Err(RuntimeError::from(err)),
+            }
+        }
+        Err(err) => Err(err),
+    };
+    let init = match started {
         Ok(init) => init,
         Err(err) => {
             // Closing the helper's stdin and killing it ends PID 1 (it has PDEATHSIG set).
@@ -257,8 +275,6 @@ pub(super) async fn launch(
             return Err(err);
         }
     };
-    record.started = true;
-    state::write_json_atomic(&paths.record(), &record)?;
 
     let generation = record.generation;
     let removing = Arc::new(AtomicBool::new(false));
@@ -359,6 +375,7 @@ async fn start_helper(
     };
     record.init_pid = Some(init_pid);
     state::write_json_atomic(&paths.record(), record)?;
+    failpoint(inner, "after-clone")?;
 
     // Independent steps, so they run at the same time: moving PID 1 into its cgroup can wait
     // for an RCU grace period in the kernel (several ms), which the network setup overlaps.
@@ -370,8 +387,10 @@ async fn start_helper(
     let (cgroup_joined, network_ready) = tokio::join!(silo_cgroup.add_process(init_pid), network);
     cgroup_joined?;
     network_ready?;
+    failpoint(inner, "after-network")?;
 
     helper.release(EXEC_TIMEOUT).await.map_err(launch_error)?;
+    failpoint(inner, "after-release")?;
     Ok(init)
 }
 
