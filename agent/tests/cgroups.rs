@@ -6,24 +6,17 @@
 //! guard kills and removes them when a test fails. Without root the tests are skipped, unless
 //! CI=true, where they fail.
 
-use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use colex_agent::runtime::{Runtime, RuntimeConfig, SiloExit};
-use colex_proto::{Binary, Resources, SiloSpec};
-use tokio::sync::mpsc;
+use colex_agent::runtime::Runtime;
+use colex_proto::{Resources, SiloSpec};
 
-const HELPER_EXE: &str = env!("CARGO_BIN_EXE_colex-agent");
-const BUSYBOX: &str = "/bin/busybox";
+mod common;
+use common::*;
+
 const SUBNET: &str = "10.69.7.0/24";
 const GATEWAY: &str = "10.69.7.1";
-/// Root of the cgroup mounts: cgroup2 itself on pure v2 hosts, a tmpfs with one mount per
-/// hierarchy on v1 and hybrid hosts.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 const EXIT_WAIT: Duration = Duration::from_secs(30);
 const MIB: u64 = 1 << 20;
 
@@ -31,168 +24,10 @@ const MIB: u64 = 1 << 20;
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// Returns whether the test can run. Panics without root when CI=true.
-fn has_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root, and CI=true does not allow skipping it");
-    }
-    eprintln!("skipped {test}: needs root");
-    false
-}
-
-fn random_hex() -> String {
-    let value = RandomState::new().hash_one((std::process::id(), Instant::now()));
-    format!("{:08x}", value as u32)
-}
-
-/// A test agent's configuration. Dropping it kills and removes its cgroups in every hierarchy.
-struct TestHost {
-    cfg: RuntimeConfig,
-    _state_dir: tempfile::TempDir,
-}
-
-impl TestHost {
-    fn new() -> TestHost {
-        let state_dir = tempfile::Builder::new()
-            .prefix("colex-cgroup-test")
-            .tempdir()
-            .expect("create state dir");
-        let cfg = RuntimeConfig::new(
-            format!("cxt{}", random_hex()),
-            state_dir.path(),
-            format!("cxb{}", random_hex()),
-            SUBNET.parse().expect("valid subnet literal"),
-            HELPER_EXE,
-        );
-        TestHost {
-            cfg,
-            _state_dir: state_dir,
-        }
-    }
-
-    /// Returns the existing host cgroup dirs, in any hierarchy under [`CGROUP_ROOT`].
-    fn host_dirs(&self) -> Vec<PathBuf> {
-        let name = format!("colex-{}", self.cfg.host_name);
-        let mut candidates = vec![Path::new(CGROUP_ROOT).join(&name)];
-        if let Ok(entries) = std::fs::read_dir(CGROUP_ROOT) {
-            for entry in entries.flatten() {
-                candidates.push(entry.path().join(&name));
-            }
-        }
-        candidates.into_iter().filter(|dir| dir.is_dir()).collect()
-    }
-
-    /// Returns the existing cgroup dirs of `silo_id`, in any hierarchy.
-    fn silo_dirs(&self, silo_id: &str) -> Vec<PathBuf> {
-        self.host_dirs()
-            .into_iter()
-            .map(|dir| dir.join(silo_id))
-            .filter(|dir| dir.is_dir())
-            .collect()
-    }
-}
-
-impl Drop for TestHost {
-    fn drop(&mut self) {
-        for host_dir in self.host_dirs() {
-            let Ok(entries) = std::fs::read_dir(&host_dir) else {
-                continue;
-            };
-            for entry in entries.flatten().filter(|entry| entry.path().is_dir()) {
-                kill_cgroup(&entry.path());
-                let _ = std::fs::remove_dir(entry.path());
-            }
-            let _ = std::fs::remove_dir(&host_dir);
-        }
-    }
-}
-
-/// SIGKILLs every process listed in a cgroup of a failed test until it is empty.
-fn kill_cgroup(dir: &Path) {
-    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-    wait_for(Duration::from_secs(5), || {
-        let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        let mut empty = true;
-        for pid in pids
-            .lines()
-            .filter_map(|line| line.trim().parse::<i32>().ok())
-        {
-            empty = false;
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        empty
-    });
-}
-
-fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
-}
-
-/// Runs `test` on a thread in a new network namespace with loopback up.
-fn in_netns(test: impl FnOnce() + Send + 'static) {
-    let thread = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare network namespace");
-        let status = Command::new(BUSYBOX)
-            .args(["ip", "link", "set", "lo", "up"])
-            .status()
-            .expect("spawn ip");
-        assert!(status.success(), "ip link set lo up failed");
-        test();
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Runs `future` on a multi-threaded tokio runtime whose threads start in the calling
-/// thread's network namespace.
-fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("build tokio runtime")
-        .block_on(future)
-}
-
 fn spec(name: &str, script: &str, resources: Option<Resources>) -> SiloSpec {
     SiloSpec {
-        name: name.to_string(),
-        base: "busybox".to_string(),
-        binary: Some(Binary {
-            path: "/bin/sh".to_string(),
-            args: vec!["-c".to_string(), script.to_string()],
-            env: Vec::new(),
-        }),
         resources,
-        ..Default::default()
-    }
-}
-
-async fn wait_exit(exits: &mut mpsc::Receiver<SiloExit>, silo_id: &str) -> SiloExit {
-    let deadline = tokio::time::Instant::now() + EXIT_WAIT;
-    loop {
-        let exit = tokio::time::timeout_at(deadline, exits.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no exit of silo {silo_id} within {EXIT_WAIT:?}"))
-            .expect("exit channel open");
-        if exit.silo_id == silo_id {
-            return exit;
-        }
+        ..shell_spec(name, "busybox", script)
     }
 }
 
@@ -220,7 +55,7 @@ fn memory_hog_is_reported_oom_killed() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-cgroup-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -237,7 +72,7 @@ fn memory_hog_is_reported_oom_killed() {
                 .await
                 .expect("run silo");
 
-            let exit = wait_exit(&mut exits, &silo_id).await;
+            let exit = wait_exit(&mut exits, &silo_id, EXIT_WAIT).await;
             assert_eq!(exit.generation, 4);
             assert_eq!(exit.exit_code, 128 + 9, "the program was not SIGKILLed");
             assert_eq!(
@@ -261,7 +96,7 @@ fn normal_exit_has_no_reason() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-cgroup-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -275,7 +110,7 @@ fn normal_exit_has_no_reason() {
                 .run_silo(&silo_id, 1, &spec("quiet", "exit 3", Some(resources)))
                 .await
                 .expect("run silo");
-            let exit = wait_exit(&mut exits, &silo_id).await;
+            let exit = wait_exit(&mut exits, &silo_id, EXIT_WAIT).await;
             assert_eq!(exit.exit_code, 3);
             assert_eq!(exit.reason, None);
             runtime.shutdown().await.expect("shutdown");
@@ -292,7 +127,7 @@ fn busy_loop_is_capped_at_cpu_percent() {
     const TOLERANCE: f64 = 0.05;
     const MEASURE_TIME: Duration = Duration::from_secs(3);
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-cgroup-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, _exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -364,7 +199,7 @@ fn kernel_files_hold_limits_and_stats() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-cgroup-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, _exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -441,12 +276,12 @@ fn removal_leaves_no_cgroup_dir() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-cgroup-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
                 .expect("start runtime");
-            let host_dirs = host.host_dirs();
+            let host_dirs = host.cgroup_dirs();
             assert_eq!(
                 host_dirs.len(),
                 runtime.host_cgroup_dirs().len(),
@@ -486,7 +321,7 @@ fn removal_leaves_no_cgroup_dir() {
                 .run_silo(&forker, 1, &spec("forker", forks, resources))
                 .await
                 .expect("run silo");
-            wait_exit(&mut exits, &exited).await;
+            wait_exit(&mut exits, &exited, EXIT_WAIT).await;
             for silo_id in [&running, &exited, &stubborn, &forker] {
                 assert_eq!(
                     host.silo_dirs(silo_id).len(),
@@ -505,7 +340,7 @@ fn removal_leaves_no_cgroup_dir() {
             }
 
             runtime.shutdown().await.expect("shutdown");
-            let left = host.host_dirs();
+            let left = host.cgroup_dirs();
             assert!(left.is_empty(), "host cgroup dirs left: {left:?}");
         });
     });

@@ -7,203 +7,25 @@
 //! when a test fails. Without root the tests are skipped, unless CI=true, where they fail.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use colex_agent::runtime::{BindSource, Runtime, RuntimeConfig, SiloExit, STDOUT_LOG_FILE};
-use colex_proto::{Binary, Bind, SiloSpec};
+use colex_agent::runtime::{BindSource, Runtime, STDOUT_LOG_FILE};
+use colex_proto::Bind;
 use tar::EntryType;
-use tokio::sync::mpsc;
 
-const HELPER_EXE: &str = env!("CARGO_BIN_EXE_colex-agent");
-const BUSYBOX: &str = "/bin/busybox";
+mod common;
+use common::*;
+
 const SUBNET: &str = "10.69.7.0/24";
-const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 const EXIT_WAIT: Duration = Duration::from_secs(20);
-/// Root of the cgroup hierarchies; on a v1 or hybrid host each controller has a folder here.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Content of the marker file in the test image.
 const IMAGE_MARKER: &str = "made by the tar crate\n";
 
 // ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
-
-/// Returns whether the test can run; panics without root when CI=true.
-fn has_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root, and CI=true does not allow skipping it");
-    }
-    eprintln!("skipped {test}: needs root");
-    false
-}
-
-fn random_hex() -> String {
-    let value = RandomState::new().hash_one((std::process::id(), Instant::now()));
-    format!("{:08x}", value as u32)
-}
-
-/// A test agent's configuration, with guards that remove its state dir and cgroup dirs.
-struct TestHost {
-    cfg: RuntimeConfig,
-    /// Holds the state dir and the files the test makes (tarballs, bind sources).
-    work: tempfile::TempDir,
-}
-
-impl TestHost {
-    fn new() -> TestHost {
-        let work = tempfile::Builder::new()
-            .prefix("colex-images-test")
-            .tempdir()
-            .expect("create work dir");
-        let subnet = SUBNET.parse().expect("valid subnet literal");
-        let cfg = RuntimeConfig::new(
-            format!("cxi{}", random_hex()),
-            work.path().join("state"),
-            format!("cxb{}", random_hex()),
-            subnet,
-            HELPER_EXE,
-        );
-        TestHost { cfg, work }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.work.path().join(name)
-    }
-
-    fn images_dir(&self) -> PathBuf {
-        self.cfg.state_dir.join("images")
-    }
-
-    fn silo_dir(&self, silo_id: &str) -> PathBuf {
-        self.cfg.state_dir.join("silos").join(silo_id)
-    }
-
-    fn leases(&self) -> Vec<String> {
-        list_names(&self.cfg.state_dir.join("leases"))
-    }
-}
-
-impl Drop for TestHost {
-    fn drop(&mut self) {
-        // Kill whatever a failed test left in the host's cgroups, in every hierarchy, then
-        // remove the dirs: children first.
-        let host_dir_name = format!("colex-{}", self.cfg.host_name);
-        for hierarchy in list_names(Path::new(CGROUP_ROOT)) {
-            let host_dir = Path::new(CGROUP_ROOT).join(&hierarchy).join(&host_dir_name);
-            let Ok(entries) = std::fs::read_dir(&host_dir) else {
-                continue;
-            };
-            for entry in entries.flatten().filter(|entry| entry.path().is_dir()) {
-                kill_cgroup(&entry.path());
-                let _ = std::fs::remove_dir(entry.path());
-            }
-            let _ = std::fs::remove_dir(&host_dir);
-        }
-    }
-}
-
-/// Kills every process of a cgroup: `cgroup.kill` on v2, SIGKILL to each listed pid on v1.
-fn kill_cgroup(dir: &Path) {
-    if std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
-        return;
-    }
-    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-    for pid in procs
-        .lines()
-        .filter_map(|line| line.trim().parse::<i32>().ok())
-    {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    std::thread::sleep(Duration::from_millis(100));
-}
-
-fn list_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// Runs `test` on a thread in a new network namespace with loopback up. Processes the test
-/// spawns inherit the namespace.
-fn in_netns(test: impl FnOnce() + Send + 'static) {
-    let thread = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare network namespace");
-        let status = Command::new(BUSYBOX)
-            .args(["ip", "link", "set", "lo", "up"])
-            .status()
-            .expect("spawn ip");
-        assert!(status.success(), "ip link set lo up failed");
-        test();
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Runs `future` on a new multi-threaded tokio runtime whose threads start in the calling
-/// thread's network namespace.
-fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("build tokio runtime")
-        .block_on(future)
-}
-
-fn link_exists(name: &str) -> bool {
-    Command::new(BUSYBOX)
-        .args(["ip", "link", "show", name])
-        .output()
-        .expect("spawn ip")
-        .status
-        .success()
-}
-
-fn shell_spec(name: &str, base: &str, script: &str) -> SiloSpec {
-    SiloSpec {
-        name: name.to_string(),
-        base: base.to_string(),
-        binary: Some(Binary {
-            path: "/bin/sh".to_string(),
-            args: vec!["-c".to_string(), script.to_string()],
-            env: Vec::new(),
-        }),
-        ..Default::default()
-    }
-}
-
-async fn wait_exit(exits: &mut mpsc::Receiver<SiloExit>, silo_id: &str) -> SiloExit {
-    let deadline = tokio::time::Instant::now() + EXIT_WAIT;
-    loop {
-        let exit = tokio::time::timeout_at(deadline, exits.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no exit of silo {silo_id} within {EXIT_WAIT:?}"))
-            .expect("exit channel open");
-        if exit.silo_id == silo_id {
-            return exit;
-        }
-    }
-}
 
 /// Asserts that a failed start created nothing: no silo dir, lease or veth.
 fn assert_nothing_created(host: &TestHost, silo_id: &str) {
@@ -326,7 +148,7 @@ fn tarball_image_runs_a_silo() {
         return;
     }
     in_netns(|| {
-        let mut host = TestHost::new();
+        let mut host = TestHost::with_state_subdir("colex-images-test", "cxi", SUBNET);
         let tarball = host.path("tiny.tar.gz");
         std::fs::write(&tarball, busybox_tarball()).expect("write tarball");
         host.cfg.images.insert("tiny".to_string(), tarball);
@@ -345,7 +167,7 @@ fn tarball_image_runs_a_silo() {
                 .run_silo(&first, 1, &shell_spec("tiny-one", "tiny", script))
                 .await
                 .expect("run silo on the tarball image");
-            assert_eq!(wait_exit(&mut exits, &first).await.exit_code, 0);
+            assert_eq!(wait_exit(&mut exits, &first, EXIT_WAIT).await.exit_code, 0);
             assert_eq!(
                 read_stdout(&host, &first),
                 format!("{IMAGE_MARKER}/bin/busybox-copy\n/dev/null\ndone\n")
@@ -357,7 +179,7 @@ fn tarball_image_runs_a_silo() {
                 .run_silo(&second, 1, &shell_spec("tiny-two", "img://tiny", script))
                 .await
                 .expect("run a second silo");
-            assert_eq!(wait_exit(&mut exits, &second).await.exit_code, 0);
+            assert_eq!(wait_exit(&mut exits, &second, EXIT_WAIT).await.exit_code, 0);
             assert_eq!(list_names(&host.images_dir()), images);
 
             for silo_id in [&first, &second] {
@@ -378,7 +200,7 @@ fn rejected_tarballs_leave_nothing() {
         return;
     }
     in_netns(|| {
-        let mut host = TestHost::new();
+        let mut host = TestHost::with_state_subdir("colex-images-test", "cxi", SUBNET);
         let cases = [
             (
                 "dotdot",
@@ -455,7 +277,7 @@ fn unknown_image_is_rejected() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::with_state_subdir("colex-images-test", "cxi", SUBNET);
         block_on(async {
             let (runtime, _exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -482,7 +304,7 @@ fn unoffered_bind_is_rejected() {
         return;
     }
     in_netns(|| {
-        let mut host = TestHost::new();
+        let mut host = TestHost::with_state_subdir("colex-images-test", "cxi", SUBNET);
         let data = host.path("data");
         std::fs::create_dir(&data).expect("create bind source");
         host.cfg.binds.insert(
@@ -525,7 +347,7 @@ fn read_only_bind_is_visible_and_not_writable() {
         return;
     }
     in_netns(|| {
-        let mut host = TestHost::new();
+        let mut host = TestHost::with_state_subdir("colex-images-test", "cxi", SUBNET);
         let data = host.path("data");
         std::fs::create_dir(&data).expect("create read-only source");
         std::fs::write(data.join("hello.txt"), "hello from the host\n").expect("write file");
@@ -570,7 +392,10 @@ fn read_only_bind_is_visible_and_not_writable() {
                 .run_silo(&silo_id, 1, &spec)
                 .await
                 .expect("run silo with binds");
-            assert_eq!(wait_exit(&mut exits, &silo_id).await.exit_code, 0);
+            assert_eq!(
+                wait_exit(&mut exits, &silo_id, EXIT_WAIT).await.exit_code,
+                0
+            );
             assert_eq!(
                 read_stdout(&host, &silo_id),
                 "hello from the host\ndata-read-only\nscratch-written\nmessage of the day\n\

@@ -7,26 +7,22 @@
 //! on one machine. The host cgroup dir and the state dir are removed by guards, also when a test
 //! fails. Without root the tests are skipped, unless CI=true, where they fail.
 
-use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colex_agent::runtime::{
-    LogQuery, LogStreamKind, Runtime, RuntimeConfig, RuntimeError, SiloExit, MAX_LOG_FILE_BYTES,
-    STDOUT_LOG_FILE,
+    LogQuery, LogStreamKind, Runtime, RuntimeError, SiloExit, MAX_LOG_FILE_BYTES, STDOUT_LOG_FILE,
 };
-use colex_proto::{Binary, FileEntry, FileKind, Network, SiloSpec};
+use colex_proto::{FileEntry, FileKind, Network};
 use tokio::sync::mpsc;
 
-const HELPER_EXE: &str = env!("CARGO_BIN_EXE_colex-agent");
-const BUSYBOX: &str = "/bin/busybox";
-const IPTABLES_SAVE: &str = "/usr/sbin/iptables-save";
+mod common;
+use common::command_spec as spec;
+use common::*;
+
 const SUBNET: &str = "10.69.1.0/24";
-const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 const EXIT_WAIT: Duration = Duration::from_secs(20);
 const HTTP_WAIT: Duration = Duration::from_secs(15);
 
@@ -34,206 +30,12 @@ const HTTP_WAIT: Duration = Duration::from_secs(15);
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// Returns whether the test can run; panics without root when CI=true.
-fn has_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root, and CI=true does not allow skipping it");
-    }
-    eprintln!("skipped {test}: needs root");
-    false
-}
-
-fn random_hex() -> String {
-    let value = RandomState::new().hash_one((std::process::id(), Instant::now()));
-    format!("{:08x}", value as u32)
-}
-
-/// A test agent's configuration, with guards that remove its state dir and cgroup dir.
-struct TestHost {
-    cfg: RuntimeConfig,
-    _state_dir: tempfile::TempDir,
-}
-
-impl TestHost {
-    fn new() -> TestHost {
-        let state_dir = tempfile::Builder::new()
-            .prefix("colex-runtime-test")
-            .tempdir()
-            .expect("create state dir");
-        let subnet = SUBNET.parse().expect("valid subnet literal");
-        let cfg = RuntimeConfig::new(
-            format!("cxt{}", random_hex()),
-            state_dir.path(),
-            format!("cxb{}", random_hex()),
-            subnet,
-            HELPER_EXE,
-        );
-        TestHost {
-            cfg,
-            _state_dir: state_dir,
-        }
-    }
-
-    fn cgroup_dir(&self) -> PathBuf {
-        cgroup2_mount().join(format!("colex-{}", self.cfg.host_name))
-    }
-
-    fn silo_dir(&self, silo_id: &str) -> PathBuf {
-        self.cfg.state_dir.join("silos").join(silo_id)
-    }
-
-    fn leases(&self) -> Vec<String> {
-        let dir = self.cfg.state_dir.join("leases");
-        let mut leases = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                leases.push(entry.file_name().to_string_lossy().into_owned());
-            }
-        }
-        leases
-    }
-}
-
-impl Drop for TestHost {
-    fn drop(&mut self) {
-        // Kill whatever a failed test left in the host's cgroups, then remove them.
-        let host_dir = self.cgroup_dir();
-        if let Ok(entries) = std::fs::read_dir(&host_dir) {
-            for entry in entries.flatten() {
-                if entry.path().is_dir() {
-                    let _ = std::fs::write(entry.path().join("cgroup.kill"), "1");
-                    wait_for(Duration::from_secs(5), || !cgroup_populated(&entry.path()));
-                    let _ = std::fs::remove_dir(entry.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&host_dir);
-        }
-        // The runtime also makes the host's dirs in cgroup v1 hierarchies (cpu, memory, pids
-        // ...); their processes died with the v2 kill above, so only empty dirs are left.
-        let name = format!("colex-{}", self.cfg.host_name);
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let v1_host_dir = hierarchy.path().join(&name);
-            if let Ok(silos) = std::fs::read_dir(&v1_host_dir) {
-                for silo in silos.flatten().filter(|entry| entry.path().is_dir()) {
-                    let _ = std::fs::remove_dir(silo.path());
-                }
-                let _ = std::fs::remove_dir(&v1_host_dir);
-            }
-        }
-    }
-}
-
-fn cgroup2_mount() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let mount_point = before.split_whitespace().nth(4)?;
-            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .expect("a cgroup2 mount")
-}
-
-fn cgroup_populated(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.events"))
-        .is_ok_and(|events| events.contains("populated 1"))
-}
-
-fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
-}
-
-/// Runs `test` on a thread in a new network namespace with loopback up. Processes the test
-/// spawns inherit the namespace.
-fn in_netns(test: impl FnOnce() + Send + 'static) {
-    let thread = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare network namespace");
-        run(BUSYBOX, &["ip", "link", "set", "lo", "up"]);
-        test();
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Runs `future` on a new multi-threaded tokio runtime whose threads start in the calling
-/// thread's network namespace. Dropping the runtime at the end cancels its tasks, as an agent
-/// crash would.
-fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("build tokio runtime")
-        .block_on(future)
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .expect("spawn command");
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn link_exists(name: &str) -> bool {
-    Command::new(BUSYBOX)
-        .args(["ip", "link", "show", name])
-        .output()
-        .expect("spawn ip")
-        .status
-        .success()
-}
-
 fn masquerade_rules() -> Vec<String> {
     run(IPTABLES_SAVE, &["-t", "nat"])
         .lines()
         .filter(|line| line.contains("MASQUERADE"))
         .map(str::to_string)
         .collect()
-}
-
-fn spec(name: &str, path: &str, args: &[&str]) -> SiloSpec {
-    SiloSpec {
-        name: name.to_string(),
-        base: "busybox".to_string(),
-        binary: Some(Binary {
-            path: path.to_string(),
-            args: args.iter().map(|arg| arg.to_string()).collect(),
-            env: Vec::new(),
-        }),
-        ..Default::default()
-    }
-}
-
-async fn wait_exit(exits: &mut mpsc::Receiver<SiloExit>, silo_id: &str) -> SiloExit {
-    let deadline = tokio::time::Instant::now() + EXIT_WAIT;
-    loop {
-        let exit = tokio::time::timeout_at(deadline, exits.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no exit of silo {silo_id} within {EXIT_WAIT:?}"))
-            .expect("exit channel open");
-        if exit.silo_id == silo_id {
-            return exit;
-        }
-    }
 }
 
 /// Fetches `url` with the host's busybox wget, retrying while the server starts. busybox 1.35's
@@ -316,7 +118,7 @@ fn httpd_serves_placed_file() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, _exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -369,7 +171,7 @@ fn silo_sees_hostname_proc_and_env() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -424,7 +226,7 @@ fn silo_sees_hostname_proc_and_env() {
                 .run_silo(&silo_id, 4, &silo)
                 .await
                 .expect("run silo");
-            let exit = wait_exit(&mut exits, &silo_id).await;
+            let exit = wait_exit(&mut exits, &silo_id, EXIT_WAIT).await;
             assert_eq!(exit.exit_code, 0);
             assert_eq!(exit.generation, 4);
 
@@ -485,7 +287,7 @@ fn exit_code_is_reported() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -495,7 +297,7 @@ fn exit_code_is_reported() {
                 .run_silo(&silo_id, 9, &spec("exiter", "/bin/sh", &["-c", "exit 3"]))
                 .await
                 .expect("run silo");
-            let exit = wait_exit(&mut exits, &silo_id).await;
+            let exit = wait_exit(&mut exits, &silo_id, EXIT_WAIT).await;
             assert_eq!(
                 exit,
                 SiloExit {
@@ -515,7 +317,10 @@ fn exit_code_is_reported() {
                 )
                 .await
                 .expect("run silo");
-            assert_eq!(wait_exit(&mut exits, &killed_id).await.exit_code, 128 + 9);
+            assert_eq!(
+                wait_exit(&mut exits, &killed_id, EXIT_WAIT).await.exit_code,
+                128 + 9
+            );
 
             runtime
                 .remove_silo(&silo_id, KILL_TIMEOUT)
@@ -538,7 +343,7 @@ fn missing_binary_fails_cleanly() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -599,7 +404,7 @@ fn invalid_input_creates_nothing() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, _exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -660,7 +465,7 @@ fn remove_leaves_nothing() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -755,7 +560,7 @@ fn addresses_are_distinct_and_reused() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, _exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -821,7 +626,7 @@ fn start_adopts_live_silos_and_cleans_the_rest() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         let silo_id = random_hex();
         let unrecorded_id = random_hex();
 
@@ -878,7 +683,7 @@ fn start_adopts_live_silos_and_cleans_the_rest() {
                 nix::sys::signal::Signal::SIGTERM,
             )
             .expect("signal the adopted silo");
-            let exit = wait_exit(&mut exits, &silo_id).await;
+            let exit = wait_exit(&mut exits, &silo_id, EXIT_WAIT).await;
             assert_eq!(exit.exit_code, 128 + 15);
 
             runtime
@@ -923,7 +728,7 @@ fn helper_death_ends_silo() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -948,7 +753,7 @@ fn helper_death_ends_silo() {
             .expect("kill helper");
 
             // The silo's PID 1 dies with its helper, and the exit is reported as a kill.
-            let exit = wait_exit(&mut exits, &silo_id).await;
+            let exit = wait_exit(&mut exits, &silo_id, EXIT_WAIT).await;
             assert_eq!(exit.exit_code, 128 + 9);
             let cgroup = host.cgroup_dir().join(&silo_id);
             assert!(
@@ -980,7 +785,7 @@ fn two_agents_do_not_collide() {
             let running = Arc::clone(&running);
             std::thread::spawn(move || {
                 in_netns(move || {
-                    let host = TestHost::new();
+                    let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
                     block_on(async {
                         let (runtime, _exits) = Runtime::start(host.cfg.clone())
                             .await
@@ -1043,7 +848,7 @@ fn symlink_in_tree_cannot_redirect_writes() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, _exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -1123,7 +928,7 @@ fn orphans_are_reaped_and_down_is_fast() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -1178,7 +983,7 @@ fn stubborn_silo_is_reported_killed() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, _exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -1214,7 +1019,7 @@ fn logs_rotate_at_the_cap() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -1230,7 +1035,7 @@ fn logs_rotate_at_the_cap() {
                 ],
             );
             runtime.run_silo(&silo_id, 1, &writer).await.expect("run silo");
-            assert_eq!(wait_exit(&mut exits, &silo_id).await.exit_code, 0);
+            assert_eq!(wait_exit(&mut exits, &silo_id, EXIT_WAIT).await.exit_code, 0);
 
             let dir = runtime.silo_dir(&silo_id);
             let current = std::fs::metadata(dir.join("stdout.log")).expect("stdout.log").len();
@@ -1293,7 +1098,7 @@ fn restart_in_place_keeps_address_and_logs() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -1301,7 +1106,7 @@ fn restart_in_place_keeps_address_and_logs() {
             let silo_id = random_hex();
             let failing = spec("failing", "/bin/sh", &["-c", "echo run; exit 3"]);
             let first = runtime.run_silo(&silo_id, 4, &failing).await.expect("run silo");
-            assert_eq!(wait_exit(&mut exits, &silo_id).await.exit_code, 3);
+            assert_eq!(wait_exit(&mut exits, &silo_id, EXIT_WAIT).await.exit_code, 3);
 
             let err = runtime
                 .restart_silo(&silo_id, 5, &failing, 1)
@@ -1314,7 +1119,7 @@ fn restart_in_place_keeps_address_and_logs() {
                 .await
                 .expect("restart silo");
             assert_eq!(second, first, "same veth and address");
-            assert_eq!(wait_exit(&mut exits, &silo_id).await.exit_code, 3);
+            assert_eq!(wait_exit(&mut exits, &silo_id, EXIT_WAIT).await.exit_code, 3);
             let output = collect_logs(&runtime, &silo_id, LogStreamKind::Stdout, None).await;
             assert_eq!(output, b"run\nrun\n", "the log keeps every run");
             assert_eq!(record_field(&host, &silo_id, "restarts"), 1);
@@ -1335,7 +1140,7 @@ fn program_runs_with_no_new_privs() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
         block_on(async {
             let (runtime, mut exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -1346,7 +1151,7 @@ fn program_runs_with_no_new_privs() {
                 .run_silo(&silo_id, 1, &silo)
                 .await
                 .expect("run silo");
-            let exit = wait_exit(&mut exits, &silo_id).await;
+            let exit = wait_exit(&mut exits, &silo_id, EXIT_WAIT).await;
             let stdout = std::fs::read_to_string(runtime.silo_dir(&silo_id).join(STDOUT_LOG_FILE))
                 .expect("read stdout.log");
             runtime

@@ -7,190 +7,21 @@
 //! skipped, unless CI=true, where they fail.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
-use colex_agent::runtime::{Runtime, RuntimeConfig};
-use colex_proto::{Binary, Network, SiloSpec};
+use colex_agent::runtime::Runtime;
 
-const HELPER_EXE: &str = env!("CARGO_BIN_EXE_colex-agent");
-const BUSYBOX: &str = "/bin/busybox";
-const IPTABLES_SAVE: &str = "/usr/sbin/iptables-save";
+mod common;
+use common::*;
+
 const SUBNET: &str = "10.69.2.0/24";
-const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 const SEQUENTIAL_CYCLES: usize = 100;
 const CONCURRENT_SILOS: usize = 50;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
-
-/// Returns whether the test can run. Panics without root when CI=true.
-fn has_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root, and CI=true does not allow skipping it");
-    }
-    eprintln!("skipped {test}: needs root");
-    false
-}
-
-fn random_hex() -> String {
-    let value = RandomState::new().hash_one((std::process::id(), Instant::now()));
-    format!("{:08x}", value as u32)
-}
-
-/// A test agent's configuration, with guards that remove its state dir and its cgroup dirs.
-struct TestHost {
-    cfg: RuntimeConfig,
-    _state_dir: tempfile::TempDir,
-}
-
-impl TestHost {
-    fn new() -> TestHost {
-        let state_dir = tempfile::Builder::new()
-            .prefix("colex-stress-test")
-            .tempdir()
-            .expect("create state dir");
-        let subnet = SUBNET.parse().expect("valid subnet literal");
-        let cfg = RuntimeConfig::new(
-            format!("cxs{}", random_hex()),
-            state_dir.path(),
-            format!("cxb{}", random_hex()),
-            subnet,
-            HELPER_EXE,
-        );
-        TestHost {
-            cfg,
-            _state_dir: state_dir,
-        }
-    }
-
-    /// Returns the host's cgroup dir in every mounted hierarchy that has one.
-    fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let name = format!("colex-{}", self.cfg.host_name);
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|hierarchy| hierarchy.path().join(&name))
-            .collect();
-        // On a pure v2 host the hierarchy is the mount itself.
-        dirs.push(Path::new("/sys/fs/cgroup").join(&name));
-        dirs.into_iter().filter(|dir| dir.is_dir()).collect()
-    }
-}
-
-impl Drop for TestHost {
-    fn drop(&mut self) {
-        // Kill whatever a failed test left, through cgroup.kill in the v2 hierarchy, then
-        // remove the silo dirs and the host dir in every hierarchy.
-        for host_dir in self.cgroup_dirs() {
-            for silo in subdirs(&host_dir) {
-                let kill = silo.join("cgroup.kill");
-                if kill.exists() {
-                    let _ = std::fs::write(&kill, "1");
-                    wait_for(Duration::from_secs(5), || !cgroup_populated(&silo));
-                }
-            }
-        }
-        for host_dir in self.cgroup_dirs() {
-            for silo in subdirs(&host_dir) {
-                wait_for(Duration::from_secs(5), || {
-                    std::fs::remove_dir(&silo).is_ok() || !silo.exists()
-                });
-            }
-            let _ = std::fs::remove_dir(&host_dir);
-        }
-    }
-}
-
-fn subdirs(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.is_dir())
-        .collect()
-}
-
-fn cgroup_populated(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.events"))
-        .is_ok_and(|events| events.contains("populated 1"))
-}
-
-fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
-}
-
-/// Runs `test` on a thread in a new network namespace with loopback up. Processes the test
-/// spawns inherit the namespace.
-fn in_netns(test: impl FnOnce() + Send + 'static) {
-    let thread = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare network namespace");
-        run(BUSYBOX, &["ip", "link", "set", "lo", "up"]);
-        test();
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Runs `future` on a new multi-threaded tokio runtime whose threads start in the calling
-/// thread's network namespace.
-fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("build tokio runtime")
-        .block_on(future)
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .expect("spawn command");
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Returns a silo spec running `/bin/sleep 1000`, with NAT when `internet_access` is set.
-fn sleeper(name: &str, internet_access: bool) -> SiloSpec {
-    SiloSpec {
-        name: name.to_string(),
-        base: "busybox".to_string(),
-        binary: Some(Binary {
-            path: "/bin/sleep".to_string(),
-            args: vec!["1000".to_string()],
-            env: Vec::new(),
-        }),
-        network: Some(Network {
-            internet_access,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 /// Returns the names of the links in the test's namespace that start with `cx`, except the
 /// bridge.
@@ -326,7 +157,7 @@ fn sequential_start_remove_cycles_leak_nothing() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-stress-test", "cxs", SUBNET);
         block_on(async {
             let (runtime, _exits) = Runtime::start(host.cfg.clone())
                 .await
@@ -365,7 +196,7 @@ fn concurrent_starts_distinct_addresses_no_leaks() {
         return;
     }
     in_netns(|| {
-        let host = TestHost::new();
+        let host = TestHost::new("colex-stress-test", "cxs", SUBNET);
         block_on(async {
             let (runtime, _exits) = Runtime::start(host.cfg.clone())
                 .await
