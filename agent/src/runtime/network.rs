@@ -239,8 +239,9 @@ impl Netlink {
     /// sets it up. A leftover link called `name` is deleted first: it can only be an earlier
     /// copy of this silo's veth, because the name is derived from the silo id.
     ///
-    /// NOTE: silo starts use [`Netlink::setup_silo_network`]. A restart still calls this before
-    /// its launch, and the launch then deletes this pair and creates the silo's own.
+    /// Silo starts and restarts use [`Netlink::setup_silo_network`]; tests use this to make a
+    /// leftover pair.
+    #[cfg(test)]
     pub async fn create_veth(
         &self,
         name: &str,

@@ -119,14 +119,12 @@ async fn relaunch(
         .into());
     }
 
+    // `launch` creates the new veth pair with the silo's end inside the new PID 1's namespace.
+    // The old pair went away with the old namespace; a host end left by a crash is removed here.
     let peer = names::peer_veth_name(&silo_id);
     for stale in [&record.host_veth, &peer] {
         inner.netlink.delete_link(stale).await?;
     }
-    inner
-        .netlink
-        .create_veth(&record.host_veth, &peer, &inner.cfg.bridge)
-        .await?;
 
     let job = helper_job(&paths, &silo_id, plan, sources);
     let host_veth = record.host_veth.clone();
