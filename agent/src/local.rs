@@ -11,7 +11,7 @@ use colex_proto as proto;
 
 use crate::runtime::AdoptedSilo;
 
-/// Where one local silo is in its life.
+/// Lifecycle phase of one local silo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Starting,
@@ -39,9 +39,9 @@ pub struct LocalSilo {
     pub remove_after_start: bool,
     /// Time between SIGTERM and SIGKILL when the silo is stopped.
     pub kill_timeout: Duration,
-    /// The spec from the assignment without its files, which a restart
-    /// keeps in the writable layer; `None` for a silo adopted from an
-    /// earlier agent until an assignment lists it.
+    /// Spec from the assignment, without its files because a restart keeps
+    /// them in the writable layer. `None` for a silo adopted from an earlier
+    /// agent until an assignment lists it.
     pub spec: Option<Box<proto::SiloSpec>>,
     /// Times the program was restarted in place under its restart policy.
     pub restarts: u32,
@@ -50,7 +50,7 @@ pub struct LocalSilo {
 /// Time a silo gets to exit after SIGTERM when its spec sets none.
 pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Returns the kill timeout a spec asks for, or the default.
+/// Returns the kill timeout a spec requests, or the default.
 pub fn kill_timeout_of(spec: &proto::SiloSpec) -> Duration {
     match spec.kill_timeout_ms {
         0 => DEFAULT_KILL_TIMEOUT,
@@ -81,7 +81,7 @@ fn without_files(spec: &proto::SiloSpec) -> proto::SiloSpec {
     }
 }
 
-/// Returns the pause before a restart that the spec asks for.
+/// Returns the pause before a restart that the spec requests.
 fn restart_delay_of(spec: &proto::SiloSpec) -> Duration {
     Duration::from_millis(spec.restart.as_ref().map_or(0, |policy| policy.delay_ms))
 }
@@ -245,8 +245,8 @@ impl LocalSilos {
 
     /// Records that the silo's program ended by itself, with `reason` when the
     /// runtime found the cause. Returns false when the exit belongs to no running
-    /// silo (for example one being removed); otherwise returns true and, when
-    /// the restart policy restarts the program, the operation that schedules it.
+    /// silo, for example one being removed. Otherwise returns true, plus the
+    /// operation that schedules a restart when the restart policy wants one.
     pub fn exited(
         &mut self,
         id: &str,

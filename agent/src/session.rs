@@ -3,11 +3,11 @@
 //! apply restart policies, and serve log requests. A lost session is opened
 //! again with exponential backoff while the silos keep running.
 //!
-//! Silos outlive the agent: a stopping agent leaves them running, and a
-//! starting one adopts them before its first Hello whenever it has stored its
-//! subnet in an earlier session (the `subnet` file in the state dir), so
-//! the controller's first assignments keep or remove them and never start a
-//! second copy. Nothing is started or stopped before those assignments.
+//! Silos outlive the agent: a stopping agent leaves them running. A starting
+//! agent adopts them before its first Hello when it stored its subnet in an
+//! earlier session (the `subnet` file in the state dir). The controller's
+//! first assignments then keep or remove them and never start a second copy.
+//! Nothing is started or stopped before those assignments.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -65,7 +65,7 @@ enum Done {
     RestartDue { id: String, generation: u64 },
 }
 
-/// Why one session ended.
+/// Reason one session ended.
 enum SessionEnd {
     Shutdown,
     Lost(String),
@@ -409,8 +409,8 @@ impl Agent {
                     Done::Started { id, result }
                 }
             };
-            // The receiver lives as long as the agent; a send fails only
-            // once the agent stops, and its silos keep running then.
+            // The receiver lives as long as the `Agent` value, so a send fails
+            // only after the agent stopped. Its silos keep running then.
             let _ = done.send(message);
         });
     }

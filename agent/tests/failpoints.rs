@@ -1,7 +1,7 @@
-//! Root tests of the failpoints of the silo start path: for every entry of `FAILPOINTS` a start
-//! must fail with that failpoint named in its error and leave the host exactly at the baseline
-//! taken before it (links, bridge ports, iptables rules of silos, silo cgroups in every
-//! hierarchy, mounts below the state dir, leases, silo dirs, processes in the silo's cgroup).
+//! Root tests of the failpoints of the silo start path. For every entry of `FAILPOINTS` a start
+//! must fail with that failpoint named in its error. It must leave the host exactly at the
+//! baseline taken before it: links, bridge ports, iptables rules of silos, silo cgroups in every
+//! hierarchy, mounts below the state dir, leases, silo dirs and processes in the silo's cgroup.
 //! A start on the same runtime with the failpoint cleared must then succeed.
 //!
 //! As in `stress.rs`, each test runs its runtimes in a fresh network namespace made by a

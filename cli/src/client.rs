@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 /// Time allowed to open the TCP connection to the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of each request, so a controller that accepts the connection
-/// but never answers does not hang the CLI.
+/// but never responds does not hang the CLI.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Exit code for mistakes in the command or the silo file.
@@ -134,8 +134,8 @@ pub fn check_address(address: &str) -> Result<(), CliError> {
     }
 }
 
-/// Returns the innermost cause of an error, since tonic's transport error
-/// alone only says "transport error" and its middle layers repeat themselves.
+/// Returns the innermost cause of an error, because tonic's transport error
+/// alone only reads "transport error" and its middle layers repeat themselves.
 fn root_cause(error: &dyn std::error::Error) -> String {
     let mut cause: &dyn std::error::Error = error;
     while let Some(source) = cause.source() {

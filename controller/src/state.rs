@@ -23,7 +23,7 @@ const FIRST_HOST_SUBNET: u32 = 1;
 /// Number of /24 subnets inside the /16 cluster network.
 const HOST_SUBNET_COUNT: u32 = 1 << (HOST_PREFIX_LEN - CLUSTER_PREFIX_LEN);
 
-/// What the user wants to happen to a silo.
+/// Desired outcome of a silo, as the user requested it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Desired {
     Run,
@@ -53,7 +53,7 @@ pub struct SiloRecord {
     /// 8 lower-case hex digits; a new id for every replacement.
     pub id: String,
     /// Increases by one with every `up` that replaces this name, so a stale
-    /// report about an earlier instance can be told apart.
+    /// report about an earlier instance can be recognized.
     pub generation: u64,
     /// The `colex_proto::SiloSpec`, protobuf-encoded.
     // NOTE: serde_json writes this as an array of numbers, about 4 bytes
@@ -77,14 +77,16 @@ pub struct HostRecord {
     /// Index of the host's /24 inside the cluster network, so 3 means
     /// 10.69.3.0/24. Kept for the life of the record.
     pub subnet_index: u32,
-    /// What the agent offers to silos, from its last registration. Records
-    /// written before hosts reported it read as offering nothing.
+    /// Images, bind ids and labels the agent offers, from its last
+    /// registration. Records written before hosts reported them decode as
+    /// offering nothing.
     #[serde(default)]
     pub attributes: HostAttributes,
 }
 
-/// What a host's agent offers to silos, as its configuration file declares
-/// it. The scheduler places a silo only where its image and bind ids are.
+/// Images, bind ids and labels a host's agent offers to silos, as its
+/// configuration file declares them. The scheduler places a silo only on a
+/// host that offers its image and bind ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostAttributes {
     /// Image names, the built-in "busybox" included.

@@ -123,7 +123,7 @@ async fn adopt_earlier_silos(inner: &Inner) -> Result<(), RuntimeError> {
     }
 
     // Rules whose records were lost; the chain belongs to this agent's network namespace.
-    // NOTE: with adopted silos the chain is not flushed, so that their NAT never pauses; a rule
+    // NOTE: with adopted silos the chain is not flushed, so that their NAT never pauses. A rule
     // whose record and lease were both lost then stays until a start without adopted silos.
     if adopted.is_empty() {
         iptables::flush_chain().await?;

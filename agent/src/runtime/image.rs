@@ -5,7 +5,7 @@
 //! that uses it as its overlayfs lower dir. Each silo writes to its own upper dir. A tarball
 //! image is cached under `<name>@<sha256 of the tarball>`, so a changed tarball is unpacked again
 //! into a new dir. Every cache dir is built in a temp dir (prefix [`TEMP_PREFIX`]) and renamed
-//! into place, so a cache dir that exists is complete; temp dirs that a crash left behind are
+//! into place, so a cache dir that exists is complete. Temp dirs that a crash left behind are
 //! removed when the store opens.
 
 use std::collections::BTreeMap;

@@ -90,8 +90,8 @@ pub struct SiloExit {
     pub generation: u64,
     /// Exit code of the program, or 128 + signal number when it was killed.
     pub exit_code: i32,
-    /// Why the program ended, when the runtime knows more than the exit code, such as
-    /// "OOM killed (memory limit 64 MiB)"; for the silo's status message.
+    /// Cause of the exit when the runtime found more than the exit code, such as
+    /// "OOM killed (memory limit 64 MiB)". It becomes the silo's status message.
     pub reason: Option<String>,
 }
 
@@ -280,8 +280,8 @@ impl Runtime {
         silos
     }
 
-    /// Sends the output of silo `silo_id` to `sink` in chunks, as [`LogQuery`] asks. Returns
-    /// once everything asked for was sent, `sink` closed, or a followed silo was removed.
+    /// Sends the output of silo `silo_id` to `sink` in chunks, as [`LogQuery`] requests. Returns
+    /// once everything requested was sent, `sink` closed, or a followed silo was removed.
     pub async fn stream_logs(
         &self,
         silo_id: &str,

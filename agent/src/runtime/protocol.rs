@@ -76,8 +76,8 @@ impl HelperReport {
 
     /// Encodes the report as one JSON line.
     pub fn to_line(&self) -> String {
-        // serde_json fails only on maps with non-string keys or on failing Serialize impls, and
-        // this enum of strings and integers has neither.
+        // serde_json fails only on maps with non-string keys or on failing Serialize impls.
+        // This enum of strings and integers has neither.
         let mut line = serde_json::to_string(self)
             .unwrap_or_else(|_| r#"{"event":"failed","message":"unencodable report"}"#.to_string());
         line.push('\n');

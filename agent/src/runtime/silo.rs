@@ -402,7 +402,7 @@ pub(super) enum HelperProcess {
     Adopted(PidFd),
 }
 
-/// Where the task that waits for a helper publishes the silo's exit.
+/// Destination of the silo's exit, published by the task that waits for its helper.
 #[derive(Debug)]
 pub(super) struct ExitWatch {
     /// The exit to report, with the exit code still to be filled in.

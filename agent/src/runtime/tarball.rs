@@ -59,7 +59,7 @@ pub enum TarballError {
     NotUnpacked { entry: String },
 }
 
-/// What an unpack did, for the agent's log.
+/// Summary of one unpack, for the agent's log.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UnpackReport {
     /// Entries written, directories included.
@@ -191,7 +191,7 @@ fn unpack_entry<R: Read>(
     }
 }
 
-/// What the unpacker does with one kind of entry.
+/// Action the unpacker takes for one kind of entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Handling {
     File,
@@ -214,7 +214,7 @@ fn classify(kind: EntryType) -> Handling {
         | EntryType::XHeader
         | EntryType::GNULongName
         | EntryType::GNULongLink => Handling::Ignore,
-        // POSIX.1 says an unknown type flag is read as a regular file, as the tar crate does.
+        // POSIX.1 reads an unknown type flag as a regular file, and so does the tar crate.
         _ => Handling::File,
     }
 }

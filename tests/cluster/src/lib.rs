@@ -262,7 +262,7 @@ impl Lab {
 
     /// Waits until every agent host is listed as UP and its agent has
     /// prepared the runtime (its bridge exists), so a ledger taken next
-    /// sees the host as the agent leaves it between silos.
+    /// records the host as the agent leaves it between silos.
     pub fn wait_for_hosts_up(&self) -> anyhow::Result<()> {
         self.wait_until("every host is UP with its bridge", |lab| {
             let output = lab.cli(&["list", "--all-hosts"])?;

@@ -167,7 +167,7 @@ fn logs_follow_prints_lines_as_written() {
     let expected: Vec<u32> = (numbers[0]..=6).collect();
     assert_eq!(numbers, expected, "lines in order, none lost or repeated");
     // The program writes a line every 500 ms, so lines 3 to 6 take 1.5 s to be written. A
-    // follower that prints lines as they come sees them spread over about that time.
+    // follower that prints lines as they come receives them spread over about that time.
     let at = |wanted: &str| received.iter().find(|(_, line)| line == wanted).map(|(at, _)| *at).expect("line seen");
     let spread = at("line 6").duration_since(at("line 3"));
     assert!(spread >= Duration::from_millis(1200), "lines 3 to 6 arrived within {spread:?}");
