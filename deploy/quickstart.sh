@@ -63,7 +63,8 @@ cargo build --workspace --bins
 stop
 mkdir -p "$WORK_DIR"
 
-"$BIN_DIR/colex-controller" --listen "$CONTROLLER_ADDR" --data-dir "$WORK_DIR/controller" \
+# --bootstrap starts a new cluster; a data dir from an earlier run resumes it and ignores the flag.
+"$BIN_DIR/colex-controller" --bootstrap --listen "$CONTROLLER_ADDR" --data-dir "$WORK_DIR/controller" \
   >"$WORK_DIR/controller.log" 2>&1 &
 echo $! >"$WORK_DIR/controller.pid"
 

@@ -18,7 +18,8 @@ impl HostFacts {
     pub async fn gather(config: &AgentConfig) -> anyhow::Result<Self> {
         let address = match &config.address {
             Some(address) => address.clone(),
-            None => route_source_address(&config.controller).await?,
+            // The first of the controller addresses; all are expected on one network.
+            None => route_source_address(config.controller.split(',').next().unwrap_or_default().trim()).await?,
         };
         let cpus = std::thread::available_parallelism().map_or(1, |count| count.get());
         let meminfo = std::fs::read_to_string(MEMINFO_PATH).with_context(|| format!("cannot read {MEMINFO_PATH}"))?;

@@ -1,6 +1,7 @@
 //! colex-agent as a library: the controller session and the silo runtime.
 
 pub mod config;
+pub mod controllers;
 pub mod host;
 pub mod local;
 pub mod runtime;

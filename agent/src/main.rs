@@ -11,8 +11,9 @@ use tokio::sync::watch;
 #[derive(Debug, Parser)]
 #[command(name = "colex-agent", version, about = "The colex agent: runs the silos the controller assigns to this host")]
 struct Args {
-    /// Controller address (HOST:PORT) to register with.
-    #[arg(long, value_name = "CONTROLLER_ADDR")]
+    /// Controller addresses (HOST:PORT[,HOST:PORT...]) to register with; the agent
+    /// tries them in turn and opens its session with the leader.
+    #[arg(long, value_name = "CONTROLLER_ADDRS")]
     join: String,
 
     /// Host name, unique in the cluster; defaults to the system host name.

@@ -1,6 +1,7 @@
 //! Connection to the controller and the CLI's error type.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use colex_proto as proto;
@@ -11,6 +12,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of each request, so a controller that accepts the connection
 /// but never responds does not hang the CLI.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether `list` requests read from the receiving controller's state instead of the leader's.
+/// Set once by `main` for `list --stale`, before any request.
+static STALE_READS: AtomicBool = AtomicBool::new(false);
+
+/// Makes every later `list` request a stale read, served by the controller it reaches.
+pub fn use_stale_reads() {
+    STALE_READS.store(true, Ordering::Relaxed);
+}
 
 /// Exit code for mistakes in the command or the silo file.
 pub const EXIT_USER_ERROR: u8 = 1;
@@ -63,22 +73,52 @@ fn unreachable_message(address: &str, cause: &str) -> String {
     format!("cannot reach controller at {address}: {cause}; check that colex-controller runs there or pass its address with --serv")
 }
 
-/// A connected client of the controller's `Client` service.
+/// A connected client of one controller's `Client` service.
 pub struct Controller {
+    /// The address connected to, one of those given.
     pub address: String,
     pub client: proto::client_client::ClientClient<Channel>,
+    /// The connection, shared with clients of the controller's other services.
+    pub channel: Channel,
 }
 
 impl Controller {
-    /// Connects to `address` (HOST:PORT).
-    pub async fn connect(address: &str) -> Result<Self, CliError> {
-        Self::connect_with(address, Some(REQUEST_TIMEOUT)).await
+    /// Connects to the first controller of `addresses` (HOST:PORT[,HOST:PORT...]) that accepts a connection.
+    pub async fn connect(addresses: &str) -> Result<Self, CliError> {
+        Self::connect_first(addresses, Some(REQUEST_TIMEOUT)).await
     }
 
-    async fn connect_with(address: &str, request_timeout: Option<Duration>) -> Result<Self, CliError> {
-        check_address(address)?;
-        let mut endpoint = Channel::from_shared(format!("http://{address}")).map_err(|error| {
-            CliError::user(format!("invalid controller address {address:?} ({error}); use HOST:PORT, e.g. 127.0.0.1:7069"))
+    /// Connects to the first controller of `addresses` (HOST:PORT[,HOST:PORT...]) that accepts a connection,
+    /// for a streaming call such as `logs -f`, which has no deadline.
+    pub async fn connect_streaming(addresses: &str) -> Result<Self, CliError> {
+        Self::connect_first(addresses, None).await
+    }
+
+    /// Tries the addresses in the order given. Every address is checked before any connection,
+    /// so a typo is reported even when an earlier controller would accept the connection.
+    async fn connect_first(addresses: &str, request_timeout: Option<Duration>) -> Result<Self, CliError> {
+        let list = split_addresses(addresses);
+        for address in &list {
+            check_address(address)?;
+        }
+        let mut failures = Vec::new();
+        for address in &list {
+            match Self::connect_with(address, request_timeout).await {
+                Ok(controller) => return Ok(controller),
+                Err(error) if list.len() > 1 => failures.push(error.cause),
+                Err(error) => return Err(error.error),
+            }
+        }
+        Err(CliError::cluster(format!(
+            "cannot reach any controller: {}; check that colex-controller runs there or pass other addresses with --serv",
+            failures.join("; ")
+        )))
+    }
+
+    async fn connect_with(address: &str, request_timeout: Option<Duration>) -> Result<Self, ConnectFailure> {
+        let mut endpoint = Channel::from_shared(format!("http://{address}")).map_err(|error| ConnectFailure {
+            cause: format!("{address} (invalid: {error})"),
+            error: CliError::user(format!("invalid controller address {address:?} ({error}); use HOST:PORT, e.g. 127.0.0.1:7069")),
         })?;
         if let Some(timeout) = request_timeout {
             endpoint = endpoint.timeout(timeout);
@@ -87,28 +127,59 @@ impl Controller {
             .connect_timeout(CONNECT_TIMEOUT)
             .connect()
             .await
-            .map_err(|error| CliError::cluster(unreachable_message(address, &root_cause(&error))))?;
-        let client = proto::client_client::ClientClient::new(channel)
+            .map_err(|error| {
+                let cause = root_cause(&error);
+                ConnectFailure {
+                    error: CliError::cluster(unreachable_message(address, &cause)),
+                    cause: format!("{address} ({cause})"),
+                }
+            })?;
+        let client = proto::client_client::ClientClient::new(channel.clone())
             .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
         Ok(Self {
             address: address.to_owned(),
             client,
+            channel,
         })
     }
 
-    /// Connects to `address` for a streaming call such as `logs -f`, which has no deadline.
-    pub async fn connect_streaming(address: &str) -> Result<Self, CliError> {
-        Self::connect_with(address, None).await
-    }
-
     pub async fn list(&mut self) -> Result<proto::ListResponse, CliError> {
+        let mut request = tonic::Request::new(proto::ListRequest::default());
+        if STALE_READS.load(Ordering::Relaxed) {
+            request.metadata_mut().insert(
+                proto::READ_CONSISTENCY_HEADER,
+                tonic::metadata::MetadataValue::from_static(proto::STALE_READ),
+            );
+        }
         self.client
-            .list(proto::ListRequest {})
+            .list(request)
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| CliError::from_status(&self.address, &status))
     }
+}
+
+/// Why one controller of several could not be reached: `cause` names it in the message about
+/// all of them, `error` is the whole message when it was the only one.
+struct ConnectFailure {
+    cause: String,
+    error: CliError,
+}
+
+/// Splits `--serv A,B,C` into addresses, dropping empty items such as a trailing comma's.
+pub fn split_addresses(addresses: &str) -> Vec<String> {
+    let list: Vec<String> = addresses
+        .split(',')
+        .map(str::trim)
+        .filter(|address| !address.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list.is_empty() {
+        // check_address then reports the empty value.
+        return vec![addresses.to_owned()];
+    }
+    list
 }
 
 /// Checks that `address` is HOST:PORT before any connection is tried, so a
@@ -147,6 +218,31 @@ fn root_cause(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_lists_are_split() {
+        assert_eq!(split_addresses("a:1,b:2, c:3,"), ["a:1", "b:2", "c:3"]);
+        assert_eq!(split_addresses("a:1"), ["a:1"]);
+        assert_eq!(split_addresses(""), [""]);
+    }
+
+    #[tokio::test]
+    async fn unreachable_controllers_are_all_named() {
+        // Bind then drop two listeners so their ports are very likely closed.
+        let mut addresses = Vec::new();
+        for _ in 0..2 {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+            addresses.push(listener.local_addr().expect("local address").to_string());
+        }
+        let joined = addresses.join(",");
+        let error = Controller::connect(&joined).await.err().expect("no controller runs there");
+        assert_eq!(error.code, EXIT_CLUSTER_ERROR);
+        assert!(error.message.starts_with("cannot reach any controller"), "{}", error.message);
+        for address in &addresses {
+            assert!(error.message.contains(address.as_str()), "{address} named in {}", error.message);
+        }
+        assert_eq!(error.message.lines().count(), 1, "{}", error.message);
+    }
 
     #[test]
     fn addresses_are_checked() {

@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod controllers;
 mod table;
 mod validate;
 
@@ -20,7 +21,7 @@ const DEFAULT_CONTROLLER: &str = "127.0.0.1:7069";
 #[derive(Debug, Parser)]
 #[command(name = "colex-cli", version, about = "Start, stop and list silos on a colex cluster")]
 struct Cli {
-    /// Controller address (HOST:PORT).
+    /// Controller addresses (HOST:PORT[,HOST:PORT...]), tried in turn until one accepts a connection.
     #[arg(long, global = true, env = "COLEX_SERV", default_value = DEFAULT_CONTROLLER)]
     serv: String,
 
@@ -54,6 +55,14 @@ enum Command {
         /// Print one table per host, hosts without silos included.
         #[arg(long)]
         all_hosts: bool,
+        /// Read from the controller reached instead of the leader; may miss the latest changes.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// List the controllers (id, address, role, leader, last applied log index), or remove one.
+    Controllers {
+        #[command(subcommand)]
+        action: Option<ControllersAction>,
     },
     /// Check silo files without a controller: print one summary line per silo, or every
     /// problem as FILE:LINE:COLUMN: message. Exits with 1 if any file has a problem.
@@ -75,6 +84,15 @@ enum Command {
         /// Print standard error in place of standard output.
         #[arg(long)]
         stderr: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ControllersAction {
+    /// Remove a controller from the cluster. Rejected when the voters left would have no quorum.
+    Remove {
+        /// Id of the controller, as listed by `colex-cli controllers`.
+        id: u64,
     },
 }
 
@@ -102,7 +120,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Down { file, names, wait } => {
             commands::down(&cli.serv, file.as_deref(), names, Duration::from_secs(wait)).await
         }
-        Command::List { all_hosts } => commands::list(&cli.serv, all_hosts).await,
+        Command::List { all_hosts, stale } => {
+            if stale {
+                client::use_stale_reads();
+            }
+            commands::list(&cli.serv, all_hosts).await
+        }
+        Command::Controllers { action: None } => controllers::list(&cli.serv).await,
+        Command::Controllers {
+            action: Some(ControllersAction::Remove { id }),
+        } => controllers::remove(&cli.serv, id).await,
         Command::Validate { files } => validate::run(&files),
         Command::Logs { name, follow, tail, stderr } => commands::logs(&cli.serv, &name, follow, tail, stderr).await,
     }
@@ -163,6 +190,14 @@ mod tests {
     #[test]
     fn validate_requires_a_file() {
         assert!(Cli::try_parse_from(strings(&["colex-cli", "validate"])).is_err());
+    }
+
+    #[test]
+    fn controllers_remove_parses() {
+        let cli = Cli::try_parse_from(strings(&["colex-cli", "--serv", "a:1,b:2", "controllers", "remove", "3"]));
+        assert!(
+            matches!(cli.map(|cli| cli.command), Ok(Command::Controllers { action: Some(ControllersAction::Remove { id: 3 }) })),
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod client;
 pub mod logs;
+pub mod members;
 
 use crate::raft::RaftError;
 

@@ -7,9 +7,15 @@
 //! - [`network`] and [`service`]: the client and server sides of the gRPC `Raft` service, whose
 //!   payloads are the JSON encoding of openraft's request and response types.
 //! - [`node`]: [`RaftNode`], the handle the rest of the controller uses.
+//! - [`membership`]: adding, promoting, removing and listing controllers on the leader, and
+//!   [`join`]: how a new controller asks for its node id.
+//! - [`leader`]: forwarding requests that only the leader serves.
 
 mod database;
+pub mod join;
+pub mod leader;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod service;
@@ -17,6 +23,8 @@ mod snapshot;
 pub mod state_machine;
 mod state_tables;
 
+#[cfg(test)]
+mod membership_tests;
 #[cfg(test)]
 mod node_tests;
 #[cfg(test)]
@@ -30,7 +38,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{Command, Response};
 
-pub use node::{RaftError, RaftNode};
+pub use membership::MembershipError;
+pub use node::{RaftError, RaftNode, StartMode};
 pub use service::raft_service;
 
 /// Raft node id, openraft's default `NodeId` type.

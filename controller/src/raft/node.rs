@@ -11,8 +11,10 @@ use openraft::error::{
 use openraft::metrics::WaitError;
 use openraft::{Config, ConfigError, ServerState, SnapshotPolicy};
 use redb::Database;
-use tokio::sync::{watch, RwLock};
+use tokio::sync::{watch, Mutex, RwLock};
 
+use super::join::{self, JoinError};
+use super::leader::LeaderRoute;
 use super::log_store::{LogStore, LogStoreError};
 use super::network::NetworkFactory;
 use super::state_machine::{StateMachineError, StateMachineStore};
@@ -49,6 +51,18 @@ const SOLE_VOTER_LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const STORE_CLOSE_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
+/// How [`RaftNode::open`] starts a node whose data directory contains no node id yet. A data
+/// directory with a node id resumes that node and ignores the mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartMode {
+    /// Start a new cluster with this node, id 1, as its only voter.
+    Bootstrap,
+    /// Ask a running member at one of these addresses (HOST:PORT) to add this node.
+    Join(Vec<String>),
+    /// Only resume; an empty data directory is an error.
+    Resume,
+}
+
 /// Errors of [`RaftNode`].
 #[derive(Debug, thiserror::Error)]
 pub enum RaftError {
@@ -74,6 +88,10 @@ pub enum RaftError {
         #[source]
         source: std::io::Error,
     },
+    #[error("data directory {path} contains no controller; pass --bootstrap to start a new cluster or --join ADDR to join a running one")]
+    NoCluster { path: PathBuf },
+    #[error("failed to join the cluster")]
+    Join(#[source] JoinError),
     #[error("failed to open the raft log")]
     OpenLog(#[source] LogStoreError),
     #[error("failed to open the state machine")]
@@ -130,6 +148,10 @@ pub struct RaftNode {
     pub state: Arc<RwLock<ClusterState>>,
     /// Last applied log index, bumped after every apply so API tasks can wait for changes.
     pub applied: watch::Receiver<u64>,
+    /// Finds the leader for requests a follower forwards.
+    pub leader: LeaderRoute,
+    /// Held during every membership change this node makes, so they run one at a time.
+    pub(super) membership_lock: Arc<Mutex<()>>,
     /// The store files, watched by `shutdown` until openraft has dropped them.
     databases: [Weak<Database>; 2],
 }
@@ -137,21 +159,43 @@ pub struct RaftNode {
 impl RaftNode {
     /// Opens or creates the stores in `data_dir` and starts Raft.
     ///
-    /// A data dir without a vote and log starts a new single-node cluster: `open` calls
-    /// `initialize` once with `{id: Node { addr: advertise_addr }}` and waits until this node is
-    /// leader. A restarted node loads its state and does not initialize again. The node id is
-    /// stored in `data_dir/node-id`, and new clusters use 1.
+    /// The node id is stored in `data_dir/node-id`. A data dir that has one resumes that node and
+    /// ignores `start`. Otherwise [`StartMode::Bootstrap`] takes id 1 and calls `initialize` once
+    /// with `{1: Node { addr: advertise_addr }}`, and [`StartMode::Join`] gets an id from the
+    /// leader, which adds this node as a learner and replicates the log to it.
     ///
-    /// A restarted node whose membership has it as the only voter also waits until it is leader,
-    /// so writes work as soon as `open` returns.
-    pub async fn open(data_dir: &Path, advertise_addr: &str) -> Result<RaftNode, RaftError> {
+    /// A node whose membership has it as the only voter waits until it is leader, so writes work
+    /// as soon as `open` returns.
+    pub async fn open(data_dir: &Path, advertise_addr: &str, start: StartMode) -> Result<RaftNode, RaftError> {
         tokio::fs::create_dir_all(data_dir)
             .await
             .map_err(|source| RaftError::CreateDataDir {
                 path: data_dir.to_owned(),
                 source,
             })?;
-        let id = load_or_create_node_id(data_dir).await?;
+        let (id, created) = match read_node_id(data_dir).await? {
+            Some(id) => {
+                if start != StartMode::Resume {
+                    tracing::info!(node_id = id, data_dir = %data_dir.display(), "data directory already contains a node id; ignoring --bootstrap and --join");
+                }
+                (id, false)
+            }
+            None => {
+                let id = match &start {
+                    StartMode::Bootstrap => FIRST_NODE_ID,
+                    StartMode::Join(addresses) => join::request_node_id(addresses, advertise_addr)
+                        .await
+                        .map_err(RaftError::Join)?,
+                    StartMode::Resume => {
+                        return Err(RaftError::NoCluster {
+                            path: data_dir.to_owned(),
+                        })
+                    }
+                };
+                write_node_id(data_dir, id).await?;
+                (id, true)
+            }
+        };
 
         let log_store = LogStore::open(&data_dir.join(LOG_FILE_NAME))
             .await
@@ -169,28 +213,36 @@ impl RaftNode {
             .map_err(RaftError::Start)?;
         let node = RaftNode {
             id,
+            leader: LeaderRoute::new(id, raft.clone()),
             raft,
             state,
             applied,
+            membership_lock: Arc::default(),
             databases,
         };
+        // Bootstrap initializes a node it has just created, or node 1 when a bootstrap stopped
+        // between writing the node id and initializing. A joined node never initializes: the
+        // leader's log brings it the membership.
+        let bootstrap = start == StartMode::Bootstrap && (created || id == FIRST_NODE_ID);
 
-        if let Err(error) = node.initialize_or_resume(data_dir, advertise_addr).await {
+        if let Err(error) = node.initialize_or_resume(data_dir, advertise_addr, bootstrap).await {
             // Stop Raft so it does not keep the store files open behind a failed `open`.
             if let Err(shutdown_error) = node.shutdown().await {
                 tracing::warn!(node_id = id, %shutdown_error, "failed to stop raft after a failed open");
             }
             return Err(error);
         }
+        node.spawn_promotion();
         Ok(node)
     }
 
-    /// Initializes a new cluster when the stores are empty, then waits for leadership when this
-    /// node is the only voter.
+    /// Initializes a new cluster when the stores are empty and `bootstrap` is set, then waits for
+    /// leadership when this node is the only voter.
     async fn initialize_or_resume(
         &self,
         data_dir: &Path,
         advertise_addr: &str,
+        bootstrap: bool,
     ) -> Result<(), RaftError> {
         let initialized = self
             .raft
@@ -200,6 +252,11 @@ impl RaftNode {
         if initialized {
             tracing::info!(node_id = self.id, data_dir = %data_dir.display(), "restarted raft node");
             self.warn_if_address_changed(advertise_addr).await?;
+        } else if !bootstrap {
+            tracing::info!(
+                node_id = self.id,
+                "waiting for the leader to replicate the log to this learner"
+            );
         } else {
             tracing::info!(
                 node_id = self.id,
@@ -236,8 +293,8 @@ impl RaftNode {
     }
 
     /// Proposes a command, waits until it is applied and returns the state machine's response.
-    /// A `ForwardToLeader` from openraft becomes [`RaftError::NotLeader`]. Nothing forwards the
-    /// command to the leader yet, because a cluster has a single node so far.
+    /// A `ForwardToLeader` from openraft becomes [`RaftError::NotLeader`]. The API forwards whole
+    /// client requests to the leader with [`LeaderRoute::forward`] before they get here.
     ///
     /// When this returns `Ok`, `state` already contains the command's effect.
     pub async fn write(&self, command: Command) -> Result<Response, RaftError> {
@@ -347,14 +404,13 @@ pub(super) fn raft_config() -> Result<Config, Box<ConfigError>> {
     .map_err(Box::new)
 }
 
-/// Reads the node id from `data_dir/node-id`, or writes [`FIRST_NODE_ID`] there for a new data
-/// directory.
-async fn load_or_create_node_id(data_dir: &Path) -> Result<NodeId, RaftError> {
+/// Reads the node id from `data_dir/node-id`; `None` for a new data directory.
+async fn read_node_id(data_dir: &Path) -> Result<Option<NodeId>, RaftError> {
     let path = data_dir.join(NODE_ID_FILE_NAME);
     match tokio::fs::read_to_string(&path).await {
         Ok(text) => {
             let value = text.trim();
-            value.parse().map_err(|_| RaftError::InvalidNodeId {
+            value.parse().map(Some).map_err(|_| RaftError::InvalidNodeId {
                 path: path.clone(),
                 value: value.to_owned(),
             })
@@ -366,8 +422,7 @@ async fn load_or_create_node_id(data_dir: &Path) -> Result<NodeId, RaftError> {
             if tokio::fs::try_exists(&log_path).await.unwrap_or(true) {
                 return Err(RaftError::MissingNodeId { path, log_path });
             }
-            write_node_id(data_dir, FIRST_NODE_ID).await?;
-            Ok(FIRST_NODE_ID)
+            Ok(None)
         }
         Err(source) => Err(RaftError::ReadNodeId { path, source }),
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::raft::{raft_service, RaftNode};
+use crate::raft::{raft_service, RaftNode, StartMode};
 use crate::state::{Command, Response};
 
 /// Address recorded in the membership. No test listens on it.
@@ -30,7 +30,7 @@ fn put_silo(name: &str, id: &str) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_node_becomes_leader_and_writes() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let node = RaftNode::open(dir.path(), ADVERTISE_ADDR)
+    let node = RaftNode::open(dir.path(), ADVERTISE_ADDR, StartMode::Bootstrap)
         .await
         .expect("open node");
     assert_eq!(node.id, 1);
@@ -50,7 +50,7 @@ async fn new_node_becomes_leader_and_writes() {
 async fn restart_keeps_state_and_writes() {
     let dir = tempfile::tempdir().expect("temporary directory");
     {
-        let node = RaftNode::open(dir.path(), ADVERTISE_ADDR)
+        let node = RaftNode::open(dir.path(), ADVERTISE_ADDR, StartMode::Bootstrap)
             .await
             .expect("open node");
         node.write(register_host()).await.expect("register host");
@@ -62,7 +62,7 @@ async fn restart_keeps_state_and_writes() {
         node.shutdown().await.expect("shutdown");
     }
 
-    let node = RaftNode::open(dir.path(), ADVERTISE_ADDR)
+    let node = RaftNode::open(dir.path(), ADVERTISE_ADDR, StartMode::Bootstrap)
         .await
         .expect("reopen node");
     {
@@ -81,7 +81,7 @@ async fn restart_keeps_state_and_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_watch_wakes_waiters() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let node = RaftNode::open(dir.path(), ADVERTISE_ADDR)
+    let node = RaftNode::open(dir.path(), ADVERTISE_ADDR, StartMode::Bootstrap)
         .await
         .expect("open node");
     let mut applied = node.applied.clone();
@@ -116,7 +116,9 @@ async fn vote_over_grpc_reaches_peer() {
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local address").to_string();
     let dir = tempfile::tempdir().expect("temporary directory");
-    let node = RaftNode::open(dir.path(), &addr).await.expect("open node");
+    let node = RaftNode::open(dir.path(), &addr, StartMode::Bootstrap)
+        .await
+        .expect("open node");
 
     let server = tonic::transport::Server::builder()
         .add_service(raft_service(&node))
@@ -210,7 +212,7 @@ async fn learner_catches_up_through_snapshot() {
     let addr_2 = listener_2.local_addr().expect("local address").to_string();
 
     let dir_1 = tempfile::tempdir().expect("temporary directory");
-    let leader = RaftNode::open(dir_1.path(), &addr_1)
+    let leader = RaftNode::open(dir_1.path(), &addr_1, StartMode::Bootstrap)
         .await
         .expect("open leader");
     let server_1 = serve(leader.raft.clone(), listener_1);
@@ -295,11 +297,16 @@ async fn learner_catches_up_through_snapshot() {
         .await
         .expect("learner caught up without installing the leader's snapshot");
 
+    // The leader's promotion task makes the caught-up learner a voter.
     leader
         .raft
-        .change_membership(BTreeSet::from([1, 2]), false)
+        .wait(Some(WAIT))
+        .metrics(
+            |metrics| metrics.membership_config.membership().voter_ids().collect::<BTreeSet<_>>() == BTreeSet::from([1, 2]),
+            "learner promoted to voter",
+        )
         .await
-        .expect("make learner a voter");
+        .expect("learner was not promoted to voter");
     leader
         .write(put_silo("web", "00000001"))
         .await

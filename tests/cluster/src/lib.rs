@@ -27,9 +27,13 @@ use rand::Rng;
 
 pub use process::{CommandOutput, Daemon};
 
-/// Lab network; hosts get addresses from .2 upwards. A documentation range,
-/// so it cannot clash with a real network the machine is on.
+/// Lab network; the first controller host gets .2 and agent hosts .3
+/// upwards. A documentation range, so it cannot clash with a real network
+/// the machine is on.
 const LAB_NETWORK: [u8; 3] = [198, 51, 100];
+/// Last address byte of the second controller host; further controllers
+/// follow. Far above the agent hosts' addresses.
+const EXTRA_CONTROLLER_FIRST_ADDRESS: u8 = 201;
 const LAB_PREFIX_LEN: u8 = 24;
 /// Port the lab controller listens on inside its namespace.
 pub const CONTROLLER_PORT: u16 = 7069;
@@ -99,15 +103,18 @@ impl Host {
     }
 }
 
-/// A lab: controller host, agent hosts, their processes and files.
+/// A lab: controller hosts, agent hosts, their processes and files.
 pub struct Lab {
     pub run_id: String,
     lab_netns: String,
     pub bins: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The first controller's host, where `cli` runs.
     pub controller_host: Host,
+    /// Every controller's host, the first one included, by controller index.
+    pub controller_hosts: Vec<Host>,
     pub hosts: Vec<Host>,
-    pub controller: Option<Daemon>,
+    controllers: Vec<Option<Daemon>>,
     agents: Vec<Option<Daemon>>,
     namespaces: Vec<String>,
 }
@@ -116,6 +123,17 @@ impl Lab {
     /// Builds a lab with one controller host and `agent_count` agent hosts,
     /// and starts the controller and agents.
     pub fn start(agent_count: usize) -> anyhow::Result<Lab> {
+        Lab::start_with_controllers(1, agent_count)
+    }
+
+    /// Builds a lab with `controller_count` controller hosts and
+    /// `agent_count` agent hosts. The first controller bootstraps the
+    /// cluster and the others join it one after another; every controller
+    /// is a voter before the agents start.
+    pub fn start_with_controllers(controller_count: usize, agent_count: usize) -> anyhow::Result<Lab> {
+        if controller_count == 0 {
+            bail!("a lab needs at least one controller");
+        }
         let bins = bin_dir()?;
         let run_id = format!("{:06x}", rand::rng().random::<u32>() & 0x00ff_ffff);
         let dir = tempfile::Builder::new()
@@ -124,20 +142,32 @@ impl Lab {
             .context("cannot create the lab folder")?;
 
         let lab_netns = format!("cx{run_id}lab");
+        let mut controller_hosts = vec![Host {
+            name: format!("cx{run_id}-ctl"),
+            netns: format!("cx{run_id}ctl"),
+            address: host_address(2),
+            bridge: String::new(),
+            state_dir: dir.path().join("controller"),
+        }];
+        for index in 1..controller_count {
+            let offset = u8::try_from(index - 1).context("too many lab controllers")?;
+            controller_hosts.push(Host {
+                name: format!("cx{run_id}-c{index}"),
+                netns: format!("cx{run_id}c{index}"),
+                address: host_address(EXTRA_CONTROLLER_FIRST_ADDRESS.checked_add(offset).context("too many lab controllers")?),
+                bridge: String::new(),
+                state_dir: dir.path().join(format!("controller{index}")),
+            });
+        }
         let mut lab = Lab {
             run_id: run_id.clone(),
             lab_netns: lab_netns.clone(),
             bins,
-            controller_host: Host {
-                name: format!("cx{run_id}-ctl"),
-                netns: format!("cx{run_id}ctl"),
-                address: host_address(2),
-                bridge: String::new(),
-                state_dir: dir.path().join("controller"),
-            },
+            controller_host: controller_hosts[0].clone(),
+            controller_hosts,
             hosts: Vec::new(),
             dir,
-            controller: None,
+            controllers: (0..controller_count).map(|_| None).collect(),
             agents: Vec::new(),
             namespaces: Vec::new(),
         };
@@ -146,8 +176,11 @@ impl Lab {
         ip(&["-n", &lab_netns, "link", "add", "cxlab", "type", "bridge"])?;
         ip(&["-n", &lab_netns, "link", "set", "cxlab", "up"])?;
 
-        let controller_host = lab.controller_host.clone();
-        lab.add_host_netns(&controller_host, 0)?;
+        for (index, controller_host) in lab.controller_hosts.clone().iter().enumerate() {
+            // The first controller keeps the port name agent hosts never use.
+            let port = if index == 0 { "cxport0".to_owned() } else { format!("cxportc{index}") };
+            lab.add_host_netns(controller_host, &port)?;
+        }
         for index in 1..=agent_count {
             let host = Host {
                 name: format!("cx{run_id}-h{index}"),
@@ -156,11 +189,22 @@ impl Lab {
                 bridge: format!("cxb{run_id}"),
                 state_dir: lab.dir.path().join(format!("h{index}")),
             };
-            lab.add_host_netns(&host, index)?;
+            lab.add_host_netns(&host, &format!("cxport{index}"))?;
             lab.hosts.push(host);
         }
 
         lab.start_controller()?;
+        for index in 1..controller_count {
+            lab.start_controller_at(index)?;
+            lab.wait_until(&format!("{} controllers are voters", index + 1), |lab| {
+                let output = lab.cli(&["controllers"])?;
+                let voters = table::parse_table(&output.stdout)
+                    .iter()
+                    .filter(|row| row.get("ROLE").map(String::as_str) == Some("voter"))
+                    .count();
+                Ok(voters == index + 1)
+            })?;
+        }
         for index in 0..lab.hosts.len() {
             let agent = lab.spawn_agent(index)?;
             lab.agents.push(Some(agent));
@@ -169,9 +213,23 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Address the CLI and agents use to reach the controller.
+    /// Address of the first controller.
     pub fn controller_address(&self) -> String {
-        format!("{}:{CONTROLLER_PORT}", self.controller_host.address)
+        self.controller_address_at(0)
+    }
+
+    /// Address of controller `index`.
+    pub fn controller_address_at(&self, index: usize) -> String {
+        format!("{}:{CONTROLLER_PORT}", self.controller_hosts[index].address)
+    }
+
+    /// Returns every controller's address, separated by commas, as the
+    /// CLI's `--serv` and the agents' `--join` take them.
+    pub fn controller_addresses(&self) -> String {
+        (0..self.controller_hosts.len())
+            .map(|index| self.controller_address_at(index))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
@@ -180,38 +238,62 @@ impl Lab {
         ip(&["-n", name, "link", "set", "lo", "up"])
     }
 
-    /// Creates the host's namespace and plugs its `eth0` into the lab bridge.
-    fn add_host_netns(&mut self, host: &Host, index: usize) -> anyhow::Result<()> {
+    /// Creates the host's namespace and plugs its `eth0` into the lab bridge
+    /// through the port `lab_side`.
+    fn add_host_netns(&mut self, host: &Host, lab_side: &str) -> anyhow::Result<()> {
         self.add_netns(&host.netns)?;
-        let lab_side = format!("cxport{index}");
         ip(&[
-            "-n", &self.lab_netns, "link", "add", &lab_side, "type", "veth", "peer", "name", "eth0", "netns", &host.netns,
+            "-n", &self.lab_netns, "link", "add", lab_side, "type", "veth", "peer", "name", "eth0", "netns", &host.netns,
         ])?;
-        ip(&["-n", &self.lab_netns, "link", "set", &lab_side, "master", "cxlab", "up"])?;
+        ip(&["-n", &self.lab_netns, "link", "set", lab_side, "master", "cxlab", "up"])?;
         let cidr = format!("{}/{LAB_PREFIX_LEN}", host.address);
         ip(&["-n", &host.netns, "addr", "add", &cidr, "dev", "eth0"])?;
         ip(&["-n", &host.netns, "link", "set", "eth0", "up"])
     }
 
-    /// Starts the controller on its lab host, keeping its data folder.
+    /// Starts the first controller on its lab host, keeping its data folder.
     pub fn start_controller(&mut self) -> anyhow::Result<()> {
-        let listen = self.controller_address();
-        let data_dir = self.controller_host.state_dir.display().to_string();
-        let log = self.dir.path().join("controller.log");
-        let daemon = Daemon::spawn_in_netns(
-            &self.controller_host.netns,
-            &self.bins.join("colex-controller"),
-            &["--listen", &listen, "--data-dir", &data_dir],
-            &log,
-        )?;
-        self.controller = Some(daemon);
-        self.wait_for_controller()
+        self.start_controller_at(0)
     }
 
-    /// Stops the controller with SIGTERM and waits for it to exit.
+    /// Starts controller `index` on its lab host, keeping its data folder,
+    /// and waits until it responds. The first controller bootstraps the
+    /// cluster and the others join the first; a controller whose data folder
+    /// already contains its node id ignores both flags and resumes.
+    pub fn start_controller_at(&mut self, index: usize) -> anyhow::Result<()> {
+        let host = self.controller_hosts[index].clone();
+        let listen = self.controller_address_at(index);
+        let data_dir = host.state_dir.display().to_string();
+        let first = self.controller_address();
+        let mut args = vec!["--listen", listen.as_str(), "--data-dir", data_dir.as_str()];
+        if index == 0 {
+            args.push("--bootstrap");
+        } else {
+            args.extend(["--join", first.as_str()]);
+        }
+        let log_name = if index == 0 { "controller.log".to_owned() } else { format!("controller{index}.log") };
+        let daemon = Daemon::spawn_in_netns(&host.netns, &self.bins.join("colex-controller"), &args, &self.dir.path().join(log_name))?;
+        self.controllers[index] = Some(daemon);
+        self.wait_for_controller(index)
+    }
+
+    /// Stops the first controller with SIGTERM and waits for it to exit.
     pub fn stop_controller(&mut self) -> anyhow::Result<()> {
-        if let Some(mut controller) = self.controller.take() {
+        self.stop_controller_at(0)
+    }
+
+    /// Stops controller `index` with SIGTERM and waits for it to exit.
+    pub fn stop_controller_at(&mut self, index: usize) -> anyhow::Result<()> {
+        if let Some(mut controller) = self.controllers[index].take() {
             controller.stop(Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// Kills controller `index` with SIGKILL, as a crash would.
+    pub fn kill_controller(&mut self, index: usize) -> anyhow::Result<()> {
+        if let Some(mut controller) = self.controllers[index].take() {
+            controller.kill()?;
         }
         Ok(())
     }
@@ -233,7 +315,7 @@ impl Lab {
 
     fn spawn_agent(&self, index: usize) -> anyhow::Result<Daemon> {
         let host = &self.hosts[index];
-        let controller = self.controller_address();
+        let controller = self.controller_addresses();
         let state_dir = host.state_dir.display().to_string();
         let log = self.dir.path().join(format!("agent-h{}.log", index + 1));
         Daemon::spawn_in_netns(
@@ -246,15 +328,16 @@ impl Lab {
         )
     }
 
-    fn wait_for_controller(&self) -> anyhow::Result<()> {
+    /// Waits until controller `index` serves a read from its own state.
+    fn wait_for_controller(&self, index: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
-            let output = self.cli(&["list"])?;
+            let output = self.cli_at(index, &["list", "--stale"])?;
             if output.success() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!("controller did not answer within {SETTLE_TIMEOUT:?}: {}", output.stderr);
+                bail!("controller {index} did not respond within {SETTLE_TIMEOUT:?}: {}\n{}", output.stderr, self.logs());
             }
             thread::sleep(Duration::from_millis(200));
         }
@@ -294,10 +377,20 @@ impl Lab {
         }
     }
 
-    /// Runs colex-cli in the controller's namespace with `--serv` set.
+    /// Runs colex-cli in the first controller's namespace with `--serv` set
+    /// to every controller, so it reaches the first that accepts a connection.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<CommandOutput> {
-        let serv = self.controller_address();
-        let mut full = vec!["--serv", serv.as_str()];
+        self.cli_with_serv(&self.controller_addresses(), args)
+    }
+
+    /// Runs colex-cli in the first controller's namespace with `--serv` set
+    /// to controller `index` only.
+    pub fn cli_at(&self, index: usize, args: &[&str]) -> anyhow::Result<CommandOutput> {
+        self.cli_with_serv(&self.controller_address_at(index), args)
+    }
+
+    fn cli_with_serv(&self, serv: &str, args: &[&str]) -> anyhow::Result<CommandOutput> {
+        let mut full = vec!["--serv", serv];
         full.extend_from_slice(args);
         let cli = self.bins.join("colex-cli");
         process::run_in_netns(&self.controller_host.netns, &cli.display().to_string(), &full, process::CLI_TIMEOUT)
@@ -347,7 +440,7 @@ impl Lab {
     /// Starts colex-cli in the controller's namespace with its stdout piped, for commands
     /// that keep running such as `logs -f`. The caller ends it by its PID.
     pub fn spawn_cli(&self, args: &[&str]) -> anyhow::Result<std::process::Child> {
-        let serv = self.controller_address();
+        let serv = self.controller_addresses();
         let cli = self.bins.join("colex-cli");
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.controller_host.netns))
@@ -384,7 +477,7 @@ impl Drop for Lab {
             for agent in self.agents.iter_mut().filter_map(Option::take) {
                 std::mem::forget(agent);
             }
-            if let Some(controller) = self.controller.take() {
+            for controller in self.controllers.iter_mut().filter_map(Option::take) {
                 std::mem::forget(controller);
             }
             return;
@@ -402,7 +495,7 @@ impl Drop for Lab {
                 eprintln!("lab {}: teardown of {} failed: {error:#}", self.run_id, host.name);
             }
         }
-        if let Some(mut controller) = self.controller.take() {
+        for mut controller in self.controllers.iter_mut().filter_map(Option::take) {
             if let Err(error) = controller.stop(Duration::from_secs(10)) {
                 eprintln!("lab {}: controller did not stop cleanly: {error:#}", self.run_id);
             }

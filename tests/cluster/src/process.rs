@@ -1,7 +1,7 @@
 //! Processes the lab starts: long-running daemons and one-shot commands,
 //! each inside a lab network namespace and each ended by its own PID.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -93,10 +93,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `program args` in `netns`. `nsenter` execs the program, so
-    /// the child's PID is the program's own.
+    /// Starts `program args` in `netns` with its output appended to `log`.
+    /// `nsenter` execs the program, so the child's PID is the program's own.
     pub fn spawn_in_netns(netns: &str, program: &Path, args: &[&str], log: &Path) -> anyhow::Result<Daemon> {
-        let log_file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        // Appends, so the log of a restarted process follows that of its earlier run.
+        let log_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
         let log_err = log_file.try_clone().context("cannot share the log file")?;
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{netns}"))
