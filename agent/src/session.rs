@@ -9,25 +9,26 @@
 //! first assignments then keep or remove them and never start a second copy.
 //! Nothing is started or stopped before those assignments.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use colex_proto as proto;
 use colex_proto::agent_message::Kind as AgentKind;
 use colex_proto::controller_message::Kind as ControllerKind;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::host::HostFacts;
 use crate::local::{self, LocalSilos, Operation};
-use crate::runtime::{LogQuery, LogStreamKind, Runtime, RuntimeConfig, SiloExit, StopReport};
+use crate::runtime::{LogQuery, LogStreamKind, Runtime, RuntimeConfig, SiloExit, SiloStats, StopReport};
 
 /// Interval of the heartbeats the controller uses to see that the agent is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Delay before a failed removal is tried again.
 const REMOVE_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// File in the state dir that keeps the host's subnet from the last welcome, so a restarted
@@ -36,11 +37,15 @@ const SUBNET_FILE: &str = "subnet";
 /// Chunks of one log request queued between the runtime and the session.
 const LOG_CHUNK_QUEUE_LEN: usize = 8;
 const OUTBOUND_QUEUE_LEN: usize = 64;
+/// Interval of the silo usage reports. `list` shows the CPU use averaged over one interval, so
+/// 2 s keeps it a few seconds from the present while it smooths out short bursts. Each report
+/// reads fewer than ten small cgroup and /proc files per running silo.
+const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Settings of one agent.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Controller address as HOST:PORT.
+    /// Controller addresses as HOST:PORT, separated by commas; the session prefers the leader.
     pub controller: String,
     pub host_name: String,
     /// Address reported to the controller; detected when `None`.
@@ -81,6 +86,9 @@ pub struct Agent {
     shutdown: watch::Receiver<bool>,
     /// Log requests being served, by request id.
     log_tasks: HashMap<u64, tokio::task::AbortHandle>,
+    /// Silos whose last usage read failed, so a lasting failure is logged once, not every
+    /// interval.
+    usage_failures: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Agent {
@@ -95,6 +103,7 @@ impl Agent {
             done_rx,
             shutdown,
             log_tasks: HashMap::new(),
+            usage_failures: Arc::default(),
         }
     }
 
@@ -161,20 +170,9 @@ impl Agent {
             Err(error) => return SessionEnd::Lost(format!("{error:#}")),
         };
 
-        let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{}", self.config.controller)) {
-            Ok(endpoint) => endpoint,
-            Err(error) => return SessionEnd::Lost(format!("invalid controller address {}: {error}", self.config.controller)),
-        };
-        let channel = match endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect()
-            .await
-        {
-            Ok(channel) => channel,
-            Err(error) => return SessionEnd::Lost(format!("cannot connect: {error}")),
+        let (channel, controller) = match crate::controllers::connect(&self.config.controller).await {
+            Ok(connected) => connected,
+            Err(error) => return SessionEnd::Lost(error.to_string()),
         };
         let mut client = proto::agent_client::AgentClient::new(channel)
             .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
@@ -210,7 +208,7 @@ impl Agent {
         if let Err(error) = self.ensure_runtime(&subnet).await {
             return SessionEnd::Lost(format!("cannot prepare the silo runtime: {error:#}"));
         }
-        tracing::info!(host = %self.config.host_name, controller = %self.config.controller, %subnet, "session open");
+        tracing::info!(host = %self.config.host_name, %controller, %subnet, "session open");
         if started_now {
             // The Hello went out before the runtime adopted anything: report the adopted silos
             // now, before any assignment is acted on.
@@ -234,6 +232,11 @@ impl Agent {
         outbound: &mpsc::Sender<proto::AgentMessage>,
     ) -> SessionEnd {
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        let mut usage_tick = tokio::time::interval(STATS_INTERVAL);
+        usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Contains the task that reads and sends the current usage report, at most one. Dropping
+        // the set when the session ends aborts it.
+        let mut usage_report: JoinSet<()> = JoinSet::new();
         loop {
             tokio::select! {
                 _ = self.shutdown.changed() => return SessionEnd::Shutdown,
@@ -281,8 +284,37 @@ impl Agent {
                         return SessionEnd::Lost("outbound queue closed".to_owned());
                     }
                 }
+                _ = usage_tick.tick() => self.start_usage_report(&mut usage_report, outbound),
             }
         }
+    }
+
+    /// Reads the usage of every running silo in a task of its own and sends it as one
+    /// `SiloUsageReport`, even an empty one, so the controller drops the silos that stopped.
+    /// Skips this interval while the last report is still being read.
+    fn start_usage_report(&self, running_report: &mut JoinSet<()>, outbound: &mpsc::Sender<proto::AgentMessage>) {
+        while running_report.try_join_next().is_some() {}
+        if !running_report.is_empty() {
+            tracing::warn!(interval_ms = STATS_INTERVAL.as_millis() as u64, "usage report skipped because the previous one is still reading silo stats");
+            return;
+        }
+        let Some(runtime) = self.runtime.clone() else {
+            return;
+        };
+        let running: Vec<(String, u64)> = self
+            .silos
+            .statuses()
+            .into_iter()
+            .filter(|status| status.state() == proto::SiloState::Up)
+            .map(|status| (status.silo_id, status.generation))
+            .collect();
+        let failures = Arc::clone(&self.usage_failures);
+        let outbound = outbound.clone();
+        running_report.spawn(async move {
+            let report = read_usage(&runtime, running, &failures).await;
+            // A closed queue means that the session ended, which the session loop reports.
+            let _ = outbound.send(agent_message(AgentKind::UsageReport(report))).await;
+        });
     }
 
     /// Starts the runtime, from the stored subnet or on the first welcome,
@@ -481,6 +513,68 @@ fn log_chunk(request_id: u64, data: Vec<u8>, end: bool, error: Option<String>) -
         end,
         error: error.unwrap_or_default(),
     }))
+}
+
+/// Reads the usage of the `running` silos (id and generation). A silo whose usage cannot be
+/// read is left out of the report and logged with its id: at warn level when it starts failing,
+/// at debug level while it keeps failing.
+async fn read_usage(
+    runtime: &Runtime,
+    running: Vec<(String, u64)>,
+    failures: &Mutex<HashSet<String>>,
+) -> proto::SiloUsageReport {
+    let sampled_at_unix_ms = unix_millis(SystemTime::now()).unwrap_or(0);
+    let mut silos = Vec::with_capacity(running.len());
+    let mut failed = HashSet::new();
+    for (silo_id, generation) in running {
+        match runtime.stats(&silo_id).await {
+            Ok(stats) => silos.push(usage_sample(silo_id, generation, &stats)),
+            Err(error) => {
+                failed.insert(silo_id.clone());
+                let already_failing = lock_failures(failures).contains(&silo_id);
+                if already_failing {
+                    tracing::debug!(%silo_id, %error, "failed to read silo usage again, so it is left out of the report");
+                } else {
+                    tracing::warn!(%silo_id, %error, "failed to read silo usage, so it is left out of the report");
+                }
+            }
+        }
+    }
+    let mut failures = lock_failures(failures);
+    for recovered in failures.difference(&failed) {
+        if silos.iter().any(|sample| &sample.silo_id == recovered) {
+            tracing::info!(silo_id = %recovered, "silo usage readable again");
+        }
+    }
+    *failures = failed;
+    proto::SiloUsageReport {
+        sampled_at_unix_ms,
+        silos,
+    }
+}
+
+fn lock_failures(failures: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    // The set only steers log levels, so the contents of a poisoned lock are still usable.
+    failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn usage_sample(silo_id: String, generation: u64, stats: &SiloStats) -> proto::SiloUsageSample {
+    proto::SiloUsageSample {
+        silo_id,
+        generation,
+        cpu_usec: stats.cpu_usec,
+        memory_bytes: stats.memory_bytes,
+        processes: stats.processes,
+        rx_bytes: stats.rx_bytes,
+        tx_bytes: stats.tx_bytes,
+        started_at_unix_ms: stats.started_at.and_then(unix_millis),
+    }
+}
+
+/// Returns `time` in milliseconds since the Unix epoch, or `None` for a time before it.
+fn unix_millis(time: SystemTime) -> Option<u64> {
+    let since_epoch = time.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    u64::try_from(since_epoch.as_millis()).ok()
 }
 
 fn agent_message(kind: AgentKind) -> proto::AgentMessage {

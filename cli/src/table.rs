@@ -1,6 +1,8 @@
 //! Tables in the look of the original colex: `|---|` rules above and below
 //! the header and at the bottom, upper-case centred headers.
 
+use std::time::Duration;
+
 use colex_proto as proto;
 use tabled::settings::object::Rows;
 use tabled::settings::{Alignment, Style};
@@ -27,6 +29,9 @@ pub struct ListRow {
     pub tags: String,
     pub host: String,
     pub addresses: String,
+    #[tabled(inline)]
+    pub usage: UsageCells,
+    pub restarts: u32,
 }
 
 /// Row of the per-host tables of `list --all-hosts`.
@@ -38,9 +43,31 @@ pub struct HostSiloRow {
     pub class: String,
     pub tags: String,
     pub state: String,
-    pub restarts: u32,
     pub addresses: String,
+    #[tabled(inline)]
+    pub usage: UsageCells,
+    pub restarts: u32,
 }
+
+/// The usage columns of both `list` tables, `-` where the usage is unknown: the silo is not
+/// running or its agent has not reported yet.
+#[derive(Debug, Tabled)]
+#[tabled(rename_all = "UPPERCASE")]
+pub struct UsageCells {
+    /// Share of the whole host's CPU time over the agent's last report interval.
+    pub cpu: String,
+    pub memory: String,
+    /// Bytes received / bytes sent.
+    #[tabled(rename = "NET I/O")]
+    pub net_io: String,
+    pub pids: String,
+    pub uptime: String,
+}
+
+/// Text of a cell whose value is unknown.
+const UNKNOWN: &str = "-";
+/// Binary unit prefixes of byte counts, each 1024 times the one before.
+const BYTE_UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
 
 /// Renders rows in the colex table style.
 pub fn render<T: Tabled>(rows: &[T]) -> String {
@@ -99,6 +126,8 @@ pub fn list_row(silo: &proto::SiloInfo) -> ListRow {
         tags: silo.tags.join(", "),
         host: silo.host.clone(),
         addresses: addresses(silo),
+        usage: usage_cells(silo.usage.as_ref()),
+        restarts: silo.restarts,
     }
 }
 
@@ -109,8 +138,73 @@ pub fn host_silo_row(silo: &proto::SiloInfo) -> HostSiloRow {
         class: silo.class.clone(),
         tags: silo.tags.join(", "),
         state: state_label(silo),
-        restarts: silo.restarts,
         addresses: addresses(silo),
+        usage: usage_cells(silo.usage.as_ref()),
+        restarts: silo.restarts,
+    }
+}
+
+/// Formats a silo's usage for the table, `-` for each value the agent did not report.
+pub fn usage_cells(usage: Option<&proto::SiloUsage>) -> UsageCells {
+    let Some(usage) = usage else {
+        return UsageCells {
+            cpu: UNKNOWN.to_owned(),
+            memory: UNKNOWN.to_owned(),
+            net_io: UNKNOWN.to_owned(),
+            pids: UNKNOWN.to_owned(),
+            uptime: UNKNOWN.to_owned(),
+        };
+    };
+    let net_io = match (usage.rx_bytes, usage.tx_bytes) {
+        (Some(rx), Some(tx)) => format!("{} / {}", format_bytes(rx), format_bytes(tx)),
+        _ => UNKNOWN.to_owned(),
+    };
+    UsageCells {
+        cpu: usage
+            .cpu_percent
+            .map_or_else(|| UNKNOWN.to_owned(), |percent| format!("{percent:.1}%")),
+        memory: usage
+            .memory_bytes
+            .map_or_else(|| UNKNOWN.to_owned(), format_bytes),
+        net_io,
+        pids: usage.processes.to_string(),
+        uptime: usage.uptime_ms.map_or_else(
+            || UNKNOWN.to_owned(),
+            |millis| format_duration(Duration::from_millis(millis)),
+        ),
+    }
+}
+
+/// Formats a byte count with binary prefixes and one decimal, such as `880B` or `3.2MiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let rounded_tenths = |unit_bytes: u128| (u128::from(bytes) * 10 + unit_bytes / 2) / unit_bytes;
+    let mut unit_index = 1;
+    let mut unit_bytes: u128 = 1024;
+    let mut tenths = rounded_tenths(unit_bytes);
+    // Rounded before the unit is chosen, so 1023.96KiB shows as 1.0MiB, not 1024.0KiB.
+    while tenths >= 10 * 1024 && unit_index + 1 < BYTE_UNITS.len() {
+        unit_index += 1;
+        unit_bytes *= 1024;
+        tenths = rounded_tenths(unit_bytes);
+    }
+    format!("{}.{}{}", tenths / 10, tenths % 10, BYTE_UNITS[unit_index])
+}
+
+/// Formats a duration in its two largest units, rounded down: `42s`, `4m12s`, `3h05m`, `2d07h`.
+pub fn format_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    let (minutes, hours, days) = (seconds / 60, seconds / 3600, seconds / 86_400);
+    if minutes == 0 {
+        format!("{seconds}s")
+    } else if hours == 0 {
+        format!("{minutes}m{:02}s", seconds % 60)
+    } else if days == 0 {
+        format!("{hours}h{:02}m", minutes % 60)
+    } else {
+        format!("{days}d{:02}h", hours % 24)
     }
 }
 
@@ -160,7 +254,114 @@ mod tests {
         };
         let rendered = render(&[host_silo_row(&silo)]);
         let lines: Vec<&str> = rendered.lines().collect();
-        assert!(lines[1].contains("RESTARTS"), "{rendered}");
-        assert!(lines[3].contains("| EXITED (1) | 2 "), "{rendered}");
+        assert!(lines[1].trim_end().ends_with("| RESTARTS |"), "{rendered}");
+        assert!(lines[3].contains("| EXITED (1) |"), "{rendered}");
+        assert!(lines[3].trim_end().ends_with("| 2        |"), "{rendered}");
+    }
+
+    #[test]
+    fn list_table_shows_usage_columns() {
+        let silo = proto::SiloInfo {
+            name: "web".to_owned(),
+            usage: Some(proto::SiloUsage {
+                cpu_percent: Some(25.14),
+                memory_bytes: Some(3_355_443),
+                processes: 4,
+                rx_bytes: Some(1434),
+                tx_bytes: Some(880),
+                uptime_ms: Some(252_900),
+            }),
+            ..Default::default()
+        };
+        let rendered = render(&[list_row(&silo)]);
+        let lines: Vec<&str> = rendered.lines().collect();
+        let header = cells(lines[1]);
+        let row = cells(lines[3]);
+        let expected = [
+            ("CPU", "25.1%"),
+            ("MEMORY", "3.2MiB"),
+            ("NET I/O", "1.4KiB / 880B"),
+            ("PIDS", "4"),
+            ("UPTIME", "4m12s"),
+            ("RESTARTS", "0"),
+        ];
+        for (column, value) in expected {
+            let index = header
+                .iter()
+                .position(|name| *name == column)
+                .unwrap_or_else(|| panic!("no {column} column in\n{rendered}"));
+            assert_eq!(row[index], value, "{column} in\n{rendered}");
+        }
+    }
+
+    /// Splits a `| a | b |` table line into trimmed cells.
+    fn cells(line: &str) -> Vec<&str> {
+        line.trim_matches('|').split('|').map(str::trim).collect()
+    }
+
+    #[test]
+    fn unknown_usage_shows_dashes() {
+        let cells = usage_cells(None);
+        for cell in [
+            &cells.cpu,
+            &cells.memory,
+            &cells.net_io,
+            &cells.pids,
+            &cells.uptime,
+        ] {
+            assert_eq!(cell, "-");
+        }
+    }
+
+    #[test]
+    fn usage_without_counters_shows_dashes() {
+        let usage = proto::SiloUsage {
+            processes: 1,
+            rx_bytes: Some(10),
+            ..Default::default()
+        };
+        let cells = usage_cells(Some(&usage));
+        assert_eq!(cells.cpu, "-");
+        assert_eq!(cells.memory, "-");
+        assert_eq!(cells.net_io, "-", "rx alone is not shown");
+        assert_eq!(cells.pids, "1");
+        assert_eq!(cells.uptime, "-");
+    }
+
+    #[test]
+    fn bytes_in_binary_units() {
+        let cases = [
+            (0, "0B"),
+            (880, "880B"),
+            (1023, "1023B"),
+            (1024, "1.0KiB"),
+            (1434, "1.4KiB"),
+            (3_355_443, "3.2MiB"),
+            (1_048_535, "1.0MiB"),
+            (5 * 1024 * 1024 * 1024, "5.0GiB"),
+            (u64::MAX, "16.0EiB"),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(format_bytes(bytes), expected, "{bytes} bytes");
+        }
+    }
+
+    #[test]
+    fn durations_in_two_largest_units() {
+        let cases = [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m00s"),
+            (252, "4m12s"),
+            (3600 + 5 * 60 + 59, "1h05m"),
+            (86_400 * 2 + 7 * 3600, "2d07h"),
+        ];
+        for (seconds, expected) in cases {
+            assert_eq!(
+                format_duration(Duration::from_secs(seconds)),
+                expected,
+                "{seconds} s"
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@ mod raft;
 mod scheduler;
 mod sessions;
 mod state;
+mod usage;
 mod view;
 
 use std::net::SocketAddr;
@@ -20,7 +21,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::api::agent::AgentService;
 use crate::api::client::ClientService;
 use crate::api::logs::LogRouter;
-use crate::raft::RaftNode;
+use crate::api::members::MembersService;
+use crate::raft::{RaftNode, StartMode};
 use crate::sessions::Sessions;
 
 /// Interval of HTTP/2 keepalive pings, so half-open connections to agents
@@ -31,14 +33,24 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Parser)]
 #[command(name = "colex-controller", version, about = "The colex controller: stores silos and schedules them onto hosts")]
 struct Args {
-    /// Address to serve the client, agent and Raft APIs on (HOST:PORT).
+    /// Address to serve the client, agent, Raft and membership APIs on (HOST:PORT).
     #[arg(long, default_value = "127.0.0.1:7069")]
     listen: SocketAddr,
 
-    /// Folder for the Raft log and state. An empty folder starts a new
-    /// single-node cluster; an existing one resumes it.
+    /// Folder for the Raft log and state. A folder with a controller's node id
+    /// resumes it and ignores --bootstrap and --join.
     #[arg(long, default_value = "/var/lib/colex/controller")]
     data_dir: PathBuf,
+
+    /// Start a new cluster with this controller as its only voter.
+    #[arg(long, conflicts_with = "join")]
+    bootstrap: bool,
+
+    /// Join the cluster of these running controllers (HOST:PORT[,HOST:PORT...]):
+    /// one of them adds this controller as a learner and promotes it to voter
+    /// once it has caught up.
+    #[arg(long, value_name = "ADDRS", value_delimiter = ',')]
+    join: Vec<String>,
 
     /// Address other controllers reach this one at; defaults to --listen.
     #[arg(long)]
@@ -57,7 +69,12 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
-    runtime.block_on(run(args))
+    if let Err(error) = runtime.block_on(run(args)) {
+        // One line with every cause, such as the missing --bootstrap or --join.
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -70,7 +87,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}; pick a free address with --listen", args.listen))?;
 
-    let node = RaftNode::open(&args.data_dir, &advertise)
+    let start = if args.bootstrap {
+        StartMode::Bootstrap
+    } else if !args.join.is_empty() {
+        StartMode::Join(args.join.clone())
+    } else {
+        StartMode::Resume
+    };
+    let node = RaftNode::open(&args.data_dir, &advertise, start)
         .await
         .with_context(|| format!("cannot open the controller state in {}", args.data_dir.display()))?;
     tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), node_id = node.id, "controller started");
@@ -93,6 +117,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .add_service(client)
         .add_service(agent)
         .add_service(raft::raft_service(&node))
+        .add_service(MembersService::server(node.clone()))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown_signal().await;
             // Agent sessions are endless streams: end them so the server

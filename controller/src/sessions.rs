@@ -1,14 +1,20 @@
-//! Registry of the agents that have an open session with this controller.
+//! Registry of the agents that have an open session with this controller, and the usage
+//! reports they sent on it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
+use crate::usage::UsageStore;
+
 /// Open agent sessions by host name. A host is live while it has one.
 #[derive(Debug, Clone, Default)]
 pub struct Sessions {
     inner: Arc<Mutex<Inner>>,
+    /// Latest silo usage of the hosts with an open session. A host's entries are dropped when
+    /// its session closes.
+    usage: UsageStore,
 }
 
 #[derive(Debug, Default)]
@@ -50,12 +56,19 @@ impl Sessions {
         )
     }
 
-    /// Removes the session, unless a newer session of the host replaced it.
+    /// Removes the session and the usage its agent reported, unless a newer session of the
+    /// host replaced it.
     pub fn close(&self, token: &SessionToken) {
         let mut inner = self.lock();
         if inner.open.get(&token.host).map(|(current, _)| *current) == Some(token.token) {
             inner.open.remove(&token.host);
+            self.usage.forget_host(&token.host);
         }
+    }
+
+    /// Returns the store of the silo usage that agents report on their sessions.
+    pub fn usage(&self) -> &UsageStore {
+        &self.usage
     }
 
     /// Returns the names of the hosts with an open session.
@@ -82,6 +95,25 @@ mod tests {
         assert!(*first_replaced.borrow());
         sessions.close(&first);
         assert!(sessions.live_hosts().contains("a"));
+    }
+
+    #[test]
+    fn close_forgets_host_usage() {
+        let sessions = Sessions::default();
+        let (token, _) = sessions.open("a");
+        let report = colex_proto::SiloUsageReport {
+            sampled_at_unix_ms: 10_000,
+            silos: vec![colex_proto::SiloUsageSample {
+                silo_id: "3938a44e".to_owned(),
+                generation: 1,
+                ..Default::default()
+            }],
+        };
+        let now = std::time::Instant::now();
+        sessions.usage().record("a", 2, &report, now);
+        assert!(sessions.usage().usage("3938a44e", 1, now).is_some());
+        sessions.close(&token);
+        assert!(sessions.usage().usage("3938a44e", 1, now).is_none());
     }
 
     #[test]

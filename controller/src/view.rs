@@ -1,11 +1,13 @@
 //! Conversion of the stored state into the messages clients and agents see.
 
 use std::collections::BTreeSet;
+use std::time::Instant;
 
 use colex_proto as proto;
 use prost::Message;
 
 use crate::state::{ClusterState, Desired, HostRecord, SiloRecord};
+use crate::usage::UsageStore;
 
 /// Decodes the spec stored in a record. Records are written only from
 /// specs the controller decoded itself, so a failure means a corrupt store.
@@ -54,7 +56,18 @@ pub fn silo_info(record: &SiloRecord) -> proto::SiloInfo {
         generation: record.generation,
         exit_code: status.exit_code,
         restarts: status.restarts,
+        usage: None,
     }
+}
+
+/// Builds the client view of one silo with the latest usage its agent reported. Only an UP
+/// silo gets usage, so a silo that stopped since the last report shows none.
+pub fn silo_info_with_usage(record: &SiloRecord, usage: &UsageStore, now: Instant) -> proto::SiloInfo {
+    let mut info = silo_info(record);
+    if info.state() == proto::SiloState::Up {
+        info.usage = usage.usage(&record.id, record.generation, now);
+    }
+    info
 }
 
 /// Builds the client view of one host.
@@ -97,4 +110,56 @@ pub fn assignments(state: &ClusterState, host: &str) -> proto::Assignments {
         })
         .collect();
     proto::Assignments { silos }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::SiloStatus;
+
+    const SILO_ID: &str = "3938a44e";
+
+    fn record(state: proto::SiloState) -> SiloRecord {
+        SiloRecord {
+            name: "web".to_owned(),
+            id: SILO_ID.to_owned(),
+            generation: 1,
+            spec: proto::SiloSpec::default().encode_to_vec(),
+            host: "h1".to_owned(),
+            desired: Desired::Run,
+            status: Some(SiloStatus {
+                state: state.into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn store_with_report(now: Instant) -> UsageStore {
+        let store = UsageStore::default();
+        let report = proto::SiloUsageReport {
+            sampled_at_unix_ms: 10_000,
+            silos: vec![proto::SiloUsageSample {
+                silo_id: SILO_ID.to_owned(),
+                generation: 1,
+                processes: 2,
+                ..Default::default()
+            }],
+        };
+        store.record("h1", 2, &report, now);
+        store
+    }
+
+    #[test]
+    fn up_silo_shows_usage() {
+        let now = Instant::now();
+        let info = silo_info_with_usage(&record(proto::SiloState::Up), &store_with_report(now), now);
+        assert_eq!(info.usage.map(|usage| usage.processes), Some(2));
+    }
+
+    #[test]
+    fn exited_silo_shows_no_usage() {
+        let now = Instant::now();
+        let info = silo_info_with_usage(&record(proto::SiloState::Exited), &store_with_report(now), now);
+        assert_eq!(info.usage, None);
+    }
 }

@@ -2,10 +2,12 @@
 //! traffic of its network interface.
 
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use tracing::debug;
 
 use super::names::{validate_silo_id, SILO_IFNAME};
+use super::pidfd;
 use super::state::{self, SiloPaths, SiloRecord};
 use super::{cgroup, Runtime, RuntimeError};
 
@@ -26,6 +28,9 @@ pub struct SiloStats {
     pub rx_bytes: Option<u64>,
     /// Bytes the silo sent on its interface, or `None` as for `rx_bytes`.
     pub tx_bytes: Option<u64>,
+    /// Start of the silo's current PID 1, or `None` when the silo record names no PID 1 that is
+    /// still in the silo's cgroup. A restart in place starts a new PID 1.
+    pub started_at: Option<SystemTime>,
 }
 
 /// Implements [`Runtime::stats`].
@@ -54,6 +59,10 @@ pub async fn collect(runtime: &Runtime, silo_id: &str) -> Result<SiloStats, Runt
         .filter(|pid| pids.contains(pid))
         .collect();
     candidates.extend(pids.iter().copied().filter(|pid| Some(*pid) != init_pid));
+    let started_at = match init_pid {
+        Some(pid) if pids.contains(&pid) => read_process_start(pid).await,
+        _ => None,
+    };
     let mut traffic = None;
     for pid in candidates {
         match read_interface_traffic(pid).await {
@@ -74,7 +83,51 @@ pub async fn collect(runtime: &Runtime, silo_id: &str) -> Result<SiloStats, Runt
         processes: usage.processes,
         rx_bytes: traffic.map(|(rx, _)| rx),
         tx_bytes: traffic.map(|(_, tx)| tx),
+        started_at,
     })
+}
+
+/// Reads when process `pid` started: its start time in clock ticks since boot from
+/// `/proc/<pid>/stat`, placed on the wall clock through the time since boot in `/proc/uptime`.
+async fn read_process_start(pid: u32) -> Option<SystemTime> {
+    let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .await
+        .ok()?;
+    let start_ticks = pidfd::parse_start_ticks(&stat)?;
+    let uptime = parse_uptime(&tokio::fs::read_to_string("/proc/uptime").await.ok()?)?;
+    // SAFETY: sysconf only reads a configuration value and has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks_per_second = u64::try_from(ticks_per_second).ok()?;
+    start_time(SystemTime::now(), uptime, start_ticks, ticks_per_second)
+}
+
+/// Returns the time since boot from the first field of a `/proc/uptime` text, such as
+/// `350735.47`: seconds with two decimals.
+fn parse_uptime(text: &str) -> Option<Duration> {
+    let field = text.split_whitespace().next()?;
+    let (seconds, hundredths) = field.split_once('.').unwrap_or((field, "0"));
+    let seconds: u64 = seconds.parse().ok()?;
+    let hundredths: u64 = hundredths.parse().ok().filter(|value| *value < 100)?;
+    Some(Duration::from_secs(seconds) + Duration::from_millis(hundredths * 10))
+}
+
+/// Returns the wall-clock time a process started `start_ticks` clock ticks after boot, when the
+/// system has been up for `uptime` at the time `now`.
+fn start_time(
+    now: SystemTime,
+    uptime: Duration,
+    start_ticks: u64,
+    ticks_per_second: u64,
+) -> Option<SystemTime> {
+    if ticks_per_second == 0 {
+        return None;
+    }
+    let since_boot = Duration::from_secs(start_ticks / ticks_per_second)
+        + Duration::from_secs(start_ticks % ticks_per_second)
+            / u32::try_from(ticks_per_second).ok()?;
+    // A start later than the uptime can only come from rounding to whole ticks: it counts as now.
+    let running_for = uptime.saturating_sub(since_boot);
+    now.checked_sub(running_for)
 }
 
 /// Reads the received and sent bytes of the silo interface from `/proc/<pid>/net/dev`, which
@@ -113,6 +166,30 @@ Inter-|   Receive                                                |  Transmit
     lo:     140       2    0    0    0     0          0         0      140       2    0    0    0     0       0          0
   eth0:    5306      48    0    0    0     0          0         0     1882      21    0    0    0     0       0          0
 ";
+
+    #[test]
+    fn parses_uptime_seconds() {
+        assert_eq!(
+            parse_uptime("350735.47 234388.90\n"),
+            Some(Duration::from_millis(350_735_470))
+        );
+        assert_eq!(parse_uptime("12 5.00"), Some(Duration::from_secs(12)));
+        assert_eq!(parse_uptime(""), None);
+        assert_eq!(parse_uptime("-1.00 0"), None);
+    }
+
+    #[test]
+    fn start_time_counts_back_from_now() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        // Up for 500 s; the process started 450.25 s after boot, so 49.75 s ago.
+        let started = start_time(now, Duration::from_secs(500), 45_025, 100);
+        assert_eq!(started, Some(now - Duration::from_millis(49_750)));
+        assert_eq!(
+            start_time(now, Duration::from_secs(500), 60_000, 100),
+            Some(now)
+        );
+        assert_eq!(start_time(now, Duration::from_secs(500), 1, 0), None);
+    }
 
     #[test]
     fn parses_interface_bytes() {

@@ -1,7 +1,7 @@
 //! The `Agent` service: one long-lived session per agent.
 
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use colex_proto as proto;
 use colex_proto::agent_message::Kind as AgentKind;
@@ -16,6 +16,7 @@ use crate::api::unavailable;
 use crate::raft::RaftNode;
 use crate::sessions::Sessions;
 use crate::state::{Command, Desired, HostAttributes, Response as StateResponse, SiloStatus};
+use crate::usage::UsageStore;
 use crate::view;
 
 /// A session with no message from the agent for this long is closed and
@@ -93,7 +94,9 @@ impl proto::agent_server::Agent for AgentService {
         let session = Session {
             node: self.node.clone(),
             host: host.clone(),
+            cpus: hello.cpus,
             logs: self.logs.clone(),
+            usage: self.sessions.usage().clone(),
         };
         session.forget_removed(&hello.silos).await?;
         for status in hello.silos {
@@ -129,7 +132,11 @@ impl proto::agent_server::Agent for AgentService {
 struct Session {
     node: RaftNode,
     host: String,
+    /// CPU count from the agent's Hello. CPU percents of the host's silos are shares of all of
+    /// them.
+    cpus: u32,
     logs: LogRouter,
+    usage: UsageStore,
 }
 
 impl Session {
@@ -188,6 +195,10 @@ impl Session {
         match message.kind {
             Some(AgentKind::Status(status)) => self.record(status).await,
             Some(AgentKind::Heartbeat(_)) => Ok(()),
+            Some(AgentKind::UsageReport(report)) => {
+                self.usage.record(&self.host, self.cpus, &report, Instant::now());
+                Ok(())
+            }
             Some(AgentKind::LogChunk(chunk)) => {
                 self.logs.deliver(chunk).await;
                 Ok(())

@@ -126,6 +126,11 @@ impl proto::client_server::Client for ClientService {
     }
 
     async fn up(&self, request: Request<proto::UpRequest>) -> Result<Response<proto::UpResponse>, Status> {
+        // An `up` whose first attempt committed is a no-op when forwarded again: the spec is unchanged.
+        let forwarded = self.node.leader.forward(&request, |channel, forwarded| async move { leader_client(channel).up(forwarded).await });
+        if let Some(response) = forwarded.await? {
+            return Ok(response);
+        }
         let specs = request.into_inner().silos;
         if specs.is_empty() {
             return Err(Status::invalid_argument("the request contains no silo"));
@@ -140,6 +145,10 @@ impl proto::client_server::Client for ClientService {
     }
 
     async fn down(&self, request: Request<proto::DownRequest>) -> Result<Response<proto::DownResponse>, Status> {
+        let forwarded = self.node.leader.forward(&request, |channel, forwarded| async move { leader_client(channel).down(forwarded).await });
+        if let Some(response) = forwarded.await? {
+            return Ok(response);
+        }
         let mut response = proto::DownResponse::default();
         for name in request.into_inner().names {
             let known = self.node.state.read().await.silos.contains_key(&name);
@@ -157,12 +166,21 @@ impl proto::client_server::Client for ClientService {
         Ok(Response::new(response))
     }
 
-    async fn list(&self, _request: Request<proto::ListRequest>) -> Result<Response<proto::ListResponse>, Status> {
-        self.node.read_barrier().await.map_err(|error| unavailable(&error))?;
+    async fn list(&self, request: Request<proto::ListRequest>) -> Result<Response<proto::ListResponse>, Status> {
+        // A stale read is served from this controller's applied state. Otherwise the leader, which
+        // also holds the agent sessions that decide host states, serves a linearizable read.
+        if !is_stale_read(request.metadata()) {
+            let forwarded = self.node.leader.forward(&request, |channel, forwarded| async move { leader_client(channel).list(forwarded).await });
+            if let Some(response) = forwarded.await? {
+                return Ok(response);
+            }
+            self.node.read_barrier().await.map_err(|error| unavailable(&error))?;
+        }
 
         let live = self.sessions.live_hosts();
         let state = self.node.state.read().await;
-        let silos = state.silos.values().map(view::silo_info).collect();
+        let now = std::time::Instant::now();
+        let silos = state.silos.values().map(|record| view::silo_info_with_usage(record, self.sessions.usage(), now)).collect();
         let hosts = state
             .hosts
             .values()
@@ -170,6 +188,20 @@ impl proto::client_server::Client for ClientService {
             .collect();
         Ok(Response::new(proto::ListResponse { silos, hosts }))
     }
+}
+
+/// Returns a client of the leader's `Client` service on `channel`.
+fn leader_client(channel: tonic::transport::Channel) -> proto::client_client::ClientClient<tonic::transport::Channel> {
+    proto::client_client::ClientClient::new(channel)
+        .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
+}
+
+/// Returns true when the request is for a read from the local state.
+fn is_stale_read(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata
+        .get(proto::READ_CONSISTENCY_HEADER)
+        .is_some_and(|value| value.as_bytes() == proto::STALE_READ.as_bytes())
 }
 
 /// Returns a random silo id of 8 lower-case hex digits.
