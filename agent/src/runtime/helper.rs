@@ -1,8 +1,9 @@
 //! The helper process: `<helper_exe> silo-helper`, one per silo, single-threaded and without
 //! tokio. It is the silo's supervisor and outlives the agent that started it.
 //!
-//! It reads the [`HelperJob`] from stdin, clones the silo's PID 1 into new namespaces, reports
-//! its pid, and releases it when the agent sends "go". Then it drains the pipes that are the
+//! It reads the [`HelperJob`] from stdin, clones the silo's PID 1 into new namespaces, writes
+//! the uid and gid maps of its user namespace, reports its pid, and releases it when the agent
+//! sends "go". Then it drains the pipes that are the
 //! program's stdout and stderr into size-capped rotating files, waits for PID 1 to exit, and
 //! writes the exit record to the silo dir. It runs in a session of its own, so a signal to the
 //! agent's process group does not reach it. It needs nothing from the agent once the program
@@ -25,6 +26,7 @@ use super::logs::{RotatingLog, MAX_LOG_FILE_BYTES};
 use super::pidfd::PidFd;
 use super::protocol::{send_report, HelperJob, HelperReport, GO_LINE};
 use super::state::{write_json_atomic, ExitRecord, StateError};
+use super::userns::{self, UsernsError};
 
 /// Stack size of the cloned PID 1, in bytes. The memory is only committed when touched.
 const INIT_STACK_BYTES: usize = 8 * 1024 * 1024;
@@ -51,6 +53,8 @@ pub enum HelperError {
     Pipe { source: Errno },
     #[error("failed to clone the silo init into new namespaces: {source}")]
     Clone { source: Errno },
+    #[error("failed to map the ids of the silo's user namespace: {source}")]
+    MapIds { source: UsernsError },
     #[error("failed to report to the agent: {source}")]
     Report { source: Errno },
     #[error("failed to wait for the silo init (pid {pid}): {source}")]
@@ -112,6 +116,16 @@ fn run() -> Result<(), HelperError> {
     // Only PID 1 and the program hold the write ends now, so the pipes reach EOF once the
     // silo's processes are gone.
     drop((sync_read, stdout_write, stderr_write));
+
+    // Before the report, so PID 1 is mapped before the agent releases it: it waits on the sync
+    // pipe until then.
+    if let Some(map) = &job.id_map {
+        if let Err(source) = userns::write_id_maps(init_pid, map) {
+            let _ = kill(init_pid, Signal::SIGKILL);
+            let _ = wait_for_exit(init_pid);
+            return Err(HelperError::MapIds { source });
+        }
+    }
 
     let init_pid_u32 = u32::try_from(init_pid.as_raw()).unwrap_or_default();
     if let Err(source) = send_report(
@@ -291,11 +305,17 @@ fn try_wait(pid: Pid) -> Result<Option<i32>, HelperError> {
 fn clone_init(job: &HelperJob, fds: InitFds) -> Result<Pid, HelperError> {
     let callback = Box::new(move || init::run(job, fds) as isize);
     let mut stack = vec![0u8; INIT_STACK_BYTES];
-    let flags = CloneFlags::CLONE_NEWPID
+    let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWNET;
+    // In the same call, the kernel creates the user namespace first and makes it the owner of
+    // every other new namespace, so PID 1's capabilities there cover its mounts, host name and
+    // network, and nothing of the host.
+    if job.id_map.is_some() {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
     // SAFETY: without CLONE_VM the child gets a copy of this address space, so `stack`, `job`
     // and the callback stay valid in the child for its whole life. This process is
     // single-threaded, so the child inherits no lock held by another thread. INIT_STACK_BYTES

@@ -48,8 +48,9 @@ pub async fn start(
         let images_dir = images_dir.clone();
         let busybox = cfg.busybox.clone();
         let tarballs = cfg.images.clone();
+        let id_map = cfg.id_map;
         tokio::task::spawn_blocking(move || {
-            image::ImageStore::open(&images_dir, &busybox, &tarballs)
+            image::ImageStore::open(&images_dir, &busybox, &tarballs, id_map)
         })
         .await??
     };

@@ -20,6 +20,7 @@
 mod adopt;
 mod binds;
 mod busybox;
+mod capabilities;
 mod cgroup;
 mod config;
 mod failpoint;
@@ -46,6 +47,7 @@ mod state;
 mod stats;
 mod tarball;
 mod teardown;
+mod userns;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -45,6 +45,9 @@ pub struct HelperJob {
     /// Host paths PID 1 bind-mounts into the silo root before `pivot_root`.
     #[serde(default)]
     pub binds: Vec<super::binds::BindMount>,
+    /// Uid and gid map of the silo's user namespace; `None` runs the silo without one.
+    #[serde(default)]
+    pub id_map: Option<super::userns::IdMap>,
 }
 
 /// Progress of a silo start, reported to the agent.

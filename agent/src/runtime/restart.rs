@@ -126,7 +126,7 @@ async fn relaunch(
         inner.netlink.delete_link(stale).await?;
     }
 
-    let job = helper_job(&paths, &silo_id, plan, sources);
+    let job = helper_job(&paths, &silo_id, plan, sources, inner.cfg.id_map);
     let host_veth = record.host_veth.clone();
     match launch(inner, &paths, record, &job, peer).await {
         Ok(running) => Ok(running),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use colex_proto::{Interface, SiloSpec};
+use nix::unistd::chown;
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
@@ -24,6 +25,7 @@ use super::sources::{self, SiloSources};
 use super::spec::{self, SiloPlan};
 use super::state::{self, ExitRecord, SiloPaths, SiloRecord};
 use super::teardown::{UndoStack, UndoStep};
+use super::userns::IdMap;
 use super::{cgroup, iptables, Inner, Runtime, RuntimeError, SiloExit};
 
 /// How long the helper may take to clone the silo's PID 1.
@@ -170,7 +172,7 @@ async fn setup_steps(
     state::write_json_atomic(&paths.record(), &record)?;
     failpoint(inner, "after-silo-dir")?;
 
-    place_files(&paths, silo_id, spec, plan, address).await?;
+    place_files(&paths, silo_id, spec, plan, address, inner.cfg.id_map).await?;
     failpoint(inner, "after-files")?;
 
     // Pushed first: a failed create can leave dirs in some hierarchies.
@@ -195,16 +197,18 @@ async fn setup_steps(
         failpoint(inner, "after-masquerade")?;
     }
 
-    let job = helper_job(&paths, silo_id, plan, sources);
+    let job = helper_job(&paths, silo_id, plan, sources, inner.cfg.id_map);
     launch(inner, &paths, record, &job, peer).await
 }
 
-/// Builds the job of the helper for silo `silo_id`.
+/// Builds the job of the helper for silo `silo_id`, in a user namespace with `id_map` unless
+/// it is `None`.
 pub(super) fn helper_job(
     paths: &SiloPaths,
     silo_id: &str,
     plan: &SiloPlan,
     sources: &SiloSources,
+    id_map: Option<IdMap>,
 ) -> HelperJob {
     HelperJob {
         silo_id: silo_id.to_string(),
@@ -220,6 +224,7 @@ pub(super) fn helper_job(
         argv: plan.argv.clone(),
         env: plan.env.clone(),
         binds: sources.binds.clone(),
+        id_map,
     }
 }
 
@@ -311,32 +316,56 @@ pub(super) fn exit_template(silo_id: &str, generation: u64) -> SiloExit {
     }
 }
 
-/// Writes the generated `/etc` files and then the spec's files, so the spec's files win.
+/// Writes the generated `/etc` files and then the spec's files, so the spec's files win. With
+/// `id_map`, the upper and work dirs and every placed file belong to the silo root's host ids,
+/// so the silo can write its root and overlayfs can use its work dir.
 async fn place_files(
     paths: &SiloPaths,
     silo_id: &str,
     spec: &SiloSpec,
     plan: &SiloPlan,
     address: Ipv4Addr,
+    id_map: Option<IdMap>,
 ) -> Result<(), RuntimeError> {
     let upper = paths.upper();
+    let work = paths.work();
     let entries = spec.files.clone();
     let network = spec.network.clone().unwrap_or_default();
     let plan = plan.clone();
+    let owner = id_map.map(|map| map.root_owner());
     let placed = tokio::task::spawn_blocking(move || -> Result<(), files::FilesError> {
+        if let Some(owner) = owner {
+            for dir in [&upper, &work] {
+                chown(dir, Some(owner.nix_uid()), Some(owner.nix_gid())).map_err(|source| {
+                    files::FilesError::Chown {
+                        path: dir.display().to_string(),
+                        uid: owner.uid,
+                        gid: owner.gid,
+                        source,
+                    }
+                })?;
+            }
+        }
         files::write_silo_file(
             &upper,
             "/etc/hostname",
             format!("{}\n", plan.name).as_bytes(),
             0o644,
+            owner,
         )?;
         let hosts = files::hosts_file(&plan.name, address, &network.hosts)?;
-        files::write_silo_file(&upper, "/etc/hosts", hosts.as_bytes(), 0o644)?;
+        files::write_silo_file(&upper, "/etc/hosts", hosts.as_bytes(), 0o644, owner)?;
         if let Some(resolv_conf) = &plan.resolv_conf {
-            files::write_silo_file(&upper, "/etc/resolv.conf", resolv_conf.as_bytes(), 0o644)?;
+            files::write_silo_file(
+                &upper,
+                "/etc/resolv.conf",
+                resolv_conf.as_bytes(),
+                0o644,
+                owner,
+            )?;
         }
         for entry in &entries {
-            files::place_entry(&upper, entry)?;
+            files::place_entry(&upper, entry, owner)?;
         }
         Ok(())
     })
