@@ -253,6 +253,10 @@ fn measure(
             tools,
             &host.busybox_image_dir(),
             format!("cx{unique}"),
+            Some(crun::UserMapping {
+                host_id: 100_000,
+                size: 65_536,
+            }),
         )?),
         None => None,
     };

@@ -32,6 +32,11 @@ use super::protocol::{send_report, HelperJob, HelperReport};
 use super::rootfs::{self, RootfsError, RootfsSources};
 use super::userns::{self, UsernsError};
 
+/// Byte on the sync pipe that lets PID 1 build the silo's root file system.
+pub const MOUNT_BYTE: u8 = b'm';
+/// Byte on the sync pipe that lets PID 1 start the program.
+pub const GO_BYTE: u8 = b'g';
+
 /// Exit code of PID 1 when the agent aborted the start before releasing it.
 pub const ABORTED_EXIT_CODE: i32 = 125;
 /// Exit code of PID 1 when the setup before exec failed.
@@ -125,19 +130,27 @@ pub fn run(job: &HelperJob, fds: InitFds) -> i32 {
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
     let _ = prctl::set_name(INIT_PROCESS_NAME);
 
-    if !wait_for_release(&sync_read) {
+    // The root file system is built while the agent sets up the cgroup and the network.
+    if !wait_for_byte(&sync_read, MOUNT_BYTE) {
+        return ABORTED_EXIT_CODE;
+    }
+    let reports = io::stdout();
+    let fail = |err: InitError| {
+        eprintln!("colex-init: {err}");
+        let _ = send_report(&reports, &HelperReport::failed(err.to_string()));
+        SETUP_FAILED_EXIT_CODE
+    };
+    if let Err(err) = build_root(job) {
+        return fail(err);
+    }
+    if !wait_for_byte(&sync_read, GO_BYTE) {
         return ABORTED_EXIT_CODE;
     }
     drop(sync_read);
 
-    let reports = io::stdout();
     let program_pid = match start_program(job, stdout, stderr) {
         Ok(pid) => pid,
-        Err(err) => {
-            eprintln!("colex-init: {err}");
-            let _ = send_report(&reports, &HelperReport::failed(err.to_string()));
-            return SETUP_FAILED_EXIT_CODE;
-        }
+        Err(err) => return fail(err),
     };
     if let Err(errno) = send_report(&reports, &HelperReport::Started) {
         eprintln!("colex-init: failed to report the start: {errno}");
@@ -146,22 +159,9 @@ pub fn run(job: &HelperJob, fds: InitFds) -> i32 {
     supervise(program_pid)
 }
 
-/// Blocks until the helper writes the release byte; returns false on EOF or error, which
-/// means the start was aborted.
-fn wait_for_release(sync_read: &OwnedFd) -> bool {
-    let mut byte = [0u8; 1];
-    loop {
-        match nix::unistd::read(sync_read, &mut byte) {
-            Ok(1) => return true,
-            Err(Errno::EINTR) => continue,
-            Ok(_) | Err(_) => return false,
-        }
-    }
-}
-
-/// Sets up the silo and forks the program with `stdout` and `stderr` as its output; returns
-/// its pid once `execve` succeeded. PID 1 keeps no copy of the output pipes.
-fn start_program(job: &HelperJob, stdout: OwnedFd, stderr: OwnedFd) -> Result<Pid, InitError> {
+/// Becomes root of the silo's user namespace, if it has one, and builds the silo's root file
+/// system.
+fn build_root(job: &HelperJob) -> Result<(), InitError> {
     // Opened with the host ids PID 1 was cloned with, which may search the host dirs that
     // silo root may not.
     let sources = RootfsSources::open(job)?;
@@ -171,8 +171,25 @@ fn start_program(job: &HelperJob, stdout: OwnedFd, stderr: OwnedFd) -> Result<Pi
         let _ = prctl::set_pdeathsig(Signal::SIGKILL);
     }
     rootfs::enter(job, &sources)?;
-    drop(sources);
+    Ok(())
+}
 
+/// Blocks until the helper writes `expected`; returns false on EOF, error or another byte,
+/// which mean that the start was aborted.
+fn wait_for_byte(sync_read: &OwnedFd, expected: u8) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(sync_read, &mut byte) {
+            Ok(1) => return byte[0] == expected,
+            Err(Errno::EINTR) => continue,
+            Ok(_) | Err(_) => return false,
+        }
+    }
+}
+
+/// Forks the program, in the silo's root, with `stdout` and `stderr` as its output; returns its
+/// pid once `execve` succeeded. PID 1 keeps no copy of the output pipes.
+fn start_program(job: &HelperJob, stdout: OwnedFd, stderr: OwnedFd) -> Result<Pid, InitError> {
     check_binary(&job.binary)?;
     let stdin = OpenOptions::new()
         .read(true)

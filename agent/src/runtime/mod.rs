@@ -41,6 +41,7 @@ mod removal;
 mod restart;
 mod rootfs;
 mod silo;
+mod spare;
 mod sources;
 mod spec;
 mod state;
@@ -193,6 +194,8 @@ struct Inner {
     shut_down: AtomicBool,
     /// The failpoint the start path fails at, from `cfg.failpoint` or [`Runtime::set_failpoint`].
     failpoint: Mutex<Option<String>>,
+    /// Helper processes waiting for the next starts' jobs.
+    spare: spare::SpareHelpers,
 }
 
 impl Runtime {
@@ -318,6 +321,12 @@ impl Runtime {
     /// start. Later calls to [`Runtime::run_silo`] fail.
     pub async fn shutdown(&self) -> Result<(), RuntimeError> {
         host::shutdown(self).await
+    }
+
+    /// Returns the pids of the helper processes that wait for the next starts' jobs. They hold
+    /// no silo and exit when the agent does.
+    pub fn spare_helper_pids(&self) -> Vec<u32> {
+        self.inner.spare.pids()
     }
 
     /// Returns the dir of silo `silo_id`, which contains [`STDOUT_LOG_FILE`], [`STDERR_LOG_FILE`]
