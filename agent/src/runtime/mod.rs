@@ -66,7 +66,10 @@ pub use config::{ConfigError, RuntimeConfig, DEFAULT_BUSYBOX_PATH, DEFAULT_PIDS_
 pub use failpoint::{FailpointReached, FAILPOINTS};
 pub use files::FilesError;
 pub use helper::helper_main;
-pub use image::{is_image_name, ImageError, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES};
+pub use image::{
+    cache_dir_suffix, is_image_name, ImageError, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES,
+};
+pub use userns::IdMap;
 pub use iptables::{IptablesError, MASQUERADE_CHAIN};
 pub use launch::LaunchError;
 pub use lease::LeaseError;
