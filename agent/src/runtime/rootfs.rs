@@ -191,8 +191,8 @@ impl RootfsSources {
 
     /// Returns the path of the mount point through the handle on its parent.
     ///
-    /// NOTE: the silo root searches the parent, the silo dir, by this path. That works when the
-    /// agent created the silo dir with umask 022 (mode 0755) and fails with EACCES for 0700.
+    /// The silo root searches the parent, the silo dir, by this path, so the agent makes the
+    /// silo dir searchable by others (mode 0711) whatever its umask.
     fn rootfs_path(&self) -> PathBuf {
         fd_path(&self.rootfs_parent).join(&self.rootfs_name)
     }
