@@ -10,6 +10,7 @@
 //! skipped, unless CI=true, where they fail.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use colex_agent::runtime::{Runtime, RuntimeConfig, RuntimeError, FAILPOINTS};
 
@@ -192,7 +193,16 @@ fn start_at_each_failpoint_restores_baseline() {
                     baseline,
                     "{name}: host after the failed start"
                 );
-                let helpers = helper_children();
+                // Spare helpers wait for the next start's job and are not leftovers; one may
+                // still be on its way into the spare list.
+                let leftover_helpers = || {
+                    let spares = runtime.spare_helper_pids();
+                    let mut helpers = helper_children();
+                    helpers.retain(|pid| !spares.contains(&pid.unsigned_abs()));
+                    helpers
+                };
+                wait_for(Duration::from_secs(2), || leftover_helpers().is_empty());
+                let helpers = leftover_helpers();
                 assert!(
                     helpers.is_empty(),
                     "{name}: helper processes left: {helpers:?}"

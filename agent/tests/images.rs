@@ -158,7 +158,7 @@ fn tarball_image_runs_a_silo() {
                 .expect("start runtime");
             let images = list_names(&host.images_dir());
             assert_eq!(images.len(), 2, "busybox and tiny are cached: {images:?}");
-            assert_eq!(images[0], "busybox");
+            assert_eq!(images[0], "busybox+100000");
             assert!(images[1].starts_with("tiny@"), "{images:?}");
 
             let script = "cat /etc/image-marker; ls /bin/busybox-copy; ls /dev/null; echo done";
@@ -261,7 +261,7 @@ fn rejected_tarballs_leave_nothing() {
             }
             assert_eq!(
                 list_names(&host.images_dir()),
-                ["busybox"],
+                ["busybox+100000"],
                 "no cache dir and no temp dir of a rejected image"
             );
             assert!(!host.cfg.state_dir.join("x").exists());
@@ -353,6 +353,13 @@ fn read_only_bind_is_visible_and_not_writable() {
         std::fs::write(data.join("hello.txt"), "hello from the host\n").expect("write file");
         let scratch = host.path("scratch");
         std::fs::create_dir(&scratch).expect("create writable source");
+        // Silo root is host uid 100000 in its user namespace, and writes as that user.
+        nix::unistd::chown(
+            &scratch,
+            Some(nix::unistd::Uid::from_raw(100_000)),
+            Some(nix::unistd::Gid::from_raw(100_000)),
+        )
+        .expect("give the writable source to silo root");
         let motd = host.path("motd");
         std::fs::write(&motd, "message of the day\n").expect("write file source");
         let offered = [

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use colex_agent::runtime::{Runtime, RuntimeConfig, BUSYBOX_IMAGE};
+use colex_agent::runtime::{cache_dir_suffix, Runtime, RuntimeConfig, BUSYBOX_IMAGE};
 use colex_proto::{Binary, SiloSpec};
 use futures::TryStreamExt;
 use rtnetlink::LinkUnspec;
@@ -35,20 +35,22 @@ pub struct BenchHost {
 }
 
 impl BenchHost {
-    /// Creates a state dir and a configuration whose host and bridge names carry `unique`.
-    pub fn new(unique: &str) -> anyhow::Result<BenchHost> {
+    /// Creates a state dir and a configuration whose host and bridge names carry `unique`, with
+    /// silos in user namespaces when `user_namespaces` is true.
+    pub fn new(unique: &str, user_namespaces: bool) -> anyhow::Result<BenchHost> {
         let state_dir = tempfile::Builder::new()
             .prefix("cxbench")
             .tempdir()
             .context("failed to create the state dir")?;
         let subnet = SUBNET.parse().context("invalid subnet")?;
-        let cfg = RuntimeConfig::new(
+        let mut cfg = RuntimeConfig::new(
             format!("cx{unique}"),
             state_dir.path(),
             format!("cxb{unique}"),
             subnet,
             HELPER_EXE,
         );
+        cfg.set_user_namespaces(user_namespaces);
         Ok(BenchHost {
             cfg,
             _state_dir: state_dir,
@@ -57,7 +59,8 @@ impl BenchHost {
 
     /// Returns the cache dir of the busybox image, the silos' overlayfs lower dir.
     pub fn busybox_image_dir(&self) -> PathBuf {
-        self.cfg.state_dir.join("images").join(BUSYBOX_IMAGE)
+        let name = format!("{BUSYBOX_IMAGE}{}", cache_dir_suffix(self.cfg.id_map));
+        self.cfg.state_dir.join("images").join(name)
     }
 }
 

@@ -35,6 +35,14 @@ const PROGRAM: &str = "/bin/true";
 /// The namespaces a silo gets; the container gets the same ones.
 const NAMESPACES: &[&str] = &["pid", "mount", "uts", "ipc", "network"];
 
+/// A user namespace for the container: root inside is `host_id` outside, and `size` ids are
+/// mapped, as colex maps a silo's ids.
+#[derive(Debug, Clone, Copy)]
+pub struct UserMapping {
+    pub host_id: u32,
+    pub size: u32,
+}
+
 /// How to install crun when it is missing.
 pub const INSTALL_HINT: &str = "apt-get install crun";
 
@@ -89,8 +97,14 @@ pub struct CrunBench {
 
 impl CrunBench {
     /// Copies `rootfs` into a new bundle and writes its config.json: crun's default spec with
-    /// [`PROGRAM`] as the process, no terminal, a writable root, and [`NAMESPACES`].
-    pub fn prepare(tools: Tools, rootfs: &Path, id_prefix: String) -> anyhow::Result<CrunBench> {
+    /// [`PROGRAM`] as the process, no terminal, a writable root, and [`NAMESPACES`], plus a user
+    /// namespace when `user` is given (the copy is then owned by the mapped root).
+    pub fn prepare(
+        tools: Tools,
+        rootfs: &Path,
+        id_prefix: String,
+        user: Option<UserMapping>,
+    ) -> anyhow::Result<CrunBench> {
         let dir = tempfile::Builder::new()
             .prefix("cxcrun")
             .tempdir()
@@ -111,6 +125,16 @@ impl CrunBench {
             .status()
             .context("failed to run cp")?;
         ensure!(copy.success(), "cp -a {} failed: {copy}", rootfs.display());
+        if let Some(user) = user {
+            // The busybox image belongs to root, so every entry moves to the mapped root.
+            let owner = format!("{0}:{0}", user.host_id);
+            let chown = Command::new("chown")
+                .args(["-R", "-h", &owner])
+                .arg(bench.bundle().join("rootfs"))
+                .status()
+                .context("failed to run chown")?;
+            ensure!(chown.success(), "chown -R {owner} of the bundle root failed: {chown}");
+        }
 
         let spec = Command::new(&bench.tools.crun)
             .arg("spec")
@@ -124,7 +148,7 @@ impl CrunBench {
             .with_context(|| format!("failed to read {}", config_path.display()))?;
         let mut config: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("invalid JSON in {}", config_path.display()))?;
-        edit_config(&mut config)?;
+        edit_config(&mut config, user)?;
         fs::write(&config_path, serde_json::to_vec_pretty(&config)?)
             .with_context(|| format!("failed to write {}", config_path.display()))?;
         Ok(bench)
@@ -207,7 +231,7 @@ impl CrunBench {
 }
 
 /// Sets the fields of crun's default spec that differ for this benchmark.
-fn edit_config(config: &mut serde_json::Value) -> anyhow::Result<()> {
+fn edit_config(config: &mut serde_json::Value, user: Option<UserMapping>) -> anyhow::Result<()> {
     let Some(process) = config.get_mut("process").and_then(|p| p.as_object_mut()) else {
         bail!("crun's spec has no process object");
     };
@@ -223,10 +247,18 @@ fn edit_config(config: &mut serde_json::Value) -> anyhow::Result<()> {
     let Some(linux) = config.get_mut("linux").and_then(|l| l.as_object_mut()) else {
         bail!("crun's spec has no linux object");
     };
-    let namespaces: Vec<_> = NAMESPACES
+    let mut namespaces: Vec<_> = NAMESPACES
         .iter()
         .map(|kind| serde_json::json!({ "type": kind }))
         .collect();
+    if let Some(user) = user {
+        namespaces.push(serde_json::json!({ "type": "user" }));
+        let mapping = serde_json::json!([
+            { "containerID": 0, "hostID": user.host_id, "size": user.size }
+        ]);
+        linux.insert("uidMappings".into(), mapping.clone());
+        linux.insert("gidMappings".into(), mapping);
+    }
     linux.insert("namespaces".into(), namespaces.into());
     Ok(())
 }

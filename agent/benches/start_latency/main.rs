@@ -23,7 +23,8 @@
 //! change in the machine's load affects both.
 //!
 //! Environment: `COLEX_BENCH_RUNS` sets the number of timed runs of each side in each pacing
-//! (default 200).
+//! (default 200). `COLEX_BENCH_USER_NAMESPACES=off` runs both sides without a user namespace;
+//! by default both map root to host uid 100000, as the agent does.
 
 mod colex;
 mod crun;
@@ -95,6 +96,7 @@ struct Samples {
 
 fn run() -> anyhow::Result<()> {
     let runs = runs_from_env()?;
+    let user_namespaces = user_namespaces_from_env()?;
     let tools = crun::find_tools();
     print_machine();
     match &tools {
@@ -102,6 +104,10 @@ fn run() -> anyhow::Result<()> {
         Err(message) => println!("reference: {message}; measuring colex only"),
     }
     println!("load average before: {}", load_average());
+    println!(
+        "user namespaces: {}",
+        if user_namespaces { "on, both sides (root is host uid 100000)" } else { "off, both sides" }
+    );
     println!(
         "{runs} timed runs of each side in each pacing, after {WARMUP_RUNS} untimed ones, in \
          {BLOCKS} alternating blocks"
@@ -118,7 +124,7 @@ fn run() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let tools = tools.ok();
-    let report = std::thread::spawn(move || measure_in_netns(runs, tools))
+    let report = std::thread::spawn(move || measure_in_netns(runs, user_namespaces, tools))
         .join()
         .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))??;
     for samples in &report.pacings {
@@ -206,9 +212,22 @@ fn runs_from_env() -> anyhow::Result<usize> {
     Ok(runs)
 }
 
+/// Reads `COLEX_BENCH_USER_NAMESPACES`: `on` (the default) or `off`.
+fn user_namespaces_from_env() -> anyhow::Result<bool> {
+    match std::env::var("COLEX_BENCH_USER_NAMESPACES").as_deref() {
+        Err(_) | Ok("on") => Ok(true),
+        Ok("off") => Ok(false),
+        Ok(other) => bail!("invalid COLEX_BENCH_USER_NAMESPACES {other:?}: expected on or off"),
+    }
+}
+
 /// Creates a network namespace on this thread and measures both sides in it. The namespace,
 /// with the bridge and every veth and firewall rule in it, vanishes when the thread ends.
-fn measure_in_netns(runs: usize, tools: Option<crun::Tools>) -> anyhow::Result<Report> {
+fn measure_in_netns(
+    runs: usize,
+    user_namespaces: bool,
+    tools: Option<crun::Tools>,
+) -> anyhow::Result<Report> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .context("failed to create a network namespace")?;
     // Threads inherit the namespace of the thread that spawns them, so every worker of this
@@ -221,7 +240,7 @@ fn measure_in_netns(runs: usize, tools: Option<crun::Tools>) -> anyhow::Result<R
     tokio.block_on(colex::set_loopback_up())?;
 
     let unique = random_hex();
-    let host = BenchHost::new(&unique)?;
+    let host = BenchHost::new(&unique, user_namespaces)?;
     let _cgroups = CgroupGuard::for_host(&host.cfg.host_name)?;
     let (runtime, _exits) = tokio
         .block_on(Runtime::start(host.cfg.clone()))
@@ -253,6 +272,10 @@ fn measure(
             tools,
             &host.busybox_image_dir(),
             format!("cx{unique}"),
+            host.cfg.id_map.map(|map| crun::UserMapping {
+                host_id: map.host_base,
+                size: map.count,
+            }),
         )?),
         None => None,
     };

@@ -48,7 +48,8 @@ pub struct AgentSettings {
     /// `pids_limit` as written: `None` when absent (the runtime's default applies), `Some(0)`
     /// for no limit.
     pub pids_limit: Option<u64>,
-    /// Turns user namespaces off for this host's silos.
+    /// Turns user namespaces off for this host's silos, so root in a silo is host root; see
+    /// [`crate::runtime::RuntimeConfig::set_user_namespaces`].
     pub disable_user_namespaces: bool,
 }
 

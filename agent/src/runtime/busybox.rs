@@ -1,4 +1,5 @@
-//! The built-in `busybox` image: a directory tree made once from the host's static busybox.
+//! The built-in `busybox` image: a directory tree made once from the host's static busybox,
+//! per id map, owned by root of the silos that use it.
 
 use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder};
@@ -7,7 +8,11 @@ use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::image::{build_atomically, ImageError, BUSYBOX_IMAGE};
+use nix::fcntl::{AtFlags, AT_FDCWD};
+use nix::unistd::fchownat;
+
+use super::image::{build_atomically, cache_dir_suffix, ImageError, BUSYBOX_IMAGE};
+use super::userns::{IdMap, Owner};
 
 /// Path of the busybox binary inside the image, the target of every applet symlink.
 const BUSYBOX_IN_IMAGE: &str = "/bin/busybox";
@@ -28,12 +33,18 @@ const IMAGE_DIRS: &[(&str, u32)] = &[
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
 const GROUP: &str = "root:x:0:\n";
 
-/// Returns the image dir of `busybox` under `images_dir`, building it first if it is missing.
+/// Returns the image dir of `busybox` for silos with `id_map` under `images_dir`, building it
+/// first if it is missing. With an id map, every file of the tree belongs to the map's root.
 ///
 /// The tree is built in a temp dir and renamed into place, so an existing image dir is always
 /// complete, also after a crash during the build. Blocking: call from a blocking thread.
-pub fn ensure_busybox_image(images_dir: &Path, busybox: &Path) -> Result<PathBuf, ImageError> {
-    let target = images_dir.join(BUSYBOX_IMAGE);
+pub fn ensure_busybox_image(
+    images_dir: &Path,
+    busybox: &Path,
+    id_map: Option<IdMap>,
+) -> Result<PathBuf, ImageError> {
+    let dir_name = format!("{BUSYBOX_IMAGE}{}", cache_dir_suffix(id_map));
+    let target = images_dir.join(&dir_name);
     if target.is_dir() {
         return Ok(target);
     }
@@ -54,12 +65,56 @@ pub fn ensure_busybox_image(images_dir: &Path, busybox: &Path) -> Result<PathBuf
     }
     let applets = applet_paths(&String::from_utf8_lossy(&output.stdout));
 
-    build_atomically(images_dir, BUSYBOX_IMAGE, |temp| {
+    build_atomically(images_dir, &dir_name, |temp| {
         build_tree(temp, busybox, &applets).map_err(|source| ImageError::Build {
             path: target.clone(),
             source,
-        })
+        })?;
+        match id_map {
+            Some(map) => chown_tree(temp, map.root_owner()),
+            None => Ok(()),
+        }
     })
+}
+
+/// Gives `root` and everything below it to `owner`, symlinks included and never followed.
+/// The tree has no setuid or setgid file, whose bits the change would clear.
+fn chown_tree(root: &Path, owner: Owner) -> Result<(), ImageError> {
+    let chown_error = |path: &Path, source| ImageError::Chown {
+        path: path.to_path_buf(),
+        uid: owner.uid,
+        gid: owner.gid,
+        source,
+    };
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        fchownat(
+            AT_FDCWD,
+            &path,
+            Some(owner.nix_uid()),
+            Some(owner.nix_gid()),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|source| chown_error(&path, source))?;
+        let metadata = fs::symlink_metadata(&path).map_err(|source| ImageError::Build {
+            path: path.clone(),
+            source,
+        })?;
+        if metadata.is_dir() {
+            let entries = fs::read_dir(&path).map_err(|source| ImageError::Build {
+                path: path.clone(),
+                source,
+            })?;
+            for entry in entries {
+                let entry = entry.map_err(|source| ImageError::Build {
+                    path: path.clone(),
+                    source,
+                })?;
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Returns the relative paths of the applet symlinks: every path from `busybox --list-full`
@@ -149,7 +204,7 @@ mod tests {
             return;
         }
         let images = tempfile::tempdir().expect("create temp dir");
-        let image = ensure_busybox_image(images.path(), busybox).expect("build image");
+        let image = ensure_busybox_image(images.path(), busybox, None).expect("build image");
         assert!(image.join("bin/busybox").is_file());
         assert_eq!(
             fs::read_link(image.join("bin/sh")).expect("sh link"),
@@ -169,7 +224,7 @@ mod tests {
 
         // A second call reuses the existing image.
         assert_eq!(
-            ensure_busybox_image(images.path(), busybox).expect("reuse"),
+            ensure_busybox_image(images.path(), busybox, None).expect("reuse"),
             image
         );
         let names: Vec<_> = fs::read_dir(images.path())
@@ -177,5 +232,27 @@ mod tests {
             .map(|entry| entry.expect("dir entry").file_name())
             .collect();
         assert_eq!(names, [BUSYBOX_IMAGE], "no temp dir is left");
+    }
+
+    #[test]
+    fn shifted_image_belongs_to_silo_root() {
+        use std::os::unix::fs::MetadataExt;
+        let busybox = Path::new(super::super::config::DEFAULT_BUSYBOX_PATH);
+        if !busybox.exists() || !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root and {}", busybox.display());
+            return;
+        }
+        let images = tempfile::tempdir().expect("create temp dir");
+        let image = ensure_busybox_image(images.path(), busybox, Some(IdMap::default()))
+            .expect("build image");
+        assert_eq!(image, images.path().join("busybox+100000"));
+        for path in ["", "bin", "bin/busybox", "bin/sh", "etc/passwd", "tmp"] {
+            let metadata = fs::symlink_metadata(image.join(path)).expect("stat");
+            assert_eq!(
+                (metadata.uid(), metadata.gid()),
+                (100_000, 100_000),
+                "{path:?}"
+            );
+        }
     }
 }

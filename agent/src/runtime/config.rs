@@ -10,6 +10,7 @@ use super::binds::{is_bind_id, BindSource, MAX_BIND_ID_BYTES};
 use super::failpoint::{is_failpoint, FAILPOINTS};
 use super::image::{is_image_name, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES};
 use super::names::{self, NameError};
+use super::userns::IdMap;
 
 /// Default path of the static busybox that the built-in `busybox` image is made from.
 pub const DEFAULT_BUSYBOX_PATH: &str = "/bin/busybox";
@@ -50,6 +51,9 @@ pub struct RuntimeConfig {
     /// Failpoint the silo start path fails at, one of [`FAILPOINTS`]; tests only (the agent
     /// binary reads it from `COLEX_FAILPOINT`). [`super::Runtime::set_failpoint`] changes it.
     pub failpoint: Option<String>,
+    /// Map of the silos' uids and gids onto host ids, the same for every silo of this agent.
+    /// `None` runs silos without a user namespace, so root in a silo is host root.
+    pub id_map: Option<IdMap>,
 }
 
 /// Errors in a [`RuntimeConfig`].
@@ -87,10 +91,16 @@ pub enum ConfigError {
     PidsLimitTooLow { limit: u64 },
     #[error("unknown failpoint {name:?}: expected one of {FAILPOINTS:?}")]
     UnknownFailpoint { name: String },
+    #[error(
+        "invalid id map {map:?}: expected a host base and a count above 0 whose sum is at most \
+         4294967295"
+    )]
+    InvalidIdMap { map: IdMap },
 }
 
 impl RuntimeConfig {
-    /// Creates a configuration with the default busybox path and pids limit.
+    /// Creates a configuration with the default busybox path, pids limit and id map, so silos
+    /// run in user namespaces.
     pub fn new(
         host_name: impl Into<String>,
         state_dir: impl Into<PathBuf>,
@@ -109,6 +119,7 @@ impl RuntimeConfig {
             binds: BTreeMap::new(),
             pids_limit: Some(DEFAULT_PIDS_LIMIT),
             failpoint: None,
+            id_map: Some(IdMap::default()),
         }
     }
 
@@ -152,7 +163,16 @@ impl RuntimeConfig {
                 name: name.to_string(),
             });
         }
+        if let Some(map) = self.id_map.filter(|map| !map.is_valid()) {
+            return Err(ConfigError::InvalidIdMap { map });
+        }
         Ok(())
+    }
+
+    /// Turns the silos' user namespaces on, with the default id map (silo ids 0 to 65535 are
+    /// host ids 100000 to 165535), or off.
+    pub fn set_user_namespaces(&mut self, enabled: bool) {
+        self.id_map = enabled.then(IdMap::default);
     }
 
     /// Returns the names of every image silos can use: `busybox` first, then the tarball images.
@@ -213,6 +233,25 @@ mod tests {
         assert!(cfg.validate().is_ok());
         assert_eq!(cfg.busybox, PathBuf::from(DEFAULT_BUSYBOX_PATH));
         assert_eq!(cfg.pids_limit, Some(DEFAULT_PIDS_LIMIT));
+        assert_eq!(cfg.id_map, Some(IdMap::default()));
+    }
+
+    #[test]
+    fn id_map_is_checked() {
+        let mut cfg = config();
+        cfg.set_user_namespaces(false);
+        assert_eq!(cfg.id_map, None);
+        assert!(cfg.validate().is_ok());
+        cfg.set_user_namespaces(true);
+        assert_eq!(cfg.id_map, Some(IdMap::default()));
+        cfg.id_map = Some(IdMap {
+            host_base: 0,
+            count: 65_536,
+        });
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::InvalidIdMap { .. })
+        ));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! and the generated `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf`.
 //!
 //! The upper dir is fresh and empty, and every path is walked one component at a time with
-//! `openat(O_NOFOLLOW)`, so a write never follows a symlink out of the upper dir.
+//! `openat(O_NOFOLLOW)`, so a write never follows a symlink out of the upper dir. With a user
+//! namespace, everything placed (created parent dirs included) is owned by the silo root's host
+//! ids, so it shows as root's inside the silo, which may change it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -14,9 +16,12 @@ use std::path::{Path, PathBuf};
 
 use colex_proto::{FileEntry, FileKind};
 use nix::errno::Errno;
+use nix::fcntl::AtFlags;
 use nix::fcntl::{open, openat, OFlag};
 use nix::sys::stat::{fchmod, mkdirat, Mode};
-use nix::unistd::symlinkat;
+use nix::unistd::{fchown, fchownat, symlinkat};
+
+use super::userns::Owner;
 
 /// Mode of a file entry whose mode is 0, which protobuf cannot tell from "not set".
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
@@ -61,6 +66,13 @@ pub enum FilesError {
     CreateSymlink {
         path: String,
         target: String,
+        source: Errno,
+    },
+    #[error("failed to set the owner of silo path {path:?} to {uid}:{gid}: {source}")]
+    Chown {
+        path: String,
+        uid: u32,
+        gid: u32,
         source: Errno,
     },
     #[error("file entry {path:?} has unknown kind {kind}")]
@@ -138,25 +150,29 @@ pub fn check_entry(entry: &FileEntry) -> Result<(), FilesError> {
 }
 
 /// Places one spec entry below `root` (the upper dir): a regular file, a directory, or a
-/// symlink whose target is stored as written and never followed.
-pub fn place_entry(root: &Path, entry: &FileEntry) -> Result<(), FilesError> {
+/// symlink whose target is stored as written and never followed. `owner` is the host owner of
+/// what is created, `None` for the caller's ids.
+pub fn place_entry(root: &Path, entry: &FileEntry, owner: Option<Owner>) -> Result<(), FilesError> {
     check_entry(entry)?;
+    let path = entry.silo_path.as_str();
     match entry_kind(entry)? {
-        FileKind::Regular => write_silo_file(root, &entry.silo_path, &entry.content, entry.mode),
-        FileKind::Directory => create_silo_dir(root, &entry.silo_path, entry.mode),
-        FileKind::Symlink => create_silo_symlink(root, &entry.silo_path, &entry.link_target),
+        FileKind::Regular => write_silo_file(root, path, &entry.content, entry.mode, owner),
+        FileKind::Directory => create_silo_dir(root, path, entry.mode, owner),
+        FileKind::Symlink => create_silo_symlink(root, path, &entry.link_target, owner),
     }
 }
 
 /// Writes `content` to `silo_path` below `root` (the upper dir) with `mode`, creating missing
-/// parents as real directories and replacing an earlier file at the same path.
+/// parents as real directories and replacing an earlier file at the same path. `owner` is the
+/// host owner of the file and of the parents created, `None` for the caller's ids.
 pub fn write_silo_file(
     root: &Path,
     silo_path: &str,
     content: &[u8],
     mode: u32,
+    owner: Option<Owner>,
 ) -> Result<(), FilesError> {
-    let (dir, file_name) = open_parent(root, silo_path)?;
+    let (dir, file_name) = open_parent(root, silo_path, owner)?;
     let mode = Mode::from_bits_truncate(effective_mode(mode));
     let file_flags =
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -165,6 +181,8 @@ pub fn write_silo_file(
             path: silo_path.to_string(),
             source,
         })?;
+    // Before fchmod, because a change of owner clears the setuid and setgid bits.
+    set_owner(&fd, silo_path, owner)?;
     // The umask may have cleared bits at creation, and an existing file keeps its old mode.
     fchmod(&fd, mode).map_err(|source| FilesError::CreateFile {
         path: silo_path.to_string(),
@@ -178,10 +196,15 @@ pub fn write_silo_file(
         })
 }
 
-/// Creates the directory `silo_path` below `root` with `mode`; an existing directory gets the
-/// mode.
-pub fn create_silo_dir(root: &Path, silo_path: &str, mode: u32) -> Result<(), FilesError> {
-    let (parent, name) = open_parent(root, silo_path)?;
+/// Creates the directory `silo_path` below `root` with `mode` and `owner`; an existing
+/// directory gets both.
+pub fn create_silo_dir(
+    root: &Path,
+    silo_path: &str,
+    mode: u32,
+    owner: Option<Owner>,
+) -> Result<(), FilesError> {
+    let (parent, name) = open_parent(root, silo_path, owner)?;
     let mode = Mode::from_bits_truncate(effective_dir_mode(mode));
     let dir_error = |source| FilesError::CreateDirEntry {
         path: silo_path.to_string(),
@@ -193,18 +216,53 @@ pub fn create_silo_dir(root: &Path, silo_path: &str, mode: u32) -> Result<(), Fi
     }
     // O_NOFOLLOW | O_DIRECTORY rejects an existing symlink or file at the path.
     let dir = openat(&parent, name, DIR_FLAGS, Mode::empty()).map_err(dir_error)?;
+    set_owner(&dir, silo_path, owner)?;
     fchmod(&dir, mode).map_err(dir_error)
 }
 
 /// Creates the symlink `silo_path` below `root` pointing to `target`, which is stored as
 /// written: it is resolved only inside the silo, after pivot_root.
-pub fn create_silo_symlink(root: &Path, silo_path: &str, target: &str) -> Result<(), FilesError> {
-    let (parent, name) = open_parent(root, silo_path)?;
+pub fn create_silo_symlink(
+    root: &Path,
+    silo_path: &str,
+    target: &str,
+    owner: Option<Owner>,
+) -> Result<(), FilesError> {
+    let (parent, name) = open_parent(root, silo_path, owner)?;
     symlinkat(target, &parent, name).map_err(|source| FilesError::CreateSymlink {
         path: silo_path.to_string(),
         target: target.to_string(),
         source,
-    })
+    })?;
+    if let Some(owner) = owner {
+        fchownat(
+            &parent,
+            name,
+            Some(owner.nix_uid()),
+            Some(owner.nix_gid()),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|source| chown_error(silo_path, owner, source))?;
+    }
+    Ok(())
+}
+
+/// Gives the open file or dir `fd` at `silo_path` the host owner `owner`, if any.
+fn set_owner(fd: &OwnedFd, silo_path: &str, owner: Option<Owner>) -> Result<(), FilesError> {
+    let Some(owner) = owner else {
+        return Ok(());
+    };
+    fchown(fd, Some(owner.nix_uid()), Some(owner.nix_gid()))
+        .map_err(|source| chown_error(silo_path, owner, source))
+}
+
+fn chown_error(silo_path: &str, owner: Owner, source: Errno) -> FilesError {
+    FilesError::Chown {
+        path: silo_path.to_string(),
+        uid: owner.uid,
+        gid: owner.gid,
+        source,
+    }
 }
 
 /// Flags that open a directory without following a symlink in the last component.
@@ -213,9 +271,13 @@ const DIR_FLAGS: OFlag = OFlag::O_DIRECTORY
     .union(OFlag::O_CLOEXEC)
     .union(OFlag::O_RDONLY);
 
-/// Opens the parent directory of `silo_path` below `root`, creating missing directories, and
-/// returns it with the last path component.
-fn open_parent<'a>(root: &Path, silo_path: &'a str) -> Result<(OwnedFd, &'a str), FilesError> {
+/// Opens the parent directory of `silo_path` below `root`, creating missing directories with
+/// `owner`, and returns it with the last path component.
+fn open_parent<'a>(
+    root: &Path,
+    silo_path: &'a str,
+    owner: Option<Owner>,
+) -> Result<(OwnedFd, &'a str), FilesError> {
     let components = silo_path_components(silo_path)?;
     let (file_name, parents) = components
         .split_last()
@@ -229,8 +291,9 @@ fn open_parent<'a>(root: &Path, silo_path: &'a str) -> Result<(OwnedFd, &'a str)
             source,
         })?;
     for component in parents {
-        match mkdirat(&dir, *component, Mode::from_bits_truncate(DEFAULT_DIR_MODE)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
+        let created = match mkdirat(&dir, *component, Mode::from_bits_truncate(DEFAULT_DIR_MODE)) {
+            Ok(()) => true,
+            Err(Errno::EEXIST) => false,
             Err(source) => {
                 return Err(FilesError::CreateDir {
                     path: silo_path.to_string(),
@@ -238,7 +301,7 @@ fn open_parent<'a>(root: &Path, silo_path: &'a str) -> Result<(OwnedFd, &'a str)
                     source,
                 })
             }
-        }
+        };
         // O_NOFOLLOW | O_DIRECTORY fails with ELOOP or ENOTDIR on a symlink or a file.
         dir = openat(&dir, *component, DIR_FLAGS, Mode::empty()).map_err(|source| {
             FilesError::ParentNotDir {
@@ -247,6 +310,10 @@ fn open_parent<'a>(root: &Path, silo_path: &'a str) -> Result<(OwnedFd, &'a str)
                 source,
             }
         })?;
+        // An existing dir keeps its owner: it was created for an earlier entry.
+        if created {
+            set_owner(&dir, silo_path, owner)?;
+        }
     }
     Ok((dir, file_name))
 }
@@ -362,14 +429,15 @@ mod tests {
     #[test]
     fn writes_file_with_parents_and_mode() {
         let root = tempfile::tempdir().expect("create temp dir");
-        write_silo_file(root.path(), "/www/site/index.html", b"hello", 0o640).expect("write");
+        write_silo_file(root.path(), "/www/site/index.html", b"hello", 0o640, None).expect("write");
         let path = root.path().join("www/site/index.html");
         assert_eq!(std::fs::read(&path).expect("read back"), b"hello");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o7777;
         assert_eq!(mode, 0o640);
         assert!(root.path().join("www/site").is_dir());
 
-        write_silo_file(root.path(), "/www/site/index.html", b"new", 0o755).expect("overwrite");
+        write_silo_file(root.path(), "/www/site/index.html", b"new", 0o755, None)
+            .expect("overwrite");
         assert_eq!(std::fs::read(&path).expect("read back"), b"new");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o7777;
         assert_eq!(mode, 0o755);
@@ -382,10 +450,11 @@ mod tests {
         symlink(outside.path(), root.path().join("escape")).expect("symlink dir");
         symlink(outside.path().join("target"), root.path().join("link")).expect("symlink file");
 
-        let err =
-            write_silo_file(root.path(), "/escape/file", b"x", 0o644).expect_err("dir symlink");
+        let err = write_silo_file(root.path(), "/escape/file", b"x", 0o644, None)
+            .expect_err("dir symlink");
         assert!(matches!(err, FilesError::ParentNotDir { .. }), "{err}");
-        let err = write_silo_file(root.path(), "/link", b"x", 0o644).expect_err("file symlink");
+        let err =
+            write_silo_file(root.path(), "/link", b"x", 0o644, None).expect_err("file symlink");
         assert!(matches!(err, FilesError::CreateFile { .. }), "{err}");
         assert!(std::fs::read_dir(outside.path())
             .expect("list")
@@ -396,8 +465,8 @@ mod tests {
     #[test]
     fn file_as_parent_is_rejected() {
         let root = tempfile::tempdir().expect("create temp dir");
-        write_silo_file(root.path(), "/a", b"x", 0o644).expect("write");
-        let err = write_silo_file(root.path(), "/a/b", b"y", 0o644).expect_err("file parent");
+        write_silo_file(root.path(), "/a", b"x", 0o644, None).expect("write");
+        let err = write_silo_file(root.path(), "/a/b", b"y", 0o644, None).expect_err("file parent");
         assert!(matches!(err, FilesError::ParentNotDir { .. }), "{err}");
     }
 
@@ -414,14 +483,30 @@ mod tests {
     #[test]
     fn places_dirs_and_symlinks() {
         let root = tempfile::tempdir().expect("create temp dir");
-        place_entry(root.path(), &entry("/data", FileKind::Directory, 0o700, "")).expect("dir");
-        place_entry(root.path(), &entry("/data/file", FileKind::Regular, 0, "")).expect("file");
+        place_entry(
+            root.path(),
+            &entry("/data", FileKind::Directory, 0o700, ""),
+            None,
+        )
+        .expect("dir");
+        place_entry(
+            root.path(),
+            &entry("/data/file", FileKind::Regular, 0, ""),
+            None,
+        )
+        .expect("file");
         place_entry(
             root.path(),
             &entry("/current", FileKind::Symlink, 0, "/data/file"),
+            None,
         )
         .expect("symlink");
-        place_entry(root.path(), &entry("/empty", FileKind::Directory, 0, "")).expect("dir");
+        place_entry(
+            root.path(),
+            &entry("/empty", FileKind::Directory, 0, ""),
+            None,
+        )
+        .expect("dir");
 
         let data_mode = std::fs::metadata(root.path().join("data"))
             .expect("stat")
@@ -450,12 +535,57 @@ mod tests {
         // A directory entry where a file is, and a file below a placed symlink, are rejected.
         assert!(place_entry(
             root.path(),
-            &entry("/data/file", FileKind::Directory, 0, "")
+            &entry("/data/file", FileKind::Directory, 0, ""),
+            None
         )
         .is_err());
-        let err = place_entry(root.path(), &entry("/current/x", FileKind::Regular, 0, ""))
-            .expect_err("below symlink");
+        let err = place_entry(
+            root.path(),
+            &entry("/current/x", FileKind::Regular, 0, ""),
+            None,
+        )
+        .expect_err("below symlink");
         assert!(matches!(err, FilesError::ParentNotDir { .. }), "{err}");
+    }
+
+    #[test]
+    fn placed_files_get_the_owner() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped placed_files_get_the_owner: chown needs root");
+            return;
+        }
+        use std::os::unix::fs::MetadataExt;
+
+        let root = tempfile::tempdir().expect("create temp dir");
+        let owner = Some(Owner {
+            uid: 100_000,
+            gid: 100_001,
+        });
+
+        write_silo_file(root.path(), "/etc/app/conf", b"x", 0o4755, owner).expect("write");
+        place_entry(
+            root.path(),
+            &entry("/link", FileKind::Symlink, 0, "/etc"),
+            owner,
+        )
+        .expect("symlink");
+        place_entry(
+            root.path(),
+            &entry("/data", FileKind::Directory, 0o750, ""),
+            owner,
+        )
+        .expect("dir");
+        for path in ["etc", "etc/app", "etc/app/conf", "link", "data"] {
+            let metadata = std::fs::symlink_metadata(root.path().join(path)).expect("stat");
+            assert_eq!(metadata.uid(), 100_000, "{path}");
+            assert_eq!(metadata.gid(), 100_001, "{path}");
+        }
+        let conf = std::fs::metadata(root.path().join("etc/app/conf")).expect("stat");
+        assert_eq!(
+            conf.mode() & 0o7777,
+            0o4755,
+            "the setuid bit survives the chown"
+        );
     }
 
     #[test]

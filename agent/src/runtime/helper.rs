@@ -1,8 +1,9 @@
 //! The helper process: `<helper_exe> silo-helper`, one per silo, single-threaded and without
 //! tokio. It is the silo's supervisor and outlives the agent that started it.
 //!
-//! It reads the [`HelperJob`] from stdin, clones the silo's PID 1 into new namespaces, reports
-//! its pid, and releases it when the agent sends "go". Then it drains the pipes that are the
+//! It reads the [`HelperJob`] from stdin, clones the silo's PID 1 into new namespaces, writes
+//! the uid and gid maps of its user namespace, reports its pid, and releases it when the agent
+//! sends "go". Then it drains the pipes that are the
 //! program's stdout and stderr into size-capped rotating files, waits for PID 1 to exit, and
 //! writes the exit record to the silo dir. It runs in a session of its own, so a signal to the
 //! agent's process group does not reach it. It needs nothing from the agent once the program
@@ -23,8 +24,9 @@ use nix::unistd::{pipe2, Pid};
 use super::init::{self, InitFds, SIGNAL_EXIT_CODE_BASE};
 use super::logs::{RotatingLog, MAX_LOG_FILE_BYTES};
 use super::pidfd::PidFd;
-use super::protocol::{send_report, HelperJob, HelperReport, GO_LINE};
+use super::protocol::{send_report, HelperJob, HelperReport, GO_LINE, MOUNT_LINE};
 use super::state::{write_json_atomic, ExitRecord, StateError};
+use super::userns::{self, UsernsError};
 
 /// Stack size of the cloned PID 1, in bytes. The memory is only committed when touched.
 const INIT_STACK_BYTES: usize = 8 * 1024 * 1024;
@@ -51,6 +53,8 @@ pub enum HelperError {
     Pipe { source: Errno },
     #[error("failed to clone the silo init into new namespaces: {source}")]
     Clone { source: Errno },
+    #[error("failed to map the ids of the silo's user namespace: {source}")]
+    MapIds { source: UsernsError },
     #[error("failed to report to the agent: {source}")]
     Report { source: Errno },
     #[error("failed to wait for the silo init (pid {pid}): {source}")]
@@ -72,6 +76,8 @@ pub enum HelperError {
 pub fn helper_main() -> ! {
     let code = match run() {
         Ok(()) => 0,
+        // A spare helper whose agent exited without giving it a job.
+        Err(HelperError::NoJob) => 0,
         Err(err) => {
             eprintln!("colex silo helper: {err}");
             let _ = send_report(io::stdout(), &HelperReport::failed(err.to_string()));
@@ -82,6 +88,12 @@ pub fn helper_main() -> ! {
 }
 
 fn run() -> Result<(), HelperError> {
+    // A session of its own, so signals to the agent's process group or session never reach the
+    // silo. Done here and not in a `pre_exec` hook, which would make the agent fork itself.
+    if let Err(errno) = nix::unistd::setsid() {
+        eprintln!("colex silo helper: setsid failed: {errno}");
+    }
+
     let mut input = io::stdin().lock();
     let mut line = String::new();
     let read = input
@@ -93,9 +105,6 @@ fn run() -> Result<(), HelperError> {
     let job: HelperJob =
         serde_json::from_str(&line).map_err(|source| HelperError::ParseJob { source })?;
 
-    // Opened before the clone, so a log that cannot be written fails the start, not the silo.
-    let mut stdout_log = open_log(&job.stdout_log)?;
-    let mut stderr_log = open_log(&job.stderr_log)?;
     let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|source| HelperError::Pipe { source });
     let (sync_read, sync_write) = pipe()?;
     let (stdout_read, stdout_write) = pipe()?;
@@ -113,6 +122,14 @@ fn run() -> Result<(), HelperError> {
     // silo's processes are gone.
     drop((sync_read, stdout_write, stderr_write));
 
+    // Before the report, so PID 1 is mapped before the agent releases it: it waits on the sync
+    // pipe until then.
+    if let Some(map) = &job.id_map {
+        if let Err(source) = userns::write_id_maps(init_pid, map) {
+            return Err(abort_init(init_pid, HelperError::MapIds { source }));
+        }
+    }
+
     let init_pid_u32 = u32::try_from(init_pid.as_raw()).unwrap_or_default();
     if let Err(source) = send_report(
         io::stdout(),
@@ -120,17 +137,27 @@ fn run() -> Result<(), HelperError> {
             init_pid: init_pid_u32,
         },
     ) {
-        let _ = kill(init_pid, Signal::SIGKILL);
-        let _ = wait_for_exit(init_pid);
-        return Err(HelperError::Report { source });
+        return Err(abort_init(init_pid, HelperError::Report { source }));
     }
 
+    // The agent sends "mount" once the silo dir holds the silo's files, or closes stdin to
+    // abort. The logs live in the silo dir, so they are opened only now.
+    if !next_line_is(&mut input, &mut line, MOUNT_LINE) {
+        let _ = kill(init_pid, Signal::SIGKILL);
+        let _ = wait_for_exit(init_pid);
+        return Ok(());
+    }
+    let logs = redirect_stderr(&job.helper_log)
+        .and_then(|()| Ok((open_log(&job.stdout_log)?, open_log(&job.stderr_log)?)));
+    let (mut stdout_log, mut stderr_log) = match logs {
+        Ok(logs) => logs,
+        Err(err) => return Err(abort_init(init_pid, err)),
+    };
+    let _ = nix::unistd::write(&sync_write, &[init::MOUNT_BYTE]);
+
     // The agent sends "go" once the cgroup and the network are ready, or closes stdin to abort.
-    line.clear();
-    let released =
-        matches!(input.read_line(&mut line), Ok(read) if read > 0 && line.trim() == GO_LINE);
-    if released {
-        let _ = nix::unistd::write(&sync_write, b"g");
+    if next_line_is(&mut input, &mut line, GO_LINE) {
+        let _ = nix::unistd::write(&sync_write, &[init::GO_BYTE]);
     } else {
         let _ = kill(init_pid, Signal::SIGKILL);
     }
@@ -149,6 +176,34 @@ fn run() -> Result<(), HelperError> {
     let exit_code = supervise(init_pid, &mut outputs)?;
     write_json_atomic(&job.exit_file, &ExitRecord { exit_code })?;
     Ok(())
+}
+
+/// Reads the next line from the agent; true when it is `expected`. EOF, an error or another
+/// line mean the agent aborted the start.
+fn next_line_is(input: &mut impl BufRead, line: &mut String, expected: &str) -> bool {
+    line.clear();
+    matches!(input.read_line(line), Ok(read) if read > 0 && line.trim() == expected)
+}
+
+/// Kills the silo's PID 1 after `err` and returns `err`.
+fn abort_init(init_pid: Pid, err: HelperError) -> HelperError {
+    let _ = kill(init_pid, Signal::SIGKILL);
+    let _ = wait_for_exit(init_pid);
+    err
+}
+
+/// Points this process's stderr at the silo's helper log.
+fn redirect_stderr(path: &Path) -> Result<(), HelperError> {
+    let open_error = |source| HelperError::OpenLog {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(open_error)?;
+    nix::unistd::dup2_stderr(&file).map_err(|errno| open_error(io::Error::from(errno)))
 }
 
 fn open_log(path: &Path) -> Result<RotatingLog, HelperError> {
@@ -291,11 +346,17 @@ fn try_wait(pid: Pid) -> Result<Option<i32>, HelperError> {
 fn clone_init(job: &HelperJob, fds: InitFds) -> Result<Pid, HelperError> {
     let callback = Box::new(move || init::run(job, fds) as isize);
     let mut stack = vec![0u8; INIT_STACK_BYTES];
-    let flags = CloneFlags::CLONE_NEWPID
+    let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWNET;
+    // In the same call, the kernel creates the user namespace first and makes it the owner of
+    // every other new namespace, so PID 1's capabilities there cover its mounts, host name and
+    // network, and nothing of the host.
+    if job.id_map.is_some() {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
     // SAFETY: without CLONE_VM the child gets a copy of this address space, so `stack`, `job`
     // and the callback stay valid in the child for its whole life. This process is
     // single-threaded, so the child inherits no lock held by another thread. INIT_STACK_BYTES

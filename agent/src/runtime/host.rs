@@ -48,8 +48,9 @@ pub async fn start(
         let images_dir = images_dir.clone();
         let busybox = cfg.busybox.clone();
         let tarballs = cfg.images.clone();
+        let id_map = cfg.id_map;
         tokio::task::spawn_blocking(move || {
-            image::ImageStore::open(&images_dir, &busybox, &tarballs)
+            image::ImageStore::open(&images_dir, &busybox, &tarballs, id_map)
         })
         .await??
     };
@@ -76,6 +77,7 @@ pub async fn start(
         silos: Mutex::new(HashMap::new()),
         shut_down: AtomicBool::new(false),
         failpoint: Mutex::new(failpoint),
+        spare: Default::default(),
     };
     adopt_earlier_silos(&inner).await?;
 
@@ -200,6 +202,7 @@ pub async fn teardown(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
         silos: Mutex::new(HashMap::new()),
         shut_down: AtomicBool::new(false),
         failpoint: Mutex::new(None),
+        spare: Default::default(),
     };
     let runtime = Runtime {
         inner: Arc::new(inner),
@@ -211,6 +214,7 @@ pub async fn teardown(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
 pub async fn shutdown(runtime: &Runtime) -> Result<(), RuntimeError> {
     let inner = &runtime.inner;
     inner.shut_down.store(true, Ordering::SeqCst);
+    inner.spare.discard().await;
     let mut first_error = None;
 
     let silo_ids: Vec<String> = {

@@ -4,7 +4,8 @@
 //! Each image is unpacked once into `<state_dir>/images/` and shared read-only by every silo
 //! that uses it as its overlayfs lower dir. Each silo writes to its own upper dir. A tarball
 //! image is cached under `<name>@<sha256 of the tarball>`, so a changed tarball is unpacked again
-//! into a new dir. Every cache dir is built in a temp dir (prefix [`TEMP_PREFIX`]) and renamed
+//! into a new dir. With a user namespace id map, every cache dir name ends in `+<host base>`
+//! (`busybox+100000`) and its files are owned by the shifted ids (module `userns`). Every cache dir is built in a temp dir (prefix [`TEMP_PREFIX`]) and renamed
 //! into place, so a cache dir that exists is complete. Temp dirs that a crash left behind are
 //! removed when the store opens.
 
@@ -21,7 +22,8 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::busybox::ensure_busybox_image;
-use super::tarball::{self, TarballError};
+use super::tarball::{self, Owners, TarballError};
+use super::userns::IdMap;
 
 /// Name of the built-in image, made from the host's static busybox.
 pub const BUSYBOX_IMAGE: &str = "busybox";
@@ -32,6 +34,9 @@ const TEMP_PREFIX: &str = ".tmp-";
 /// Separator between image name and content hash in a cache dir name. Image names never
 /// contain it.
 const HASH_SEPARATOR: char = '@';
+/// Separator before the host base of the id map in a cache dir name. Image names and hashes
+/// never contain it.
+const ID_MAP_SEPARATOR: char = '+';
 /// Size of the buffer used to hash a tarball, in bytes.
 const HASH_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -67,6 +72,22 @@ pub enum ImageError {
     },
     #[error("failed to clean the image cache {path}: {source}")]
     Clean { path: PathBuf, source: io::Error },
+    #[error("failed to give {path} to the silo id map's root {uid}:{gid}: {source}")]
+    Chown {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        source: nix::errno::Errno,
+    },
+}
+
+/// Returns the suffix of cache dir names for silos with `id_map`: `+<host base>`, or nothing
+/// without a user namespace.
+pub fn cache_dir_suffix(id_map: Option<IdMap>) -> String {
+    match id_map {
+        Some(map) => format!("{ID_MAP_SEPARATOR}{}", map.host_base),
+        None => String::new(),
+    }
 }
 
 /// Checks an image name: 1 to [`MAX_IMAGE_NAME_BYTES`] lower-case letters, digits, '-', '_'
@@ -90,6 +111,8 @@ pub struct ImageStore {
     /// Cache dir of the built-in busybox image.
     busybox_dir: PathBuf,
     tarballs: Arc<BTreeMap<String, TarballImage>>,
+    /// Id map whose shifted owners the cache dirs have; `None` keeps the images' own owners.
+    id_map: Option<IdMap>,
 }
 
 /// One tarball image. The lock is held while the image is checked or unpacked, so concurrent
@@ -134,18 +157,20 @@ impl Fingerprint {
 }
 
 impl ImageStore {
-    /// Opens the image cache in `images_dir`: removes temp dirs left by a crash, builds the
-    /// busybox image if it is missing, and unpacks every tarball image that is not cached yet.
-    /// A tarball that fails is logged and left out of the cache; every silo that names it
-    /// fails with the same error. Blocking.
+    /// Opens the image cache in `images_dir` for silos with `id_map`: removes temp dirs left by
+    /// a crash, builds the busybox image if it is missing, and unpacks every tarball image that
+    /// is not cached yet. A tarball that fails is logged and left out of the cache; every silo
+    /// that names it fails with the same error. Blocking.
     pub fn open(
         images_dir: &Path,
         busybox: &Path,
         tarballs: &BTreeMap<String, PathBuf>,
+        id_map: Option<IdMap>,
     ) -> Result<ImageStore, ImageError> {
         remove_temp_dirs(images_dir)?;
-        let busybox_dir = ensure_busybox_image(images_dir, busybox)?;
+        let busybox_dir = ensure_busybox_image(images_dir, busybox, id_map)?;
         let store = ImageStore {
+            id_map,
             images_dir: images_dir.to_path_buf(),
             busybox_dir,
             tarballs: Arc::new(
@@ -176,6 +201,7 @@ impl ImageStore {
             images_dir: images_dir.to_path_buf(),
             busybox_dir: images_dir.join(BUSYBOX_IMAGE),
             tarballs: Arc::new(BTreeMap::new()),
+            id_map: None,
         }
     }
 
@@ -217,7 +243,10 @@ impl ImageStore {
         }
 
         let digest = sha256_hex(&image.path).map_err(read_error)?;
-        let dir_name = format!("{name}{HASH_SEPARATOR}{digest}");
+        let dir_name = format!(
+            "{name}{HASH_SEPARATOR}{digest}{}",
+            cache_dir_suffix(self.id_map)
+        );
         let dir = if self.images_dir.join(&dir_name).is_dir() {
             self.images_dir.join(&dir_name)
         } else {
@@ -232,15 +261,18 @@ impl ImageStore {
 
     fn unpack(&self, name: &str, path: &Path, dir_name: &str) -> Result<PathBuf, ImageError> {
         let started = Instant::now();
-        let preserve_owners = nix::unistd::geteuid().is_root();
+        let owners = match self.id_map {
+            Some(map) => Owners::Shifted(map),
+            None if nix::unistd::geteuid().is_root() => Owners::FromArchive,
+            None => Owners::Caller,
+        };
         let dir = build_atomically(&self.images_dir, dir_name, |temp| {
-            let report = tarball::unpack(path, temp, preserve_owners).map_err(|source| {
-                ImageError::Tarball {
+            let report =
+                tarball::unpack(path, temp, owners).map_err(|source| ImageError::Tarball {
                     image: name.to_string(),
                     path: path.to_path_buf(),
                     source,
-                }
-            })?;
+                })?;
             if !report.skipped.is_empty() {
                 warn!(image = %name, count = report.skipped.len(), first = ?report.skipped.first(), "skipped device and FIFO entries of the image tarball");
             }
@@ -390,7 +422,14 @@ mod tests {
                     })
                     .collect(),
             ),
+            id_map: None,
         }
+    }
+
+    #[test]
+    fn cache_dir_suffix_names_the_host_base() {
+        assert_eq!(cache_dir_suffix(None), "");
+        assert_eq!(cache_dir_suffix(Some(IdMap::default())), "+100000");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! PID 1 of a silo: a copy of the helper made by `clone` with new pid, mount, UTS, IPC and
-//! network namespaces.
+//! network namespaces, and a user namespace unless the agent turned them off.
 //!
-//! It waits until the agent has placed it in its cgroup and created its veth end. Then it sets up
-//! the root file system, forks the silo program with its stdout and stderr on the helper's
-//! output pipes, and reports whether the program was exec'd.
+//! It waits until the agent has placed it in its cgroup and created its veth end. Then it opens
+//! the host paths of its root file system, becomes root of its user namespace and sets up the
+//! root file system. It forks the silo program with its stdout and stderr on the helper's
+//! output pipes and reports whether the program was exec'd. The program runs with Docker's
+//! default capability set (module `capabilities`).
 //! After that it acts as a small init: it forwards termination signals to the program, reaps
 //! every orphan, and exits with the program's status (128 + signal number when the program was
 //! killed). When PID 1 exits, the kernel kills every other process of the pid namespace.
@@ -25,8 +27,15 @@ use nix::unistd::{
     dup2_stderr, dup2_stdin, dup2_stdout, execve, fork, pipe2, setsid, ForkResult, Pid,
 };
 
+use super::capabilities;
 use super::protocol::{send_report, HelperJob, HelperReport};
-use super::rootfs::{self, RootfsError};
+use super::rootfs::{self, RootfsError, RootfsSources};
+use super::userns::{self, UsernsError};
+
+/// Byte on the sync pipe that lets PID 1 build the silo's root file system.
+pub const MOUNT_BYTE: u8 = b'm';
+/// Byte on the sync pipe that lets PID 1 start the program.
+pub const GO_BYTE: u8 = b'g';
 
 /// Exit code of PID 1 when the agent aborted the start before releasing it.
 pub const ABORTED_EXIT_CODE: i32 = 125;
@@ -53,6 +62,8 @@ const FORWARDED_SIGNALS: &[Signal] = &[
 pub enum InitError {
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Userns(#[from] UsernsError),
     #[error("binary {path} not found in silo root")]
     BinaryNotFound { path: String },
     #[error("binary {path} in silo root is not a regular file")]
@@ -119,19 +130,27 @@ pub fn run(job: &HelperJob, fds: InitFds) -> i32 {
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
     let _ = prctl::set_name(INIT_PROCESS_NAME);
 
-    if !wait_for_release(&sync_read) {
+    // The root file system is built while the agent sets up the cgroup and the network.
+    if !wait_for_byte(&sync_read, MOUNT_BYTE) {
+        return ABORTED_EXIT_CODE;
+    }
+    let reports = io::stdout();
+    let fail = |err: InitError| {
+        eprintln!("colex-init: {err}");
+        let _ = send_report(&reports, &HelperReport::failed(err.to_string()));
+        SETUP_FAILED_EXIT_CODE
+    };
+    if let Err(err) = build_root(job) {
+        return fail(err);
+    }
+    if !wait_for_byte(&sync_read, GO_BYTE) {
         return ABORTED_EXIT_CODE;
     }
     drop(sync_read);
 
-    let reports = io::stdout();
     let program_pid = match start_program(job, stdout, stderr) {
         Ok(pid) => pid,
-        Err(err) => {
-            eprintln!("colex-init: {err}");
-            let _ = send_report(&reports, &HelperReport::failed(err.to_string()));
-            return SETUP_FAILED_EXIT_CODE;
-        }
+        Err(err) => return fail(err),
     };
     if let Err(errno) = send_report(&reports, &HelperReport::Started) {
         eprintln!("colex-init: failed to report the start: {errno}");
@@ -140,24 +159,37 @@ pub fn run(job: &HelperJob, fds: InitFds) -> i32 {
     supervise(program_pid)
 }
 
-/// Blocks until the helper writes the release byte; returns false on EOF or error, which
-/// means the start was aborted.
-fn wait_for_release(sync_read: &OwnedFd) -> bool {
+/// Becomes root of the silo's user namespace, if it has one, and builds the silo's root file
+/// system.
+fn build_root(job: &HelperJob) -> Result<(), InitError> {
+    // Opened with the host ids PID 1 was cloned with, which may search the host dirs that
+    // silo root may not.
+    let sources = RootfsSources::open(job)?;
+    if job.id_map.is_some() {
+        userns::become_namespace_root()?;
+        // Changing the ids cleared the parent-death signal.
+        let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+    }
+    rootfs::enter(job, &sources)?;
+    Ok(())
+}
+
+/// Blocks until the helper writes `expected`; returns false on EOF, error or another byte,
+/// which mean that the start was aborted.
+fn wait_for_byte(sync_read: &OwnedFd, expected: u8) -> bool {
     let mut byte = [0u8; 1];
     loop {
         match nix::unistd::read(sync_read, &mut byte) {
-            Ok(1) => return true,
+            Ok(1) => return byte[0] == expected,
             Err(Errno::EINTR) => continue,
             Ok(_) | Err(_) => return false,
         }
     }
 }
 
-/// Sets up the silo and forks the program with `stdout` and `stderr` as its output; returns
-/// its pid once `execve` succeeded. PID 1 keeps no copy of the output pipes.
+/// Forks the program, in the silo's root, with `stdout` and `stderr` as its output; returns its
+/// pid once `execve` succeeded. PID 1 keeps no copy of the output pipes.
 fn start_program(job: &HelperJob, stdout: OwnedFd, stderr: OwnedFd) -> Result<Pid, InitError> {
-    rootfs::enter(job)?;
-
     check_binary(&job.binary)?;
     let stdin = OpenOptions::new()
         .read(true)
@@ -251,38 +283,49 @@ fn c_string(value: &str) -> Result<CString, InitError> {
 /// Runs in the forked program process: resets what PID 1 changed and execs. Writes the reason
 /// to `status_write` and exits if `execve` fails.
 fn exec_program(program: &Program, status_write: OwnedFd) -> ! {
-    let errno = prepare_and_exec(program);
+    let (step, errno) = prepare_and_exec(program);
     let path = program.path.to_string_lossy();
-    let message = format!("exec {path} failed: {errno}");
+    let message = match step {
+        EXEC_STEP => format!("exec {path} failed: {errno}"),
+        _ => format!("{step} before exec of {path} failed: {errno}"),
+    };
     let _ = nix::unistd::write(&status_write, message.as_bytes());
     // SAFETY: _exit ends this forked process at once; skipping Rust's exit handlers is what a
     // forked child that failed to exec must do.
     unsafe { libc::_exit(EXEC_FAILED_EXIT_CODE) }
 }
 
-fn prepare_and_exec(program: &Program) -> Errno {
+/// Name of the `execve` step in the result of [`prepare_and_exec`].
+const EXEC_STEP: &str = "exec";
+
+/// Prepares the program process and execs the program. Returns only on failure, with the
+/// failed step and its errno.
+fn prepare_and_exec(program: &Program) -> (&'static str, Errno) {
     // A session of its own, so the program has no controlling terminal of the helper.
     if let Err(errno) = setsid() {
-        return errno;
+        return ("setsid", errno);
     }
     reset_signal_dispositions();
     if let Err(errno) = SigSet::empty().thread_set_mask() {
-        return errno;
+        return ("unblocking signals", errno);
     }
     let redirected = dup2_stdin(program.stdin.as_fd())
         .and_then(|()| dup2_stdout(program.stdout.as_fd()))
         .and_then(|()| dup2_stderr(program.stderr.as_fd()));
     if let Err(errno) = redirected {
-        return errno;
+        return ("redirecting stdin, stdout and stderr", errno);
     }
     mark_fds_close_on_exec();
+    if let Err(errno) = capabilities::limit_to_silo_capabilities() {
+        return ("limiting capabilities", errno);
+    }
     // Last step before exec, so setuid binaries and file capabilities in the image cannot give
     // the program more privileges than the silo grants. Children inherit the flag.
     if let Err(errno) = prctl::set_no_new_privs() {
-        return errno;
+        return ("setting no_new_privs", errno);
     }
     match execve(&program.path, &program.argv, &program.envp) {
-        Err(errno) => errno,
+        Err(errno) => (EXEC_STEP, errno),
         Ok(never) => match never {},
     }
 }

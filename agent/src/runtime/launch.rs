@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use super::protocol::{HelperJob, HelperReport, GO_LINE, HELPER_ARG};
+use super::protocol::{HelperJob, HelperReport, GO_LINE, HELPER_ARG, MOUNT_LINE};
 
 /// How long the agent waits for a killed helper to exit.
 const HELPER_KILL_WAIT: Duration = Duration::from_secs(5);
@@ -59,49 +59,35 @@ pub struct Helper {
 }
 
 impl Helper {
-    /// Spawns `<exe> silo-helper` in a session of its own and sends it `job`. Its stderr goes
-    /// to `log`.
-    pub async fn spawn(exe: &Path, job: &HelperJob, log: &Path) -> Result<Helper, LaunchError> {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|source| LaunchError::OpenLog {
-                path: log.to_path_buf(),
-                source,
-            })?;
+    /// Spawns `<exe> silo-helper` without a job: a spare that waits for one on its stdin and
+    /// exits when stdin closes. Its stderr is the agent's until the job names the silo's helper
+    /// log, which the helper opens once the silo dir exists.
+    pub fn spawn_idle(exe: &Path) -> Result<Helper, LaunchError> {
+        Helper::spawn_with_stderr(exe, Stdio::inherit(), Path::new("the agent's log"))
+    }
+
+    /// The helper calls `setsid` itself: a `pre_exec` hook would make the standard library fork
+    /// the whole agent instead of using `posix_spawn`, which costs about 1 ms per start.
+    fn spawn_with_stderr(exe: &Path, stderr: Stdio, log: &Path) -> Result<Helper, LaunchError> {
         let mut command = Command::new(exe);
         command
             .arg(HELPER_ARG)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
+            .stderr(stderr)
             .kill_on_drop(false);
-        // SAFETY: setsid is async-signal-safe, and the closure touches no memory of the parent,
-        // which is what a pre_exec hook in a forked copy of a multi-threaded process may do.
-        unsafe {
-            command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
-        }
         let mut child = command.spawn().map_err(|source| LaunchError::Spawn {
             exe: exe.to_path_buf(),
             source,
         })?;
         let pid = child.id().unwrap_or_default();
-        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.start_kill();
             return Err(LaunchError::Spawn {
                 exe: exe.to_path_buf(),
                 source: io::Error::other("helper stdin or stdout is not a pipe"),
             });
         };
-
-        if let Err(err) = send_job(&mut stdin, job).await {
-            // A helper that cannot take its job is of no use; it must not linger.
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            return Err(err);
-        }
-
         Ok(Helper {
             child,
             pid,
@@ -109,6 +95,17 @@ impl Helper {
             reports: BufReader::new(stdout).lines(),
             log: log.to_path_buf(),
         })
+    }
+
+    /// Sends the helper its job; the helper then clones the silo's PID 1 and reports
+    /// [`HelperReport::Cloned`].
+    pub async fn send_job(&mut self, job: &HelperJob) -> Result<(), LaunchError> {
+        self.log = job.helper_log.clone();
+        let mut line = serde_json::to_string(job).map_err(|source| LaunchError::Send {
+            source: io::Error::other(source),
+        })?;
+        line.push('\n');
+        self.send_line(&line).await
     }
 
     /// Returns the helper's pid.
@@ -129,20 +126,17 @@ impl Helper {
         }
     }
 
-    /// Lets the silo's PID 1 continue, then waits until it reports that the program was exec'd.
+    /// Lets PID 1 build the silo's root file system: the silo dir exists and holds the silo's
+    /// files. PID 1 mounts while the agent configures the cgroup and the network.
+    pub async fn prepare(&mut self) -> Result<(), LaunchError> {
+        self.send_line(&format!("{MOUNT_LINE}\n")).await
+    }
+
+    /// Lets the silo's PID 1 start the program, then waits until it reports that the program
+    /// was exec'd.
     pub async fn release(&mut self, timeout: Duration) -> Result<(), LaunchError> {
         const EXPECTED: &str = "the program start";
-        if let Some(mut stdin) = self.stdin.take() {
-            let line = format!("{GO_LINE}\n");
-            stdin
-                .write_all(line.as_bytes())
-                .await
-                .map_err(|source| LaunchError::Send { source })?;
-            stdin
-                .flush()
-                .await
-                .map_err(|source| LaunchError::Send { source })?;
-        }
+        self.send_line(&format!("{GO_LINE}\n")).await?;
         match self.next_report(EXPECTED, timeout).await? {
             HelperReport::Started => Ok(()),
             HelperReport::Failed { message } => Err(LaunchError::SiloFailed { message }),
@@ -151,6 +145,22 @@ impl Helper {
                 expected: EXPECTED,
             }),
         }
+    }
+
+    async fn send_line(&mut self, line: &str) -> Result<(), LaunchError> {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Err(LaunchError::Send {
+                source: io::Error::new(io::ErrorKind::BrokenPipe, "the helper's stdin is closed"),
+            });
+        };
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|source| LaunchError::Send { source })?;
+        stdin
+            .flush()
+            .await
+            .map_err(|source| LaunchError::Send { source })
     }
 
     /// Aborts the start: closes stdin, which makes the helper kill the silo's PID 1, kills the
@@ -188,19 +198,4 @@ impl Helper {
         };
         serde_json::from_str(&line).map_err(|source| LaunchError::InvalidReport { line, source })
     }
-}
-
-async fn send_job(stdin: &mut ChildStdin, job: &HelperJob) -> Result<(), LaunchError> {
-    let mut line = serde_json::to_string(job).map_err(|source| LaunchError::Send {
-        source: io::Error::other(source),
-    })?;
-    line.push('\n');
-    stdin
-        .write_all(line.as_bytes())
-        .await
-        .map_err(|source| LaunchError::Send { source })?;
-    stdin
-        .flush()
-        .await
-        .map_err(|source| LaunchError::Send { source })
 }

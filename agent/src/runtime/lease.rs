@@ -2,7 +2,8 @@
 //!
 //! A lease file is named after the address and contains the silo id. Creating it with
 //! `O_EXCL` makes the allocation atomic, and the file outlives an agent crash, so an address is
-//! never handed out twice while a veth may still use it.
+//! never handed out twice while a veth may still use it. Lease files are not synced: the veths
+//! they guard do not survive the host crash that could lose the file.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -126,8 +127,7 @@ impl Leases {
 
 fn write_new(path: &Path, silo_id: &str) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    file.write_all(silo_id.as_bytes())?;
-    file.sync_all()
+    file.write_all(silo_id.as_bytes())
 }
 
 fn remove_file(path: &Path) -> Result<(), LeaseError> {

@@ -20,6 +20,7 @@
 mod adopt;
 mod binds;
 mod busybox;
+mod capabilities;
 mod cgroup;
 mod config;
 mod failpoint;
@@ -40,12 +41,14 @@ mod removal;
 mod restart;
 mod rootfs;
 mod silo;
+mod spare;
 mod sources;
 mod spec;
 mod state;
 mod stats;
 mod tarball;
 mod teardown;
+mod userns;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -63,7 +66,10 @@ pub use config::{ConfigError, RuntimeConfig, DEFAULT_BUSYBOX_PATH, DEFAULT_PIDS_
 pub use failpoint::{FailpointReached, FAILPOINTS};
 pub use files::FilesError;
 pub use helper::helper_main;
-pub use image::{is_image_name, ImageError, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES};
+pub use image::{
+    cache_dir_suffix, is_image_name, ImageError, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES,
+};
+pub use userns::IdMap;
 pub use iptables::{IptablesError, MASQUERADE_CHAIN};
 pub use launch::LaunchError;
 pub use lease::LeaseError;
@@ -191,6 +197,8 @@ struct Inner {
     shut_down: AtomicBool,
     /// The failpoint the start path fails at, from `cfg.failpoint` or [`Runtime::set_failpoint`].
     failpoint: Mutex<Option<String>>,
+    /// Helper processes waiting for the next starts' jobs.
+    spare: spare::SpareHelpers,
 }
 
 impl Runtime {
@@ -316,6 +324,12 @@ impl Runtime {
     /// start. Later calls to [`Runtime::run_silo`] fail.
     pub async fn shutdown(&self) -> Result<(), RuntimeError> {
         host::shutdown(self).await
+    }
+
+    /// Returns the pids of the helper processes that wait for the next starts' jobs. They hold
+    /// no silo and exit when the agent does.
+    pub fn spare_helper_pids(&self) -> Vec<u32> {
+        self.inner.spare.pids()
     }
 
     /// Returns the dir of silo `silo_id`, which contains [`STDOUT_LOG_FILE`], [`STDERR_LOG_FILE`]

@@ -1,8 +1,8 @@
 //! Messages between the agent and the helper process.
 //!
-//! The agent writes the [`HelperJob`] as one JSON line to the helper's stdin, later the line
-//! [`GO_LINE`] once the silo's cgroup and network are ready (closing stdin instead aborts the
-//! silo). The helper and the silo's PID 1 write [`HelperReport`]s as JSON lines to the helper's
+//! The agent writes the [`HelperJob`] as one JSON line to the helper's stdin, then the line
+//! [`MOUNT_LINE`] once the silo dir holds the silo's files, and last the line [`GO_LINE`] once
+//! the silo's cgroup and network are ready (closing stdin instead aborts the silo). The helper and the silo's PID 1 write [`HelperReport`]s as JSON lines to the helper's
 //! stdout, which is a pipe to the agent. Each report is one `write` of less than `PIPE_BUF`
 //! bytes, so reports of the two processes never interleave.
 
@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 /// First argument that makes the agent executable run [`super::helper_main`].
 pub const HELPER_ARG: &str = "silo-helper";
+/// Line the agent sends to let the silo's PID 1 build the silo's root file system.
+pub const MOUNT_LINE: &str = "mount";
 /// Line the agent sends to release the silo's PID 1.
 pub const GO_LINE: &str = "go";
 /// Maximum length of a failure message in a report, so every report fits one atomic pipe write
@@ -34,6 +36,8 @@ pub struct HelperJob {
     pub rootfs_dir: PathBuf,
     pub stdout_log: PathBuf,
     pub stderr_log: PathBuf,
+    /// The helper's own log (its stderr), opened once the silo dir exists.
+    pub helper_log: PathBuf,
     /// Path of the exit record the helper writes.
     pub exit_file: PathBuf,
     /// Program path inside the silo.
@@ -45,6 +49,9 @@ pub struct HelperJob {
     /// Host paths PID 1 bind-mounts into the silo root before `pivot_root`.
     #[serde(default)]
     pub binds: Vec<super::binds::BindMount>,
+    /// Uid and gid map of the silo's user namespace; `None` runs the silo without one.
+    #[serde(default)]
+    pub id_map: Option<super::userns::IdMap>,
 }
 
 /// Progress of a silo start, reported to the agent.

@@ -126,9 +126,17 @@ async fn relaunch(
         inner.netlink.delete_link(stale).await?;
     }
 
-    let job = helper_job(&paths, &silo_id, plan, sources);
+    let job = helper_job(&paths, &silo_id, plan, sources, inner.cfg.id_map);
     let host_veth = record.host_veth.clone();
-    match launch(inner, &paths, record, &job, peer).await {
+    let launched = match inner.spare.take(&inner.cfg.helper_exe, &job).await {
+        Ok(helper) => launch(inner, &paths, record, helper, peer).await,
+        Err(source) => Err(RuntimeError::Launch {
+            silo_id: silo_id.clone(),
+            source,
+        }),
+    };
+    inner.spare.refill(&inner.cfg.helper_exe);
+    match launched {
         Ok(running) => Ok(running),
         Err(err) => {
             if let Err(undo_err) = inner.netlink.delete_link(&host_veth).await {

@@ -1,15 +1,25 @@
 //! Mount setup of a silo, run by the silo's PID 1 in its fresh mount namespace before the
 //! program starts. The steps: overlayfs root, `/proc`, a minimal `/dev`, read-only `/sys`, the
 //! bind mounts of host paths, host name, and `pivot_root` into the new root.
+//!
+//! PID 1 first opens every host path it mounts ([`RootfsSources::open`]) and then, in a user
+//! namespace, becomes the silo's root, whose host uid has no permission on private dirs such as
+//! a 0700 state dir. The mounts name the opened dirs as `/proc/self/fd/N`, so the only host
+//! dirs searched again are the silo dir, for the name of the mount point, and `/dev`. After the
+//! overlayfs mount, every path is relative to the new root, which PID 1 makes its working dir.
 
+use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::sys::statvfs::{fstatvfs, FsFlags};
 use nix::unistd::{chdir, pivot_root, sethostname};
 
 use super::binds::BindMount;
@@ -28,6 +38,10 @@ const DEV_SYMLINKS: &[(&str, &str)] = &[
 ];
 /// Options of the tmpfs on `/dev`, which holds only mount points and symlinks.
 const DEV_TMPFS_OPTIONS: &str = "mode=755,size=64k";
+/// Option that makes overlayfs keep its metadata in `user.overlay.*` xattrs. A user namespace
+/// may not set the default `trusted.overlay.*` ones: without the option, Linux 6.18 mounts but
+/// logs "failed to set xattr on upper" and turns off features such as `redirect_dir`.
+const OVERLAY_USER_XATTR_OPTION: &str = "userxattr";
 /// Options of the silo's private devpts instance.
 const DEVPTS_OPTIONS: &str = "newinstance,ptmxmode=0666,mode=0620";
 /// Options of the tmpfs on `/dev/shm`.
@@ -111,22 +125,114 @@ pub enum RootfsError {
     PivotRoot { path: PathBuf, source: Errno },
     #[error("failed to detach the old root: {source}")]
     DetachOldRoot { source: Errno },
+    #[error("failed to open {path} for the silo's mounts: {source}")]
+    OpenSource { path: PathBuf, source: Errno },
+    #[error("mount point {path} of the silo root has no parent dir")]
+    NoParent { path: PathBuf },
+    #[error("bind {id:?}: failed to inspect host path {path}: {source}")]
+    InspectBindSource {
+        id: String,
+        path: PathBuf,
+        source: Errno,
+    },
 }
 
-/// Builds the silo's root file system and makes it the root of this process.
+/// Handles on the host dirs and files of a silo's root file system, opened by PID 1 in its own
+/// mount namespace: overlayfs rejects a layer whose mount belongs to another namespace.
+#[derive(Debug)]
+pub struct RootfsSources {
+    lower: OwnedFd,
+    upper: OwnedFd,
+    work: OwnedFd,
+    /// The dir that contains the mount point of the root. A path through it and the mount
+    /// point's name enters the overlayfs mount, which a handle on the mount point itself,
+    /// opened before the mount, never does.
+    rootfs_parent: OwnedFd,
+    rootfs_name: OsString,
+    /// Bind sources, in the order of the job's binds.
+    binds: Vec<OwnedFd>,
+}
+
+impl RootfsSources {
+    /// Opens the silo's layers, its mount point (created if missing) and its bind sources.
+    /// PID 1 calls it with the host ids it was cloned with. Host root owns the state dir, so
+    /// the owner bits let it search a 0700 state dir, which silo root may not.
+    pub fn open(job: &HelperJob) -> Result<RootfsSources, RootfsError> {
+        let open_dir = |path: &Path| open_path(path, OFlag::O_DIRECTORY);
+        create_mount_point(&job.rootfs_dir)?;
+        let (Some(parent), Some(rootfs_name)) =
+            (job.rootfs_dir.parent(), job.rootfs_dir.file_name())
+        else {
+            return Err(RootfsError::NoParent {
+                path: job.rootfs_dir.clone(),
+            });
+        };
+        let mut binds = Vec::with_capacity(job.binds.len());
+        for bind in &job.binds {
+            let flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
+            let fd = open(&bind.source, flags, Mode::empty()).map_err(|errno| {
+                RootfsError::BindSource {
+                    id: bind.id.clone(),
+                    path: bind.source.clone(),
+                    source: io::Error::from(errno),
+                }
+            })?;
+            binds.push(fd);
+        }
+        Ok(RootfsSources {
+            lower: open_dir(&job.lower_dir)?,
+            upper: open_dir(&job.upper_dir)?,
+            work: open_dir(&job.work_dir)?,
+            rootfs_parent: open_dir(parent)?,
+            rootfs_name: rootfs_name.to_os_string(),
+            binds,
+        })
+    }
+
+    /// Returns the path of the mount point through the handle on its parent.
+    ///
+    /// The silo root searches the parent, the silo dir, by this path, so the agent makes the
+    /// silo dir searchable by others (mode 0711) whatever its umask.
+    fn rootfs_path(&self) -> PathBuf {
+        fd_path(&self.rootfs_parent).join(&self.rootfs_name)
+    }
+}
+
+/// Opens `path` with O_PATH: a handle for mounts and `fstat`, which needs no read permission.
+fn open_path(path: &Path, extra_flags: OFlag) -> Result<OwnedFd, RootfsError> {
+    let flags = OFlag::O_PATH | OFlag::O_CLOEXEC | extra_flags;
+    open(path, flags, Mode::empty()).map_err(|source| RootfsError::OpenSource {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Returns the `/proc/self/fd` path of `fd`. Path lookup follows it to the opened file without
+/// searching the dirs of the file's original path. It needs the host's `/proc`, so it is valid
+/// until `pivot_root`.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Builds the silo's root file system from `sources` and makes it the root of this process.
 ///
 /// Must run in a fresh mount and UTS namespace, as the silo's PID 1 (for `/proc`).
-pub fn enter(job: &HelperJob) -> Result<(), RootfsError> {
+pub fn enter(job: &HelperJob, sources: &RootfsSources) -> Result<(), RootfsError> {
     make_mounts_private()?;
-    mount_overlay(job)?;
+    mount_overlay(job, sources)?;
 
-    let root = &job.rootfs_dir;
+    let rootfs_path = sources.rootfs_path();
+    chdir(&rootfs_path).map_err(|source| RootfsError::Chdir {
+        path: job.rootfs_dir.clone(),
+        source,
+    })?;
+    let root = Path::new(".");
     mount_proc(&root.join("proc"))?;
     mount_dev(&root.join("dev"))?;
     mount_sys(&root.join("sys"));
     // After /dev, so a bind can place a host device below the silo's /dev.
-    for bind in &job.binds {
-        mount_bind(root, bind)?;
+    for (bind, source) in job.binds.iter().zip(&sources.binds) {
+        mount_bind(root, bind, source)?;
     }
 
     sethostname(&job.hostname).map_err(|source| RootfsError::SetHostname {
@@ -150,18 +256,22 @@ fn make_mounts_private() -> Result<(), RootfsError> {
     .map_err(|source| RootfsError::MakePrivate { source })
 }
 
-fn mount_overlay(job: &HelperJob) -> Result<(), RootfsError> {
-    create_mount_point(&job.rootfs_dir)?;
-    // The agent checked that these paths contain no ',', ':' or '\', the option separators.
-    let options = format!(
+/// Mounts the overlayfs root. The layer paths are `/proc/self/fd` paths, which contain none of
+/// the option separators ',', ':' and '\'.
+fn mount_overlay(job: &HelperJob, sources: &RootfsSources) -> Result<(), RootfsError> {
+    let mut options = format!(
         "lowerdir={},upperdir={},workdir={}",
-        job.lower_dir.display(),
-        job.upper_dir.display(),
-        job.work_dir.display()
+        fd_path(&sources.lower).display(),
+        fd_path(&sources.upper).display(),
+        fd_path(&sources.work).display()
     );
+    if job.id_map.is_some() {
+        options.push(',');
+        options.push_str(OVERLAY_USER_XATTR_OPTION);
+    }
     mount(
         Some("overlay"),
-        &job.rootfs_dir,
+        &sources.rootfs_path(),
         Some("overlay"),
         MsFlags::empty(),
         Some(options.as_str()),
@@ -307,19 +417,21 @@ fn create_mount_point(path: &Path) -> Result<(), RootfsError> {
     })
 }
 
-/// Bind-mounts a host path into the silo root, read-only unless the bind is writable. The
-/// bind is not recursive, so mounts below the host path stay out of the silo, and a read-only
-/// bind has no writable submount.
-fn mount_bind(root: &Path, bind: &BindMount) -> Result<(), RootfsError> {
-    let source_metadata = fs::metadata(&bind.source).map_err(|source| RootfsError::BindSource {
+/// Bind-mounts a host path, opened as `source`, into the silo root, read-only unless the bind
+/// is writable. The bind is not recursive, so mounts below the host path stay out of the silo,
+/// and a read-only bind has no writable submount.
+fn mount_bind(root: &Path, bind: &BindMount, source: &OwnedFd) -> Result<(), RootfsError> {
+    let source_stat = fstat(source).map_err(|errno| RootfsError::InspectBindSource {
         id: bind.id.clone(),
         path: bind.source.clone(),
-        source,
+        source: errno,
     })?;
-    let target = prepare_bind_target(root, bind, source_metadata.is_dir())?;
+    let source_is_dir =
+        SFlag::from_bits_truncate(source_stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+    let target = prepare_bind_target(root, bind, source_is_dir)?;
 
     mount(
-        Some(&bind.source),
+        Some(&fd_path(source)),
         &target,
         None::<&str>,
         MsFlags::MS_BIND,
@@ -341,7 +453,7 @@ fn mount_bind(root: &Path, bind: &BindMount) -> Result<(), RootfsError> {
         target: bind.target.clone(),
         source,
     };
-    let source_flags = statvfs(&bind.source).map_err(read_only_error)?.flags();
+    let source_flags = fstatvfs(source).map_err(read_only_error)?.flags();
     let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
     for (source_flag, mount_flag) in LOCKED_MOUNT_FLAGS {
         if source_flags.contains(*source_flag) {

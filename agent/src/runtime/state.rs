@@ -148,8 +148,12 @@ impl SiloPaths {
     }
 }
 
-/// Writes `value` as JSON to `path` through a synced temp file and a rename, so readers see
-/// either the old or the new content, also after a crash.
+/// Writes `value` as JSON to `path` through a temp file and a rename, so readers see either the
+/// old or the new content, also after a crash of the agent.
+///
+/// The file is not synced: a record describes processes, mounts and links that a host crash
+/// or power loss ends anyway, and a process crash loses nothing from the page cache. An `fsync`
+/// costs 0.3 to 0.5 ms on the reference machine, and a start writes the record three times.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     let encoded = serde_json::to_vec_pretty(value).map_err(|source| StateError::Encode {
         path: path.to_path_buf(),
@@ -165,7 +169,6 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), Sta
 
     let mut file = File::create(&temp).map_err(write_error)?;
     file.write_all(&encoded).map_err(write_error)?;
-    file.sync_all().map_err(write_error)?;
     drop(file);
     fs::rename(&temp, path).map_err(write_error)
 }

@@ -10,18 +10,44 @@
 //! Character and block devices and FIFOs are skipped: a silo gets its devices from the minimal
 //! `/dev` the runtime mounts, and a device node in a shared image would give every silo that
 //! uses it the host's device.
+//!
+//! For silos in a user namespace, owners are shifted into the agent's id map while unpacking
+//! ([`Owners::Shifted`]), so the archive's owners show inside the silo.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, AT_FDCWD};
+use nix::sys::stat::{fchmodat, FchmodatFlags, Mode};
+use nix::unistd::{fchownat, Gid, Uid};
 use tar::EntryType;
+
+use super::userns::IdMap;
 
 /// First two bytes of a gzip stream (RFC 1952, section 2.3.1).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// Size of the read buffer in front of the decompressor, in bytes.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
+/// Setuid and setgid bits, which a change of owner clears.
+const SET_ID_MODE_BITS: u32 = 0o6000;
+/// Permission, setuid, setgid and sticky bits of a tar mode.
+const MODE_BITS_MASK: u32 = 0o7777;
+
+/// Owners of the unpacked files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owners {
+    /// The ids of the unpacking process, the only choice without root.
+    Caller,
+    /// The archive's uids and gids. Needs root.
+    FromArchive,
+    /// The archive's uids and gids as host ids of the map, so the archive's owners show inside
+    /// a silo whose user namespace has that map. Dirs the archive implies but does not list, and the
+    /// image root, belong to silo root. Needs root.
+    Shifted(IdMap),
+}
 
 /// Errors of unpacking one tarball. Each names the entry it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +83,29 @@ pub enum TarballError {
     Unpack { entry: String, source: io::Error },
     #[error("entry {entry:?} was not unpacked: the tar crate judged its path unsafe")]
     NotUnpacked { entry: String },
+    #[error(
+        "entry {entry:?} is owned by {uid}:{gid}, outside the silo id range 0 to {max_id}; \
+         change its owner in the image or turn off user namespaces"
+    )]
+    IdOutsideMap {
+        entry: String,
+        uid: u64,
+        gid: u64,
+        max_id: u32,
+    },
+    #[error("failed to set the owner of {path} to {uid}:{gid}: {source}")]
+    Chown {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        source: Errno,
+    },
+    #[error("failed to restore mode {mode:o} of {path} after the change of owner: {source}")]
+    RestoreMode {
+        path: PathBuf,
+        mode: u32,
+        source: Errno,
+    },
 }
 
 /// Summary of one unpack, for the agent's log.
@@ -68,15 +117,9 @@ pub struct UnpackReport {
     pub skipped: Vec<String>,
 }
 
-/// Unpacks the tarball at `archive` into `dest`, an existing empty dir. On error, `dest` may
-/// hold part of the image: the caller removes it.
-///
-/// File ownership is kept when `preserve_owners` is set, which needs root. Blocking.
-pub fn unpack(
-    archive: &Path,
-    dest: &Path,
-    preserve_owners: bool,
-) -> Result<UnpackReport, TarballError> {
+/// Unpacks the tarball at `archive` into `dest`, an existing empty dir, with `owners`. On
+/// error, `dest` may hold part of the image: the caller removes it. Blocking.
+pub fn unpack(archive: &Path, dest: &Path, owners: Owners) -> Result<UnpackReport, TarballError> {
     let file = File::open(archive).map_err(|source| TarballError::Open {
         path: archive.to_path_buf(),
         source,
@@ -92,13 +135,13 @@ pub fn unpack(
     } else {
         Box::new(reader)
     };
-    unpack_stream(stream, dest, preserve_owners)
+    unpack_stream(stream, dest, owners)
 }
 
 fn unpack_stream(
     stream: impl Read,
     dest: &Path,
-    preserve_owners: bool,
+    owners: Owners,
 ) -> Result<UnpackReport, TarballError> {
     // The tar crate compares resolved paths against the destination, which must be resolved too.
     let dest = dest
@@ -109,13 +152,21 @@ fn unpack_stream(
         })?;
     let mut archive = tar::Archive::new(stream);
     archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(preserve_owners);
+    archive.set_preserve_ownerships(owners == Owners::FromArchive);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
     archive.set_unpack_xattrs(false);
 
     let mut checker = EntryChecker::default();
     let mut report = UnpackReport::default();
+    let shift = match owners {
+        Owners::Shifted(map) => Some(map),
+        Owners::Caller | Owners::FromArchive => None,
+    };
+    // Paths of the entries, and of their parent dirs, for the owners of dirs the archive
+    // implies without listing them.
+    let mut listed = BTreeSet::new();
+    let mut implied = BTreeSet::new();
     // Directories are written last, deepest first, as `tar::Archive::unpack` does: a directory
     // without write permission would otherwise block its own entries for a non-root caller.
     let mut directories = Vec::new();
@@ -144,34 +195,137 @@ fn unpack_stream(
                 continue;
             }
             Handling::Directory => {
-                if checker.check_path(&name, &path)?.is_some() {
-                    directories.push((name, entry));
+                if let Some(relative) = checker.check_path(&name, &path)? {
+                    let owner = shifted_owner(shift, &name, entry.header())?;
+                    note_paths(&mut listed, &mut implied, &relative);
+                    directories.push((name, relative, owner, entry));
                 }
                 continue;
             }
             Handling::Symlink => {
                 let relative = checker.require_path(&name, &path, kind)?;
                 checker.check_symlink(&name, &relative, link_target.as_deref())?;
-                checker.symlinks.insert(relative);
+                checker.symlinks.insert(relative.clone());
+                let owner = shifted_owner(shift, &name, entry.header())?;
+                unpack_entry(&mut entry, &name, &dest)?;
+                set_shifted_owner(&dest, &relative, owner, None)?;
+                note_paths(&mut listed, &mut implied, &relative);
             }
             Handling::HardLink => {
-                checker.require_path(&name, &path, kind)?;
+                // The link shares the inode, and so the owner, of an earlier entry.
+                let relative = checker.require_path(&name, &path, kind)?;
                 checker.check_hard_link(&name, link_target.as_deref())?;
+                unpack_entry(&mut entry, &name, &dest)?;
+                note_paths(&mut listed, &mut implied, &relative);
             }
             Handling::File => {
-                checker.require_path(&name, &path, kind)?;
+                let relative = checker.require_path(&name, &path, kind)?;
+                let owner = shifted_owner(shift, &name, entry.header())?;
+                unpack_entry(&mut entry, &name, &dest)?;
+                set_shifted_owner(&dest, &relative, owner, entry_mode(entry.header()))?;
+                note_paths(&mut listed, &mut implied, &relative);
             }
         }
-        unpack_entry(&mut entry, &name, &dest)?;
         report.unpacked += 1;
     }
 
-    directories.sort_by(|(a, _), (b, _)| b.cmp(a));
-    for (name, mut entry) in directories {
+    directories.sort_by(|(a, ..), (b, ..)| b.cmp(a));
+    for (name, relative, owner, mut entry) in directories {
         unpack_entry(&mut entry, &name, &dest)?;
+        set_shifted_owner(&dest, &relative, owner, entry_mode(entry.header()))?;
         report.unpacked += 1;
     }
+
+    if let Some(map) = shift {
+        let root = map.root_owner();
+        let root_owner = Some((root.uid, root.gid));
+        for relative in implied.difference(&listed) {
+            set_shifted_owner(&dest, relative, root_owner, None)?;
+        }
+        set_shifted_owner(&dest, Path::new(""), root_owner, None)?;
+    }
     Ok(report)
+}
+
+/// Adds `relative` to `listed` and its ancestors below the root to `implied`.
+fn note_paths(listed: &mut BTreeSet<PathBuf>, implied: &mut BTreeSet<PathBuf>, relative: &Path) {
+    listed.insert(relative.to_path_buf());
+    for ancestor in relative.ancestors().skip(1) {
+        if !ancestor.as_os_str().is_empty() {
+            implied.insert(ancestor.to_path_buf());
+        }
+    }
+}
+
+/// Returns the host uid and gid of an entry under `shift`, `None` without a shift. Fails for
+/// ids the map does not cover: the silo would see them as `nobody`.
+fn shifted_owner(
+    shift: Option<IdMap>,
+    name: &str,
+    header: &tar::Header,
+) -> Result<Option<(u32, u32)>, TarballError> {
+    let Some(map) = shift else {
+        return Ok(None);
+    };
+    let header_error = |source| TarballError::Header {
+        entry: name.to_string(),
+        source,
+    };
+    let uid = header.uid().map_err(header_error)?;
+    let gid = header.gid().map_err(header_error)?;
+    match (map.host_id(uid), map.host_id(gid)) {
+        (Some(host_uid), Some(host_gid)) => Ok(Some((host_uid, host_gid))),
+        _ => Err(TarballError::IdOutsideMap {
+            entry: name.to_string(),
+            uid,
+            gid,
+            max_id: map.count.saturating_sub(1),
+        }),
+    }
+}
+
+/// Returns the mode bits of an entry, `None` when the header has none.
+fn entry_mode(header: &tar::Header) -> Option<u32> {
+    header.mode().ok().map(|mode| mode & MODE_BITS_MASK)
+}
+
+/// Gives the unpacked entry `relative` below `dest` the host `owner`, without following a
+/// symlink, and restores the setuid and setgid bits of `mode` that the change cleared. Does
+/// nothing without an owner.
+fn set_shifted_owner(
+    dest: &Path,
+    relative: &Path,
+    owner: Option<(u32, u32)>,
+    mode: Option<u32>,
+) -> Result<(), TarballError> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    let path = dest.join(relative);
+    fchownat(
+        AT_FDCWD,
+        &path,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|source| TarballError::Chown {
+        path: path.clone(),
+        uid,
+        gid,
+        source,
+    })?;
+    if let Some(mode) = mode.filter(|mode| mode & SET_ID_MODE_BITS != 0) {
+        // Symlinks never get here: they have no mode to restore.
+        fchmodat(
+            AT_FDCWD,
+            &path,
+            Mode::from_bits_truncate(mode),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|source| TarballError::RestoreMode { path, mode, source })?;
+    }
+    Ok(())
 }
 
 fn unpack_entry<R: Read>(
@@ -451,7 +605,7 @@ mod tests {
         fs::write(&archive, bytes).expect("write archive");
         let dest = dir.path().join("root");
         fs::create_dir(&dest).expect("create dest");
-        let result = unpack(&archive, &dest, false);
+        let result = unpack(&archive, &dest, Owners::Caller);
         (dir, result)
     }
 
@@ -605,6 +759,28 @@ mod tests {
             .finish();
         let (_dir, result) = unpack_bytes(&archive);
         result.expect("a relative symlink that stays inside the root is accepted");
+    }
+
+    #[test]
+    fn owner_outside_id_map_is_rejected() {
+        let mut header = TarBuilder::header("data", EntryType::Regular, 0o644, 1);
+        header.set_uid(70_000);
+        header.set_cksum();
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append(&header, &b"x"[..]).expect("append");
+        let archive = builder.into_inner().expect("finish archive");
+
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let dest = dir.path().join("root");
+        fs::create_dir(&dest).expect("create dest");
+        let err = unpack_stream(&archive[..], &dest, Owners::Shifted(IdMap::default()))
+            .expect_err("uid 70000 is outside the map");
+        assert_eq!(
+            err.to_string(),
+            "entry \"data\" is owned by 70000:0, outside the silo id range 0 to 65535; change \
+             its owner in the image or turn off user namespaces"
+        );
+        assert!(!dest.join("data").exists(), "nothing is written");
     }
 
     #[test]
