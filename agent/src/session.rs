@@ -340,6 +340,7 @@ impl Agent {
         config.binds = self.config.settings.binds.clone();
         config.pids_limit = self.config.settings.effective_pids_limit(config.pids_limit);
         config.failpoint = self.config.failpoint.clone();
+        config.set_user_namespaces(!self.config.settings.disable_user_namespaces);
         let (runtime, exits) = Runtime::start(config).await?;
         let adopted = runtime.silos();
         tracing::info!(host = %self.config.host_name, adopted = adopted.len(), "silo runtime ready");

@@ -134,7 +134,10 @@ fn two_silos_on_two_hosts() {
     let plain_rows = parse_table(&list_plain.stdout);
     assert_eq!(plain_rows.len(), 2, "two rows in:\n{}", list_plain.stdout);
     let header: Vec<&str> = plain_rows[0].keys().map(String::as_str).collect();
-    assert_eq!(header, ["ADDRESSES", "CLASS", "HOST", "ID", "NAME", "TAGS"]);
+    assert_eq!(
+        header,
+        ["ADDRESSES", "CLASS", "CPU", "HOST", "ID", "MEMORY", "NAME", "NET I/O", "PIDS", "RESTARTS", "TAGS", "UPTIME"]
+    );
     let web_a = plain_rows.iter().find(|row| row["NAME"] == "web-a").expect("web-a listed");
     assert_eq!(web_a["CLASS"], "web");
     assert_eq!(web_a["TAGS"], "demo");
