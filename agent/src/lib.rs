@@ -4,5 +4,6 @@ pub mod config;
 pub mod controllers;
 pub mod host;
 pub mod local;
+pub mod mesh;
 pub mod runtime;
 pub mod session;
