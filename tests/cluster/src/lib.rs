@@ -96,10 +96,38 @@ pub struct Host {
     pub state_dir: PathBuf,
 }
 
+/// Time a silo's server gets to bind its port after its program started: UP means the program
+/// was executed, not that it listens yet.
+pub const SERVER_START_GRACE: Duration = Duration::from_secs(5);
+
 impl Host {
     /// Runs a command inside this host's network namespace.
     pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<CommandOutput> {
         process::run_in_netns(&self.netns, program, args, process::COMMAND_TIMEOUT)
+    }
+
+    /// Fetches `http://ADDRESS/` from inside this host's namespace, retrying for
+    /// [`SERVER_START_GRACE`]; panics when it never succeeds.
+    pub fn fetch_page(&self, address: &str) -> String {
+        let url = format!("http://{address}/");
+        let deadline = Instant::now() + SERVER_START_GRACE;
+        loop {
+            // curl, not busybox wget: the wget of Debian 12's busybox-static 1.35 crashes now
+            // and then when writing the body to a pipe.
+            let output = self
+                .run("curl", &["--silent", "--show-error", "--max-time", "2", &url])
+                .expect("curl runs");
+            if output.success() {
+                return output.stdout;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "curl {url} from {} failed for {SERVER_START_GRACE:?}: {}",
+                self.name,
+                output.stderr
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

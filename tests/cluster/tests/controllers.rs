@@ -6,15 +6,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use colex_cluster_tests::table::{parse_all_hosts, parse_table, Row};
-use colex_cluster_tests::{bin_dir, process, require_root, Host, Lab};
+use colex_cluster_tests::{bin_dir, process, require_root, Lab};
 
 /// Time the cluster gets to elect a new leader after the old one was
 /// killed. openraft 0.9.25 followers wait out the leader lease (3 s) plus a
 /// random election timeout (1.5 to 3 s) before they start an election.
 const NEW_LEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a silo's server gets to bind its port after its program started.
-const SERVER_START_GRACE: Duration = Duration::from_secs(5);
-
 /// Returns the silo file of a busybox httpd silo named `name` that serves a page with its
 /// own name.
 fn silo_file(name: &str) -> String {
@@ -91,21 +88,6 @@ fn wait_for_host_up(lab: &Lab) {
     .expect("host UP");
 }
 
-/// Fetches `http://ADDRESS/` from inside `host`'s namespace.
-fn fetch_page(host: &Host, address: &str) -> String {
-    let url = format!("http://{address}/");
-    let deadline = Instant::now() + SERVER_START_GRACE;
-    loop {
-        let output = host
-            .run("curl", &["--silent", "--show-error", "--max-time", "2", &url])
-            .expect("curl runs");
-        if output.success() {
-            return output.stdout;
-        }
-        assert!(Instant::now() < deadline, "curl {url} from {} failed: {}", host.name, output.stderr);
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn three_controllers_survive_leader_loss() {
@@ -134,7 +116,7 @@ fn three_controllers_survive_leader_loss() {
     let hosts = parse_all_hosts(&lab.cli(&["list", "--all-hosts"]).expect("list").stdout);
     let first = hosts.iter().find(|row| row["NAME"] == "first").expect("first listed");
     assert_eq!(first["HOST"], lab.hosts[0].name);
-    assert_eq!(fetch_page(&lab.hosts[0], &first["ADDRESSES"]), "page of first\n");
+    assert_eq!(lab.hosts[0].fetch_page(&first["ADDRESSES"]), "page of first\n");
 
     // SIGKILL the leader: a new one is elected within seconds.
     lab.kill_controller(leader).expect("leader killed");

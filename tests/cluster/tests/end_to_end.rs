@@ -1,7 +1,6 @@
 //! End-to-end tests: real controller and agents in lab namespaces, driven
 //! through colex-cli.
 
-use std::time::{Duration, Instant};
 
 use colex_cluster_tests::ledger::Ledger;
 use colex_cluster_tests::table::{parse_all_hosts, parse_table};
@@ -51,32 +50,6 @@ fn host_by_name<'a>(lab: &'a Lab, name: &str) -> &'a Host {
         .unwrap_or_else(|| panic!("no lab host named {name:?}"))
 }
 
-/// Time a silo's server gets to bind its port after its program started:
-/// UP means the program was executed, not that it listens yet.
-const SERVER_START_GRACE: Duration = Duration::from_secs(5);
-
-/// Fetches `http://ADDRESS/` from inside `host`'s namespace.
-fn fetch_page(host: &Host, address: &str) -> String {
-    let url = format!("http://{address}/");
-    let deadline = Instant::now() + SERVER_START_GRACE;
-    loop {
-        // curl, not busybox wget: the wget of Debian 12's busybox-static
-        // 1.35 crashes now and then when writing the body to a pipe.
-        let output = host
-            .run("curl", &["--silent", "--show-error", "--max-time", "2", &url])
-            .expect("curl runs");
-        if output.success() {
-            return output.stdout;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "curl {url} from {} failed for {SERVER_START_GRACE:?}: {}",
-            host.name,
-            output.stderr
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn two_silos_on_two_hosts() {
@@ -118,7 +91,7 @@ fn two_silos_on_two_hosts() {
         assert!(address.starts_with("10.69."), "silo {name} has address {address:?}");
         assert_eq!(row["STATE"], "UP");
         let host = host_by_name(&lab, &row["HOST"]);
-        assert_eq!(fetch_page(host, address), format!("page of {name}\n"));
+        assert_eq!(host.fetch_page(address), format!("page of {name}\n"));
     }
 
     let web_a_host = host_by_name(&lab, &rows.iter().find(|row| row["NAME"] == "web-a").expect("web-a row")["HOST"]);
@@ -175,7 +148,7 @@ fn controller_restart_keeps_silos() {
 
     lab.stop_controller().expect("controller stops");
     let host = lab.hosts[0].clone();
-    assert_eq!(fetch_page(&host, &before[0]["ADDRESSES"]), "page of web-a\n", "silo serves while the controller is down");
+    assert_eq!(host.fetch_page(&before[0]["ADDRESSES"]), "page of web-a\n", "silo serves while the controller is down");
     lab.start_controller().expect("controller restarts");
 
     lab.wait_until("the silo is listed UP again", |lab| {
@@ -187,7 +160,7 @@ fn controller_restart_keeps_silos() {
     assert_eq!(after[0]["NAME"], "web-a");
     assert_eq!(after[0]["ID"], before[0]["ID"], "same silo instance after the restart");
     assert_eq!(after[0]["ADDRESSES"], before[0]["ADDRESSES"]);
-    assert_eq!(fetch_page(&host, &after[0]["ADDRESSES"]), "page of web-a\n");
+    assert_eq!(host.fetch_page(&after[0]["ADDRESSES"]), "page of web-a\n");
 
     let down = lab.cli(&["down", "--name", "web-a"]).expect("down runs");
     assert!(down.success(), "down failed: {}\n{}", down.stderr, lab.logs());
@@ -275,7 +248,7 @@ fn up_again_replaces_changed_silo() {
     })
     .expect("replacement finished");
     let listed = parse_all_hosts(&lab.cli(&["list", "--all-hosts"]).expect("list").stdout);
-    assert_eq!(fetch_page(&host, &listed[0]["ADDRESSES"]), "second page\n");
+    assert_eq!(host.fetch_page(&listed[0]["ADDRESSES"]), "second page\n");
     let old_veth = format!("cx{}", first_rows[0]["ID"]);
     assert!(
         !Ledger::take(&host).expect("ledger").links.contains(&old_veth),
@@ -313,7 +286,7 @@ fn agent_crash_keeps_silo_serving() {
     })
     .expect("host marked down");
     assert_eq!(
-        fetch_page(&host, &before_crash[0]["ADDRESSES"]),
+        host.fetch_page(&before_crash[0]["ADDRESSES"]),
         "page of web-a\n",
         "the silo serves while its agent is dead"
     );
@@ -328,7 +301,7 @@ fn agent_crash_keeps_silo_serving() {
     let rows = parse_all_hosts(&lab.cli(&["list", "--all-hosts"]).expect("list").stdout);
     assert_eq!(rows[0]["ID"], before_crash[0]["ID"], "the agent adopted the silo, no new instance");
     assert_eq!(rows[0]["ADDRESSES"], before_crash[0]["ADDRESSES"]);
-    assert_eq!(fetch_page(&host, &rows[0]["ADDRESSES"]), "page of web-a\n");
+    assert_eq!(host.fetch_page(&rows[0]["ADDRESSES"]), "page of web-a\n");
     let masquerade = host.run("iptables-save", &["-t", "nat"]).expect("iptables-save");
     assert_eq!(
         masquerade.stdout.lines().filter(|line| line.contains("MASQUERADE")).count(),
