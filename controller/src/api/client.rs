@@ -1,14 +1,16 @@
 //! The `Client` service used by colex-cli.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use colex_proto as proto;
 use prost::Message;
 use rand::Rng;
 use tokio::sync::Mutex;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::api::logs::{ClientLogStream, LogRouter};
+use crate::api::logs::LogRouter;
 use crate::api::unavailable;
 use crate::raft::RaftNode;
 use crate::scheduler;
@@ -95,11 +97,25 @@ impl ClientService {
     }
 }
 
+/// Log chunks of one `logs` request: from the agent through this controller's log router, or
+/// relayed from the leader when this controller is a follower.
+pub type LogChunkStream = Pin<Box<dyn Stream<Item = Result<proto::LogChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl proto::client_server::Client for ClientService {
-    type LogsStream = ClientLogStream;
+    type LogsStream = LogChunkStream;
 
     async fn logs(&self, request: Request<proto::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        // Agents hold their sessions with the leader, so only the leader can reach the silo's
+        // agent. Reading logs twice is harmless, so a retried forward is fine.
+        let forwarded = self
+            .node
+            .leader
+            .forward(&request, |channel, forwarded| async move { leader_client(channel).logs(forwarded).await });
+        if let Some(response) = forwarded.await? {
+            let relayed: LogChunkStream = Box::pin(response.into_inner());
+            return Ok(Response::new(relayed));
+        }
         let request = request.into_inner();
         let (host, silo_id) = {
             let state = self.node.state.read().await;
@@ -121,7 +137,7 @@ impl proto::client_server::Client for ClientService {
             follow: request.follow,
         };
         tracing::info!(silo = %request.name, %host, follow = request.follow, "logs requested");
-        let stream = self.logs.open(&host, agent_request).await?;
+        let stream: LogChunkStream = Box::pin(self.logs.open(&host, agent_request).await?);
         Ok(Response::new(stream))
     }
 
