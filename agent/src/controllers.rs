@@ -45,7 +45,15 @@ pub async fn connect(addresses: &str) -> Result<(Channel, String), ConnectError>
                 continue;
             }
         };
-        let leader = leader_address(channel.clone()).await;
+        // A frozen controller still accepts connections, so only its answer counts.
+        let leader = match leader_address(channel.clone()).await {
+            Ok(leader) => leader,
+            Err(cause) => {
+                tracing::warn!(%address, %cause, "controller accepted the connection but did not answer; trying the next one");
+                failures.push(format!("{address} ({cause})"));
+                continue;
+            }
+        };
         if let Some(leader) = leader.filter(|leader| leader != address) {
             match open(&leader).await {
                 Ok(leader_channel) => return Ok((leader_channel, leader)),
@@ -76,26 +84,21 @@ async fn open(address: &str) -> Result<Channel, String> {
 }
 
 /// Asks the controller on `channel` for the leader's address from its own view of the
-/// membership. Returns `None` when it does not respond in time or has no leader.
-async fn leader_address(channel: Channel) -> Option<String> {
+/// membership: `None` when it knows no leader. The error says why the controller did not
+/// answer: no reply in time, or a failed request.
+async fn leader_address(channel: Channel) -> Result<Option<String>, String> {
     let mut request = tonic::Request::new(proto::ListMembersRequest { local: true });
     request.set_timeout(LEADER_QUERY_TIMEOUT);
     let reply = tokio::time::timeout(LEADER_QUERY_TIMEOUT, MembersClient::new(channel).list(request)).await;
     match reply {
-        Ok(Ok(response)) => response
+        Ok(Ok(response)) => Ok(response
             .into_inner()
             .members
             .into_iter()
             .find(|member| member.leader)
-            .map(|member| member.address),
-        Ok(Err(status)) => {
-            tracing::warn!(%status, "cannot ask the controller for the leader");
-            None
-        }
-        Err(_) => {
-            tracing::warn!(timeout = ?LEADER_QUERY_TIMEOUT, "asking the controller for the leader timed out");
-            None
-        }
+            .map(|member| member.address)),
+        Ok(Err(status)) => Err(format!("asking for the leader failed: {status}")),
+        Err(_) => Err(format!("no answer within {LEADER_QUERY_TIMEOUT:?}")),
     }
 }
 

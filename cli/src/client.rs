@@ -12,6 +12,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of each request, so a controller that accepts the connection
 /// but never responds does not hang the CLI.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a controller gets to answer the small request that follows each connection. The kernel
+/// accepts connections for a frozen controller, so only an answer shows that it works, and the
+/// next address is tried after this long.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether `list` requests read from the receiving controller's state instead of the leader's.
 /// Set once by `main` for `list --stale`, before any request.
@@ -83,12 +87,12 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Connects to the first controller of `addresses` (HOST:PORT[,HOST:PORT...]) that accepts a connection.
+    /// Connects to the first controller of `addresses` (HOST:PORT[,HOST:PORT...]) that answers.
     pub async fn connect(addresses: &str) -> Result<Self, CliError> {
         Self::connect_first(addresses, Some(REQUEST_TIMEOUT)).await
     }
 
-    /// Connects to the first controller of `addresses` (HOST:PORT[,HOST:PORT...]) that accepts a connection,
+    /// Connects to the first controller of `addresses` (HOST:PORT[,HOST:PORT...]) that answers,
     /// for a streaming call such as `logs -f`, which has no deadline.
     pub async fn connect_streaming(addresses: &str) -> Result<Self, CliError> {
         Self::connect_first(addresses, None).await
@@ -134,6 +138,12 @@ impl Controller {
                     cause: format!("{address} ({cause})"),
                 }
             })?;
+        probe(&channel).await.map_err(|cause| ConnectFailure {
+            error: CliError::cluster(format!(
+                "controller {address} {cause}; check that colex-controller runs there or pass another address with --serv"
+            )),
+            cause: format!("{address} ({cause})"),
+        })?;
         let client = proto::client_client::ClientClient::new(channel.clone())
             .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
@@ -157,6 +167,38 @@ impl Controller {
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| CliError::from_status(&self.address, &status))
+    }
+}
+
+/// Sends the controller a local member list request, which it answers from its own state.
+/// Returns why the controller is of no use: no answer in time, or not a colex controller.
+async fn probe(channel: &Channel) -> Result<(), String> {
+    let mut request = tonic::Request::new(proto::ListMembersRequest { local: true });
+    request.set_timeout(PROBE_TIMEOUT);
+    let mut members = proto::members_client::MembersClient::new(channel.clone());
+    let answer = tokio::time::timeout(PROBE_TIMEOUT, members.list(request)).await;
+    match answer {
+        Ok(Ok(_)) => Ok(()),
+        // tonic reports its own request timeout as CANCELLED.
+        Ok(Err(status)) if matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
+            Err(format!("did not answer within {} s", PROBE_TIMEOUT.as_secs()))
+        }
+        // A controller that rejects the request has answered all the same.
+        Ok(Err(status))
+            if matches!(
+                status.code(),
+                tonic::Code::Unimplemented
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
+            ) =>
+        {
+            Ok(())
+        }
+        Ok(Err(status)) => Err(format!("did not answer as a colex controller ({})", status.message())),
+        Err(_) => Err(format!("did not answer within {} s", PROBE_TIMEOUT.as_secs())),
     }
 }
 
@@ -241,6 +283,39 @@ mod tests {
         for address in &addresses {
             assert!(error.message.contains(address.as_str()), "{address} named in {}", error.message);
         }
+        assert_eq!(error.message.lines().count(), 1, "{}", error.message);
+    }
+
+    #[tokio::test]
+    async fn silent_controllers_are_skipped_after_probe_timeout() {
+        // The kernel completes connections to a listener that never accepts, as for a frozen
+        // controller.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let address = silent.local_addr().expect("local address").to_string();
+        let started = std::time::Instant::now();
+        let error = Controller::connect(&address).await.err().expect("a silent listener is no controller");
+        assert!(started.elapsed() < REQUEST_TIMEOUT / 2, "waited {:?}", started.elapsed());
+        assert!(error.message.contains("did not answer within 2 s"), "{}", error.message);
+        assert!(error.message.contains(&address), "{}", error.message);
+        assert_eq!(error.code, EXIT_CLUSTER_ERROR);
+    }
+
+    #[tokio::test]
+    async fn http1_servers_are_not_controllers() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let address = server.local_addr().expect("local address").to_string();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for stream in server.incoming().flatten().take(4) {
+                let mut stream = stream;
+                let mut buffer = [0u8; 1024];
+                let _ = stream.read(&mut buffer);
+                let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+            }
+        });
+        let error = Controller::connect(&address).await.err().expect("an HTTP/1 server is no controller");
+        assert!(error.message.contains(&address), "{}", error.message);
+        assert_eq!(error.code, EXIT_CLUSTER_ERROR);
         assert_eq!(error.message.lines().count(), 1, "{}", error.message);
     }
 

@@ -318,6 +318,11 @@ impl Lab {
         Ok(())
     }
 
+    /// Returns the pid of controller `index`, if it runs.
+    pub fn controller_pid(&self, index: usize) -> Option<u32> {
+        self.controllers[index].as_ref().map(Daemon::pid)
+    }
+
     /// Kills controller `index` with SIGKILL, as a crash would.
     pub fn kill_controller(&mut self, index: usize) -> anyhow::Result<()> {
         if let Some(mut controller) = self.controllers[index].take() {
@@ -417,7 +422,8 @@ impl Lab {
         self.cli_with_serv(&self.controller_address_at(index), args)
     }
 
-    fn cli_with_serv(&self, serv: &str, args: &[&str]) -> anyhow::Result<CommandOutput> {
+    /// Runs colex-cli with `--serv serv` in the controller host's namespace.
+    pub fn cli_with_serv(&self, serv: &str, args: &[&str]) -> anyhow::Result<CommandOutput> {
         let mut full = vec!["--serv", serv];
         full.extend_from_slice(args);
         let cli = self.bins.join("colex-cli");

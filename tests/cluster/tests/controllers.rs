@@ -122,6 +122,24 @@ fn three_controllers_survive_leader_loss() {
     let logs = lab.cli_at(follower, &["logs", "first", "--stderr"]).expect("logs runs");
     assert!(logs.success(), "logs through follower {follower} failed: {}\n{}", logs.stderr, lab.logs());
 
+    // A frozen controller still completes TCP handshakes in the kernel, so the CLI tells it
+    // apart by its missing answer and moves on to the next address.
+    let frozen_pid = lab.controller_pid(follower).expect("follower runs").to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill").args([name, &frozen_pid]).status().expect("kill runs");
+        assert!(status.success(), "kill {name} {frozen_pid}");
+    };
+    signal("-STOP");
+    let serv = format!("{},{}", lab.controller_address_at(follower), lab.controller_address_at(leader));
+    let started = Instant::now();
+    let listed = lab.cli_with_serv(&serv, &["list"]);
+    let waited = started.elapsed();
+    signal("-CONT");
+    let listed = listed.expect("list runs");
+    assert!(listed.success(), "list past a frozen controller failed: {}", listed.stderr);
+    assert!(listed.stdout.contains("first"), "{}", listed.stdout);
+    assert!(waited < Duration::from_secs(10), "list took {waited:?} past a frozen controller");
+
     // SIGKILL the leader: a new one is elected within seconds.
     lab.kill_controller(leader).expect("leader killed");
     let killed_at = Instant::now();
