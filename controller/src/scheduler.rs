@@ -1,10 +1,25 @@
-//! Placement of new silos onto live hosts, in two steps: a feasibility check keeps the live
-//! hosts that have the silo's image and every bind id it names, then the least loaded of those
-//! is chosen. When no host is feasible, the error names what each live host lacks.
+//! Placement of new silos onto hosts, in two steps.
+//!
+//! 1. Feasibility keeps the hosts that may run the silo. Such a host is live (its agent is
+//!    connected to the leader) and not draining. It is named in `placement.hosts` when that
+//!    list is not empty, carries every `placement.labels` pair, offers the silo's image and bind
+//!    ids, and has free CPU and memory for the silo's `resources`.
+//! 2. Scoring picks one of them by the silo's `placement.strategy`: `spread` (the default)
+//!    takes the host with the least reserved CPU, `binpack` the host with the most reserved CPU
+//!    that still fits.
+//!
+//! Reservations are the declared `resources` of the silos whose desired state is run, so a
+//! silo without `resources` reserves nothing and fits on any host that passes the other checks.
+//! When no host is feasible, the error names each live host and what it lacks.
+//!
+//! TODO: a silo that fits nowhere is rejected. It should stay pending and be placed once
+//! capacity appears, which needs a pending state in the replicated state and a leader task.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 
-use colex_proto::SiloSpec;
+use colex_proto::{PlacementStrategy, SiloSpec};
+use prost::Message;
 
 use crate::state::{ClusterState, Desired, HostRecord};
 
@@ -12,6 +27,11 @@ use crate::state::{ClusterState, Desired, HostRecord};
 pub const DEFAULT_IMAGE: &str = "busybox";
 /// Scheme a spec's `base` may carry before the image name.
 const IMAGE_SCHEME: &str = "img://";
+/// CPU capacity of one host in percent: `cpu_percent` is a share of all of a host's cores, so
+/// the silos placed on a host reserve at most this much together.
+pub const HOST_CPU_PERCENT: u64 = 100;
+const MIB_BYTES: u64 = 1 << 20;
+const GIB_BYTES: u64 = 1 << 30;
 
 /// Reason a silo cannot be placed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,19 +42,56 @@ pub enum PlacementError {
     NoLiveHost { silo: String },
     #[error("silo {silo}: {reason}")]
     Infeasible { silo: String, reason: String },
+    #[error("silo {silo}: unknown placement.strategy number {value}; use spread or binpack")]
+    UnknownStrategy { silo: String, value: i32 },
+}
+
+/// Rule that picks one of the feasible hosts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Strategy {
+    /// The host with the least reserved CPU, then the fewest silos, then the first name.
+    #[default]
+    Spread,
+    /// The host with the most reserved CPU that still fits the silo, then the first name.
+    Binpack,
+}
+
+impl Strategy {
+    /// Reads `placement.strategy` of `spec`. A spec without `placement` spreads.
+    pub fn of(spec: &SiloSpec) -> Result<Self, PlacementError> {
+        let Some(placement) = &spec.placement else {
+            return Ok(Strategy::Spread);
+        };
+        match PlacementStrategy::try_from(placement.strategy) {
+            Ok(PlacementStrategy::Spread) => Ok(Strategy::Spread),
+            Ok(PlacementStrategy::Binpack) => Ok(Strategy::Binpack),
+            Err(_) => Err(PlacementError::UnknownStrategy {
+                silo: spec.name.clone(),
+                value: placement.strategy,
+            }),
+        }
+    }
 }
 
 /// Requirements of a silo on its host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Requirements {
     /// Image name without the `img://` scheme.
     pub image: String,
     pub bind_ids: BTreeSet<String>,
+    /// Host names from `placement.hosts`. An empty set allows every host.
+    pub hosts: BTreeSet<String>,
+    /// Labels from `placement.labels`, every one of which the host must carry.
+    pub labels: BTreeMap<String, String>,
+    /// CPU share in percent of a whole host, where 0 reserves nothing.
+    pub cpu_percent: u64,
+    /// Memory in bytes, where 0 reserves nothing.
+    pub memory_bytes: u64,
 }
 
 impl Requirements {
-    /// Reads the requirements of `spec`: its image (`busybox` when `base` is empty) and the
-    /// ids of its `bind` blocks.
+    /// Reads the requirements of `spec`: its image (`busybox` when `base` is empty), the ids of
+    /// its `bind` blocks, its `placement` filters and its `resources`.
     pub fn of(spec: &SiloSpec) -> Self {
         let image = spec.base.strip_prefix(IMAGE_SCHEME).unwrap_or(&spec.base);
         let image = if image.is_empty() {
@@ -42,43 +99,242 @@ impl Requirements {
         } else {
             image
         };
+        let (hosts, labels) = match &spec.placement {
+            Some(placement) => (
+                placement.hosts.iter().cloned().collect(),
+                placement
+                    .labels
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect(),
+            ),
+            None => Default::default(),
+        };
+        let reservation = Reservation::of(spec);
         Requirements {
             image: image.to_owned(),
             bind_ids: spec.binds.iter().map(|bind| bind.id.clone()).collect(),
+            hosts,
+            labels,
+            cpu_percent: reservation.cpu_percent,
+            memory_bytes: reservation.memory_bytes,
         }
     }
 
-    /// Returns what `host` lacks of these requirements.
-    fn missing_on(&self, host: &HostRecord) -> Missing {
+    /// Lists what `host` lacks to run a silo with these requirements, given what the silos
+    /// already placed there reserve. An empty list means the host is feasible.
+    fn lacks_on(&self, host: &HostRecord, reserved: &Reserved) -> Vec<Lack> {
         let offered = &host.attributes;
-        Missing {
-            image: !offered.images.contains(&self.image),
-            bind_ids: self
-                .bind_ids
-                .iter()
-                .filter(|id| !offered.bind_ids.contains(id))
-                .cloned()
-                .collect(),
+        let mut lacks = Vec::new();
+
+        if is_draining(host) {
+            lacks.push(Lack::Draining);
         }
+        if !self.hosts.is_empty() && !self.hosts.contains(&host.name) {
+            lacks.push(Lack::NotListed);
+        }
+        for (key, value) in &self.labels {
+            let carried = offered.labels.get(key);
+            if carried != Some(value) {
+                lacks.push(Lack::Label {
+                    key: key.clone(),
+                    value: value.clone(),
+                    carried: carried.cloned(),
+                });
+            }
+        }
+        if !offered.images.contains(&self.image) {
+            lacks.push(Lack::Image {
+                offered: offered.images.clone(),
+            });
+        }
+        let missing_bind_ids: Vec<String> = self
+            .bind_ids
+            .iter()
+            .filter(|id| !offered.bind_ids.contains(id))
+            .cloned()
+            .collect();
+        if !missing_bind_ids.is_empty() {
+            lacks.push(Lack::BindIds {
+                missing: missing_bind_ids,
+                offered: offered.bind_ids.clone(),
+            });
+        }
+
+        let free_cpu_percent = HOST_CPU_PERCENT.saturating_sub(reserved.cpu_percent);
+        if self.cpu_percent > free_cpu_percent {
+            lacks.push(Lack::Cpu {
+                free_percent: free_cpu_percent,
+                needed_percent: self.cpu_percent,
+            });
+        }
+        let free_memory_bytes = host.memory_bytes.saturating_sub(reserved.memory_bytes);
+        if self.memory_bytes > free_memory_bytes {
+            lacks.push(Lack::Memory {
+                free_bytes: free_memory_bytes,
+                needed_bytes: self.memory_bytes,
+            });
+        }
+        lacks
     }
 }
 
-/// Requirements one host lacks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Missing {
-    image: bool,
-    bind_ids: Vec<String>,
+/// Returns whether `host` is draining, so new silos stay off it.
+// TODO: drain is not built yet, so no host is draining. When `colex-cli hosts drain` lands, the
+// host record gains a draining flag and this check reads it.
+fn is_draining(_host: &HostRecord) -> bool {
+    false
 }
 
-impl Missing {
-    fn is_nothing(&self) -> bool {
-        !self.image && self.bind_ids.is_empty()
+/// CPU and memory one silo reserves on its host, from its `resources`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Reservation {
+    cpu_percent: u64,
+    memory_bytes: u64,
+}
+
+impl Reservation {
+    fn of(spec: &SiloSpec) -> Self {
+        spec.resources
+            .as_ref()
+            .map_or_else(Reservation::default, |resources| Reservation {
+                cpu_percent: u64::from(resources.cpu_percent),
+                memory_bytes: resources.memory_bytes,
+            })
+    }
+}
+
+/// Sum of the reservations of the silos placed on one host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// Sum of `resources.cpu_percent`, in percent of the whole host.
+    pub cpu_percent: u64,
+    /// Sum of `resources.memory_bytes`.
+    pub memory_bytes: u64,
+    /// Silos placed on the host, with or without resources.
+    pub silos: usize,
+}
+
+/// Sums, per host name, the reservations of the silos whose desired state is run. The silo
+/// named `replaced` is left out, because the silo being placed takes its place.
+///
+/// NOTE: this decodes every stored spec on each placement, so its cost grows linearly with the
+/// number of silos. A per-host running total kept beside the state would make it constant.
+pub fn reserved_by_host(state: &ClusterState, replaced: &str) -> BTreeMap<String, Reserved> {
+    let mut reserved: BTreeMap<String, Reserved> = BTreeMap::new();
+    let running = state
+        .silos
+        .values()
+        .filter(|silo| silo.desired == Desired::Run && silo.name != replaced);
+    for silo in running {
+        let reservation = match SiloSpec::decode(silo.spec.as_slice()) {
+            Ok(spec) => Reservation::of(&spec),
+            Err(error) => {
+                // The controller encoded every stored spec itself, so this is a bug. Counting
+                // the silo as reserving nothing keeps placement going.
+                tracing::warn!(silo = %silo.name, id = %silo.id, %error, "stored spec failed to decode, so it counts as reserving nothing");
+                Reservation::default()
+            }
+        };
+        let host = reserved.entry(silo.host.clone()).or_default();
+        host.cpu_percent += reservation.cpu_percent;
+        host.memory_bytes += reservation.memory_bytes;
+        host.silos += 1;
+    }
+    reserved
+}
+
+/// One requirement a host does not meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lack {
+    Draining,
+    /// The host is not named in a non-empty `placement.hosts`.
+    NotListed,
+    /// The host does not carry label `key=value`. `carried` is the host's own value for `key`.
+    Label {
+        key: String,
+        value: String,
+        carried: Option<String>,
+    },
+    /// The host lacks the image, and `offered` lists the images it has.
+    Image {
+        offered: Vec<String>,
+    },
+    /// The host lacks the bind ids `missing`, and `offered` lists the ones it has.
+    BindIds {
+        missing: Vec<String>,
+        offered: Vec<String>,
+    },
+    Cpu {
+        free_percent: u64,
+        needed_percent: u64,
+    },
+    Memory {
+        free_bytes: u64,
+        needed_bytes: u64,
+    },
+}
+
+impl Lack {
+    /// Describes the lack for a per-host reason, for example "lacks label zone=b (has zone=a)".
+    fn describe(&self, requirements: &Requirements) -> String {
+        match self {
+            Lack::Draining => "is draining".to_owned(),
+            Lack::NotListed => "is not in placement.hosts".to_owned(),
+            Lack::Label {
+                key,
+                value,
+                carried: Some(carried),
+            } => format!("lacks label {key}={value} (has {key}={carried})"),
+            Lack::Label {
+                key,
+                value,
+                carried: None,
+            } => format!("lacks label {key}={value}"),
+            Lack::Image { offered } => {
+                format!("lacks image {} (has {})", requirements.image, list(offered))
+            }
+            Lack::BindIds { missing, offered } => format!(
+                "lacks {} (offers {})",
+                bind_ids_phrase(missing),
+                list(offered)
+            ),
+            Lack::Cpu {
+                free_percent,
+                needed_percent,
+            } => format!("{free_percent}% CPU free, needs {needed_percent}%"),
+            Lack::Memory {
+                free_bytes,
+                needed_bytes,
+            } => format!(
+                "{} memory free, needs {}",
+                format_bytes(*free_bytes),
+                format_bytes(*needed_bytes)
+            ),
+        }
+    }
+
+    /// Returns what the user can do about this kind of lack.
+    fn remedy(&self) -> &'static str {
+        match self {
+            Lack::Draining => "undrain a host",
+            Lack::NotListed => "name a live host in placement.hosts",
+            Lack::Label { .. } => {
+                "change placement.labels or start an agent whose config declares those labels"
+            }
+            Lack::Image { .. } => "declare the image in an agent's config file",
+            Lack::BindIds { .. } => "declare the bind ids in an agent's config file",
+            Lack::Cpu { .. } | Lack::Memory { .. } => {
+                "stop a silo on one of these hosts, lower resources or start another agent"
+            }
+        }
     }
 }
 
 /// Chooses the host for `spec`: `preferred` when it is live and feasible (a replacement stays
-/// where its earlier instance runs), otherwise the feasible live host that runs the fewest
-/// silos, ties broken by host name.
+/// where its earlier instance runs), otherwise the feasible live host that the spec's
+/// strategy scores best. The stored silo with the name of `spec` counts as removed, so a
+/// replacement does not compete with the instance it replaces for CPU and memory.
 pub fn place(
     state: &ClusterState,
     live_hosts: &BTreeSet<String>,
@@ -95,101 +351,110 @@ pub fn place(
         });
     }
 
+    let strategy = Strategy::of(spec)?;
     let requirements = Requirements::of(spec);
-    let feasible: BTreeSet<String> = live
-        .iter()
-        .filter(|host| requirements.missing_on(host).is_nothing())
-        .map(|host| host.name.clone())
+    let reserved = reserved_by_host(state, &spec.name);
+    let checked: Vec<(&HostRecord, Reserved, Vec<Lack>)> = live
+        .into_iter()
+        .map(|host| {
+            let on_host = reserved.get(&host.name).copied().unwrap_or_default();
+            (host, on_host, requirements.lacks_on(host, &on_host))
+        })
         .collect();
-    if let Some(preferred) = preferred.filter(|host| feasible.contains(*host)) {
+    let feasible: Vec<(&str, Reserved)> = checked
+        .iter()
+        .filter(|(_, _, lacks)| lacks.is_empty())
+        .map(|(host, on_host, _)| (host.name.as_str(), *on_host))
+        .collect();
+
+    if let Some(preferred) = preferred.filter(|name| feasible.iter().any(|(host, _)| host == name))
+    {
         return Ok(preferred.to_owned());
     }
-    least_loaded(state, &feasible).ok_or_else(|| PlacementError::Infeasible {
-        silo: spec.name.clone(),
-        reason: describe_infeasible(&requirements, &live),
-    })
+    match choose(strategy, &feasible) {
+        Some(host) => Ok(host.to_owned()),
+        None => {
+            let lacks: Vec<(&HostRecord, Vec<Lack>)> = checked
+                .into_iter()
+                .map(|(host, _, lacks)| (host, lacks))
+                .collect();
+            Err(PlacementError::Infeasible {
+                silo: spec.name.clone(),
+                reason: describe_infeasible(&requirements, &lacks),
+            })
+        }
+    }
 }
 
-/// Picks the host in `candidates` that runs the fewest silos, breaking ties by host name so
-/// the choice is stable. Returns `None` when `candidates` is empty.
-///
-/// NOTE: this counts silos only. CPU and memory reservations, placement constraints and
-/// spreading of multiple instances come with the full scheduler.
-pub fn least_loaded(state: &ClusterState, candidates: &BTreeSet<String>) -> Option<String> {
-    candidates
-        .iter()
-        .filter(|host| state.hosts.contains_key(*host))
-        .min_by_key(|host| {
-            let load = state
-                .silos_on(host)
-                .filter(|silo| silo.desired == Desired::Run)
-                .count();
-            (load, (*host).clone())
-        })
-        .cloned()
+/// Picks the best of the feasible hosts `candidates` (host name and what is reserved there)
+/// by `strategy`. Ties end in host name order, so the choice is stable on every controller.
+/// Returns `None` when `candidates` is empty.
+pub fn choose<'a>(strategy: Strategy, candidates: &[(&'a str, Reserved)]) -> Option<&'a str> {
+    let best = match strategy {
+        Strategy::Spread => candidates
+            .iter()
+            .min_by_key(|(host, reserved)| (reserved.cpu_percent, reserved.silos, *host)),
+        Strategy::Binpack => candidates
+            .iter()
+            .min_by_key(|(host, reserved)| (Reverse(reserved.cpu_percent), *host)),
+    };
+    best.map(|(host, _)| *host)
 }
 
-/// Explains why none of `live` can run a silo with `requirements`, naming each host and what
-/// it offers, for example "no live host has image alpine: h1 has busybox; h2 has busybox, web".
-fn describe_infeasible(requirements: &Requirements, live: &[&HostRecord]) -> String {
-    let missing: Vec<(&HostRecord, Missing)> = live
+/// Explains in one line why none of the live hosts can run a silo with `requirements`: each
+/// host with what it lacks, then what the user can do. `lacks` has one entry per live host,
+/// none of them empty.
+fn describe_infeasible(requirements: &Requirements, lacks: &[(&HostRecord, Vec<Lack>)]) -> String {
+    let every_host_lacks_only_the_image = lacks
         .iter()
-        .map(|host| (*host, requirements.missing_on(host)))
-        .collect();
-    let every_host_lacks_only_the_image = missing
+        .all(|(_, host_lacks)| matches!(host_lacks.as_slice(), [Lack::Image { .. }]));
+    let every_host_lacks_only_bind_ids = lacks
         .iter()
-        .all(|(_, lacks)| lacks.image && lacks.bind_ids.is_empty());
-    let every_host_lacks_only_binds = missing.iter().all(|(_, lacks)| !lacks.image);
+        .all(|(_, host_lacks)| matches!(host_lacks.as_slice(), [Lack::BindIds { .. }]));
 
-    if every_host_lacks_only_the_image {
-        let hosts: Vec<String> = missing
+    let hosts: Vec<String> = if every_host_lacks_only_the_image {
+        lacks
             .iter()
             .map(|(host, _)| format!("{} has {}", host.name, list(&host.attributes.images)))
-            .collect();
-        return format!(
-            "no live host has image {}: {}",
-            requirements.image,
-            hosts.join("; ")
-        );
-    }
-    if every_host_lacks_only_binds {
-        let hosts: Vec<String> = missing
+            .collect()
+    } else if every_host_lacks_only_bind_ids {
+        lacks
             .iter()
             .map(|(host, _)| format!("{} offers {}", host.name, list(&host.attributes.bind_ids)))
-            .collect();
-        return format!(
-            "no live host offers {}: {}",
-            bind_ids_phrase(&requirements.bind_ids),
-            hosts.join("; ")
-        );
-    }
+            .collect()
+    } else {
+        lacks
+            .iter()
+            .map(|(host, host_lacks)| {
+                let described: Vec<String> = host_lacks
+                    .iter()
+                    .map(|lack| lack.describe(requirements))
+                    .collect();
+                format!("{}: {}", host.name, described.join(", "))
+            })
+            .collect()
+    };
+    let summary = if every_host_lacks_only_the_image {
+        format!("no live host has image {}", requirements.image)
+    } else if every_host_lacks_only_bind_ids {
+        format!(
+            "no live host offers {}",
+            bind_ids_phrase(&requirements.bind_ids)
+        )
+    } else {
+        "no live host fits".to_owned()
+    };
 
-    let hosts: Vec<String> = missing
-        .iter()
-        .map(|(host, lacks)| {
-            let mut parts = Vec::new();
-            if lacks.image {
-                parts.push(format!(
-                    "image {} (has {})",
-                    requirements.image,
-                    list(&host.attributes.images)
-                ));
-            }
-            if !lacks.bind_ids.is_empty() {
-                parts.push(format!(
-                    "{} (offers {})",
-                    bind_ids_phrase(&lacks.bind_ids),
-                    list(&host.attributes.bind_ids)
-                ));
-            }
-            format!("{} lacks {}", host.name, parts.join(" and "))
-        })
-        .collect();
+    let mut remedies: Vec<&str> = Vec::new();
+    for lack in lacks.iter().flat_map(|(_, host_lacks)| host_lacks) {
+        if !remedies.contains(&lack.remedy()) {
+            remedies.push(lack.remedy());
+        }
+    }
     format!(
-        "no live host has image {} and {}: {}",
-        requirements.image,
-        bind_ids_phrase(&requirements.bind_ids),
-        hosts.join("; ")
+        "{summary}: {}. To place it, {}",
+        hosts.join("; "),
+        remedies.join(", or ")
     )
 }
 
@@ -213,42 +478,115 @@ fn list(names: &[String]) -> String {
     }
 }
 
+/// Formats a byte count in whole GiB or MiB when it is one, otherwise in bytes, so a reason
+/// never rounds a free amount up to what a silo needs.
+fn format_bytes(bytes: u64) -> String {
+    if bytes > 0 && bytes.is_multiple_of(GIB_BYTES) {
+        format!("{} GiB", bytes / GIB_BYTES)
+    } else if bytes > 0 && bytes.is_multiple_of(MIB_BYTES) {
+        format!("{} MiB", bytes / MIB_BYTES)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::{Command, HostAttributes};
 
-    fn attributes(images: &[&str], bind_ids: &[&str]) -> HostAttributes {
-        HostAttributes {
-            images: images.iter().map(|image| (*image).to_owned()).collect(),
-            bind_ids: bind_ids.iter().map(|id| (*id).to_owned()).collect(),
-            labels: Default::default(),
+    /// Feasible hosts with their reservations, and the host a strategy should choose.
+    type ChoiceCase<'a> = (&'a [(&'a str, Reserved)], Option<&'a str>);
+
+    /// Memory every test host reports.
+    const HOST_MEMORY_BYTES: u64 = GIB_BYTES;
+
+    /// A host as its agent registers it.
+    struct TestHost<'a> {
+        name: &'a str,
+        images: &'a [&'a str],
+        bind_ids: &'a [&'a str],
+        labels: &'a [(&'a str, &'a str)],
+    }
+
+    impl<'a> TestHost<'a> {
+        fn named(name: &'a str) -> Self {
+            TestHost {
+                name,
+                images: &["busybox"],
+                bind_ids: &[],
+                labels: &[],
+            }
         }
     }
 
-    fn register(state: &mut ClusterState, name: &str, images: &[&str], bind_ids: &[&str]) {
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|item| (*item).to_owned()).collect()
+    }
+
+    fn register_host(state: &mut ClusterState, host: &TestHost<'_>) {
         state.apply(&Command::RegisterHost {
-            name: name.to_owned(),
+            name: host.name.to_owned(),
             address: "198.51.100.2".to_owned(),
             cpus: 1,
-            memory_bytes: 1 << 30,
-            attributes: attributes(images, bind_ids),
+            memory_bytes: HOST_MEMORY_BYTES,
+            attributes: HostAttributes {
+                images: strings(host.images),
+                bind_ids: strings(host.bind_ids),
+                labels: host
+                    .labels
+                    .iter()
+                    .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                    .collect(),
+            },
         });
+    }
+
+    fn register(state: &mut ClusterState, name: &str, images: &[&str], bind_ids: &[&str]) {
+        register_host(
+            state,
+            &TestHost {
+                name,
+                images,
+                bind_ids,
+                labels: &[],
+            },
+        );
     }
 
     fn state_with_hosts(names: &[&str]) -> ClusterState {
         let mut state = ClusterState::default();
         for name in names {
-            register(&mut state, name, &["busybox"], &[]);
+            register_host(&mut state, &TestHost::named(name));
         }
         state
     }
 
+    /// Stores silo `name` on `host` without resources.
     fn put(state: &mut ClusterState, name: &str, host: &str) {
+        put_with(state, name, host, 0, 0);
+    }
+
+    /// Stores silo `name` on `host`, reserving `cpu_percent` and `memory_bytes`.
+    fn put_with(
+        state: &mut ClusterState,
+        name: &str,
+        host: &str,
+        cpu_percent: u32,
+        memory_bytes: u64,
+    ) {
+        let spec = SiloSpec {
+            name: name.to_owned(),
+            resources: Some(colex_proto::Resources {
+                cpu_percent,
+                memory_bytes,
+            }),
+            ..Default::default()
+        };
         state.apply(&Command::PutSilo {
             name: name.to_owned(),
             id: format!("{:0>8}", name),
-            spec: Vec::new(),
+            spec: spec.encode_to_vec(),
             host: host.to_owned(),
         });
     }
@@ -270,6 +608,38 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    fn spec_with_resources(cpu_percent: u32, memory_bytes: u64) -> SiloSpec {
+        SiloSpec {
+            resources: Some(colex_proto::Resources {
+                cpu_percent,
+                memory_bytes,
+            }),
+            ..spec("", &[])
+        }
+    }
+
+    fn spec_with_placement(
+        hosts: &[&str],
+        labels: &[(&str, &str)],
+        strategy: PlacementStrategy,
+    ) -> SiloSpec {
+        SiloSpec {
+            placement: Some(colex_proto::Placement {
+                hosts: strings(hosts),
+                labels: labels
+                    .iter()
+                    .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                    .collect(),
+                strategy: strategy.into(),
+            }),
+            ..spec("", &[])
+        }
+    }
+
+    fn reason(result: Result<String, PlacementError>) -> String {
+        result.expect_err("no host fits").to_string()
     }
 
     #[test]
@@ -368,7 +738,8 @@ mod tests {
             .expect_err("no host has alpine");
         assert_eq!(
             err.to_string(),
-            "silo web: no live host has image alpine: h1 has busybox; h2 has busybox, web"
+            "silo web: no live host has image alpine: h1 has busybox; h2 has busybox, web. \
+             To place it, declare the image in an agent's config file"
         );
     }
 
@@ -381,7 +752,8 @@ mod tests {
             .expect_err("no host offers data");
         assert_eq!(
             err.to_string(),
-            "silo web: no live host offers bind id data: h1 offers none; h2 offers logs"
+            "silo web: no live host offers bind id data: h1 offers none; h2 offers logs. \
+             To place it, declare the bind ids in an agent's config file"
         );
         let err = place(
             &state,
@@ -392,7 +764,8 @@ mod tests {
         .expect_err("no host offers both");
         assert_eq!(
             err.to_string(),
-            "silo web: no live host offers bind ids data, logs: h1 offers none; h2 offers logs"
+            "silo web: no live host offers bind ids data, logs: h1 offers none; h2 offers logs. \
+             To place it, declare the bind ids in an agent's config file"
         );
     }
 
@@ -410,8 +783,9 @@ mod tests {
         .expect_err("no host has both");
         assert_eq!(
             err.to_string(),
-            "silo web: no live host has image alpine and bind id data: h1 lacks image alpine \
-             (has busybox); h2 lacks bind id data (offers none)"
+            "silo web: no live host fits: h1: lacks image alpine (has busybox); \
+             h2: lacks bind id data (offers none). To place it, declare the image in an \
+             agent's config file, or declare the bind ids in an agent's config file"
         );
     }
 
@@ -424,7 +798,8 @@ mod tests {
             .expect_err("the host with alpine is down");
         assert_eq!(
             err.to_string(),
-            "silo web: no live host has image alpine: h1 has busybox"
+            "silo web: no live host has image alpine: h1 has busybox. \
+             To place it, declare the image in an agent's config file"
         );
     }
 
@@ -445,5 +820,356 @@ mod tests {
             place(&state, &all, &spec("alpine", &[]), Some("h1")),
             Ok("h2".to_owned())
         );
+    }
+
+    #[test]
+    fn placement_hosts_filter() {
+        let state = state_with_hosts(&["a", "b", "c"]);
+        let all = live(&["a", "b", "c"]);
+        let only_c = spec_with_placement(&["c"], &[], PlacementStrategy::Spread);
+        assert_eq!(place(&state, &all, &only_c, None), Ok("c".to_owned()));
+        let b_or_c = spec_with_placement(&["c", "b"], &[], PlacementStrategy::Spread);
+        assert_eq!(place(&state, &all, &b_or_c, None), Ok("b".to_owned()));
+        let empty_list = spec_with_placement(&[], &[], PlacementStrategy::Spread);
+        assert_eq!(place(&state, &all, &empty_list, None), Ok("a".to_owned()));
+    }
+
+    #[test]
+    fn placement_hosts_reason() {
+        let state = state_with_hosts(&["a", "b", "c"]);
+        let only_c = spec_with_placement(&["c"], &[], PlacementStrategy::Spread);
+        assert_eq!(
+            reason(place(&state, &live(&["a", "b"]), &only_c, None)),
+            "silo web: no live host fits: a: is not in placement.hosts; \
+             b: is not in placement.hosts. To place it, name a live host in placement.hosts"
+        );
+    }
+
+    #[test]
+    fn placement_labels_filter() {
+        let mut state = ClusterState::default();
+        register_host(
+            &mut state,
+            &TestHost {
+                labels: &[("zone", "a")],
+                ..TestHost::named("a")
+            },
+        );
+        register_host(
+            &mut state,
+            &TestHost {
+                labels: &[("zone", "b"), ("disk", "ssd")],
+                ..TestHost::named("b")
+            },
+        );
+        register_host(
+            &mut state,
+            &TestHost {
+                labels: &[("zone", "b")],
+                ..TestHost::named("c")
+            },
+        );
+        let all = live(&["a", "b", "c"]);
+
+        let zone_b = spec_with_placement(&[], &[("zone", "b")], PlacementStrategy::Spread);
+        assert_eq!(place(&state, &all, &zone_b, None), Ok("b".to_owned()));
+        let zone_b_on_c = spec_with_placement(&["c"], &[("zone", "b")], PlacementStrategy::Spread);
+        assert_eq!(place(&state, &all, &zone_b_on_c, None), Ok("c".to_owned()));
+        let zone_b_ssd = spec_with_placement(
+            &[],
+            &[("disk", "ssd"), ("zone", "b")],
+            PlacementStrategy::Spread,
+        );
+        put(&mut state, "busy", "b");
+        assert_eq!(
+            place(&state, &all, &zone_b_ssd, None),
+            Ok("b".to_owned()),
+            "every label must match, so the busier b is the only choice"
+        );
+    }
+
+    #[test]
+    fn placement_labels_reason() {
+        let mut state = ClusterState::default();
+        register_host(
+            &mut state,
+            &TestHost {
+                labels: &[("zone", "a")],
+                ..TestHost::named("a")
+            },
+        );
+        register_host(&mut state, &TestHost::named("b"));
+        let zone_eu = spec_with_placement(
+            &[],
+            &[("disk", "ssd"), ("zone", "eu")],
+            PlacementStrategy::Spread,
+        );
+        assert_eq!(
+            reason(place(&state, &live(&["a", "b"]), &zone_eu, None)),
+            "silo web: no live host fits: a: lacks label disk=ssd, lacks label zone=eu (has zone=a); \
+             b: lacks label disk=ssd, lacks label zone=eu. To place it, change placement.labels \
+             or start an agent whose config declares those labels"
+        );
+    }
+
+    #[test]
+    fn cpu_fills_up_to_100_percent() {
+        let mut state = state_with_hosts(&["a"]);
+        let a = live(&["a"]);
+        put_with(&mut state, "one", "a", 60, 0);
+        assert_eq!(
+            place(&state, &a, &spec_with_resources(40, 0), None),
+            Ok("a".to_owned())
+        );
+        put_with(&mut state, "two", "a", 40, 0);
+        assert_eq!(
+            place(&state, &a, &spec_with_resources(0, 0), None),
+            Ok("a".to_owned()),
+            "a silo without resources reserves nothing and always fits"
+        );
+        assert_eq!(
+            reason(place(&state, &a, &spec_with_resources(4, 0), None)),
+            "silo web: no live host fits: a: 0% CPU free, needs 4%. To place it, stop a silo \
+             on one of these hosts, lower resources or start another agent"
+        );
+    }
+
+    #[test]
+    fn cpu_reason_names_each_host() {
+        let mut state = state_with_hosts(&["host-a", "host-b"]);
+        put_with(&mut state, "one", "host-a", 60, 0);
+        put_with(&mut state, "two", "host-b", 88, 0);
+        assert_eq!(
+            reason(place(
+                &state,
+                &live(&["host-a", "host-b"]),
+                &spec_with_resources(60, 0),
+                None
+            )),
+            "silo web: no live host fits: host-a: 40% CPU free, needs 60%; \
+             host-b: 12% CPU free, needs 60%. To place it, stop a silo on one of these hosts, \
+             lower resources or start another agent"
+        );
+    }
+
+    #[test]
+    fn cpu_and_label_reasons_combine() {
+        let mut state = ClusterState::default();
+        register_host(
+            &mut state,
+            &TestHost {
+                labels: &[("zone", "b")],
+                ..TestHost::named("host-a")
+            },
+        );
+        register_host(
+            &mut state,
+            &TestHost {
+                labels: &[("zone", "c")],
+                ..TestHost::named("host-b")
+            },
+        );
+        put_with(&mut state, "busy", "host-a", 60, 0);
+        let zone_b = SiloSpec {
+            resources: Some(colex_proto::Resources {
+                cpu_percent: 60,
+                memory_bytes: 0,
+            }),
+            ..spec_with_placement(&[], &[("zone", "b")], PlacementStrategy::Spread)
+        };
+        assert_eq!(
+            reason(place(&state, &live(&["host-a", "host-b"]), &zone_b, None)),
+            "silo web: no live host fits: host-a: 40% CPU free, needs 60%; \
+             host-b: lacks label zone=b (has zone=c). To place it, stop a silo on one of these \
+             hosts, lower resources or start another agent, or change placement.labels or start \
+             an agent whose config declares those labels"
+        );
+    }
+
+    #[test]
+    fn memory_fills_up_to_host_memory() {
+        let mut state = state_with_hosts(&["a"]);
+        let a = live(&["a"]);
+        put_with(&mut state, "one", "a", 0, 768 * MIB_BYTES);
+        assert_eq!(
+            place(&state, &a, &spec_with_resources(0, 256 * MIB_BYTES), None),
+            Ok("a".to_owned())
+        );
+        assert_eq!(
+            reason(place(&state, &a, &spec_with_resources(0, 256 * MIB_BYTES + 1), None)),
+            "silo web: no live host fits: a: 256 MiB memory free, needs 268435457 bytes. \
+             To place it, stop a silo on one of these hosts, lower resources or start another agent"
+        );
+        put_with(&mut state, "two", "a", 0, 256 * MIB_BYTES);
+        assert_eq!(
+            reason(place(&state, &a, &spec_with_resources(0, GIB_BYTES), None)),
+            "silo web: no live host fits: a: 0 bytes memory free, needs 1 GiB. \
+             To place it, stop a silo on one of these hosts, lower resources or start another agent"
+        );
+    }
+
+    #[test]
+    fn cpu_and_memory_lacks_are_both_named() {
+        let mut state = state_with_hosts(&["a"]);
+        put_with(&mut state, "one", "a", 50, 512 * MIB_BYTES);
+        assert_eq!(
+            reason(place(
+                &state,
+                &live(&["a"]),
+                &spec_with_resources(60, GIB_BYTES),
+                None
+            )),
+            "silo web: no live host fits: a: 50% CPU free, needs 60%, 512 MiB memory free, \
+             needs 1 GiB. To place it, stop a silo on one of these hosts, lower resources or \
+             start another agent"
+        );
+    }
+
+    #[test]
+    fn replacement_does_not_reserve_against_itself() {
+        let mut state = state_with_hosts(&["a"]);
+        put_with(&mut state, "web", "a", 80, 0);
+        assert_eq!(
+            place(
+                &state,
+                &live(&["a"]),
+                &spec_with_resources(90, 0),
+                Some("a")
+            ),
+            Ok("a".to_owned())
+        );
+    }
+
+    #[test]
+    fn reserved_sums_running_silos_per_host() {
+        let mut state = state_with_hosts(&["a", "b"]);
+        put_with(&mut state, "one", "a", 30, MIB_BYTES);
+        put_with(&mut state, "two", "a", 20, 2 * MIB_BYTES);
+        put(&mut state, "three", "a");
+        put_with(&mut state, "stopped", "b", 50, MIB_BYTES);
+        state.apply(&Command::StopSilo {
+            name: "stopped".to_owned(),
+        });
+        let reserved = reserved_by_host(&state, "three");
+        assert_eq!(
+            reserved.get("a"),
+            Some(&Reserved {
+                cpu_percent: 50,
+                memory_bytes: 3 * MIB_BYTES,
+                silos: 2
+            })
+        );
+        assert_eq!(reserved.get("b"), None, "stopping silos reserve nothing");
+    }
+
+    #[test]
+    fn spread_prefers_least_reserved_cpu() {
+        let mut state = state_with_hosts(&["a", "b", "c"]);
+        put_with(&mut state, "one", "a", 50, 0);
+        put_with(&mut state, "two", "b", 10, 0);
+        put(&mut state, "three", "b");
+        put_with(&mut state, "four", "c", 10, 0);
+        let all = live(&["a", "b", "c"]);
+        // b and c reserve 10% each, and c runs fewer silos.
+        assert_eq!(
+            place(&state, &all, &spec_with_resources(10, 0), None),
+            Ok("c".to_owned())
+        );
+    }
+
+    #[test]
+    fn spread_order() {
+        let reserved = |cpu_percent, silos| Reserved {
+            cpu_percent,
+            memory_bytes: 0,
+            silos,
+        };
+        let cases: [ChoiceCase<'_>; 5] = [
+            (&[], None),
+            (&[("a", reserved(20, 0)), ("b", reserved(10, 5))], Some("b")),
+            (&[("a", reserved(10, 2)), ("b", reserved(10, 1))], Some("b")),
+            (&[("b", reserved(10, 1)), ("a", reserved(10, 1))], Some("a")),
+            (&[("a", reserved(0, 0)), ("b", reserved(90, 0))], Some("a")),
+        ];
+        for (candidates, expected) in cases {
+            assert_eq!(
+                choose(Strategy::Spread, candidates),
+                expected,
+                "{candidates:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn binpack_order() {
+        let reserved = |cpu_percent, silos| Reserved {
+            cpu_percent,
+            memory_bytes: 0,
+            silos,
+        };
+        let cases: [ChoiceCase<'_>; 4] = [
+            (&[], None),
+            (&[("a", reserved(20, 0)), ("b", reserved(10, 5))], Some("a")),
+            (&[("b", reserved(30, 1)), ("a", reserved(30, 4))], Some("a")),
+            (&[("a", reserved(0, 0)), ("b", reserved(90, 0))], Some("b")),
+        ];
+        for (candidates, expected) in cases {
+            assert_eq!(
+                choose(Strategy::Binpack, candidates),
+                expected,
+                "{candidates:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn binpack_fills_fullest_host_that_fits() {
+        let mut state = state_with_hosts(&["a", "b", "c"]);
+        put_with(&mut state, "one", "a", 80, 0);
+        put_with(&mut state, "two", "b", 50, 0);
+        let all = live(&["a", "b", "c"]);
+        let binpack = |cpu_percent| SiloSpec {
+            resources: Some(colex_proto::Resources {
+                cpu_percent,
+                memory_bytes: 0,
+            }),
+            ..spec_with_placement(&[], &[], PlacementStrategy::Binpack)
+        };
+        assert_eq!(place(&state, &all, &binpack(20), None), Ok("a".to_owned()));
+        assert_eq!(
+            place(&state, &all, &binpack(30), None),
+            Ok("b".to_owned()),
+            "a has only 20% free"
+        );
+        assert_eq!(
+            place(&state, &all, &spec_with_resources(30, 0), None),
+            Ok("c".to_owned()),
+            "spread, the default, takes the emptiest host"
+        );
+    }
+
+    #[test]
+    fn strategy_of_spec() {
+        assert_eq!(Strategy::of(&spec("", &[])), Ok(Strategy::Spread));
+        let binpack = spec_with_placement(&[], &[], PlacementStrategy::Binpack);
+        assert_eq!(Strategy::of(&binpack), Ok(Strategy::Binpack));
+        let mut unknown = spec("", &[]);
+        unknown.placement = Some(colex_proto::Placement {
+            strategy: 7,
+            ..Default::default()
+        });
+        assert_eq!(
+            Strategy::of(&unknown).map_err(|error| error.to_string()),
+            Err("silo web: unknown placement.strategy number 7; use spread or binpack".to_owned())
+        );
+    }
+
+    #[test]
+    fn bytes_format_exactly() {
+        assert_eq!(format_bytes(0), "0 bytes");
+        assert_eq!(format_bytes(4 * MIB_BYTES), "4 MiB");
+        assert_eq!(format_bytes(2 * GIB_BYTES), "2 GiB");
+        assert_eq!(format_bytes(1536 * MIB_BYTES), "1536 MiB");
+        assert_eq!(format_bytes(MIB_BYTES + 1), "1048577 bytes");
     }
 }

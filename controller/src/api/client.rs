@@ -66,8 +66,10 @@ impl ClientService {
                 .get(&spec.name)
                 .map(|existing| existing.host.clone())
                 .filter(|host| live.contains(host));
-            let host = scheduler::place(&state, &live, &spec, current_host.as_deref())
-                .map_err(|error| Status::failed_precondition(error.to_string()))?;
+            let host = scheduler::place(&state, &live, &spec, current_host.as_deref()).map_err(|error| match error {
+                scheduler::PlacementError::UnknownStrategy { .. } => Status::invalid_argument(error.to_string()),
+                _ => Status::failed_precondition(error.to_string()),
+            })?;
 
             let mut id = new_silo_id();
             while state.silo_by_id(&id).is_some() {
@@ -259,9 +261,6 @@ fn unsupported_field(spec: &proto::SiloSpec) -> Option<&'static str> {
     if spec.count.is_some_and(|count| count != 1) {
         return Some("count");
     }
-    if spec.placement.as_ref().is_some_and(|placement| *placement != proto::Placement::default()) {
-        return Some("placement");
-    }
     None
 }
 
@@ -310,6 +309,17 @@ mod tests {
         let status = validate(&with_count).expect_err("unsupported field rejected");
         assert!(status.message().contains("`count`"), "`count` named in {:?}", status.message());
         assert!(status.message().contains("not supported yet"), "{:?}", status.message());
+    }
+
+    #[test]
+    fn placement_passes() {
+        let mut spec = valid_spec();
+        spec.placement = Some(proto::Placement {
+            hosts: vec!["host-b".to_owned()],
+            labels: [("zone".to_owned(), "b".to_owned())].into(),
+            strategy: proto::PlacementStrategy::Binpack.into(),
+        });
+        assert!(validate(&spec).is_ok());
     }
 
     #[test]
