@@ -28,6 +28,7 @@ pub struct ListRow {
     pub class: String,
     pub tags: String,
     pub host: String,
+    pub state: String,
     pub addresses: String,
     #[tabled(inline)]
     pub usage: UsageCells,
@@ -125,6 +126,7 @@ pub fn list_row(silo: &proto::SiloInfo) -> ListRow {
         class: silo.class.clone(),
         tags: silo.tags.join(", "),
         host: silo.host.clone(),
+        state: state_label(silo),
         addresses: addresses(silo),
         usage: usage_cells(silo.usage.as_ref()),
         restarts: silo.restarts,
@@ -263,6 +265,7 @@ mod tests {
     fn list_table_shows_usage_columns() {
         let silo = proto::SiloInfo {
             name: "web".to_owned(),
+            state: proto::SiloState::Up.into(),
             usage: Some(proto::SiloUsage {
                 cpu_percent: Some(25.14),
                 memory_bytes: Some(3_355_443),
@@ -278,6 +281,7 @@ mod tests {
         let header = cells(lines[1]);
         let row = cells(lines[3]);
         let expected = [
+            ("STATE", "UP"),
             ("CPU", "25.1%"),
             ("MEMORY", "3.2MiB"),
             ("NET I/O", "1.4KiB / 880B"),

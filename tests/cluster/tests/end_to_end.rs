@@ -109,9 +109,10 @@ fn two_silos_on_two_hosts() {
     let header: Vec<&str> = plain_rows[0].keys().map(String::as_str).collect();
     assert_eq!(
         header,
-        ["ADDRESSES", "CLASS", "CPU", "HOST", "ID", "MEMORY", "NAME", "NET I/O", "PIDS", "RESTARTS", "TAGS", "UPTIME"]
+        ["ADDRESSES", "CLASS", "CPU", "HOST", "ID", "MEMORY", "NAME", "NET I/O", "PIDS", "RESTARTS", "STATE", "TAGS", "UPTIME"]
     );
     let web_a = plain_rows.iter().find(|row| row["NAME"] == "web-a").expect("web-a listed");
+    assert_eq!(web_a["STATE"], "UP");
     assert_eq!(web_a["CLASS"], "web");
     assert_eq!(web_a["TAGS"], "demo");
     assert_eq!(web_a["HOST"], web_a_host.name);
