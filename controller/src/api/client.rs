@@ -122,6 +122,20 @@ impl proto::client_server::Client for ClientService {
         let (host, silo_id) = {
             let state = self.node.state.read().await;
             match state.silos.get(&request.name) {
+                // A start that failed removed everything of the silo, its logs included, so
+                // the failure message is all there is to show.
+                Some(record)
+                    if record
+                        .status
+                        .as_ref()
+                        .is_some_and(|status| status.state == proto::SiloState::Failed as i32) =>
+                {
+                    let message = record.status.as_ref().map(|status| status.message.as_str()).unwrap_or_default();
+                    return Err(Status::failed_precondition(format!(
+                        "silo {} ({}) FAILED on host {}: {message}; it left no logs, fix the silo file and run up again",
+                        request.name, record.id, record.host
+                    )));
+                }
                 Some(record) => (record.host.clone(), record.id.clone()),
                 None => {
                     return Err(Status::not_found(format!(

@@ -315,3 +315,34 @@ fn agent_crash_keeps_silo_serving() {
     assert!(down.success(), "down failed: {}\n{}", down.stderr, lab.logs());
     assert_eq!(Ledger::take(&host).expect("ledger"), before, "nothing left after the crash and down");
 }
+
+#[test]
+fn logs_of_failed_silo_name_the_failure() {
+    if !require_root("logs_of_failed_silo_name_the_failure") {
+        return;
+    }
+    let lab = Lab::start(1).expect("lab starts");
+    let silo_file = lab
+        .write_file(
+            "broken.hcl",
+            "Silo \"b\" {\n  name = \"broken\"\n  binary {\n    path = \"/bin/no-such-program\"\n  }\n}\n",
+        )
+        .expect("silo file");
+    let silo_file = silo_file.to_str().expect("utf-8 path");
+
+    let up = lab.cli(&["up", silo_file]).expect("up runs");
+    assert!(!up.success(), "up of a missing binary succeeded:\n{}", up.stdout);
+    let listed = lab.cli(&["list"]).expect("list runs");
+    let rows = parse_table(&listed.stdout);
+    assert_eq!(rows.len(), 1, "{}", listed.stdout);
+    assert_eq!(rows[0]["STATE"], "FAILED", "{}", listed.stdout);
+
+    let logs = lab.cli(&["logs", "broken"]).expect("logs runs");
+    assert!(!logs.success(), "logs of a failed silo succeeded: {}", logs.stdout);
+    assert!(logs.stderr.contains("FAILED on host"), "{}", logs.stderr);
+    assert!(logs.stderr.contains("/bin/no-such-program"), "{}", logs.stderr);
+    assert_eq!(logs.stderr.lines().count(), 1, "{}", logs.stderr);
+
+    let down = lab.cli(&["down", "--name", "broken"]).expect("down runs");
+    assert!(down.success(), "down failed: {}", down.stderr);
+}
