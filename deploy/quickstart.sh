@@ -42,7 +42,7 @@ stop() {
   # agent's bridge, firewall rules and cgroup dir.
   stop_pid_file "$WORK_DIR/agent.pid" 30
   if [[ -x $BIN_DIR/colex-agent ]] && [[ -d $WORK_DIR/agent ]]; then
-    "$BIN_DIR/colex-agent" teardown --name "$(hostname)" --state-dir "$WORK_DIR/agent"
+    RUST_LOG=warn "$BIN_DIR/colex-agent" teardown --name "$(hostname)" --state-dir "$WORK_DIR/agent"
   fi
   stop_pid_file "$WORK_DIR/controller.pid" 10
 }
@@ -60,7 +60,10 @@ fi
 
 ./deploy/install-deps.sh
 cargo build --workspace --bins
-stop
+if [[ -f $WORK_DIR/agent.pid ]] || [[ -f $WORK_DIR/controller.pid ]]; then
+  echo "stopping the earlier quickstart" >&2
+fi
+stop 2>/dev/null
 mkdir -p "$WORK_DIR"
 
 # --bootstrap starts a new cluster; a data dir from an earlier run resumes it and ignores the flag.
@@ -74,19 +77,28 @@ host_name=$(hostname)
 echo $! >"$WORK_DIR/agent.pid"
 
 echo "waiting for host $host_name to join" >&2
+joined=false
 for ((i = 0; i < SETTLE_SECONDS * 5; i++)); do
   if cli list --all-hosts 2>/dev/null | grep -q "^HOST $host_name .*state UP"; then
+    joined=true
     break
   fi
   sleep 0.2
 done
+if [[ $joined != true ]]; then
+  echo "host $host_name did not join within $SETTLE_SECONDS s; see $WORK_DIR/agent.log and $WORK_DIR/controller.log" >&2
+  exit 1
+fi
 
 cli up examples/hello.hcl
 echo
 cli list --all-hosts
 echo
 
-address=$(cli list | awk -F'|' '$2 ~ /^ *hello *$/ { gsub(/ /, "", $7); print $7 }')
+# The ADDRESSES column is found by its header, so new columns do not break this.
+address=$(cli list | awk -F'|' '
+  /ADDRESSES/ && !column { for (i = 1; i <= NF; i++) { name = $i; gsub(/ /, "", name); if (name == "ADDRESSES") column = i } }
+  column && $2 ~ /^ *hello *$/ { value = $column; gsub(/ /, "", value); print value }')
 echo "fetching http://$address/ from the hello silo:"
 # The silo is UP once its program runs; httpd may need a moment to listen.
 curl --silent --show-error --max-time 5 --retry 10 --retry-connrefused --retry-delay 1 "http://$address/"
