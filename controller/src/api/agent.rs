@@ -151,6 +151,16 @@ impl Session {
     ) -> String {
         let mut applied = self.node.applied.clone();
         let mut last_sent: Option<proto::Assignments> = None;
+        // Only the leader tracks live hosts and places silos, so once another controller leads,
+        // the session ends and the agent reconnects to that leader. No known leader (an
+        // election in progress) keeps the session.
+        let id = self.node.id;
+        let wait = self.node.raft.wait(None);
+        let demoted = wait.metrics(
+            move |metrics| metrics.current_leader.is_some_and(|leader| leader != id),
+            "another controller leads",
+        );
+        tokio::pin!(demoted);
 
         loop {
             let assignments = view::assignments(&*self.node.state.read().await, &self.host);
@@ -174,6 +184,10 @@ impl Session {
                 _ = replaced.changed() => return "a newer session of the same host replaced it".to_owned(),
                 _ = stopping.changed() => return "the controller is stopping".to_owned(),
                 _ = outbound.closed() => return "the agent closed the stream".to_owned(),
+                demoted_by = &mut demoted => {
+                    let leader = demoted_by.ok().and_then(|metrics| metrics.current_leader);
+                    return format!("this controller no longer leads (leader {leader:?}); the agent reconnects to the leader");
+                }
                 message = tokio::time::timeout(SESSION_IDLE_TIMEOUT, inbound.message()) => {
                     match message {
                         Err(_) => return format!("no message from the agent for {}s", SESSION_IDLE_TIMEOUT.as_secs()),
