@@ -29,8 +29,8 @@ const UNLIMITED_MEMORY_MIN_BYTES: u64 = 1 << 62;
 
 /// Writes the CFS period, then the quota.
 pub async fn set_cpu(dir: &Path, quota: CpuQuota) -> Result<(), CgroupError> {
-    file::write(&dir.join(CPU_PERIOD_FILE), &quota.period_us.to_string()).await?;
-    file::write(&dir.join(CPU_QUOTA_FILE), &quota.quota_us.to_string()).await
+    file::write_limit(&dir.join(CPU_PERIOD_FILE), &quota.period_us.to_string())?;
+    file::write_limit(&dir.join(CPU_QUOTA_FILE), &quota.quota_us.to_string())
 }
 
 /// Writes the memory limit, then the memory plus swap limit to the same value where swap is
@@ -38,17 +38,17 @@ pub async fn set_cpu(dir: &Path, quota: CpuQuota) -> Result<(), CgroupError> {
 /// a memsw limit below the memory limit.
 pub async fn set_memory(dir: &Path, bytes: u64) -> Result<(), CgroupError> {
     let value = bytes.to_string();
-    file::write(&dir.join(MEMORY_LIMIT_FILE), &value).await?;
+    file::write_limit(&dir.join(MEMORY_LIMIT_FILE), &value)?;
     let memsw = dir.join(MEMSW_LIMIT_FILE);
-    if file::exists(&memsw).await? {
-        file::write(&memsw, &value).await?;
+    if file::limit_file_exists(&memsw)? {
+        file::write_limit(&memsw, &value)?;
     }
     Ok(())
 }
 
 /// Writes `pids.max`.
 pub async fn set_pids(dir: &Path, max: u64) -> Result<(), CgroupError> {
-    file::write(&dir.join(PIDS_MAX_FILE), &max.to_string()).await
+    file::write_limit(&dir.join(PIDS_MAX_FILE), &max.to_string())
 }
 
 /// Returns the CPU time of the cgroup's tasks, in microseconds.

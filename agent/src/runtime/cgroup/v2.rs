@@ -55,23 +55,23 @@ pub async fn enable_controllers(dir: &Path, controllers: &[Controller]) -> Resul
 /// Writes `cpu.max`.
 pub async fn set_cpu(dir: &Path, quota: CpuQuota) -> Result<(), CgroupError> {
     let value = format!("{} {}", quota.quota_us, quota.period_us);
-    file::write(&dir.join(CPU_MAX_FILE), &value).await
+    file::write_limit(&dir.join(CPU_MAX_FILE), &value)
 }
 
 /// Writes `memory.max`, and `memory.swap.max` = 0 where swap is accounted, so the limit
 /// cannot be escaped into swap.
 pub async fn set_memory(dir: &Path, bytes: u64) -> Result<(), CgroupError> {
-    file::write(&dir.join(MEMORY_MAX_FILE), &bytes.to_string()).await?;
+    file::write_limit(&dir.join(MEMORY_MAX_FILE), &bytes.to_string())?;
     let swap = dir.join(MEMORY_SWAP_MAX_FILE);
-    if file::exists(&swap).await? {
-        file::write(&swap, "0").await?;
+    if file::limit_file_exists(&swap)? {
+        file::write_limit(&swap, "0")?;
     }
     Ok(())
 }
 
 /// Writes `pids.max`.
 pub async fn set_pids(dir: &Path, max: u64) -> Result<(), CgroupError> {
-    file::write(&dir.join(PIDS_MAX_FILE), &max.to_string()).await
+    file::write_limit(&dir.join(PIDS_MAX_FILE), &max.to_string())
 }
 
 /// Returns the CPU time of the cgroup's processes, in microseconds.
