@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+
+/// File name of the small helper binary installed next to colex-agent.
+const HELPER_BINARY: &str = "colex-silo-helper";
 use clap::Parser;
 use colex_agent::session::{Agent, AgentConfig};
 use tokio::signal::unix::{signal, SignalKind};
@@ -77,7 +80,7 @@ fn teardown(args: TeardownArgs) -> anyhow::Result<()> {
     let state_dir = args
         .state_dir
         .unwrap_or_else(|| PathBuf::from("/var/lib/colex/agent").join(&host_name));
-    let helper_exe = std::env::current_exe().context("cannot find the agent's own executable")?;
+    let helper_exe = helper_exe()?;
     let subnet = TEARDOWN_SUBNET.parse().context("invalid teardown subnet literal")?;
     let config = colex_agent::runtime::RuntimeConfig::new(host_name.clone(), state_dir, args.bridge, subnet, helper_exe);
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
@@ -128,7 +131,7 @@ fn main() -> anyhow::Result<()> {
     let state_dir = args
         .state_dir
         .unwrap_or_else(|| PathBuf::from("/var/lib/colex/agent").join(&host_name));
-    let helper_exe = std::env::current_exe().context("cannot find the agent's own executable")?;
+    let helper_exe = helper_exe()?;
     let settings = match &args.config {
         Some(path) => colex_agent::config::load(path)?,
         None => colex_agent::config::AgentSettings::default(),
@@ -171,4 +174,16 @@ async fn wait_for_signal() {
         _ = terminate.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
+}
+
+/// Returns the program to spawn as each silo's helper: `colex-silo-helper` next to this
+/// executable, which starts faster, or else this executable in its `silo-helper` mode.
+fn helper_exe() -> anyhow::Result<PathBuf> {
+    let own = std::env::current_exe().context("cannot find the agent's own executable")?;
+    let sibling = own.with_file_name(HELPER_BINARY);
+    if sibling.is_file() {
+        return Ok(sibling);
+    }
+    tracing::info!(missing = %sibling.display(), "using the agent executable as the silo helper");
+    Ok(own)
 }

@@ -145,7 +145,9 @@ fn helper_children() -> Vec<i32> {
                     return false;
                 };
                 let ppid = tail.split_whitespace().nth(1);
-                head.ends_with("(colex-agent") && ppid == Some(own_pid.as_str())
+                // The kernel keeps the first 15 bytes of the program name.
+                let helper = head.ends_with("(colex-silo-help") || head.ends_with("(colex-agent");
+                helper && ppid == Some(own_pid.as_str())
             })
         })
         .collect()

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use rtnetlink::LinkUnspec;
 
 /// The agent binary, whose `silo-helper` mode supervises each silo.
-const HELPER_EXE: &str = env!("CARGO_BIN_EXE_colex-agent");
+const HELPER_EXE: &str = env!("CARGO_BIN_EXE_colex-silo-helper");
 
 /// Subnet of the benchmark's bridge, inside its own network namespace.
 const SUBNET: &str = "10.69.200.0/24";

@@ -16,7 +16,7 @@ use colex_agent::runtime::{RuntimeConfig, SiloExit};
 use colex_proto::{Binary, Network, SiloSpec};
 use tokio::sync::mpsc;
 
-pub const HELPER_EXE: &str = env!("CARGO_BIN_EXE_colex-agent");
+pub const HELPER_EXE: &str = env!("CARGO_BIN_EXE_colex-silo-helper");
 pub const BUSYBOX: &str = "/bin/busybox";
 pub const IPTABLES_SAVE: &str = "/usr/sbin/iptables-save";
 /// Root of the cgroup mounts: cgroup2 itself on pure v2 hosts, a tmpfs with one mount per

@@ -70,7 +70,7 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         .and_then(Path::parent)
         .context("test executable has no target folder")?
         .to_path_buf();
-    for binary in ["colex-controller", "colex-agent", "colex-cli"] {
+    for binary in ["colex-controller", "colex-agent", "colex-silo-helper", "colex-cli"] {
         if !dir.join(binary).exists() {
             bail!(
                 "{} not found in {}; run `cargo build --workspace` first or set COLEX_BIN_DIR",
