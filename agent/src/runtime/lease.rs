@@ -5,7 +5,7 @@
 //! never handed out twice while a veth may still use it. Lease files are not synced: the veths
 //! they guard do not survive the host crash that could lose the file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -37,8 +37,8 @@ pub fn silo_addresses(subnet: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
 }
 
 /// Returns the lowest silo address of `subnet` that `leased` does not contain.
-pub fn lowest_free(subnet: Ipv4Net, leased: &BTreeMap<Ipv4Addr, String>) -> Option<Ipv4Addr> {
-    silo_addresses(subnet).find(|addr| !leased.contains_key(addr))
+pub fn lowest_free(subnet: Ipv4Net, leased: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    silo_addresses(subnet).find(|addr| !leased.contains(addr))
 }
 
 /// The lease directory of one agent. Its methods block, but only for a few small local file
@@ -86,6 +86,26 @@ impl Leases {
         Ok(leases)
     }
 
+    /// Returns the addresses that have a lease file, without reading the files.
+    fn taken(&self) -> Result<BTreeSet<Ipv4Addr>, LeaseError> {
+        let read_dir_error = |source| LeaseError::ReadDir {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut taken = BTreeSet::new();
+        for entry in fs::read_dir(&self.dir).map_err(read_dir_error)? {
+            let entry = entry.map_err(read_dir_error)?;
+            if let Some(addr) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<Ipv4Addr>().ok())
+            {
+                taken.insert(addr);
+            }
+        }
+        Ok(taken)
+    }
+
     /// Leases the lowest free address to `silo_id` and persists the lease before returning.
     pub fn acquire(&self, silo_id: &str) -> Result<Ipv4Addr, LeaseError> {
         let _guard = self
@@ -93,8 +113,10 @@ impl Leases {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         loop {
-            let leased = self.list()?;
-            let addr = lowest_free(self.subnet, &leased).ok_or(LeaseError::Exhausted {
+            // File names only: finding a free address does not need the owners, so no lease
+            // file is opened.
+            let taken = self.taken()?;
+            let addr = lowest_free(self.subnet, &taken).ok_or(LeaseError::Exhausted {
                 subnet: self.subnet,
             })?;
             let path = self.path(addr);
@@ -160,17 +182,17 @@ mod tests {
     #[test]
     fn lowest_free_fills_gaps() {
         let net = subnet("10.69.1.0/24");
-        let mut leased = BTreeMap::new();
+        let mut leased = BTreeSet::new();
         assert_eq!(lowest_free(net, &leased), Some(Ipv4Addr::new(10, 69, 1, 2)));
-        leased.insert(Ipv4Addr::new(10, 69, 1, 2), "a".to_string());
-        leased.insert(Ipv4Addr::new(10, 69, 1, 4), "b".to_string());
+        leased.insert(Ipv4Addr::new(10, 69, 1, 2));
+        leased.insert(Ipv4Addr::new(10, 69, 1, 4));
         assert_eq!(lowest_free(net, &leased), Some(Ipv4Addr::new(10, 69, 1, 3)));
     }
 
     #[test]
     fn lowest_free_none_when_full() {
         let net = subnet("10.69.1.0/30");
-        let leased = BTreeMap::from([(Ipv4Addr::new(10, 69, 1, 2), "a".to_string())]);
+        let leased = BTreeSet::from([Ipv4Addr::new(10, 69, 1, 2)]);
         assert_eq!(lowest_free(net, &leased), None);
     }
 
