@@ -299,7 +299,7 @@ pub(super) async fn launch(
         prefix_len: inner.network.prefix_len(),
         gateway: inner.cfg.gateway(),
     };
-    let started = match start_helper(inner, &mut helper, paths, &mut record, peer_interface).await {
+    let started = match start_helper(inner, &mut helper, &mut record, peer_interface).await {
         Ok(init) => {
             record.started = true;
             match state::write_json_atomic(&paths.record(), &record) {
@@ -432,7 +432,6 @@ async fn place_files(
 async fn start_helper(
     inner: &Inner,
     helper: &mut Helper,
-    paths: &SiloPaths,
     record: &mut SiloRecord,
     interface: SiloInterface,
 ) -> Result<Option<PidFd>, RuntimeError> {
@@ -454,8 +453,10 @@ async fn start_helper(
             None
         }
     };
+    // Recorded with the started flag once the program runs. Until the agent sends "go", the
+    // helper kills PID 1 when the agent's end of its stdin closes, so a crash before that
+    // leaves no process that the record would need to name.
     record.init_pid = Some(init_pid);
-    state::write_json_atomic(&paths.record(), record)?;
     failpoint(inner, "after-clone")?;
 
     // PID 1 builds the root file system while the cgroup and the network are set up.
