@@ -45,7 +45,7 @@ pub async fn connect(addresses: &str) -> Result<(Channel, String), ConnectError>
                 continue;
             }
         };
-        // A frozen controller still accepts connections, so only its answer counts.
+        // A frozen controller still accepts connections, so only its response counts.
         let leader = match leader_address(channel.clone()).await {
             Ok(leader) => leader,
             Err(cause) => {

@@ -12,9 +12,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of each request, so a controller that accepts the connection
 /// but never responds does not hang the CLI.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time a controller gets to answer the small request that follows each connection. The kernel
-/// accepts connections for a frozen controller, so only an answer shows that it works, and the
-/// next address is tried after this long.
+/// Time a controller gets to respond to the small request that follows each connection. The
+/// kernel accepts connections for a frozen controller, so only a response shows that it works.
+/// After this long the next address is tried.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether `list` requests read from the receiving controller's state instead of the leader's.
@@ -87,12 +87,12 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Connects to the first controller of `addresses` (HOST:PORT[,HOST:PORT...]) that answers.
+    /// Connects to the first controller of `addresses` (HOST:PORT[,HOST:PORT...]) that responds.
     pub async fn connect(addresses: &str) -> Result<Self, CliError> {
         Self::connect_first(addresses, Some(REQUEST_TIMEOUT)).await
     }
 
-    /// Connects to the first controller of `addresses` (HOST:PORT[,HOST:PORT...]) that answers,
+    /// Connects to the first controller of `addresses` (HOST:PORT[,HOST:PORT...]) that responds,
     /// for a streaming call such as `logs -f`, which has no deadline.
     pub async fn connect_streaming(addresses: &str) -> Result<Self, CliError> {
         Self::connect_first(addresses, None).await

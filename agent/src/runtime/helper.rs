@@ -140,7 +140,7 @@ fn run() -> Result<(), HelperError> {
         return Err(abort_init(init_pid, HelperError::Report { source }));
     }
 
-    // The agent sends "mount" once the silo dir holds the silo's files, or closes stdin to
+    // The agent sends "mount" once the silo dir contains the silo's files, or closes stdin to
     // abort. The logs live in the silo dir, so they are opened only now.
     if !next_line_is(&mut input, &mut line, MOUNT_LINE) {
         let _ = kill(init_pid, Signal::SIGKILL);

@@ -126,8 +126,8 @@ impl Helper {
         }
     }
 
-    /// Lets PID 1 build the silo's root file system: the silo dir exists and holds the silo's
-    /// files. PID 1 mounts while the agent configures the cgroup and the network.
+    /// Lets PID 1 build the silo's root file system: the silo dir exists and contains the
+    /// silo's files. PID 1 mounts while the agent configures the cgroup and the network.
     pub async fn prepare(&mut self) -> Result<(), LaunchError> {
         self.send_line(&format!("{MOUNT_LINE}\n")).await
     }

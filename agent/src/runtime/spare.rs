@@ -69,7 +69,7 @@ impl SpareHelpers {
         let exe = exe.to_path_buf();
         tokio::spawn(async move {
             while !shared.closed.load(Ordering::SeqCst) && shared.lock().len() < SPARES {
-                // Spawned outside the lock, so a start never waits for a spawn.
+                // Spawned outside the lock, so a start that takes a spare does not wait for this spawn.
                 match Helper::spawn_idle(&exe) {
                     Ok(helper) => shared.lock().push(helper),
                     Err(err) => {

@@ -118,7 +118,7 @@ fn three_controllers_survive_leader_loss() {
     assert_eq!(first["HOST"], lab.hosts[0].name);
     assert_eq!(lab.hosts[0].fetch_page(&first["ADDRESSES"]), "page of first\n");
 
-    // `logs` through a follower is relayed from the leader, which holds the agent's session.
+    // `logs` through a follower is relayed from the leader, which has the agent's session.
     let logs = lab.cli_at(follower, &["logs", "first", "--stderr"]).expect("logs runs");
     assert!(logs.success(), "logs through follower {follower} failed: {}\n{}", logs.stderr, lab.logs());
 

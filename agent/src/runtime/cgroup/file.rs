@@ -18,8 +18,8 @@ pub async fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 
 /// Writes the limit `value` to the cgroup file `path` on the calling thread. A limit file
 /// (`pids.max`, `cpu.max`, `memory.max` and their v1 peers) takes no lock that a move into a
-/// cgroup holds, so the write costs microseconds, less than a trip to tokio's blocking pool
-/// (up to 1 ms while a silo starts on the reference machine).
+/// cgroup takes, so the write costs microseconds. A trip to tokio's blocking pool costs up to
+/// 1 ms while a silo starts on the reference machine.
 pub fn write_limit(path: &Path, value: &str) -> Result<(), CgroupError> {
     std::fs::write(path, value).map_err(|source| CgroupError::Write {
         path: path.to_path_buf(),
