@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use colex_proto as proto;
+use colex_proto::addresses::{root_cause, split_addresses};
 use colex_proto::members_client::MembersClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -102,35 +103,9 @@ async fn leader_address(channel: Channel) -> Result<Option<String>, String> {
     }
 }
 
-/// Splits `A,B,C` into addresses, dropping empty items such as a trailing comma's.
-fn split_addresses(addresses: &str) -> Vec<String> {
-    addresses
-        .split(',')
-        .map(str::trim)
-        .filter(|address| !address.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Returns the innermost cause of an error, because tonic's transport error alone reads only
-/// "transport error".
-fn root_cause(error: &dyn std::error::Error) -> String {
-    let mut cause: &dyn std::error::Error = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_are_split() {
-        assert_eq!(split_addresses("a:1, b:2,,c:3,"), ["a:1", "b:2", "c:3"]);
-        assert!(split_addresses(" , ").is_empty());
-    }
 
     #[tokio::test]
     async fn unreachable_controllers_are_all_named() {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use colex_proto as proto;
+use colex_proto::addresses::root_cause;
 use tonic::transport::Channel;
 
 /// Time allowed to open the TCP connection to the controller.
@@ -209,16 +210,11 @@ struct ConnectFailure {
     error: CliError,
 }
 
-/// Splits `--serv A,B,C` into addresses, dropping empty items such as a trailing comma's.
+/// Splits `--serv A,B,C` into addresses. A value without any address stays one item, so
+/// `check_address` reports the empty value.
 pub fn split_addresses(addresses: &str) -> Vec<String> {
-    let list: Vec<String> = addresses
-        .split(',')
-        .map(str::trim)
-        .filter(|address| !address.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let list = colex_proto::addresses::split_addresses(addresses);
     if list.is_empty() {
-        // check_address then reports the empty value.
         return vec![addresses.to_owned()];
     }
     list
@@ -247,15 +243,6 @@ pub fn check_address(address: &str) -> Result<(), CliError> {
     }
 }
 
-/// Returns the innermost cause of an error, because tonic's transport error
-/// alone only reads "transport error" and its middle layers repeat themselves.
-fn root_cause(error: &dyn std::error::Error) -> String {
-    let mut cause: &dyn std::error::Error = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
-}
 
 #[cfg(test)]
 mod tests {

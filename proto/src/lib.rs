@@ -8,6 +8,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod addresses;
+
 /// Largest gRPC message the services accept, in bytes. A silo file's bundle
 /// (the contents of its `file` blocks) travels in one `Up` request, so this
 /// is the 64 MiB bundle limit plus room for the rest of the message.
