@@ -21,7 +21,7 @@ const DEFAULT_CONTROLLER: &str = "127.0.0.1:7069";
 #[derive(Debug, Parser)]
 #[command(name = "colex-cli", version, about = "Start, stop and list silos on a colex cluster")]
 struct Cli {
-    /// Controller addresses (HOST:PORT[,HOST:PORT...]), tried in turn until one accepts a connection.
+    /// Controller addresses (HOST:PORT[,HOST:PORT...]), tried in turn until one responds within 2 s.
     #[arg(long, global = true, env = "COLEX_SERV", default_value = DEFAULT_CONTROLLER)]
     serv: String,
 
