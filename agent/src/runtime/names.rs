@@ -91,8 +91,9 @@ pub fn host_veth_name(silo_id: &str) -> String {
     format!("{VETH_PREFIX}{silo_id}")
 }
 
-/// Returns the name the silo-side veth gets when it is created inside the silo's network
-/// namespace, `cx<id>p` (11 bytes), before it is renamed to [`SILO_IFNAME`].
+/// Returns the name the silo-side veth had when earlier agents created it outside the silo,
+/// `cx<id>p` (11 bytes), so a restart can delete a leftover link of that name. The runtime now
+/// creates that end as [`SILO_IFNAME`] inside the silo's namespace.
 pub fn peer_veth_name(silo_id: &str) -> String {
     format!("{VETH_PREFIX}{silo_id}p")
 }

@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use nix::sched::{setns, CloneFlags};
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -107,7 +107,8 @@ pub enum NetworkError {
 /// Addressing of the silo side of a veth pair inside the silo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiloInterface {
-    /// Name of the veth end in the silo namespace before it is renamed to `eth0`.
+    /// Name the veth end gets in the silo namespace: `eth0`, or a name that is then renamed to
+    /// `eth0`.
     pub peer: String,
     pub address: Ipv4Addr,
     pub prefix_len: u8,
@@ -320,16 +321,27 @@ impl Netlink {
 /// Builds the RTM_NEWLINK message of [`Netlink::create_silo_veth`]. The kernel creates the
 /// peer in the namespace its message names (`IFLA_NET_NS_PID`), so it never exists in ours.
 fn silo_veth_message(name: &str, peer: &str, bridge_index: u32, pid: u32) -> LinkMessage {
-    let peer_message = LinkMessageBuilder::<LinkUnspec>::new()
+    let mut peer_message = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer.to_string())
         .setns_by_pid(pid)
         .build();
-    LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+    with_one_queue(&mut peer_message);
+    let mut message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(name.to_string())
         .controller(bridge_index)
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
-        .build()
+        .build();
+    with_one_queue(&mut message);
+    message
+}
+
+/// Asks for one transmit and one receive queue. A veth created without these attributes gets a
+/// queue per CPU and is then cut down to one, and that cut waits for an RCU grace period for
+/// each end (seen as `synchronize_rcu_expedited` under `veth_init_queues` in a profile).
+fn with_one_queue(message: &mut LinkMessage) {
+    message.attributes.push(LinkAttribute::NumTxQueues(1));
+    message.attributes.push(LinkAttribute::NumRxQueues(1));
 }
 
 impl Netlink {
@@ -416,17 +428,17 @@ impl Netlink {
         &self,
         interface: &SiloInterface,
     ) -> Result<(), NetworkError> {
-        // The kernel applies a new name before new flags, so one request renames the link
-        // and sets it up.
         let index = self.require_index(&interface.peer).await?;
+        // A peer created as `eth0`, as the runtime does, only needs to go up: a rename waits
+        // for an RCU grace period. Another name is renamed, and the kernel applies a new name
+        // before new flags, so one request renames the link and sets it up.
+        let mut change = LinkUnspec::new_with_index(index).up();
+        if interface.peer != SILO_IFNAME {
+            change = change.name(SILO_IFNAME);
+        }
         self.handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .name(SILO_IFNAME)
-                    .up()
-                    .build(),
-            )
+            .set(change.build())
             .execute()
             .await
             .map_err(|source| NetworkError::RenameLink {

@@ -129,7 +129,7 @@ async fn relaunch(
     let job = helper_job(&paths, &silo_id, plan, sources, inner.cfg.id_map);
     let host_veth = record.host_veth.clone();
     let launched = match inner.spare.take(&inner.cfg.helper_exe, &job).await {
-        Ok(helper) => launch(inner, &paths, record, helper, peer).await,
+        Ok(helper) => launch(inner, &paths, record, helper).await,
         Err(source) => Err(RuntimeError::Launch {
             silo_id: silo_id.clone(),
             source,

@@ -157,8 +157,7 @@ async fn setup_steps(
 
     match prepare_host(inner, undo, &paths, silo_id, generation, spec, plan).await {
         Ok(record) => {
-            let peer = names::peer_veth_name(silo_id);
-            launch(inner, &paths, record, helper, peer).await
+            launch(inner, &paths, record, helper).await
         }
         Err(err) => {
             // Closing the helper's stdin and killing it ends PID 1 (it has PDEATHSIG set).
@@ -282,7 +281,6 @@ pub(super) async fn launch(
     paths: &SiloPaths,
     mut record: SiloRecord,
     mut helper: Helper,
-    peer: String,
 ) -> Result<RunningSilo, RuntimeError> {
     let silo_id = record.silo_id.clone();
     record.helper_pid = Some(helper.pid());
@@ -293,8 +291,9 @@ pub(super) async fn launch(
             None
         }
     };
+    // Created inside the silo's new namespace, which has no link of that name yet.
     let peer_interface = SiloInterface {
-        peer,
+        peer: names::SILO_IFNAME.to_string(),
         address: record.address,
         prefix_len: inner.network.prefix_len(),
         gateway: inner.cfg.gateway(),
