@@ -50,7 +50,7 @@ pub async fn connect(addresses: &str) -> Result<(Channel, String), ConnectError>
         let leader = match leader_address(channel.clone()).await {
             Ok(leader) => leader,
             Err(cause) => {
-                tracing::warn!(%address, %cause, "controller accepted the connection but did not answer; trying the next one");
+                tracing::warn!(%address, %cause, "controller accepted the connection but did not respond; trying the next one");
                 failures.push(format!("{address} ({cause})"));
                 continue;
             }
@@ -84,9 +84,9 @@ async fn open(address: &str) -> Result<Channel, String> {
         .map_err(|error| root_cause(&error))
 }
 
-/// Asks the controller on `channel` for the leader's address from its own view of the
-/// membership: `None` when it knows no leader. The error says why the controller did not
-/// answer: no reply in time, or a failed request.
+/// Requests the leader's address from the controller on `channel`, from that controller's own
+/// view of the membership: `None` when it has no leader. The error says why the controller
+/// did not respond: no reply in time, or a failed request.
 async fn leader_address(channel: Channel) -> Result<Option<String>, String> {
     let mut request = tonic::Request::new(proto::ListMembersRequest { local: true });
     request.set_timeout(LEADER_QUERY_TIMEOUT);
@@ -99,7 +99,7 @@ async fn leader_address(channel: Channel) -> Result<Option<String>, String> {
             .find(|member| member.leader)
             .map(|member| member.address)),
         Ok(Err(status)) => Err(format!("asking for the leader failed: {status}")),
-        Err(_) => Err(format!("no answer within {LEADER_QUERY_TIMEOUT:?}")),
+        Err(_) => Err(format!("no response within {LEADER_QUERY_TIMEOUT:?}")),
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 #[derive(Debug, Parser)]
 #[command(name = "colex-agent", version, about = "The colex agent: runs the silos the controller assigns to this host")]
 struct Args {
-    /// Controller addresses (HOST:PORT[,HOST:PORT...]) to register with; the agent
+    /// Controller addresses (HOST:PORT[,HOST:PORT...]) to register with. The agent
     /// tries them in turn and opens its session with the leader.
     #[arg(long, value_name = "CONTROLLER_ADDRS")]
     join: String,

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use colex_agent::runtime::{BindSource, Runtime, STDOUT_LOG_FILE};
-use colex_proto::Bind;
 use tar::EntryType;
 
 mod common;
@@ -320,10 +319,7 @@ fn unoffered_bind_is_rejected() {
                 .expect("start runtime");
             let silo_id = random_hex();
             let mut spec = shell_spec("binder", "", "true");
-            spec.binds.push(Bind {
-                id: "secrets".to_string(),
-                path: "/secrets".to_string(),
-            });
+            add_binds(&mut spec, &[("secrets", "/secrets")]);
             let err = runtime
                 .run_silo(&silo_id, 1, &spec)
                 .await
@@ -384,16 +380,14 @@ fn read_only_bind_is_visible_and_not_writable() {
                  if echo z > /etc/motd 2>/dev/null; then echo motd-writable; \
                  else echo motd-read-only; fi";
             let mut spec = shell_spec("binder", "busybox", script);
-            for (id, path) in [
-                ("data", "/srv/data"),
-                ("scratch", "/scratch"),
-                ("motd", "/etc/motd"),
-            ] {
-                spec.binds.push(Bind {
-                    id: id.to_string(),
-                    path: path.to_string(),
-                });
-            }
+            add_binds(
+                &mut spec,
+                &[
+                    ("data", "/srv/data"),
+                    ("scratch", "/scratch"),
+                    ("motd", "/etc/motd"),
+                ],
+            );
             let silo_id = random_hex();
             runtime
                 .run_silo(&silo_id, 1, &spec)

@@ -277,7 +277,7 @@ fn ping_crosses_mesh() {
     assert!(link.contains(",UP"), "link is up: {link}");
     let addresses = lab.a.ip(&["-4", "address", "show", "dev", &name_a]);
     assert!(addresses.contains(SIDE_A.mesh_address), "{addresses}");
-    // The checks above read the userspace device's UAPI socket, so the lab asks for that
+    // The checks above read the userspace device's UAPI socket, so the lab requests that
     // backend even where the kernel module exists.
     assert_eq!(mesh.a.backend(), Backend::Userspace, "backend of a");
 }

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use colex_agent::runtime::{BindSource, Runtime, STDOUT_LOG_FILE};
-use colex_proto::Bind;
 use tar::EntryType;
 
 mod common;
@@ -397,16 +396,14 @@ fn binds_show_host_owners() {
                  if echo z > /host-owned/out 2>/dev/null; then echo host-owned-written; \
                  else echo host-owned-denied; fi";
             let mut spec = shell_spec("binder", "busybox", script);
-            for (id, path) in [
-                ("motd", "/etc/motd"),
-                ("mapped", "/mapped"),
-                ("host-owned", "/host-owned"),
-            ] {
-                spec.binds.push(Bind {
-                    id: id.to_string(),
-                    path: path.to_string(),
-                });
-            }
+            add_binds(
+                &mut spec,
+                &[
+                    ("motd", "/etc/motd"),
+                    ("mapped", "/mapped"),
+                    ("host-owned", "/host-owned"),
+                ],
+            );
             let silo_id = random_hex();
             runtime
                 .run_silo(&silo_id, 1, &spec)

@@ -171,20 +171,21 @@ impl Controller {
     }
 }
 
-/// Sends the controller a local member list request, which it answers from its own state.
-/// Returns why the controller is of no use: no answer in time, or not a colex controller.
+/// Sends the controller a local member list request, which it serves from its own state.
+/// The error says why the controller is of no use: no response in time, or not a colex
+/// controller.
 async fn probe(channel: &Channel) -> Result<(), String> {
     let mut request = tonic::Request::new(proto::ListMembersRequest { local: true });
     request.set_timeout(PROBE_TIMEOUT);
     let mut members = proto::members_client::MembersClient::new(channel.clone());
-    let answer = tokio::time::timeout(PROBE_TIMEOUT, members.list(request)).await;
-    match answer {
+    let response = tokio::time::timeout(PROBE_TIMEOUT, members.list(request)).await;
+    match response {
         Ok(Ok(_)) => Ok(()),
         // tonic reports its own request timeout as CANCELLED.
         Ok(Err(status)) if matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
-            Err(format!("did not answer within {} s", PROBE_TIMEOUT.as_secs()))
+            Err(format!("did not respond within {} s", PROBE_TIMEOUT.as_secs()))
         }
-        // A controller that rejects the request has answered all the same.
+        // A controller that rejects the request has responded all the same.
         Ok(Err(status))
             if matches!(
                 status.code(),
@@ -198,8 +199,8 @@ async fn probe(channel: &Channel) -> Result<(), String> {
         {
             Ok(())
         }
-        Ok(Err(status)) => Err(format!("did not answer as a colex controller ({})", status.message())),
-        Err(_) => Err(format!("did not answer within {} s", PROBE_TIMEOUT.as_secs())),
+        Ok(Err(status)) => Err(format!("did not respond as a colex controller ({})", status.message())),
+        Err(_) => Err(format!("did not respond within {} s", PROBE_TIMEOUT.as_secs())),
     }
 }
 
@@ -282,7 +283,7 @@ mod tests {
         let started = std::time::Instant::now();
         let error = Controller::connect(&address).await.err().expect("a silent listener is no controller");
         assert!(started.elapsed() < REQUEST_TIMEOUT / 2, "waited {:?}", started.elapsed());
-        assert!(error.message.contains("did not answer within 2 s"), "{}", error.message);
+        assert!(error.message.contains("did not respond within 2 s"), "{}", error.message);
         assert!(error.message.contains(&address), "{}", error.message);
         assert_eq!(error.code, EXIT_CLUSTER_ERROR);
     }

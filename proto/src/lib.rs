@@ -22,8 +22,8 @@ pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
 pub const FORWARDED_BY_HEADER: &str = "colex-forwarded-by";
 
 /// gRPC metadata key that sets the read consistency of `Client.List`. With the value
-/// [`STALE_READ`] the receiving controller answers from its own applied state, which may lag
-/// the leader; without it the read is linearizable.
+/// [`STALE_READ`] the receiving controller serves the list from its own applied state, which
+/// may lag the leader. Without it the read is linearizable.
 pub const READ_CONSISTENCY_HEADER: &str = "colex-read-consistency";
 /// Value of [`READ_CONSISTENCY_HEADER`] for a read served from the local state.
 pub const STALE_READ: &str = "stale";

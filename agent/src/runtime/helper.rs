@@ -1,10 +1,11 @@
-//! The helper process: `<helper_exe> silo-helper`, one per silo, single-threaded and without
-//! tokio. It is the silo's supervisor and outlives the agent that started it.
+//! The helper process: `colex-silo-helper` (or `colex-agent silo-helper`), one per silo,
+//! single-threaded and without tokio. It is the silo's supervisor and outlives the agent that
+//! started it.
 //!
 //! It reads the [`HelperJob`] from stdin, clones the silo's PID 1 into new namespaces, writes
-//! the uid and gid maps of its user namespace, reports its pid, and releases it when the agent
-//! sends "go". Then it drains the pipes that are the
-//! program's stdout and stderr into size-capped rotating files, waits for PID 1 to exit, and
+//! the uid and gid maps of its user namespace and reports its pid. It lets PID 1 build its root
+//! when the agent sends "mount" and start the program when the agent sends "go". Then it
+//! drains the pipes that are the program's stdout and stderr into size-capped rotating files, waits for PID 1 to exit, and
 //! writes the exit record to the silo dir. It runs in a session of its own, so a signal to the
 //! agent's process group does not reach it. It needs nothing from the agent once the program
 //! runs, so an agent that is restarted, upgraded or killed leaves the silo running.

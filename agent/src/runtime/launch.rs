@@ -97,7 +97,7 @@ impl Helper {
         })
     }
 
-    /// Sends the helper its job; the helper then clones the silo's PID 1 and reports
+    /// Sends the helper its job. The helper then clones the silo's PID 1 and reports
     /// [`HelperReport::Cloned`].
     pub async fn send_job(&mut self, job: &HelperJob) -> Result<(), LaunchError> {
         self.log = job.helper_log.clone();

@@ -4,10 +4,11 @@
 //! NAT, and cgroups (v1 or v2, per controller) for limits and stats.
 //!
 //! Process model: the agent (multi-threaded tokio) never forks except to exec. For each silo it
-//! spawns `<helper_exe> silo-helper` ([`helper_main`]), a single-threaded process that clones
-//! the silo's PID 1 (module `init`) into the new namespaces. PID 1 waits on a pipe until the
-//! agent has put it in its cgroup and configured its network. Then it sets up its root file
-//! system and execs the program in a forked child. The helper is the silo's supervisor: it
+//! hands a job to a helper (module `spare` keeps two waiting): `<helper_exe> silo-helper`
+//! ([`helper_main`]), a single-threaded process that clones the silo's PID 1 (module `init`)
+//! into the new namespaces. PID 1 waits on a pipe until the agent has written the silo's files,
+//! then sets up its root file system while the agent puts it in its cgroup and configures its
+//! network. Once both are done, it execs the program in a forked child. The helper is the silo's supervisor: it
 //! drains the program's stdout and stderr pipes into rotating log files (module `logs`), waits
 //! for PID 1 and writes its exit status to the silo dir, and the agent waits for the helper and
 //! sends a [`SiloExit`]. The helper needs nothing from the agent once the program runs, so the

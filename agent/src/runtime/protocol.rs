@@ -1,8 +1,10 @@
 //! Messages between the agent and the helper process.
 //!
 //! The agent writes the [`HelperJob`] as one JSON line to the helper's stdin, then the line
-//! [`MOUNT_LINE`] once the silo dir holds the silo's files, and last the line [`GO_LINE`] once
-//! the silo's cgroup and network are ready (closing stdin instead aborts the silo). The helper and the silo's PID 1 write [`HelperReport`]s as JSON lines to the helper's
+//! [`MOUNT_LINE`] once the silo dir contains the silo's files, and last the line [`GO_LINE`]
+//! once the silo's cgroup and network are ready. Closing stdin instead aborts the silo.
+//!
+//! The helper and the silo's PID 1 write [`HelperReport`]s as JSON lines to the helper's
 //! stdout, which is a pipe to the agent. Each report is one `write` of less than `PIPE_BUF`
 //! bytes, so reports of the two processes never interleave.
 

@@ -29,7 +29,7 @@ struct Shared {
     spares: Mutex<Vec<Helper>>,
     /// True while a task spawns spares; at most one does.
     refilling: AtomicBool,
-    /// Set by [`SpareHelpers::discard`]: no more spares are spawned.
+    /// Whether [`SpareHelpers::discard`] ran, after which no spares are spawned.
     closed: AtomicBool,
 }
 

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use colex_agent::runtime::{RuntimeConfig, SiloExit};
-use colex_proto::{Binary, Network, SiloSpec};
+use colex_proto::{Binary, Bind, Network, SiloSpec};
 use tokio::sync::mpsc;
 
 pub const HELPER_EXE: &str = env!("CARGO_BIN_EXE_colex-silo-helper");
@@ -345,5 +345,15 @@ pub async fn wait_exit(
         if exit.silo_id == silo_id {
             return exit;
         }
+    }
+}
+
+/// Adds a `bind` block to `spec` for each (bind id, path in the silo) pair.
+pub fn add_binds(spec: &mut SiloSpec, binds: &[(&str, &str)]) {
+    for (id, path) in binds {
+        spec.binds.push(Bind {
+            id: (*id).to_string(),
+            path: (*path).to_string(),
+        });
     }
 }

@@ -200,7 +200,7 @@ impl proto::client_server::Client for ClientService {
 
     async fn list(&self, request: Request<proto::ListRequest>) -> Result<Response<proto::ListResponse>, Status> {
         // A stale read is served from this controller's applied state. Otherwise the leader, which
-        // also holds the agent sessions that decide host states, serves a linearizable read.
+        // also has the agent sessions that decide host states, serves a linearizable read.
         if !is_stale_read(request.metadata()) {
             let forwarded = self.node.leader.forward(&request, |channel, forwarded| async move { leader_client(channel).list(forwarded).await });
             if let Some(response) = forwarded.await? {

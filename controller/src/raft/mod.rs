@@ -8,7 +8,7 @@
 //!   payloads are the JSON encoding of openraft's request and response types.
 //! - [`node`]: [`RaftNode`], the handle the rest of the controller uses.
 //! - [`membership`]: adding, promoting, removing and listing controllers on the leader, and
-//!   [`join`]: how a new controller asks for its node id.
+//!   [`join`]: how a new controller requests its node id.
 //! - [`leader`]: forwarding requests that only the leader serves.
 
 mod database;

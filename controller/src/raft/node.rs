@@ -51,8 +51,8 @@ const SOLE_VOTER_LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const STORE_CLOSE_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// How [`RaftNode::open`] starts a node whose data directory contains no node id yet. A data
-/// directory with a node id resumes that node and ignores the mode.
+/// Start mode of [`RaftNode::open`] for a node whose data directory contains no node id yet. A
+/// data directory with a node id resumes that node and ignores the mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartMode {
     /// Start a new cluster with this node, id 1, as its only voter.

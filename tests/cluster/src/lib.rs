@@ -286,7 +286,7 @@ impl Lab {
 
     /// Starts controller `index` on its lab host, keeping its data folder,
     /// and waits until it responds. The first controller bootstraps the
-    /// cluster and the others join the first; a controller whose data folder
+    /// cluster and the others join the first. A controller whose data folder
     /// already contains its node id ignores both flags and resumes.
     pub fn start_controller_at(&mut self, index: usize) -> anyhow::Result<()> {
         let host = self.controller_hosts[index].clone();

@@ -122,8 +122,8 @@ fn three_controllers_survive_leader_loss() {
     let logs = lab.cli_at(follower, &["logs", "first", "--stderr"]).expect("logs runs");
     assert!(logs.success(), "logs through follower {follower} failed: {}\n{}", logs.stderr, lab.logs());
 
-    // A frozen controller still completes TCP handshakes in the kernel, so the CLI tells it
-    // apart by its missing answer and moves on to the next address.
+    // A frozen controller still completes TCP handshakes in the kernel, so the CLI detects it
+    // by its missing response and moves on to the next address.
     let frozen_pid = lab.controller_pid(follower).expect("follower runs").to_string();
     let signal = |name: &str| {
         let status = std::process::Command::new("kill").args([name, &frozen_pid]).status().expect("kill runs");
