@@ -34,6 +34,12 @@ const LOOPBACK_IFNAME: &str = "lo";
 pub enum NetworkError {
     #[error("failed to open a netlink socket: {source}")]
     Connect { source: io::Error },
+    #[error("failed to turn IPv6 off on {name} ({path}): {source}")]
+    DisableIpv6 {
+        name: String,
+        path: String,
+        source: io::Error,
+    },
     #[error("failed to look up link {name}: {source}")]
     GetLink {
         name: String,
@@ -429,6 +435,7 @@ impl Netlink {
         interface: &SiloInterface,
     ) -> Result<(), NetworkError> {
         let index = self.require_index(&interface.peer).await?;
+        disable_ipv6(&interface.peer)?;
         // A peer created as `eth0`, as the runtime does, only needs to go up: a rename waits
         // for an RCU grace period. Another name is renamed, and the kernel applies a new name
         // before new flags, so one request renames the link and sets it up.
@@ -472,6 +479,26 @@ impl Netlink {
                 gateway: interface.gateway,
                 source,
             })
+    }
+}
+
+/// Turns IPv6 off on link `name` of the calling thread's network namespace, before the link
+/// goes up. Silo networks are IPv4 only, and a silo end with IPv6 on sends router
+/// solicitations, duplicate address probes and MLD reports once it is up. The bridge floods
+/// each of them to every other silo on the host, so each start made work for every running
+/// silo. Loopback keeps `::1`.
+fn disable_ipv6(name: &str) -> Result<(), NetworkError> {
+    // `/proc/sys/net` shows the network namespace of the task that opens it.
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    match std::fs::write(&path, b"1") {
+        Ok(()) => Ok(()),
+        // A kernel without IPv6 has nothing to turn off.
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(NetworkError::DisableIpv6 {
+            name: name.to_string(),
+            path,
+            source,
+        }),
     }
 }
 
@@ -679,6 +706,16 @@ mod tests {
                 .await
                 .expect("set up the silo network");
             assert_silo_network(&netlink, &target, &names).await;
+
+            // IPv6 is off on the silo end: no address, not even a link-local one, which the
+            // kernel would have added when the link went up.
+            let ipv6_addresses = target.proc_net("if_inet6");
+            assert!(
+                !ipv6_addresses
+                    .lines()
+                    .any(|line| line.split_whitespace().last() == Some(SILO_IFNAME)),
+                "{SILO_IFNAME} has IPv6 addresses:\n{ipv6_addresses}"
+            );
         });
     }
 
