@@ -31,6 +31,8 @@ pub fn use_stale_reads() {
 pub const EXIT_USER_ERROR: u8 = 1;
 /// Exit code for a cluster that cannot do what was asked.
 pub const EXIT_CLUSTER_ERROR: u8 = 2;
+/// Exit code for a result that is printed but incomplete, under `--strict`.
+pub const EXIT_PARTIAL_RESULT: u8 = 3;
 
 /// A failure that ends the command: the one-line message and exit code.
 #[derive(Debug)]
@@ -51,6 +53,24 @@ impl CliError {
         Self {
             code: EXIT_CLUSTER_ERROR,
             message: message.into(),
+        }
+    }
+
+    pub fn partial(message: impl Into<String>) -> Self {
+        Self {
+            code: EXIT_PARTIAL_RESULT,
+            message: message.into(),
+        }
+    }
+
+    /// Maps a silo file that failed to load to a user error. A read error gets the fix appended,
+    /// because the OS error alone (`No such file or directory`) does not say what to do.
+    pub fn from_spec(error: &colex_cli::spec::SpecError) -> Self {
+        match error {
+            colex_cli::spec::SpecError::Read { .. } => {
+                Self::user(format!("{error}; check the path and that it is a readable silo file"))
+            }
+            _ => Self::user(error.to_string()),
         }
     }
 

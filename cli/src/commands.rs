@@ -9,6 +9,7 @@ use colex_cli::spec;
 use colex_proto as proto;
 
 use crate::client::{CliError, Controller};
+use crate::output::{self, OutputFormat};
 use crate::table;
 
 /// Interval between two looks at the silos' states while waiting.
@@ -16,7 +17,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Reads a silo file; a file with errors is one `CliError` listing them all.
 fn load_specs(file: &Path) -> Result<Vec<proto::SiloSpec>, CliError> {
-    spec::load(file).map_err(|error| CliError::user(error.to_string()))
+    spec::load(file).map_err(|error| CliError::from_spec(&error))
 }
 
 pub async fn up(address: &str, file: &Path, wait: Duration) -> Result<(), CliError> {
@@ -149,7 +150,7 @@ pub async fn down(address: &str, file: Option<&Path>, mut names: Vec<String>, wa
     let mut problems: Vec<String> = response
         .not_found
         .iter()
-        .map(|name| format!("silo {name} not found; see `colex-cli list` for the names"))
+        .map(|name| silo_not_found(name, &before.silos))
         .collect();
     problems.extend(remaining.iter().map(|silo| {
         format!(
@@ -167,14 +168,27 @@ pub async fn down(address: &str, file: Option<&Path>, mut names: Vec<String>, wa
     }
 }
 
-pub async fn list(address: &str, all_hosts: bool) -> Result<(), CliError> {
+/// Prints the silos, as tables or JSON, and returns what was listed.
+pub async fn list(address: &str, all_hosts: bool, format: OutputFormat) -> Result<proto::ListResponse, CliError> {
     let mut controller = Controller::connect(address).await?;
     let listed = controller.list().await?;
+
+    match (format, all_hosts) {
+        (OutputFormat::Json, false) => {
+            output::print_json(&output::SiloList::new(&listed))?;
+            return Ok(listed);
+        }
+        (OutputFormat::Json, true) => {
+            output::print_json(&output::HostList::new(&listed))?;
+            return Ok(listed);
+        }
+        (OutputFormat::Table, _) => {}
+    }
 
     if !all_hosts {
         let rows: Vec<table::ListRow> = listed.silos.iter().map(table::list_row).collect();
         println!("{}", table::render(&rows));
-        return Ok(());
+        return Ok(listed);
     }
 
     let mut first = true;
@@ -199,7 +213,7 @@ pub async fn list(address: &str, all_hosts: bool) -> Result<(), CliError> {
     if listed.hosts.is_empty() {
         println!("no hosts have joined; start one with `colex-agent --join {address}`");
     }
-    Ok(())
+    Ok(listed)
 }
 
 /// Prints the output of silo `name`'s program as the agent that runs it sends it: the last
@@ -214,12 +228,19 @@ pub async fn logs(address: &str, name: &str, follow: bool, tail: Option<u32>, st
         tail_lines: tail,
         follow,
     };
-    let mut chunks = controller
-        .client
-        .logs(request)
-        .await
-        .map_err(|status| CliError::from_status(address, &status))?
-        .into_inner();
+    let mut chunks = match controller.client.logs(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            // The controller's message does not name the closest silo, so it is rebuilt here,
+            // unless the silo is listed and something else was not found.
+            let silos = controller.list().await.map(|listed| listed.silos).unwrap_or_default();
+            if silos.iter().any(|silo| silo.name == name) {
+                return Err(CliError::from_status(address, &status));
+            }
+            return Err(CliError::user(silo_not_found(name, &silos)));
+        }
+        Err(status) => return Err(CliError::from_status(address, &status)),
+    };
     let mut out = std::io::stdout().lock();
     while let Some(chunk) = chunks
         .message()
@@ -232,4 +253,41 @@ pub async fn logs(address: &str, name: &str, follow: bool, tail: Option<u32>, st
             .map_err(|error| CliError::cluster(format!("cannot write to stdout: {error}")))?;
     }
     Ok(())
+}
+
+/// Builds the message that silo `name` does not exist, naming the closest of `silos` when one
+/// is a likely typo of it.
+fn silo_not_found(name: &str, silos: &[proto::SiloInfo]) -> String {
+    let closest = spec::closest_name(name, silos.iter().map(|silo| silo.name.as_str()));
+    match closest {
+        Some(closest) => format!("silo {name} not found; did you mean {closest}? see `colex-cli list` for the names"),
+        None => format!("silo {name} not found; see `colex-cli list` for the names"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn silos(names: &[&str]) -> Vec<proto::SiloInfo> {
+        names
+            .iter()
+            .map(|name| proto::SiloInfo {
+                name: (*name).to_owned(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn missing_silo_names_closest() {
+        let message = silo_not_found("web-c", &silos(&["web-a", "db"]));
+        assert_eq!(message, "silo web-c not found; did you mean web-a? see `colex-cli list` for the names");
+    }
+
+    #[test]
+    fn missing_silo_without_close_name() {
+        let message = silo_not_found("frontend", &silos(&["web-a", "db"]));
+        assert_eq!(message, "silo frontend not found; see `colex-cli list` for the names");
+    }
 }

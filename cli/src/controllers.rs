@@ -5,6 +5,7 @@ use colex_proto::members_client::MembersClient;
 use tabled::Tabled;
 
 use crate::client::{CliError, Controller};
+use crate::output::{self, OutputFormat};
 use crate::table;
 
 /// Row of the table `controllers` prints.
@@ -21,15 +22,20 @@ pub struct ControllerRow {
 }
 
 /// Prints the members from the leader's view.
-pub async fn list(addresses: &str) -> Result<(), CliError> {
+pub async fn list(addresses: &str, format: OutputFormat) -> Result<(), CliError> {
     let controller = Controller::connect(addresses).await?;
     let response = MembersClient::new(controller.channel.clone())
         .list(proto::ListMembersRequest { local: false })
         .await
         .map_err(|status| CliError::from_status(&controller.address, &status))?
         .into_inner();
-    println!("{}", render(&response.members));
-    Ok(())
+    match format {
+        OutputFormat::Json => output::print_json(&output::ControllerList::new(&response.members)),
+        OutputFormat::Table => {
+            println!("{}", render(&response.members));
+            Ok(())
+        }
+    }
 }
 
 /// Removes controller `id` and prints the members left.

@@ -1,19 +1,26 @@
 //! colex-cli: starts, stops and lists silos on a colex cluster, and checks silo files.
 
+mod args_error;
 mod client;
 mod commands;
 mod controllers;
+mod output;
+mod partial;
 mod table;
 mod validate;
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 
 use crate::client::CliError;
+use crate::output::OutputFormat;
 
 /// Controller address used when neither --serv nor COLEX_SERV is given.
 const DEFAULT_CONTROLLER: &str = "127.0.0.1:7069";
@@ -58,11 +65,21 @@ enum Command {
         /// Read from the controller reached instead of the leader; may miss the latest changes.
         #[arg(long)]
         stale: bool,
+        /// Print tables (table) or one JSON document (json).
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
+        /// Exit with code 3 after printing when a host is DOWN, because its silos then show
+        /// what its agent last reported.
+        #[arg(long)]
+        strict: bool,
     },
     /// List the controllers (id, address, role, leader, last applied log index), or remove one.
     Controllers {
         #[command(subcommand)]
         action: Option<ControllersAction>,
+        /// Print a table (table) or one JSON document (json) of the controllers.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
     },
     /// Check silo files without a controller: print one summary line per silo, or every
     /// problem as FILE:LINE:COLUMN: message. Exits with 1 if any file has a problem.
@@ -70,6 +87,10 @@ enum Command {
         /// Silo files (HCL) to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Print summary lines (table) or one JSON document with every file's silos and
+        /// problems (json).
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
     },
     /// Print the output of a silo's program, fetched from the host that runs it.
     Logs {
@@ -85,6 +106,11 @@ enum Command {
         #[arg(long)]
         stderr: bool,
     },
+    /// Print a shell completion script, e.g. `colex-cli completions bash > /etc/bash_completion.d/colex-cli`.
+    Completions {
+        /// Shell to complete in.
+        shell: Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,7 +123,11 @@ enum ControllersAction {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(reorder_legacy_args(std::env::args_os().collect()));
+    let args = reorder_legacy_args(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(error) => return report_args_error(&error, &args),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -114,23 +144,65 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints help or version output as clap renders it, and any other rejection of the command
+/// line as one `error:` line. A rejected command line is a user error.
+fn report_args_error(error: &clap::Error, args: &[OsString]) -> ExitCode {
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            // Nothing to do when stdout is closed, e.g. `colex-cli --help | head -1`.
+            let _ = error.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            ExitCode::from(client::EXIT_USER_ERROR)
+        }
+        _ => {
+            eprintln!("error: {}", args_error::one_line(error, &Cli::command(), args));
+            ExitCode::from(client::EXIT_USER_ERROR)
+        }
+    }
+}
+
+/// Writes the completion script for `shell` to standard output.
+fn print_completions(shell: Shell) -> Result<(), CliError> {
+    // Generated into memory first: clap_complete panics when its writer fails.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "colex-cli", &mut script);
+    let mut out = std::io::stdout().lock();
+    out.write_all(&script)
+        .and_then(|()| out.flush())
+        .map_err(|error| CliError::user(format!("failed to write the completion script to stdout: {error}")))
+}
+
 async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Up { file, wait } => commands::up(&cli.serv, &file, Duration::from_secs(wait)).await,
         Command::Down { file, names, wait } => {
             commands::down(&cli.serv, file.as_deref(), names, Duration::from_secs(wait)).await
         }
-        Command::List { all_hosts, stale } => {
+        Command::List {
+            all_hosts,
+            stale,
+            output,
+            strict,
+        } => {
             if stale {
                 client::use_stale_reads();
             }
-            commands::list(&cli.serv, all_hosts).await
+            let listed = commands::list(&cli.serv, all_hosts, output).await?;
+            if strict {
+                partial::require_live_hosts(&listed)?;
+            }
+            Ok(())
         }
-        Command::Controllers { action: None } => controllers::list(&cli.serv).await,
+        Command::Controllers { action: None, output } => controllers::list(&cli.serv, output).await,
         Command::Controllers {
             action: Some(ControllersAction::Remove { id }),
+            ..
         } => controllers::remove(&cli.serv, id).await,
-        Command::Validate { files } => validate::run(&files),
+        Command::Validate { files, output } => validate::run(&files, output),
+        Command::Completions { shell } => print_completions(shell),
         Command::Logs { name, follow, tail, stderr } => commands::logs(&cli.serv, &name, follow, tail, stderr).await,
     }
 }
@@ -181,7 +253,7 @@ mod tests {
     fn validate_takes_several_files() {
         let cli = Cli::try_parse_from(strings(&["colex-cli", "validate", "a.hcl", "b.hcl"]));
         let files = match cli.map(|cli| cli.command) {
-            Ok(Command::Validate { files }) => files,
+            Ok(Command::Validate { files, .. }) => files,
             other => panic!("expected the validate command, got {other:?}"),
         };
         assert_eq!(files, [PathBuf::from("a.hcl"), PathBuf::from("b.hcl")]);
@@ -196,8 +268,28 @@ mod tests {
     fn controllers_remove_parses() {
         let cli = Cli::try_parse_from(strings(&["colex-cli", "--serv", "a:1,b:2", "controllers", "remove", "3"]));
         assert!(
-            matches!(cli.map(|cli| cli.command), Ok(Command::Controllers { action: Some(ControllersAction::Remove { id: 3 }) })),
+            matches!(cli.map(|cli| cli.command), Ok(Command::Controllers { action: Some(ControllersAction::Remove { id: 3 }), .. })),
         );
+    }
+
+    #[test]
+    fn bash_completions_name_every_subcommand() {
+        let mut script = Vec::new();
+        clap_complete::generate(Shell::Bash, &mut Cli::command(), "colex-cli", &mut script);
+        let script = String::from_utf8(script).expect("utf-8 script");
+        for subcommand in Cli::command().get_subcommands() {
+            let pattern = format!("colex__cli,{})", subcommand.get_name());
+            assert!(script.contains(&pattern), "{pattern} in the bash script");
+        }
+    }
+
+    #[test]
+    fn output_format_parses() {
+        let cli = Cli::try_parse_from(strings(&["colex-cli", "list", "-o", "json", "--strict"]));
+        assert!(matches!(
+            cli.map(|cli| cli.command),
+            Ok(Command::List { output: OutputFormat::Json, strict: true, .. })
+        ));
     }
 
     #[test]

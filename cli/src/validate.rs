@@ -13,12 +13,17 @@ use colex_cli::spec;
 use colex_proto::{FileKind, SiloSpec};
 
 use crate::client::CliError;
+use crate::output::{self, OutputFormat, ValidatedFile};
 
 const BYTES_PER_KIB: u64 = 1024;
 
 /// Validates every file, printing summaries on standard output and problems on standard
-/// error. Fails when any file has a problem, after all files were checked.
-pub fn run(files: &[PathBuf]) -> Result<(), CliError> {
+/// error, or with `OutputFormat::Json` both in one JSON document on standard output. Fails
+/// when any file has a problem, after all files were checked.
+pub fn run(files: &[PathBuf], format: OutputFormat) -> Result<(), CliError> {
+    if format == OutputFormat::Json {
+        return run_json(files);
+    }
     let show_file = files.len() > 1;
     let mut invalid_files = 0;
 
@@ -34,7 +39,7 @@ pub fn run(files: &[PathBuf]) -> Result<(), CliError> {
                 }
             }
             // One file: its problems are the command's error, printed once like `up` does.
-            Err(error) if !show_file => return Err(CliError::user(error.to_string())),
+            Err(error) if !show_file => return Err(CliError::from_spec(&error)),
             Err(error) => {
                 eprintln!("{error}");
                 invalid_files += 1;
@@ -48,6 +53,26 @@ pub fn run(files: &[PathBuf]) -> Result<(), CliError> {
             "{invalid} of {total} silo files are invalid"
         ))),
     }
+}
+
+/// Validates every file and prints one JSON document with each file's silos or problems.
+fn run_json(files: &[PathBuf]) -> Result<(), CliError> {
+    let report = output::ValidateReport {
+        files: files
+            .iter()
+            .map(|file| ValidatedFile::new(&file.display().to_string(), &spec::load(file)))
+            .collect(),
+    };
+    output::print_json(&report)?;
+
+    let invalid = report.files.iter().filter(|file| !file.valid).count();
+    if invalid == 0 {
+        return Ok(());
+    }
+    Err(CliError::user(format!(
+        "{invalid} of {} silo files are invalid; the JSON output lists their problems",
+        files.len()
+    )))
 }
 
 /// Describes one valid silo in one line.

@@ -53,6 +53,7 @@ use colex_proto::SiloSpec;
 
 pub use bundle::{MAX_BUNDLE_BYTES, MAX_BUNDLE_ENTRIES};
 pub use error::{Problem, SpecError};
+pub use schema::closest_name;
 
 use diagnostics::Diagnostics;
 

@@ -238,7 +238,7 @@ fn only_owner(name: &str, except: &BodySchema) -> Option<&'static str> {
 /// Returns the candidate closest to a misspelt name, if one is within a typo's distance: one
 /// edit for names of up to 3 characters, two edits for longer ones. Case is ignored, and a
 /// swap of two neighbouring letters counts as one edit.
-pub(super) fn closest_name<'a>(
+pub fn closest_name<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
