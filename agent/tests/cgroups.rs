@@ -210,7 +210,8 @@ fn kernel_files_hold_limits_and_stats() {
                 memory_bytes: 64 * MIB,
             };
             // A connection attempt to a closed port on the bridge sends and receives packets.
-            let script = format!("wget -q -T 1 http://{GATEWAY}:9/ ; sleep 1000");
+            // (busybox 1.35's `wget` crashes with `-T`, so `nc` makes the attempt.)
+            let script = format!("nc -w 1 {GATEWAY} 9 </dev/null ; sleep 1000");
             runtime
                 .run_silo(&silo_id, 1, &spec("limited", &script, Some(resources)))
                 .await
