@@ -4,13 +4,13 @@
 //!
 //! It reads the [`HelperJob`] from stdin, clones the silo's PID 1 into new namespaces, writes
 //! the uid and gid maps of its user namespace and reports its pid. It lets PID 1 build its root
-//! when the agent sends "mount" and start the program when the agent sends "go". Then it
+//! when the agent sends "mount"; PID 1 reads the agent's "go" itself. Then it
 //! drains the pipes that are the program's stdout and stderr into size-capped rotating files, waits for PID 1 to exit, and
 //! writes the exit record to the silo dir. It runs in a session of its own, so a signal to the
 //! agent's process group does not reach it. It needs nothing from the agent once the program
 //! runs, so an agent that is restarted, upgraded or killed leaves the silo running.
 
-use std::io::{self, BufRead};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,7 +25,9 @@ use nix::unistd::{pipe2, Pid};
 use super::init::{self, InitFds, SIGNAL_EXIT_CODE_BASE};
 use super::logs::{RotatingLog, MAX_LOG_FILE_BYTES};
 use super::pidfd::PidFd;
-use super::protocol::{send_report, HelperJob, HelperReport, GO_LINE, MOUNT_LINE};
+use super::protocol::{
+    read_job_line, read_line_exact, send_report, HelperJob, HelperReport, MOUNT_LINE,
+};
 use super::state::{write_json_atomic, ExitRecord, StateError};
 use super::userns::{self, UsernsError};
 
@@ -95,16 +97,12 @@ fn run() -> Result<(), HelperError> {
         eprintln!("colex silo helper: setsid failed: {errno}");
     }
 
-    let mut input = io::stdin().lock();
-    let mut line = String::new();
-    let read = input
-        .read_line(&mut line)
-        .map_err(|source| HelperError::ReadJob { source })?;
-    if read == 0 {
-        return Err(HelperError::NoJob);
-    }
+    let stdin = io::stdin();
+    let line = read_job_line(stdin.as_fd())
+        .map_err(|source| HelperError::ReadJob { source })?
+        .ok_or(HelperError::NoJob)?;
     let job: HelperJob =
-        serde_json::from_str(&line).map_err(|source| HelperError::ParseJob { source })?;
+        serde_json::from_slice(&line).map_err(|source| HelperError::ParseJob { source })?;
 
     let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|source| HelperError::Pipe { source });
     let (sync_read, sync_write) = pipe()?;
@@ -143,7 +141,7 @@ fn run() -> Result<(), HelperError> {
 
     // The agent sends "mount" once the silo dir contains the silo's files, or closes stdin to
     // abort. The logs live in the silo dir, so they are opened only now.
-    if !next_line_is(&mut input, &mut line, MOUNT_LINE) {
+    if !read_line_exact(stdin.as_fd(), MOUNT_LINE) {
         let _ = kill(init_pid, Signal::SIGKILL);
         let _ = wait_for_exit(init_pid);
         return Ok(());
@@ -155,14 +153,9 @@ fn run() -> Result<(), HelperError> {
         Err(err) => return Err(abort_init(init_pid, err)),
     };
     let _ = nix::unistd::write(&sync_write, &[init::MOUNT_BYTE]);
-
-    // The agent sends "go" once the cgroup and the network are ready, or closes stdin to abort.
-    if next_line_is(&mut input, &mut line, GO_LINE) {
-        let _ = nix::unistd::write(&sync_write, &[init::GO_BYTE]);
-    } else {
-        let _ = kill(init_pid, Signal::SIGKILL);
-    }
     drop(sync_write);
+    // PID 1 reads "go" from its copy of stdin, or EOF when the agent aborts the start, and then
+    // exits; from here on the helper only supervises.
 
     let mut outputs = [
         Output {
@@ -177,13 +170,6 @@ fn run() -> Result<(), HelperError> {
     let exit_code = supervise(init_pid, &mut outputs)?;
     write_json_atomic(&job.exit_file, &ExitRecord { exit_code })?;
     Ok(())
-}
-
-/// Reads the next line from the agent; true when it is `expected`. EOF, an error or another
-/// line mean the agent aborted the start.
-fn next_line_is(input: &mut impl BufRead, line: &mut String, expected: &str) -> bool {
-    line.clear();
-    matches!(input.read_line(line), Ok(read) if read > 0 && line.trim() == expected)
 }
 
 /// Kills the silo's PID 1 after `err` and returns `err`.

@@ -28,14 +28,12 @@ use nix::unistd::{
 };
 
 use super::capabilities;
-use super::protocol::{send_report, HelperJob, HelperReport};
+use super::protocol::{read_line_exact, send_report, HelperJob, HelperReport, GO_LINE};
 use super::rootfs::{self, RootfsError, RootfsSources};
 use super::userns::{self, UsernsError};
 
 /// Byte on the sync pipe that lets PID 1 build the silo's root file system.
 pub const MOUNT_BYTE: u8 = b'm';
-/// Byte on the sync pipe that lets PID 1 start the program.
-pub const GO_BYTE: u8 = b'g';
 
 /// Exit code of PID 1 when the agent aborted the start before releasing it.
 pub const ABORTED_EXIT_CODE: i32 = 125;
@@ -143,10 +141,12 @@ pub fn run(job: &HelperJob, fds: InitFds) -> i32 {
     if let Err(err) = build_root(job) {
         return fail(err);
     }
-    if !wait_for_byte(&sync_read, GO_BYTE) {
+    drop(sync_read);
+    // "go" comes straight from the agent on this process's copy of the helper's stdin, once the
+    // cgroup and the network are ready; EOF means the agent aborted the start.
+    if !read_line_exact(io::stdin().as_fd(), GO_LINE) {
         return ABORTED_EXIT_CODE;
     }
-    drop(sync_read);
 
     let program_pid = match start_program(job, stdout, stderr) {
         Ok(pid) => pid,

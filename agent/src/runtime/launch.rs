@@ -163,8 +163,8 @@ impl Helper {
             .map_err(|source| LaunchError::Send { source })
     }
 
-    /// Aborts the start: closes stdin, which makes the helper kill the silo's PID 1, kills the
-    /// helper, and waits for it to exit.
+    /// Aborts the start: closes stdin, which ends whichever of the helper and the silo's PID 1
+    /// reads it next, kills the helper, and waits for it to exit.
     pub async fn abort(mut self) {
         drop(self.stdin.take());
         let _ = self.child.start_kill();

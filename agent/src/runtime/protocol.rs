@@ -4,11 +4,18 @@
 //! [`MOUNT_LINE`] once the silo dir contains the silo's files, and last the line [`GO_LINE`]
 //! once the silo's cgroup and network are ready. Closing stdin instead aborts the silo.
 //!
+//! The helper reads the job and "mount". The silo's PID 1 is a clone of the helper with a copy
+//! of its stdin, and reads "go" itself: that saves a wakeup of the helper on every start. Both
+//! read without a buffer (see [`read_line_exact`]), so neither takes a line meant for the other.
+//! The agent sends nothing between the job and the helper's "cloned" report, so the job read
+//! cannot take "mount" either.
+//!
 //! The helper and the silo's PID 1 write [`HelperReport`]s as JSON lines to the helper's
 //! stdout, which is a pipe to the agent. Each report is one `write` of less than `PIPE_BUF`
 //! bytes, so reports of the two processes never interleave.
 
-use std::os::fd::AsFd;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -108,6 +115,68 @@ pub fn send_report<Fd: AsFd>(fd: Fd, report: &HelperReport) -> Result<(), Errno>
     }
 }
 
+/// Largest job line the helper accepts, in bytes. A job carries paths, the program's arguments
+/// and environment, and bind sources; file contents are never part of it.
+pub const MAX_JOB_LINE_BYTES: usize = 1 << 20;
+
+/// Reads the job line from `fd` with plain `read` calls. Returns `None` on EOF before any byte.
+/// Fails when data follows the newline, which the protocol rules out (see the module docs).
+pub fn read_job_line(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = match nix::unistd::read(fd, &mut chunk) {
+            Ok(read) => read,
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(io::Error::from(errno)),
+        };
+        if read == 0 {
+            if line.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stdin closed in the middle of the job line",
+            ));
+        }
+        line.extend_from_slice(&chunk[..read]);
+        if let Some(end) = line.iter().position(|&byte| byte == b'\n') {
+            if end + 1 != line.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "data followed the job line before the clone was reported",
+                ));
+            }
+            line.truncate(end);
+            return Ok(Some(line));
+        }
+        if line.len() > MAX_JOB_LINE_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("job line longer than {MAX_JOB_LINE_BYTES} bytes"),
+            ));
+        }
+    }
+}
+
+/// Reads exactly the bytes of `expected` and a newline from `fd`, never more, so the next line
+/// stays in the pipe for another reader. True when they match; false on EOF, an error or
+/// another line, which all mean that the agent aborted the start.
+pub fn read_line_exact(fd: BorrowedFd<'_>, expected: &str) -> bool {
+    let want = expected.len() + 1;
+    let mut got = vec![0u8; want];
+    let mut filled = 0;
+    while filled < want {
+        match nix::unistd::read(fd, &mut got[filled..]) {
+            Ok(0) => return false,
+            Ok(read) => filled += read,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+    got[..expected.len()] == *expected.as_bytes() && got[expected.len()] == b'\n'
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +206,45 @@ mod tests {
         };
         assert!(message.len() <= MAX_REPORT_MESSAGE_BYTES);
         assert!(report.to_line().len() < 4096);
+    }
+
+    fn pipe_with(data: &[u8]) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        if !data.is_empty() {
+            nix::unistd::write(&write, data).expect("write to pipe");
+        }
+        (read, write)
+    }
+
+    #[test]
+    fn read_line_exact_leaves_next_line() {
+        let (read, write) = pipe_with(b"mount\ngo\n");
+        assert!(read_line_exact(read.as_fd(), MOUNT_LINE));
+        assert!(read_line_exact(read.as_fd(), GO_LINE));
+        drop(write);
+        assert!(!read_line_exact(read.as_fd(), GO_LINE), "EOF is an abort");
+    }
+
+    #[test]
+    fn read_line_exact_rejects_other_line() {
+        let (read, _write) = pipe_with(b"gone\n");
+        assert!(!read_line_exact(read.as_fd(), GO_LINE));
+    }
+
+    #[test]
+    fn read_job_line_whole_and_alone() {
+        let job = format!("{{\"silo_id\":\"{}\"}}\n", "a".repeat(10_000));
+        let (read, write) = pipe_with(job.as_bytes());
+        drop(write);
+        let line = read_job_line(read.as_fd()).expect("read").expect("a line");
+        assert_eq!(line.len(), job.len() - 1);
+
+        let (read, write) = pipe_with(b"");
+        drop(write);
+        assert!(read_job_line(read.as_fd()).expect("read").is_none());
+
+        let (read, _write) = pipe_with(b"{}\nmount\n");
+        let err = read_job_line(read.as_fd()).expect_err("data after the job");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }
