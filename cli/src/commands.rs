@@ -1,6 +1,6 @@
 //! The `up`, `down`, `list` and `logs` commands.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,10 +30,15 @@ pub async fn up(address: &str, file: &Path, wait: Duration) -> Result<(), CliErr
         .await
         .map_err(|status| CliError::from_status(address, &status))?
         .into_inner();
-    let wanted: BTreeMap<String, String> = response
+    for name in &response.unchanged {
+        println!("silo {name} is unchanged; nothing was restarted");
+    }
+    // Instances are followed by name and index, not id: a rolling replacement gives an
+    // instance a new id while `up` waits.
+    let followed: BTreeSet<(String, u32)> = response
         .silos
         .iter()
-        .map(|silo| (silo.name.clone(), silo.id.clone()))
+        .map(|silo| (silo.name.clone(), silo.index))
         .collect();
 
     let deadline = Instant::now() + wait;
@@ -42,9 +47,9 @@ pub async fn up(address: &str, file: &Path, wait: Duration) -> Result<(), CliErr
         let current: Vec<proto::SiloInfo> = listed
             .silos
             .into_iter()
-            .filter(|silo| wanted.get(&silo.name) == Some(&silo.id))
+            .filter(|silo| followed.contains(&(silo.name.clone(), silo.index)))
             .collect();
-        let settled = current.len() == wanted.len() && current.iter().all(|silo| is_settled(silo.state()));
+        let settled = current.len() == followed.len() && current.iter().all(is_settled);
         if settled || Instant::now() >= deadline {
             break current;
         }
@@ -66,26 +71,33 @@ pub async fn up(address: &str, file: &Path, wait: Duration) -> Result<(), CliErr
     }
 }
 
-/// Returns true for the states `up` stops waiting at.
-fn is_settled(state: proto::SiloState) -> bool {
-    matches!(
-        state,
-        proto::SiloState::Up | proto::SiloState::Failed | proto::SiloState::Exited
-    )
+/// Returns true for the states `up` stops waiting at. An instance pending on no host is one of
+/// them: it waits for a host with room, which may take longer than any `--wait`.
+fn is_settled(silo: &proto::SiloInfo) -> bool {
+    match silo.state() {
+        proto::SiloState::Up | proto::SiloState::Failed | proto::SiloState::Exited => true,
+        proto::SiloState::Pending => silo.host.is_empty(),
+        _ => false,
+    }
 }
 
 fn describe_problem(silo: &proto::SiloInfo, wait: Duration) -> String {
+    let name = table::instance_name(silo);
     match silo.state() {
-        proto::SiloState::Failed => format!("silo {} failed to start on {}: {}", silo.name, silo.host, silo.message),
+        proto::SiloState::Failed => format!("silo {name} failed to start on {}: {}", silo.host, silo.message),
         proto::SiloState::Exited => format!(
-            "silo {} exited with code {} right after starting; see its program's output on host {}",
-            silo.name,
+            "silo {name} exited with code {} right after starting; see its program's output on host {}",
             silo.exit_code.unwrap_or(-1),
             silo.host
         ),
+        proto::SiloState::Pending if silo.host.is_empty() => {
+            // The scheduler's reason starts with the silo's name, which the line already has.
+            let own_prefix = format!("silo {}: ", silo.name);
+            let reason = silo.message.strip_prefix(&own_prefix).unwrap_or(&silo.message);
+            format!("silo {name} is PENDING and starts once a host fits: {reason}")
+        }
         state => format!(
-            "silo {} is still {} after {}s; see `colex-cli list --all-hosts` or raise --wait",
-            silo.name,
+            "silo {name} is still {} after {}s; see `colex-cli list --all-hosts` or raise --wait",
             state.label(),
             wait.as_secs()
         ),
@@ -136,7 +148,7 @@ pub async fn down(address: &str, file: Option<&Path>, mut names: Vec<String>, wa
         .filter(|silo| response.stopping.contains(&silo.name))
         .map(|silo| {
             let mut row = table::silo_row(silo);
-            row.state = match remaining.iter().find(|left| left.name == silo.name) {
+            row.state = match remaining.iter().find(|left| left.id == silo.id) {
                 Some(left) => table::state_label(left),
                 None => proto::SiloState::Removed.label().to_owned(),
             };
@@ -155,7 +167,7 @@ pub async fn down(address: &str, file: Option<&Path>, mut names: Vec<String>, wa
     problems.extend(remaining.iter().map(|silo| {
         format!(
             "silo {} is still {} on host {} after {}s; its agent may be down",
-            silo.name,
+            table::instance_name(silo),
             table::state_label(silo),
             silo.host,
             wait.as_secs()
@@ -186,8 +198,7 @@ pub async fn list(address: &str, all_hosts: bool, format: OutputFormat) -> Resul
     }
 
     if !all_hosts {
-        let rows: Vec<table::ListRow> = listed.silos.iter().map(table::list_row).collect();
-        println!("{}", table::render(&rows));
+        println!("{}", table::render_list(&listed.silos));
         return Ok(listed);
     }
 
@@ -212,6 +223,17 @@ pub async fn list(address: &str, all_hosts: bool, format: OutputFormat) -> Resul
     }
     if listed.hosts.is_empty() {
         println!("no hosts have joined; start one with `colex-agent --join {address}`");
+    }
+    let pending: Vec<table::PendingRow> = listed
+        .silos
+        .iter()
+        .filter(|silo| silo.host.is_empty())
+        .map(table::pending_row)
+        .collect();
+    if !pending.is_empty() {
+        println!();
+        println!("HOST -  pending instances, placed once a host fits");
+        println!("{}", table::render(&pending));
     }
     Ok(listed)
 }

@@ -34,7 +34,11 @@ pub struct HostList {
 #[derive(Debug, Serialize)]
 pub struct Silo {
     pub name: String,
-    /// 8 hex digits; a replaced silo gets a new id.
+    /// Instance number, from 0 to `count - 1`.
+    pub index: u32,
+    /// Number of instances the silo's spec asks for.
+    pub count: u32,
+    /// 8 hex digits; each instance has its own, and a replaced instance gets a new one.
     pub id: String,
     pub class: String,
     pub tags: Vec<String>,
@@ -168,6 +172,8 @@ impl From<&proto::SiloInfo> for Silo {
         let state = silo.state();
         Silo {
             name: silo.name.clone(),
+            index: silo.index,
+            count: silo.count.max(1),
             id: silo.id.clone(),
             class: silo.class.clone(),
             tags: silo.tags.clone(),

@@ -35,6 +35,16 @@ pub struct ListRow {
     pub restarts: u32,
 }
 
+/// Row of the table `list` prints when a silo has a message, such as why it is pending: the
+/// `list` columns and MESSAGE.
+#[derive(Debug, Tabled)]
+#[tabled(rename_all = "UPPERCASE")]
+pub struct ListRowWithMessage {
+    #[tabled(inline)]
+    pub row: ListRow,
+    pub message: String,
+}
+
 /// Row of the per-host tables of `list --all-hosts`.
 #[derive(Debug, Tabled)]
 #[tabled(rename_all = "UPPERCASE")]
@@ -63,6 +73,18 @@ pub struct UsageCells {
     pub net_io: String,
     pub pids: String,
     pub uptime: String,
+}
+
+/// Row of the table of pending instances, which have no host, under `list --all-hosts`.
+#[derive(Debug, Tabled)]
+#[tabled(rename_all = "UPPERCASE")]
+pub struct PendingRow {
+    pub name: String,
+    pub id: String,
+    pub class: String,
+    pub tags: String,
+    pub state: String,
+    pub message: String,
 }
 
 /// Text of a cell whose value is unknown.
@@ -95,6 +117,25 @@ pub fn state_label(silo: &proto::SiloInfo) -> String {
     }
 }
 
+/// Returns the name a table shows for a silo instance: `NAME` for a silo of one instance and
+/// `NAME[INDEX]` when the silo has more, or the instance is a leftover above a lowered count.
+pub fn instance_name(silo: &proto::SiloInfo) -> String {
+    if silo.count > 1 || silo.index > 0 {
+        format!("{}[{}]", silo.name, silo.index)
+    } else {
+        silo.name.clone()
+    }
+}
+
+/// Returns the host cell of a silo instance, `-` while it is pending on no host.
+fn host_cell(silo: &proto::SiloInfo) -> String {
+    if silo.host.is_empty() {
+        UNKNOWN.to_owned()
+    } else {
+        silo.host.clone()
+    }
+}
+
 pub fn silo_row(silo: &proto::SiloInfo) -> SiloRow {
     let interfaces = silo
         .interfaces
@@ -103,10 +144,10 @@ pub fn silo_row(silo: &proto::SiloInfo) -> SiloRow {
         .collect::<Vec<_>>()
         .join(", ");
     SiloRow {
-        silo: silo.name.clone(),
+        silo: instance_name(silo),
         id: silo.id.clone(),
         state: state_label(silo),
-        host: silo.host.clone(),
+        host: host_cell(silo),
         interfaces,
     }
 }
@@ -121,11 +162,11 @@ fn addresses(silo: &proto::SiloInfo) -> String {
 
 pub fn list_row(silo: &proto::SiloInfo) -> ListRow {
     ListRow {
-        name: silo.name.clone(),
+        name: instance_name(silo),
         id: silo.id.clone(),
         class: silo.class.clone(),
         tags: silo.tags.join(", "),
-        host: silo.host.clone(),
+        host: host_cell(silo),
         state: state_label(silo),
         addresses: addresses(silo),
         usage: usage_cells(silo.usage.as_ref()),
@@ -133,9 +174,37 @@ pub fn list_row(silo: &proto::SiloInfo) -> ListRow {
     }
 }
 
+/// Renders the `list` table, with a MESSAGE column only when a silo has a message, so the usual
+/// table keeps its columns.
+pub fn render_list(silos: &[proto::SiloInfo]) -> String {
+    if silos.iter().all(|silo| silo.message.is_empty()) {
+        let rows: Vec<ListRow> = silos.iter().map(list_row).collect();
+        return render(&rows);
+    }
+    let rows: Vec<ListRowWithMessage> = silos
+        .iter()
+        .map(|silo| ListRowWithMessage {
+            row: list_row(silo),
+            message: silo.message.clone(),
+        })
+        .collect();
+    render(&rows)
+}
+
+pub fn pending_row(silo: &proto::SiloInfo) -> PendingRow {
+    PendingRow {
+        name: instance_name(silo),
+        id: silo.id.clone(),
+        class: silo.class.clone(),
+        tags: silo.tags.join(", "),
+        state: state_label(silo),
+        message: silo.message.clone(),
+    }
+}
+
 pub fn host_silo_row(silo: &proto::SiloInfo) -> HostSiloRow {
     HostSiloRow {
-        name: silo.name.clone(),
+        name: instance_name(silo),
         id: silo.id.clone(),
         class: silo.class.clone(),
         tags: silo.tags.join(", "),
@@ -366,6 +435,68 @@ mod tests {
                 expected,
                 "{seconds} s"
             );
+        }
+    }
+
+    #[test]
+    fn instance_names() {
+        let silo = |index, count| proto::SiloInfo {
+            name: "web".to_owned(),
+            index,
+            count,
+            ..Default::default()
+        };
+        assert_eq!(instance_name(&silo(0, 1)), "web");
+        assert_eq!(
+            instance_name(&silo(0, 0)),
+            "web",
+            "a stopping silo of one instance"
+        );
+        assert_eq!(instance_name(&silo(0, 3)), "web[0]");
+        assert_eq!(instance_name(&silo(2, 3)), "web[2]");
+        assert_eq!(
+            instance_name(&silo(2, 2)),
+            "web[2]",
+            "an instance above a lowered count"
+        );
+    }
+
+    #[test]
+    fn list_shows_message_column_only_when_needed() {
+        let up = proto::SiloInfo {
+            name: "web".to_owned(),
+            index: 0,
+            count: 2,
+            host: "h1".to_owned(),
+            state: proto::SiloState::Up.into(),
+            ..Default::default()
+        };
+        let plain = render_list(std::slice::from_ref(&up));
+        assert!(!plain.contains("MESSAGE"), "{plain}");
+
+        let pending = proto::SiloInfo {
+            index: 1,
+            host: String::new(),
+            state: proto::SiloState::Pending.into(),
+            message: "silo web: no live host fits".to_owned(),
+            ..up.clone()
+        };
+        let rendered = render_list(&[up, pending]);
+        let lines: Vec<&str> = rendered.lines().collect();
+        let header = cells(lines[1]);
+        let row = cells(lines[4]);
+        let expected = [
+            ("NAME", "web[1]"),
+            ("HOST", "-"),
+            ("STATE", "PENDING"),
+            ("MESSAGE", "silo web: no live host fits"),
+        ];
+        for (column, value) in expected {
+            let index = header
+                .iter()
+                .position(|name| *name == column)
+                .unwrap_or_else(|| panic!("no {column} column in\n{rendered}"));
+            assert_eq!(row[index], value, "{column} in\n{rendered}");
         }
     }
 }

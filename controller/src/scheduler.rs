@@ -1,19 +1,22 @@
-//! Placement of new silos onto hosts, in two steps.
+//! Placement of silo instances onto hosts: first what `up` must change, then where.
+//!
+//! [`plan_up`] compares a spec and count with the stored instances of that silo name and lists
+//! the instances to create or replace now, those to replace one at a time and those to stop.
+//! [`next_rollout_step`] picks the next instance of such a rolling replacement.
+//! [`place_instances`] places each new instance in two steps.
 //!
 //! 1. Feasibility keeps the hosts that may run the silo. Such a host is live (its agent is
 //!    connected to the leader) and not draining. It is named in `placement.hosts` when that
 //!    list is not empty, carries every `placement.labels` pair, offers the silo's image and bind
 //!    ids, and has free CPU and memory for the silo's `resources`.
 //! 2. Scoring picks one of them by the silo's `placement.strategy`: `spread` (the default)
-//!    takes the host with the least reserved CPU, `binpack` the host with the most reserved CPU
-//!    that still fits.
+//!    takes the host with the fewest instances of the same silo, then the least reserved CPU,
+//!    `binpack` the host with the most reserved CPU that still fits.
 //!
-//! Reservations are the declared `resources` of the silos whose desired state is run, so a
-//! silo without `resources` reserves nothing and fits on any host that passes the other checks.
-//! When no host is feasible, the error names each live host and what it lacks.
-//!
-//! TODO: a silo that fits nowhere is rejected. It should stay pending and be placed once
-//! capacity appears, which needs a pending state in the replicated state and a leader task.
+//! Reservations are the declared `resources` of the placed instances whose desired state is
+//! run, every instance counted, so a silo without `resources` reserves nothing and fits on any
+//! host that passes the other checks. When no host is feasible, the error names each live host
+//! and what it lacks, and the caller stores the instance as pending with that reason.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use colex_proto::{PlacementStrategy, SiloSpec};
 use prost::Message;
 
-use crate::state::{ClusterState, Desired, HostRecord};
+use crate::state::{ClusterState, Desired, HostRecord, SiloRecord};
 
 /// Image of a silo whose spec names none.
 pub const DEFAULT_IMAGE: &str = "busybox";
@@ -49,7 +52,8 @@ pub enum PlacementError {
 /// Rule that picks one of the feasible hosts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Strategy {
-    /// The host with the least reserved CPU, then the fewest silos, then the first name.
+    /// The host with the fewest instances of the silo being placed, then the least reserved
+    /// CPU, then the fewest silos, then the first name.
     #[default]
     Spread,
     /// The host with the most reserved CPU that still fits the silo, then the first name.
@@ -204,29 +208,35 @@ impl Reservation {
     }
 }
 
-/// Sum of the reservations of the silos placed on one host.
+/// Sum of the reservations of the silo instances placed on one host.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reserved {
     /// Sum of `resources.cpu_percent`, in percent of the whole host.
     pub cpu_percent: u64,
     /// Sum of `resources.memory_bytes`.
     pub memory_bytes: u64,
-    /// Silos placed on the host, with or without resources.
+    /// Silo instances placed on the host, with or without resources.
     pub silos: usize,
+    /// Instances of the silo being placed that the host already runs. [`reserved_by_host`]
+    /// leaves it 0, and [`place_instances`] fills it in.
+    pub same_silo: usize,
 }
 
-/// Sums, per host name, the reservations of the silos whose desired state is run. The silo
-/// named `replaced` is left out, because the silo being placed takes its place.
+/// Sums, per host name, the reservations of the placed silo instances whose desired state is
+/// run. The records whose keys are in `replaced` are left out, because the instances being
+/// placed take their place.
 ///
 /// NOTE: this decodes every stored spec on each placement, so its cost grows linearly with the
 /// number of silos. A per-host running total kept beside the state would make it constant.
-pub fn reserved_by_host(state: &ClusterState, replaced: &str) -> BTreeMap<String, Reserved> {
+pub fn reserved_by_host(
+    state: &ClusterState,
+    replaced: &BTreeSet<String>,
+) -> BTreeMap<String, Reserved> {
     let mut reserved: BTreeMap<String, Reserved> = BTreeMap::new();
-    let running = state
-        .silos
-        .values()
-        .filter(|silo| silo.desired == Desired::Run && silo.name != replaced);
-    for silo in running {
+    let running = state.silos.iter().filter(|(key, silo)| {
+        silo.desired == Desired::Run && !silo.is_pending() && !replaced.contains(*key)
+    });
+    for (_, silo) in running {
         let reservation = match SiloSpec::decode(silo.spec.as_slice()) {
             Ok(spec) => Reservation::of(&spec),
             Err(error) => {
@@ -331,34 +341,91 @@ impl Lack {
     }
 }
 
-/// Chooses the host for `spec`: `preferred` when it is live and feasible (a replacement stays
-/// where its earlier instance runs), otherwise the feasible live host that the spec's
-/// strategy scores best. The stored silo with the name of `spec` counts as removed, so a
-/// replacement does not compete with the instance it replaces for CPU and memory.
-pub fn place(
+/// One instance to place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRequest {
+    pub index: u32,
+    /// Host to keep when it is live and feasible: where the replaced instance runs.
+    pub preferred: Option<String>,
+}
+
+/// Places the instances `requests` of silo `spec` in order, one result per request. Each
+/// placed instance reserves its `resources` on its host and counts as an instance of the same
+/// silo there before the next one is placed, so `spread` puts instances on distinct hosts while
+/// enough hosts are feasible. The records whose keys are in `replaced` count as removed.
+///
+/// Fails as a whole only for an unknown `placement.strategy`. An instance that fits nowhere
+/// gets its own error, whose text is the pending reason.
+pub fn place_instances(
     state: &ClusterState,
     live_hosts: &BTreeSet<String>,
     spec: &SiloSpec,
-    preferred: Option<&str>,
-) -> Result<String, PlacementError> {
+    requests: &[InstanceRequest],
+    replaced: &BTreeSet<String>,
+) -> Result<Vec<Result<String, PlacementError>>, PlacementError> {
+    let strategy = Strategy::of(spec)?;
     let live: Vec<&HostRecord> = live_hosts
         .iter()
         .filter_map(|name| state.hosts.get(name))
         .collect();
     if live.is_empty() {
-        return Err(PlacementError::NoLiveHost {
+        let no_live_host = PlacementError::NoLiveHost {
             silo: spec.name.clone(),
-        });
+        };
+        return Ok(requests.iter().map(|_| Err(no_live_host.clone())).collect());
     }
 
-    let strategy = Strategy::of(spec)?;
     let requirements = Requirements::of(spec);
-    let reserved = reserved_by_host(state, &spec.name);
+    let reservation = Reservation::of(spec);
+    let mut reserved = reserved_by_host(state, replaced);
+    let same_silo = state.instances(&spec.name).into_iter().filter(|record| {
+        record.desired == Desired::Run && !record.is_pending() && !replaced.contains(&record.key())
+    });
+    for record in same_silo {
+        reserved.entry(record.host.clone()).or_default().same_silo += 1;
+    }
+
+    let mut results = Vec::with_capacity(requests.len());
+    for request in requests {
+        let placed = place_one(
+            strategy,
+            &requirements,
+            &live,
+            &reserved,
+            request.preferred.as_deref(),
+        );
+        match placed {
+            Ok(host) => {
+                let on_host = reserved.entry(host.clone()).or_default();
+                on_host.cpu_percent += reservation.cpu_percent;
+                on_host.memory_bytes += reservation.memory_bytes;
+                on_host.silos += 1;
+                on_host.same_silo += 1;
+                results.push(Ok(host));
+            }
+            Err(reason) => results.push(Err(PlacementError::Infeasible {
+                silo: spec.name.clone(),
+                reason,
+            })),
+        }
+    }
+    Ok(results)
+}
+
+/// Chooses the host of one instance among the `live` hosts given what is `reserved` on each,
+/// or returns the one-line reason that none fits.
+fn place_one(
+    strategy: Strategy,
+    requirements: &Requirements,
+    live: &[&HostRecord],
+    reserved: &BTreeMap<String, Reserved>,
+    preferred: Option<&str>,
+) -> Result<String, String> {
     let checked: Vec<(&HostRecord, Reserved, Vec<Lack>)> = live
-        .into_iter()
+        .iter()
         .map(|host| {
             let on_host = reserved.get(&host.name).copied().unwrap_or_default();
-            (host, on_host, requirements.lacks_on(host, &on_host))
+            (*host, on_host, requirements.lacks_on(host, &on_host))
         })
         .collect();
     let feasible: Vec<(&str, Reserved)> = checked
@@ -378,12 +445,117 @@ pub fn place(
                 .into_iter()
                 .map(|(host, _, lacks)| (host, lacks))
                 .collect();
-            Err(PlacementError::Infeasible {
-                silo: spec.name.clone(),
-                reason: describe_infeasible(&requirements, &lacks),
-            })
+            Err(describe_infeasible(requirements, &lacks))
         }
     }
+}
+
+/// Changes that `up` of one silo makes to its instances.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpPlan {
+    /// Instances to create, or to replace at once because their earlier start failed, they
+    /// are pending or they are being stopped, in index order.
+    pub to_place: Vec<InstanceRequest>,
+    /// Keys of the records that `to_place` replaces.
+    pub replaced: BTreeSet<String>,
+    /// Indexes of running instances of another spec, replaced one at a time afterwards.
+    pub rolling: Vec<u32>,
+    /// Indexes of instances that run the spec but wait for another one from an earlier `up`,
+    /// which this `up` cancels.
+    pub rollout_cancelled: Vec<u32>,
+    /// Running instances of index `count` and above, which `up` stops.
+    pub to_stop: Vec<String>,
+}
+
+impl UpPlan {
+    /// Returns true when the stored instances already match the spec and count.
+    pub fn is_unchanged(&self) -> bool {
+        self.to_place.is_empty()
+            && self.rolling.is_empty()
+            && self.rollout_cancelled.is_empty()
+            && self.to_stop.is_empty()
+    }
+}
+
+/// Compares `count` instances of silo `name` with protobuf-encoded `spec` (whose `count` is
+/// cleared) to the stored instances.
+///
+/// - An instance that runs `spec` and did not fail is kept as it is, placed or pending.
+/// - A running instance of another spec is kept for a rolling replacement, unless a rolling
+///   replacement to `spec` already waits for it.
+/// - Every other index below `count` is placed anew, preferring the host of the instance it
+///   replaces.
+pub fn plan_up(state: &ClusterState, name: &str, spec: &[u8], count: u32) -> UpPlan {
+    let stored = state.instances(name);
+    let mut plan = UpPlan::default();
+    for index in 0..count {
+        let Some(record) = stored.iter().find(|record| record.index == index) else {
+            plan.to_place.push(InstanceRequest {
+                index,
+                preferred: None,
+            });
+            continue;
+        };
+
+        let healthy = record.desired == Desired::Run && !has_failed(record);
+        if healthy && record.spec == spec {
+            if record.next_spec.is_some() {
+                plan.rollout_cancelled.push(index);
+            }
+        } else if healthy && !record.is_pending() {
+            if record.next_spec.as_deref() != Some(spec) {
+                plan.rolling.push(index);
+            }
+        } else {
+            plan.replaced.insert(record.key());
+            plan.to_place.push(InstanceRequest {
+                index,
+                preferred: (!record.is_pending()).then(|| record.host.clone()),
+            });
+        }
+    }
+    plan.to_stop = stored
+        .iter()
+        .filter(|record| record.index >= count && record.desired == Desired::Run)
+        .map(|record| record.key())
+        .collect();
+    plan
+}
+
+/// Returns the instance of silo `name` that its rolling replacement replaces next: the
+/// lowest-index running instance with a next spec. Returns `None` while no replacement is in
+/// progress, and while an instance that runs the newest spec is not UP yet, so at most one
+/// instance at a time is down for the replacement.
+// NOTE: an instance of the newest spec that fails, exits or stays pending stops the
+// replacement until an `up` replaces it.
+pub fn next_rollout_step<'a>(state: &'a ClusterState, name: &str) -> Option<&'a SiloRecord> {
+    let running: Vec<&SiloRecord> = state
+        .instances(name)
+        .into_iter()
+        .filter(|record| record.desired == Desired::Run)
+        .collect();
+    let next = running.iter().find(|record| record.next_spec.is_some())?;
+    let newest_up = running
+        .iter()
+        .filter(|record| record.next_spec.is_none())
+        .all(|record| is_up(record));
+    newest_up.then_some(*next)
+}
+
+/// Returns true when the agent reported the instance UP.
+fn is_up(record: &SiloRecord) -> bool {
+    record
+        .status
+        .as_ref()
+        .is_some_and(|status| status.state == colex_proto::SiloState::Up as i32)
+}
+
+/// Returns true when the agent reported that the instance's setup failed.
+fn has_failed(record: &SiloRecord) -> bool {
+    record
+        .status
+        .as_ref()
+        .is_some_and(|status| status.state == colex_proto::SiloState::Failed as i32)
 }
 
 /// Picks the best of the feasible hosts `candidates` (host name and what is reserved there)
@@ -391,9 +563,14 @@ pub fn place(
 /// Returns `None` when `candidates` is empty.
 pub fn choose<'a>(strategy: Strategy, candidates: &[(&'a str, Reserved)]) -> Option<&'a str> {
     let best = match strategy {
-        Strategy::Spread => candidates
-            .iter()
-            .min_by_key(|(host, reserved)| (reserved.cpu_percent, reserved.silos, *host)),
+        Strategy::Spread => candidates.iter().min_by_key(|(host, reserved)| {
+            (
+                reserved.same_silo,
+                reserved.cpu_percent,
+                reserved.silos,
+                *host,
+            )
+        }),
         Strategy::Binpack => candidates
             .iter()
             .min_by_key(|(host, reserved)| (Reverse(reserved.cpu_percent), *host)),
@@ -636,6 +813,32 @@ mod tests {
             }),
             ..spec("", &[])
         }
+    }
+
+    /// Places instance 0 of `spec` the way `up` of a silo of one instance does: `preferred`
+    /// when it is live and feasible, otherwise the best feasible host. Every stored instance
+    /// with the name of `spec` counts as replaced.
+    fn place(
+        state: &ClusterState,
+        live_hosts: &BTreeSet<String>,
+        spec: &SiloSpec,
+        preferred: Option<&str>,
+    ) -> Result<String, PlacementError> {
+        let replaced: BTreeSet<String> = state
+            .instances(&spec.name)
+            .into_iter()
+            .map(SiloRecord::key)
+            .collect();
+        let request = InstanceRequest {
+            index: 0,
+            preferred: preferred.map(str::to_owned),
+        };
+        let mut placed = place_instances(state, live_hosts, spec, &[request], &replaced)?;
+        placed.pop().unwrap_or_else(|| {
+            Err(PlacementError::NoLiveHost {
+                silo: spec.name.clone(),
+            })
+        })
     }
 
     fn reason(result: Result<String, PlacementError>) -> String {
@@ -1050,13 +1253,14 @@ mod tests {
         state.apply(&Command::StopSilo {
             name: "stopped".to_owned(),
         });
-        let reserved = reserved_by_host(&state, "three");
+        let reserved = reserved_by_host(&state, &BTreeSet::from(["three".to_owned()]));
         assert_eq!(
             reserved.get("a"),
             Some(&Reserved {
                 cpu_percent: 50,
                 memory_bytes: 3 * MIB_BYTES,
-                silos: 2
+                silos: 2,
+                same_silo: 0,
             })
         );
         assert_eq!(reserved.get("b"), None, "stopping silos reserve nothing");
@@ -1083,6 +1287,7 @@ mod tests {
             cpu_percent,
             memory_bytes: 0,
             silos,
+            same_silo: 0,
         };
         let cases: [ChoiceCase<'_>; 5] = [
             (&[], None),
@@ -1106,6 +1311,7 @@ mod tests {
             cpu_percent,
             memory_bytes: 0,
             silos,
+            same_silo: 0,
         };
         let cases: [ChoiceCase<'_>; 4] = [
             (&[], None),
@@ -1171,5 +1377,325 @@ mod tests {
         assert_eq!(format_bytes(2 * GIB_BYTES), "2 GiB");
         assert_eq!(format_bytes(1536 * MIB_BYTES), "1536 MiB");
         assert_eq!(format_bytes(MIB_BYTES + 1), "1048577 bytes");
+    }
+
+    /// Stores `count` instances of silo "web" reserving `cpu_percent` each, placed on
+    /// `hosts` in index order.
+    fn put_web_instances(state: &mut ClusterState, hosts: &[&str], cpu_percent: u32) {
+        let spec = spec_with_resources(cpu_percent, 0);
+        let count = u32::try_from(hosts.len()).expect("few instances");
+        state.apply(&Command::PutInstances {
+            name: "web".to_owned(),
+            spec: spec.encode_to_vec(),
+            count,
+            instances: hosts
+                .iter()
+                .zip(0..)
+                .map(|(host, index)| crate::state::InstanceUpdate {
+                    index,
+                    id: format!("{index:08x}"),
+                    placement: crate::state::InstancePlacement::Host((*host).to_owned()),
+                })
+                .collect(),
+            rolling: Vec::new(),
+        });
+    }
+
+    fn requests(indexes: std::ops::Range<u32>) -> Vec<InstanceRequest> {
+        indexes
+            .map(|index| InstanceRequest {
+                index,
+                preferred: None,
+            })
+            .collect()
+    }
+
+    fn hosts_of(results: Vec<Result<String, PlacementError>>) -> Vec<String> {
+        results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|error| format!("pending: {error}")))
+            .collect()
+    }
+
+    #[test]
+    fn spread_puts_instances_on_distinct_hosts() {
+        let mut state = state_with_hosts(&["a", "b", "c"]);
+        put_with(&mut state, "other", "a", 10, 0);
+        let placed = place_instances(
+            &state,
+            &live(&["a", "b", "c"]),
+            &spec_with_resources(10, 0),
+            &requests(0..3),
+            &BTreeSet::new(),
+        )
+        .expect("known strategy");
+        assert_eq!(hosts_of(placed), ["b", "c", "a"]);
+    }
+
+    #[test]
+    fn spread_doubles_up_only_when_hosts_run_out() {
+        let state = state_with_hosts(&["a", "b"]);
+        let placed = place_instances(
+            &state,
+            &live(&["a", "b"]),
+            &spec("", &[]),
+            &requests(0..4),
+            &BTreeSet::new(),
+        )
+        .expect("known strategy");
+        assert_eq!(hosts_of(placed), ["a", "b", "a", "b"]);
+    }
+
+    #[test]
+    fn spread_avoids_hosts_with_stored_instances() {
+        let mut state = state_with_hosts(&["a", "b", "c"]);
+        put_web_instances(&mut state, &["a", "b"], 0);
+        put_with(&mut state, "busy", "c", 50, 0);
+        let placed = place_instances(
+            &state,
+            &live(&["a", "b", "c"]),
+            &spec("", &[]),
+            &requests(2..3),
+            &BTreeSet::new(),
+        )
+        .expect("known strategy");
+        assert_eq!(
+            hosts_of(placed),
+            ["c"],
+            "the busier host without an instance of web comes first"
+        );
+    }
+
+    #[test]
+    fn binpack_stacks_instances() {
+        let state = state_with_hosts(&["a", "b"]);
+        let binpack = SiloSpec {
+            resources: Some(colex_proto::Resources {
+                cpu_percent: 30,
+                memory_bytes: 0,
+            }),
+            ..spec_with_placement(&[], &[], PlacementStrategy::Binpack)
+        };
+        let placed = place_instances(
+            &state,
+            &live(&["a", "b"]),
+            &binpack,
+            &requests(0..4),
+            &BTreeSet::new(),
+        )
+        .expect("known strategy");
+        assert_eq!(hosts_of(placed), ["a", "a", "a", "b"]);
+    }
+
+    #[test]
+    fn capacity_counts_every_instance() {
+        let mut state = state_with_hosts(&["a", "b"]);
+        put_web_instances(&mut state, &["a"], 40);
+        let placed = place_instances(
+            &state,
+            &live(&["a", "b"]),
+            &spec_with_resources(40, 0),
+            &requests(1..5),
+            &BTreeSet::new(),
+        )
+        .expect("known strategy");
+        assert_eq!(
+            hosts_of(placed),
+            [
+                "b",
+                "a",
+                "b",
+                "pending: silo web: no live host fits: a: 20% CPU free, needs 40%; \
+                 b: 20% CPU free, needs 40%. To place it, stop a silo on one of these hosts, \
+                 lower resources or start another agent"
+            ]
+        );
+    }
+
+    #[test]
+    fn replaced_instances_free_their_capacity() {
+        let mut state = state_with_hosts(&["a"]);
+        put_web_instances(&mut state, &["a", "a"], 50);
+        state.apply(&Command::StopSilo {
+            name: "web".to_owned(),
+        });
+        let plan = plan_up(
+            &state,
+            "web",
+            &spec_with_resources(40, 0).encode_to_vec(),
+            2,
+        );
+        assert_eq!(
+            plan.replaced,
+            BTreeSet::from(["web".to_owned(), "web/1".to_owned()])
+        );
+        let placed = place_instances(
+            &state,
+            &live(&["a"]),
+            &spec_with_resources(40, 0),
+            &plan.to_place,
+            &plan.replaced,
+        )
+        .expect("known strategy");
+        assert_eq!(hosts_of(placed), ["a", "a"]);
+    }
+
+    #[test]
+    fn no_live_host_makes_every_instance_pending() {
+        let state = state_with_hosts(&["a"]);
+        let placed = place_instances(
+            &state,
+            &BTreeSet::new(),
+            &spec("", &[]),
+            &requests(0..2),
+            &BTreeSet::new(),
+        )
+        .expect("known strategy");
+        assert_eq!(placed.len(), 2);
+        assert!(placed
+            .iter()
+            .all(|result| matches!(result, Err(PlacementError::NoLiveHost { .. }))));
+    }
+
+    #[test]
+    fn plan_of_unchanged_spec_is_empty() {
+        let mut state = state_with_hosts(&["a", "b", "c"]);
+        put_web_instances(&mut state, &["a", "b", "c"], 10);
+        let plan = plan_up(
+            &state,
+            "web",
+            &spec_with_resources(10, 0).encode_to_vec(),
+            3,
+        );
+        assert!(plan.is_unchanged(), "{plan:?}");
+    }
+
+    #[test]
+    fn plan_of_count_change_touches_only_highest_instances() {
+        let mut state = state_with_hosts(&["a", "b", "c"]);
+        put_web_instances(&mut state, &["a", "b", "c"], 10);
+        let encoded = spec_with_resources(10, 0).encode_to_vec();
+
+        let up = plan_up(&state, "web", &encoded, 5);
+        assert_eq!(up.to_place, requests(3..5));
+        assert!(up.replaced.is_empty());
+        assert!(up.to_stop.is_empty());
+
+        let down = plan_up(&state, "web", &encoded, 2);
+        assert!(down.to_place.is_empty());
+        assert_eq!(down.to_stop, ["web/2"]);
+    }
+
+    #[test]
+    fn plan_of_changed_spec_rolls() {
+        let mut state = state_with_hosts(&["a", "b"]);
+        put_web_instances(&mut state, &["a", "b"], 10);
+        let encoded = spec_with_resources(20, 0).encode_to_vec();
+        let plan = plan_up(&state, "web", &encoded, 3);
+        assert_eq!(plan.rolling, [0, 1]);
+        assert_eq!(
+            plan.to_place,
+            requests(2..3),
+            "a new index is placed at once"
+        );
+        assert!(plan.replaced.is_empty());
+
+        state.apply(&Command::PutInstances {
+            name: "web".to_owned(),
+            spec: encoded.clone(),
+            count: 2,
+            instances: Vec::new(),
+            rolling: vec![0, 1],
+        });
+        assert!(
+            plan_up(&state, "web", &encoded, 2).is_unchanged(),
+            "the same up again waits for the running replacement"
+        );
+        let back = plan_up(
+            &state,
+            "web",
+            &spec_with_resources(10, 0).encode_to_vec(),
+            2,
+        );
+        assert_eq!(back.rollout_cancelled, [0, 1]);
+        assert!(!back.is_unchanged());
+    }
+
+    #[test]
+    fn rollout_waits_for_newest_instances_up() {
+        let mut state = state_with_hosts(&["a", "b", "c"]);
+        put_web_instances(&mut state, &["a", "b", "c"], 0);
+        assert!(
+            next_rollout_step(&state, "web").is_none(),
+            "no replacement in progress"
+        );
+
+        state.apply(&Command::PutInstances {
+            name: "web".to_owned(),
+            spec: vec![9],
+            count: 3,
+            instances: Vec::new(),
+            rolling: vec![0, 1, 2],
+        });
+        let first = next_rollout_step(&state, "web").map(SiloRecord::key);
+        assert_eq!(
+            first.as_deref(),
+            Some("web"),
+            "nothing runs the new spec yet"
+        );
+
+        state.apply(&Command::ReplaceInstance {
+            name: "web".to_owned(),
+            replaced_id: "00000000".to_owned(),
+            instance: crate::state::InstanceUpdate {
+                index: 0,
+                id: "0000000a".to_owned(),
+                placement: crate::state::InstancePlacement::Host("a".to_owned()),
+            },
+        });
+        assert!(
+            next_rollout_step(&state, "web").is_none(),
+            "the replacement of instance 0 is not UP yet"
+        );
+
+        state.apply(&Command::ReportStatus {
+            host: "a".to_owned(),
+            silo_id: "0000000a".to_owned(),
+            status: crate::state::SiloStatus {
+                state: colex_proto::SiloState::Up.into(),
+                ..Default::default()
+            },
+        });
+        let second = next_rollout_step(&state, "web").map(SiloRecord::key);
+        assert_eq!(second.as_deref(), Some("web/1"));
+    }
+
+    #[test]
+    fn plan_replaces_failed_and_stopping_instances() {
+        let mut state = state_with_hosts(&["a", "b"]);
+        put_web_instances(&mut state, &["a", "b"], 0);
+        state.apply(&Command::ReportStatus {
+            host: "b".to_owned(),
+            silo_id: "00000001".to_owned(),
+            status: crate::state::SiloStatus {
+                state: colex_proto::SiloState::Failed.into(),
+                ..Default::default()
+            },
+        });
+        let encoded = spec_with_resources(0, 0).encode_to_vec();
+        assert_eq!(
+            plan_up(&state, "web", &encoded, 2).to_place.len(),
+            1,
+            "the failed instance is replaced"
+        );
+
+        state.apply(&Command::StopSilo {
+            name: "web".to_owned(),
+        });
+        assert_eq!(
+            plan_up(&state, "web", &encoded, 2).to_place.len(),
+            2,
+            "a stopping silo is placed again"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::usage::UsageStore;
 
@@ -15,6 +15,9 @@ pub struct Sessions {
     /// Latest silo usage of the hosts with an open session. A host's entries are dropped when
     /// its session closes.
     usage: UsageStore,
+    /// Wakes the task that places pending silo instances: a host joined, or a silo or
+    /// instance was stopped or removed, so capacity may have appeared.
+    placement_wakeup: Arc<Notify>,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +50,8 @@ impl Sessions {
             // The old session may already be gone, so a failed send is fine.
             let _ = old.send(true);
         }
+        drop(inner);
+        self.wake_placement();
         (
             SessionToken {
                 host: host.to_owned(),
@@ -69,6 +74,17 @@ impl Sessions {
     /// Returns the store of the silo usage that agents report on their sessions.
     pub fn usage(&self) -> &UsageStore {
         &self.usage
+    }
+
+    /// Wakes the pending placement task. A wakeup while it is busy is kept, so it runs once more.
+    pub fn wake_placement(&self) {
+        self.placement_wakeup.notify_one();
+    }
+
+    /// Waits until [`Sessions::wake_placement`] is called, or returns at once when it was
+    /// called since the last wait.
+    pub async fn placement_woken(&self) {
+        self.placement_wakeup.notified().await;
     }
 
     /// Returns the names of the hosts with an open session.
@@ -122,5 +138,14 @@ mod tests {
         let (token, _) = sessions.open("a");
         sessions.close(&token);
         assert!(sessions.live_hosts().is_empty());
+    }
+
+    #[tokio::test]
+    async fn open_wakes_placement() {
+        let sessions = Sessions::default();
+        let (_token, _) = sessions.open("a");
+        tokio::time::timeout(std::time::Duration::from_secs(1), sessions.placement_woken())
+            .await
+            .expect("a new session wakes the placement task");
     }
 }

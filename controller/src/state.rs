@@ -1,4 +1,10 @@
-//! The replicated cluster state: silo records and hosts.
+//! The replicated cluster state: silo instance records and hosts.
+//!
+//! A silo with `count = N` has N instances, indexes 0 to N-1, and each instance is one
+//! [`SiloRecord`] with its own id, host, generation and status. Records are keyed by
+//! [`instance_key`]: instance 0 by the silo name alone, so rows written before silos had
+//! instances are instance 0, and instance `i > 0` by `NAME/i`. `up` accepts only DNS labels as
+//! silo names, so `/` never occurs in a name and the two forms cannot collide.
 //!
 //! Every change goes through Raft as a [`Command`] and is applied by
 //! [`ClusterState::apply`] in log order on every controller. `apply` must be
@@ -46,24 +52,76 @@ pub struct SiloStatus {
     pub restarts: u32,
 }
 
-/// One silo as stored in the cluster state.
+/// One instance of a silo as stored in the cluster state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiloRecord {
     pub name: String,
-    /// 8 lower-case hex digits; a new id for every replacement.
+    /// Position among the silo's instances, 0 to count - 1. Rows written before silos had
+    /// instances decode as instance 0.
+    #[serde(default)]
+    pub index: u32,
+    /// 8 lower-case hex digits, the silo id agents know the instance by; a new id for every
+    /// replacement.
     pub id: String,
-    /// Increases by one with every `up` that replaces this name, so a stale
-    /// report about an earlier instance can be recognized.
+    /// Increases by one with every replacement of this instance, so a stale report about an
+    /// earlier one can be recognized.
     pub generation: u64,
     /// The `colex_proto::SiloSpec`, protobuf-encoded.
     // NOTE: serde_json writes this as an array of numbers, about 4 bytes
     // per byte in rows and snapshots; a binary row encoding would fix it.
     pub spec: Vec<u8>,
-    /// Host name the silo is placed on.
+    /// Host name the instance is placed on; empty while it is pending.
     pub host: String,
     pub desired: Desired,
     /// `None` until the agent reports for this id.
     pub status: Option<SiloStatus>,
+    /// Reason that no host can run the instance, as the scheduler describes it. `Some` exactly
+    /// while `host` is empty.
+    #[serde(default)]
+    pub pending_reason: Option<String>,
+    /// Spec that replaces `spec` when a rolling replacement reaches this instance, or `None`
+    /// when the instance runs the spec `up` stored last.
+    #[serde(default)]
+    pub next_spec: Option<Vec<u8>>,
+}
+
+impl SiloRecord {
+    /// Returns the key of this record in [`ClusterState::silos`].
+    pub fn key(&self) -> String {
+        instance_key(&self.name, self.index)
+    }
+
+    /// Returns true while no host is chosen for the instance.
+    pub fn is_pending(&self) -> bool {
+        self.host.is_empty()
+    }
+}
+
+/// Returns the key of instance `index` of silo `name`: the name itself for instance 0, and
+/// `NAME/INDEX` for the others.
+pub fn instance_key(name: &str, index: u32) -> String {
+    if index == 0 {
+        name.to_owned()
+    } else {
+        format!("{name}/{index}")
+    }
+}
+
+/// Placement the leader chose for one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstancePlacement {
+    /// On the host of this name.
+    Host(String),
+    /// Nowhere yet, for this reason.
+    Pending { reason: String },
+}
+
+/// One instance the leader created or placed, as a command carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceUpdate {
+    pub index: u32,
+    pub id: String,
+    pub placement: InstancePlacement,
 }
 
 /// A host that registered at least once.
@@ -124,14 +182,45 @@ pub enum Command {
         #[serde(default)]
         attributes: HostAttributes,
     },
-    /// Store a silo, replacing any silo of the same name.
+    /// Store instance 0 of a silo on `host`, replacing it if it exists. Log entries from
+    /// before silos had instances carry this command; the leader now proposes `PutInstances`.
     PutSilo {
         name: String,
         id: String,
         spec: Vec<u8>,
         host: String,
     },
-    /// Mark a silo for removal.
+    /// Store silo `name` with `count` instances: every instance in `instances` is created or
+    /// replaced with `spec` (a new generation), instances of index `count` and above are
+    /// marked for removal, and the other instances are left as they are.
+    PutInstances {
+        name: String,
+        /// The `colex_proto::SiloSpec`, protobuf-encoded, with `count` cleared.
+        spec: Vec<u8>,
+        count: u32,
+        instances: Vec<InstanceUpdate>,
+        /// Indexes of running instances of another spec, which keep running until the leader
+        /// replaces them one at a time (`ReplaceInstance`): `spec` becomes their next spec.
+        /// Every other kept instance that already runs `spec` loses its next spec, which ends
+        /// an earlier rolling replacement.
+        #[serde(default)]
+        rolling: Vec<u32>,
+    },
+    /// Replace instance `instance.index` of silo `name`, still the instance with id
+    /// `replaced_id`, by a new instance of its next spec: one step of a rolling replacement.
+    ReplaceInstance {
+        name: String,
+        replaced_id: String,
+        instance: InstanceUpdate,
+    },
+    /// Give pending instances of silo `name` a host or a newer pending reason. An update whose
+    /// instance no longer exists, has another id, or already has a host changes nothing.
+    PlaceInstances {
+        name: String,
+        instances: Vec<InstanceUpdate>,
+    },
+    /// Mark every instance of a silo for removal. Pending instances, which no agent runs, are
+    /// deleted at once.
     StopSilo { name: String },
     /// Record what the agent on `host` observed about silo `silo_id`.
     ReportStatus {
@@ -139,7 +228,8 @@ pub enum Command {
         silo_id: String,
         status: SiloStatus,
     },
-    /// Delete the record, but only if it still describes instance `id`.
+    /// Delete the record with key `name` (see [`instance_key`]), but only if it still
+    /// describes the instance with id `id`.
     DeleteSilo { name: String, id: String },
 }
 
@@ -150,6 +240,13 @@ pub enum Response {
     Empty,
     HostRegistered { subnet_index: u32 },
     SiloStored { generation: u64 },
+    /// `PutInstances` stored the instances it carried and marked `stopping` instances for
+    /// removal.
+    InstancesStored { stopping: u32 },
+    /// `PlaceInstances` changed this many instances.
+    InstancesPlaced { changed: u32 },
+    /// `ReplaceInstance` stored the new instance with this generation.
+    InstanceReplaced { generation: u64 },
     SiloStopping,
     StatusRecorded,
     SiloDeleted,
@@ -164,6 +261,7 @@ pub enum Response {
 /// write exactly those rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// The silo record with this key (see [`instance_key`]).
     Silo(String),
     Host(String),
 }
@@ -171,7 +269,7 @@ pub enum Change {
 /// The whole replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
-    /// Silo records by silo name.
+    /// Silo instance records by [`instance_key`].
     pub silos: BTreeMap<String, SiloRecord>,
     /// Host records by host name.
     pub hosts: BTreeMap<String, HostRecord>,
@@ -194,6 +292,19 @@ impl ClusterState {
                 spec,
                 host,
             } => self.put_silo(name, id, spec, host),
+            Command::PutInstances {
+                name,
+                spec,
+                count,
+                instances,
+                rolling,
+            } => self.put_instances(name, spec, *count, instances, rolling),
+            Command::ReplaceInstance {
+                name,
+                replaced_id,
+                instance,
+            } => self.replace_instance(name, replaced_id, instance),
+            Command::PlaceInstances { name, instances } => self.place_instances(name, instances),
             Command::StopSilo { name } => self.stop_silo(name),
             Command::ReportStatus {
                 host,
@@ -204,9 +315,39 @@ impl ClusterState {
         }
     }
 
-    /// Returns the silos placed on `host`, in name order.
+    /// Returns the silo instances placed on `host`, in key order.
     pub fn silos_on<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a SiloRecord> + 'a {
         self.silos.values().filter(move |silo| silo.host == host)
+    }
+
+    /// Returns every instance record of silo `name`, in index order.
+    pub fn instances(&self, name: &str) -> Vec<&SiloRecord> {
+        // Keys `NAME/1`, `NAME/2`, … sort between `NAME/` and `NAME0`, because `0` follows `/`
+        // in ASCII.
+        let others = self
+            .silos
+            .range(format!("{name}/")..format!("{name}0"))
+            .map(|(_, record)| record);
+        let mut instances: Vec<&SiloRecord> = self.silos.get(name).into_iter().chain(others).collect();
+        instances.sort_by_key(|record| record.index);
+        instances
+    }
+
+    /// Returns the number of instances of silo `name` whose desired state is run.
+    pub fn running_count(&self, name: &str) -> u32 {
+        let running = self
+            .instances(name)
+            .into_iter()
+            .filter(|record| record.desired == Desired::Run)
+            .count();
+        u32::try_from(running).unwrap_or(u32::MAX)
+    }
+
+    /// Returns the instances that wait for a host, in key order.
+    pub fn pending(&self) -> impl Iterator<Item = &SiloRecord> {
+        self.silos
+            .values()
+            .filter(|silo| silo.desired == Desired::Run && silo.is_pending())
     }
 
     /// Finds the silo record with instance id `id`.
@@ -263,12 +404,15 @@ impl ClusterState {
             .map_or(1, |previous| previous.generation + 1);
         let record = SiloRecord {
             name: name.to_owned(),
+            index: 0,
             id: id.to_owned(),
             generation,
             spec: spec.to_vec(),
             host: host.to_owned(),
             desired: Desired::Run,
             status: None,
+            pending_reason: None,
+            next_spec: None,
         };
         self.silos.insert(name.to_owned(), record);
         (
@@ -277,13 +421,160 @@ impl ClusterState {
         )
     }
 
-    fn stop_silo(&mut self, name: &str) -> (Response, Vec<Change>) {
-        match self.silos.get_mut(name) {
-            Some(silo) => {
-                silo.desired = Desired::Stop;
-                (Response::SiloStopping, vec![Change::Silo(name.to_owned())])
+    fn put_instances(
+        &mut self,
+        name: &str,
+        spec: &[u8],
+        count: u32,
+        instances: &[InstanceUpdate],
+        rolling: &[u32],
+    ) -> (Response, Vec<Change>) {
+        let mut changes = Vec::new();
+        // The leader never sends an instance at or above `count`; one would be stopped below
+        // right away, so it is skipped instead.
+        for update in instances.iter().filter(|update| update.index < count) {
+            let key = self.store_instance(name, spec, update);
+            changes.push(Change::Silo(key));
+        }
+
+        let untouched: Vec<String> = self
+            .instances(name)
+            .into_iter()
+            .filter(|record| record.index < count && record.desired == Desired::Run)
+            .filter(|record| !instances.iter().any(|update| update.index == record.index))
+            .map(SiloRecord::key)
+            .collect();
+        for key in untouched {
+            let Some(record) = self.silos.get_mut(&key) else {
+                continue;
+            };
+            let next_spec = if rolling.contains(&record.index) {
+                Some(spec.to_vec())
+            } else if record.spec == spec {
+                None
+            } else {
+                record.next_spec.clone()
+            };
+            if record.next_spec != next_spec {
+                record.next_spec = next_spec;
+                changes.push(Change::Silo(key));
             }
-            None => (Response::Stale, Vec::new()),
+        }
+
+        let surplus: Vec<String> = self
+            .instances(name)
+            .into_iter()
+            .filter(|record| record.index >= count && record.desired == Desired::Run)
+            .map(SiloRecord::key)
+            .collect();
+        let stopping = u32::try_from(surplus.len()).unwrap_or(u32::MAX);
+        for key in surplus {
+            self.stop_instance(&key);
+            changes.push(Change::Silo(key));
+        }
+        (Response::InstancesStored { stopping }, changes)
+    }
+
+    /// Stores a new instance `update` of silo `name` running `spec`, replacing any record under
+    /// its key with the next generation, and returns the key.
+    fn store_instance(&mut self, name: &str, spec: &[u8], update: &InstanceUpdate) -> String {
+        let key = instance_key(name, update.index);
+        let generation = self
+            .silos
+            .get(&key)
+            .map_or(1, |previous| previous.generation + 1);
+        let (host, pending_reason) = match &update.placement {
+            InstancePlacement::Host(host) => (host.clone(), None),
+            InstancePlacement::Pending { reason } => (String::new(), Some(reason.clone())),
+        };
+        let record = SiloRecord {
+            name: name.to_owned(),
+            index: update.index,
+            id: update.id.clone(),
+            generation,
+            spec: spec.to_vec(),
+            host,
+            desired: Desired::Run,
+            status: None,
+            pending_reason,
+            next_spec: None,
+        };
+        self.silos.insert(key.clone(), record);
+        key
+    }
+
+    fn replace_instance(
+        &mut self,
+        name: &str,
+        replaced_id: &str,
+        update: &InstanceUpdate,
+    ) -> (Response, Vec<Change>) {
+        let key = instance_key(name, update.index);
+        let next_spec = match self.silos.get(&key) {
+            Some(record) if record.id == replaced_id && record.desired == Desired::Run => {
+                record.next_spec.clone()
+            }
+            _ => None,
+        };
+        let Some(next_spec) = next_spec else {
+            return (Response::Stale, Vec::new());
+        };
+        let key = self.store_instance(name, &next_spec, update);
+        let generation = self.silos.get(&key).map_or(0, |record| record.generation);
+        (Response::InstanceReplaced { generation }, vec![Change::Silo(key)])
+    }
+
+    fn place_instances(&mut self, name: &str, instances: &[InstanceUpdate]) -> (Response, Vec<Change>) {
+        let mut changes = Vec::new();
+        for update in instances {
+            let key = instance_key(name, update.index);
+            let Some(record) = self.silos.get_mut(&key) else {
+                continue;
+            };
+            if record.id != update.id || record.desired != Desired::Run || !record.is_pending() {
+                continue;
+            }
+            match &update.placement {
+                InstancePlacement::Host(host) => {
+                    record.host = host.clone();
+                    record.pending_reason = None;
+                }
+                InstancePlacement::Pending { reason } => {
+                    if record.pending_reason.as_ref() == Some(reason) {
+                        continue;
+                    }
+                    record.pending_reason = Some(reason.clone());
+                }
+            }
+            changes.push(Change::Silo(key));
+        }
+        let changed = u32::try_from(changes.len()).unwrap_or(u32::MAX);
+        (Response::InstancesPlaced { changed }, changes)
+    }
+
+    fn stop_silo(&mut self, name: &str) -> (Response, Vec<Change>) {
+        let keys: Vec<String> = self
+            .instances(name)
+            .into_iter()
+            .map(SiloRecord::key)
+            .collect();
+        if keys.is_empty() {
+            return (Response::Stale, Vec::new());
+        }
+        for key in &keys {
+            self.stop_instance(key);
+        }
+        (Response::SiloStopping, keys.into_iter().map(Change::Silo).collect())
+    }
+
+    /// Marks the record with key `key` for removal, or deletes it when it is pending, because
+    /// no agent runs it and so none reports its removal.
+    fn stop_instance(&mut self, key: &str) {
+        let pending = self.silos.get(key).is_some_and(SiloRecord::is_pending);
+        if pending {
+            self.silos.remove(key);
+        } else if let Some(record) = self.silos.get_mut(key) {
+            record.desired = Desired::Stop;
         }
     }
 
@@ -304,7 +595,7 @@ impl ClusterState {
             return (Response::StatusRecorded, Vec::new());
         }
         silo.status = Some(status.clone());
-        (Response::StatusRecorded, vec![Change::Silo(silo.name.clone())])
+        (Response::StatusRecorded, vec![Change::Silo(silo.key())])
     }
 
     fn delete_silo(&mut self, name: &str, id: &str) -> (Response, Vec<Change>) {
@@ -431,5 +722,357 @@ mod tests {
         };
         assert_eq!(state.apply(&delete), (Response::Stale, Vec::new()));
         assert!(state.silos.contains_key("web"));
+    }
+
+    fn on_host(index: u32, id: &str, host: &str) -> InstanceUpdate {
+        InstanceUpdate {
+            index,
+            id: id.to_owned(),
+            placement: InstancePlacement::Host(host.to_owned()),
+        }
+    }
+
+    fn pending(index: u32, id: &str, reason: &str) -> InstanceUpdate {
+        InstanceUpdate {
+            index,
+            id: id.to_owned(),
+            placement: InstancePlacement::Pending {
+                reason: reason.to_owned(),
+            },
+        }
+    }
+
+    fn put_instances(count: u32, instances: Vec<InstanceUpdate>) -> Command {
+        Command::PutInstances {
+            name: "web".to_owned(),
+            spec: vec![1],
+            count,
+            instances,
+            rolling: Vec::new(),
+        }
+    }
+
+    /// Returns (index, id, host, generation, desired) of every instance of "web".
+    fn web_instances(state: &ClusterState) -> Vec<(u32, String, String, u64, Desired)> {
+        state
+            .instances("web")
+            .into_iter()
+            .map(|record| {
+                (
+                    record.index,
+                    record.id.clone(),
+                    record.host.clone(),
+                    record.generation,
+                    record.desired,
+                )
+            })
+            .collect()
+    }
+
+    fn three_instances() -> ClusterState {
+        let mut state = ClusterState::default();
+        let (response, changes) = state.apply(&put_instances(
+            3,
+            vec![on_host(0, "0000000a", "a"), on_host(1, "0000000b", "b"), on_host(2, "0000000c", "c")],
+        ));
+        assert_eq!(response, Response::InstancesStored { stopping: 0 });
+        assert_eq!(
+            changes,
+            vec![
+                Change::Silo("web".to_owned()),
+                Change::Silo("web/1".to_owned()),
+                Change::Silo("web/2".to_owned())
+            ]
+        );
+        state
+    }
+
+    #[test]
+    fn instances_are_stored_under_their_keys() {
+        let state = three_instances();
+        assert_eq!(
+            web_instances(&state),
+            vec![
+                (0, "0000000a".to_owned(), "a".to_owned(), 1, Desired::Run),
+                (1, "0000000b".to_owned(), "b".to_owned(), 1, Desired::Run),
+                (2, "0000000c".to_owned(), "c".to_owned(), 1, Desired::Run),
+            ]
+        );
+        assert_eq!(state.silos["web/2"].key(), "web/2");
+        assert_eq!(state.running_count("web"), 3);
+    }
+
+    #[test]
+    fn instances_of_similar_names_stay_apart() {
+        let mut state = three_instances();
+        for name in ["web-2", "we", "web0"] {
+            state.apply(&Command::PutInstances {
+                name: name.to_owned(),
+                spec: vec![2],
+                count: 2,
+                instances: vec![on_host(0, "00000100", "a"), on_host(1, "00000101", "a")],
+                rolling: Vec::new(),
+            });
+        }
+        assert_eq!(state.instances("web").len(), 3);
+        assert_eq!(state.instances("web-2").len(), 2);
+        assert_eq!(state.instances("we").len(), 2);
+    }
+
+    #[test]
+    fn count_up_adds_only_new_instances() {
+        let mut state = three_instances();
+        let (response, changes) = state.apply(&put_instances(4, vec![on_host(3, "0000000d", "a")]));
+        assert_eq!(response, Response::InstancesStored { stopping: 0 });
+        assert_eq!(changes, vec![Change::Silo("web/3".to_owned())]);
+        let instances = web_instances(&state);
+        assert_eq!(instances.len(), 4);
+        assert_eq!(instances[0], (0, "0000000a".to_owned(), "a".to_owned(), 1, Desired::Run));
+        assert_eq!(instances[3], (3, "0000000d".to_owned(), "a".to_owned(), 1, Desired::Run));
+    }
+
+    #[test]
+    fn count_down_stops_only_highest_instances() {
+        let mut state = three_instances();
+        let (response, changes) = state.apply(&put_instances(1, Vec::new()));
+        assert_eq!(response, Response::InstancesStored { stopping: 2 });
+        assert_eq!(
+            changes,
+            vec![Change::Silo("web/1".to_owned()), Change::Silo("web/2".to_owned())]
+        );
+        let instances = web_instances(&state);
+        assert_eq!(instances[0], (0, "0000000a".to_owned(), "a".to_owned(), 1, Desired::Run));
+        assert_eq!(instances[1].4, Desired::Stop);
+        assert_eq!(instances[2].4, Desired::Stop);
+        assert_eq!(state.running_count("web"), 1);
+    }
+
+    #[test]
+    fn unchanged_count_without_instances_changes_nothing() {
+        let mut state = three_instances();
+        let before = state.clone();
+        let (response, changes) = state.apply(&put_instances(3, Vec::new()));
+        assert_eq!(response, Response::InstancesStored { stopping: 0 });
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn replaced_instances_get_new_generation() {
+        let mut state = three_instances();
+        state.apply(&Command::ReportStatus {
+            host: "b".to_owned(),
+            silo_id: "0000000b".to_owned(),
+            status: SiloStatus {
+                state: 3,
+                ..Default::default()
+            },
+        });
+        state.apply(&put_instances(
+            3,
+            vec![on_host(0, "0000001a", "a"), on_host(1, "0000001b", "b"), on_host(2, "0000001c", "c")],
+        ));
+        let instances = web_instances(&state);
+        assert_eq!(instances[1], (1, "0000001b".to_owned(), "b".to_owned(), 2, Desired::Run));
+        assert_eq!(state.silos["web/1"].status, None, "a replacement starts without a report");
+    }
+
+    #[test]
+    fn pending_instance_is_placed_later() {
+        let mut state = ClusterState::default();
+        state.apply(&put_instances(
+            2,
+            vec![on_host(0, "0000000a", "a"), pending(1, "0000000b", "no live host fits")],
+        ));
+        let waiting: Vec<String> = state.pending().map(SiloRecord::key).collect();
+        assert_eq!(waiting, ["web/1"]);
+        assert_eq!(state.silos["web/1"].host, "");
+        assert_eq!(state.silos["web/1"].pending_reason.as_deref(), Some("no live host fits"));
+
+        // A newer reason replaces the old one; the same reason again changes nothing.
+        let newer = Command::PlaceInstances {
+            name: "web".to_owned(),
+            instances: vec![pending(1, "0000000b", "b: lacks label zone=b")],
+        };
+        assert_eq!(state.apply(&newer).1, vec![Change::Silo("web/1".to_owned())]);
+        assert_eq!(state.apply(&newer), (Response::InstancesPlaced { changed: 0 }, Vec::new()));
+
+        let wrong_id = Command::PlaceInstances {
+            name: "web".to_owned(),
+            instances: vec![on_host(1, "ffffffff", "b")],
+        };
+        assert_eq!(state.apply(&wrong_id), (Response::InstancesPlaced { changed: 0 }, Vec::new()));
+
+        let placed = Command::PlaceInstances {
+            name: "web".to_owned(),
+            instances: vec![on_host(1, "0000000b", "b")],
+        };
+        assert_eq!(
+            state.apply(&placed),
+            (
+                Response::InstancesPlaced { changed: 1 },
+                vec![Change::Silo("web/1".to_owned())]
+            )
+        );
+        assert_eq!(state.silos["web/1"].host, "b");
+        assert_eq!(state.silos["web/1"].pending_reason, None);
+        assert_eq!(state.silos["web/1"].generation, 1);
+        assert_eq!(state.pending().count(), 0);
+
+        let placed_again = Command::PlaceInstances {
+            name: "web".to_owned(),
+            instances: vec![on_host(1, "0000000b", "c")],
+        };
+        assert_eq!(state.apply(&placed_again).1, Vec::new(), "a placed instance keeps its host");
+    }
+
+    #[test]
+    fn stop_deletes_pending_and_marks_placed() {
+        let mut state = ClusterState::default();
+        state.apply(&put_instances(
+            2,
+            vec![on_host(0, "0000000a", "a"), pending(1, "0000000b", "no live host fits")],
+        ));
+        let (response, changes) = state.apply(&Command::StopSilo {
+            name: "web".to_owned(),
+        });
+        assert_eq!(response, Response::SiloStopping);
+        assert_eq!(
+            changes,
+            vec![Change::Silo("web".to_owned()), Change::Silo("web/1".to_owned())]
+        );
+        assert_eq!(state.silos["web"].desired, Desired::Stop);
+        assert!(!state.silos.contains_key("web/1"), "a pending instance is deleted at once");
+    }
+
+    #[test]
+    fn count_down_deletes_pending_surplus() {
+        let mut state = ClusterState::default();
+        state.apply(&put_instances(
+            2,
+            vec![on_host(0, "0000000a", "a"), pending(1, "0000000b", "no live host fits")],
+        ));
+        state.apply(&put_instances(1, Vec::new()));
+        assert!(!state.silos.contains_key("web/1"));
+        assert_eq!(state.silos["web"].desired, Desired::Run);
+    }
+
+    #[test]
+    fn delete_uses_instance_key() {
+        let mut state = three_instances();
+        state.apply(&put_instances(2, Vec::new()));
+        let delete = Command::DeleteSilo {
+            name: "web/2".to_owned(),
+            id: "0000000c".to_owned(),
+        };
+        assert_eq!(
+            state.apply(&delete),
+            (Response::SiloDeleted, vec![Change::Silo("web/2".to_owned())])
+        );
+        assert_eq!(state.instances("web").len(), 2);
+    }
+
+    #[test]
+    fn silo_rows_without_instances_decode_as_instance_zero() {
+        let old_row = r#"{"name":"web","id":"3938a44e","generation":4,"spec":[1],"host":"a","desired":"Run","status":null}"#;
+        let record: SiloRecord = serde_json::from_str(old_row).expect("decode an old silo row");
+        assert_eq!(record.index, 0);
+        assert_eq!(record.pending_reason, None);
+        assert_eq!(record.key(), "web");
+        assert!(!record.is_pending());
+
+        let old_entry = r#"{"PutSilo":{"name":"web","id":"3938a44e","spec":[1],"host":"a"}}"#;
+        let command: Command = serde_json::from_str(old_entry).expect("decode an old log entry");
+        let mut state = ClusterState::default();
+        state.apply(&command);
+        assert_eq!(state.instances("web").len(), 1);
+        assert_eq!(state.running_count("web"), 1);
+    }
+
+    #[test]
+    fn rolling_instances_get_next_spec() {
+        let mut state = three_instances();
+        let (response, changes) = state.apply(&Command::PutInstances {
+            name: "web".to_owned(),
+            spec: vec![2],
+            count: 3,
+            instances: vec![on_host(0, "0000001a", "a")],
+            rolling: vec![1, 2],
+        });
+        assert_eq!(response, Response::InstancesStored { stopping: 0 });
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert_eq!(state.silos["web"].spec, [2]);
+        assert_eq!(state.silos["web"].generation, 2);
+        for key in ["web/1", "web/2"] {
+            assert_eq!(state.silos[key].spec, [1], "{key} keeps running its spec");
+            assert_eq!(state.silos[key].next_spec.as_deref(), Some(&[2][..]), "{key}");
+            assert_eq!(state.silos[key].generation, 1, "{key}");
+        }
+    }
+
+    #[test]
+    fn replace_instance_applies_next_spec() {
+        let mut state = three_instances();
+        state.apply(&Command::PutInstances {
+            name: "web".to_owned(),
+            spec: vec![2],
+            count: 3,
+            instances: vec![on_host(0, "0000001a", "a")],
+            rolling: vec![1, 2],
+        });
+        let stale = Command::ReplaceInstance {
+            name: "web".to_owned(),
+            replaced_id: "ffffffff".to_owned(),
+            instance: on_host(1, "0000001b", "b"),
+        };
+        assert_eq!(state.apply(&stale), (Response::Stale, Vec::new()));
+
+        let step = Command::ReplaceInstance {
+            name: "web".to_owned(),
+            replaced_id: "0000000b".to_owned(),
+            instance: on_host(1, "0000001b", "b"),
+        };
+        assert_eq!(
+            state.apply(&step),
+            (
+                Response::InstanceReplaced { generation: 2 },
+                vec![Change::Silo("web/1".to_owned())]
+            )
+        );
+        let record = &state.silos["web/1"];
+        assert_eq!(record.id, "0000001b");
+        assert_eq!(record.spec, [2]);
+        assert_eq!(record.next_spec, None);
+        assert_eq!(state.silos["web/2"].id, "0000000c", "one instance at a time");
+
+        assert_eq!(
+            state.apply(&step),
+            (Response::Stale, Vec::new()),
+            "the same step again is stale"
+        );
+    }
+
+    #[test]
+    fn up_of_running_spec_ends_rollout() {
+        let mut state = three_instances();
+        state.apply(&Command::PutInstances {
+            name: "web".to_owned(),
+            spec: vec![2],
+            count: 3,
+            instances: vec![on_host(0, "0000001a", "a")],
+            rolling: vec![1, 2],
+        });
+        // Back to spec 1, which instances 1 and 2 still run: they stop waiting for spec 2.
+        let (_, changes) = state.apply(&Command::PutInstances {
+            name: "web".to_owned(),
+            spec: vec![1],
+            count: 3,
+            instances: vec![on_host(0, "0000002a", "a")],
+            rolling: Vec::new(),
+        });
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert_eq!(state.silos["web/1"].next_spec, None);
+        assert_eq!(state.silos["web/2"].next_spec, None);
+        assert_eq!(state.silos["web/2"].id, "0000000c");
     }
 }

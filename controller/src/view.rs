@@ -1,6 +1,6 @@
 //! Conversion of the stored state into the messages clients and agents see.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use colex_proto as proto;
@@ -30,8 +30,9 @@ pub fn silo_state(record: &SiloRecord) -> proto::SiloState {
     }
 }
 
-/// Builds the client view of one silo.
-pub fn silo_info(record: &SiloRecord) -> proto::SiloInfo {
+/// Builds the client view of one silo instance. `count` is the number of instances of the silo
+/// whose desired state is run ([`ClusterState::running_count`]).
+pub fn silo_info(record: &SiloRecord, count: u32) -> proto::SiloInfo {
     let (class, tags) = match decode_spec(record) {
         Ok(spec) => (spec.class, spec.tags),
         Err(error) => {
@@ -40,6 +41,10 @@ pub fn silo_info(record: &SiloRecord) -> proto::SiloInfo {
         }
     };
     let status = record.status.clone().unwrap_or_default();
+    let message = match &record.pending_reason {
+        Some(reason) if record.is_pending() => reason.clone(),
+        _ => status.message,
+    };
     proto::SiloInfo {
         name: record.name.clone(),
         id: record.id.clone(),
@@ -52,18 +57,20 @@ pub fn silo_info(record: &SiloRecord) -> proto::SiloInfo {
             .into_iter()
             .map(|(name, address)| proto::Interface { name, address })
             .collect(),
-        message: status.message,
+        message,
         generation: record.generation,
         exit_code: status.exit_code,
         restarts: status.restarts,
         usage: None,
+        index: record.index,
+        count,
     }
 }
 
 /// Builds the client view of one silo with the latest usage its agent reported. Only an UP
 /// silo gets usage, so a silo that stopped since the last report shows none.
-pub fn silo_info_with_usage(record: &SiloRecord, usage: &UsageStore, now: Instant) -> proto::SiloInfo {
-    let mut info = silo_info(record);
+pub fn silo_info_with_usage(record: &SiloRecord, count: u32, usage: &UsageStore, now: Instant) -> proto::SiloInfo {
+    let mut info = silo_info(record, count);
     if info.state() == proto::SiloState::Up {
         info.usage = usage.usage(&record.id, record.generation, now);
     }
@@ -90,6 +97,34 @@ pub fn host_info(state: &ClusterState, host: &HostRecord, live: &BTreeSet<String
         bind_ids: host.attributes.bind_ids.clone(),
         labels: host.attributes.labels.clone().into_iter().collect(),
     }
+}
+
+/// Builds the client view of every instance of silo `name`, in index order.
+pub fn instance_infos(state: &ClusterState, name: &str) -> Vec<proto::SiloInfo> {
+    let count = state.running_count(name);
+    state
+        .instances(name)
+        .into_iter()
+        .map(|record| silo_info(record, count))
+        .collect()
+}
+
+/// Builds the client view of every silo instance in the state, ordered by silo name and then
+/// instance index, with the usage agents reported.
+pub fn all_instance_infos(state: &ClusterState, usage: &UsageStore, now: Instant) -> Vec<proto::SiloInfo> {
+    let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+    for record in state.silos.values().filter(|record| record.desired == Desired::Run) {
+        *counts.entry(record.name.as_str()).or_default() += 1;
+    }
+    let mut records: Vec<&SiloRecord> = state.silos.values().collect();
+    records.sort_by(|left, right| (&left.name, left.index).cmp(&(&right.name, right.index)));
+    records
+        .into_iter()
+        .map(|record| {
+            let count = counts.get(record.name.as_str()).copied().unwrap_or(0);
+            silo_info_with_usage(record, count, usage, now)
+        })
+        .collect()
 }
 
 /// Returns every silo the agent on `host` must run.
@@ -122,6 +157,9 @@ mod tests {
     fn record(state: proto::SiloState) -> SiloRecord {
         SiloRecord {
             name: "web".to_owned(),
+            index: 0,
+            pending_reason: None,
+            next_spec: None,
             id: SILO_ID.to_owned(),
             generation: 1,
             spec: proto::SiloSpec::default().encode_to_vec(),
@@ -152,14 +190,58 @@ mod tests {
     #[test]
     fn up_silo_shows_usage() {
         let now = Instant::now();
-        let info = silo_info_with_usage(&record(proto::SiloState::Up), &store_with_report(now), now);
+        let info = silo_info_with_usage(&record(proto::SiloState::Up), 1, &store_with_report(now), now);
         assert_eq!(info.usage.map(|usage| usage.processes), Some(2));
     }
 
     #[test]
     fn exited_silo_shows_no_usage() {
         let now = Instant::now();
-        let info = silo_info_with_usage(&record(proto::SiloState::Exited), &store_with_report(now), now);
+        let info = silo_info_with_usage(&record(proto::SiloState::Exited), 1, &store_with_report(now), now);
         assert_eq!(info.usage, None);
+    }
+
+    #[test]
+    fn pending_instance_shows_its_reason() {
+        let pending = SiloRecord {
+            host: String::new(),
+            status: None,
+            index: 2,
+            pending_reason: Some("silo web: no live host fits".to_owned()),
+            ..record(proto::SiloState::Up)
+        };
+        let info = silo_info(&pending, 3);
+        assert_eq!(info.state(), proto::SiloState::Pending);
+        assert_eq!(info.message, "silo web: no live host fits");
+        assert_eq!(info.host, "");
+        assert_eq!((info.index, info.count), (2, 3));
+    }
+
+    #[test]
+    fn list_orders_instances_by_name_then_index() {
+        let mut state = ClusterState::default();
+        for (name, count) in [("web", 11), ("web-2", 1)] {
+            state.apply(&crate::state::Command::PutInstances {
+                name: name.to_owned(),
+                spec: Vec::new(),
+                count,
+                instances: (0..count)
+                    .map(|index| crate::state::InstanceUpdate {
+                        index,
+                        id: format!("{name}{index}"),
+                        placement: crate::state::InstancePlacement::Host("h1".to_owned()),
+                    })
+                    .collect(),
+                rolling: Vec::new(),
+            });
+        }
+        let infos = all_instance_infos(&state, &UsageStore::default(), Instant::now());
+        let order: Vec<(String, u32, u32)> = infos
+            .iter()
+            .map(|info| (info.name.clone(), info.index, info.count))
+            .collect();
+        let mut expected: Vec<(String, u32, u32)> = (0..11).map(|index| ("web".to_owned(), index, 11)).collect();
+        expected.push(("web-2".to_owned(), 0, 1));
+        assert_eq!(order, expected);
     }
 }

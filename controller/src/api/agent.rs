@@ -15,8 +15,7 @@ use crate::api::logs::LogRouter;
 use crate::api::unavailable;
 use crate::raft::RaftNode;
 use crate::sessions::Sessions;
-use crate::state::{Command, Desired, HostAttributes, Response as StateResponse, SiloStatus};
-use crate::usage::UsageStore;
+use crate::state::{Command, Desired, HostAttributes, Response as StateResponse, SiloRecord, SiloStatus};
 use crate::view;
 
 /// A session with no message from the agent for this long is closed and
@@ -96,7 +95,7 @@ impl proto::agent_server::Agent for AgentService {
             host: host.clone(),
             cpus: hello.cpus,
             logs: self.logs.clone(),
-            usage: self.sessions.usage().clone(),
+            sessions: self.sessions.clone(),
         };
         session.forget_removed(&hello.silos).await?;
         for status in hello.silos {
@@ -136,7 +135,9 @@ struct Session {
     /// them.
     cpus: u32,
     logs: LogRouter,
-    usage: UsageStore,
+    /// The registry this session is in, for its usage store and for waking the pending
+    /// placement task when a record is deleted.
+    sessions: Sessions,
 }
 
 impl Session {
@@ -210,7 +211,7 @@ impl Session {
             Some(AgentKind::Status(status)) => self.record(status).await,
             Some(AgentKind::Heartbeat(_)) => Ok(()),
             Some(AgentKind::UsageReport(report)) => {
-                self.usage.record(&self.host, self.cpus, &report, Instant::now());
+                self.sessions.usage().record(&self.host, self.cpus, &report, Instant::now());
                 Ok(())
             }
             Some(AgentKind::LogChunk(chunk)) => {
@@ -228,15 +229,15 @@ impl Session {
         let state = proto::SiloState::try_from(status.state).unwrap_or(proto::SiloState::Unspecified);
         if state == proto::SiloState::Removed {
             tracing::info!(host = %self.host, silo_id = %status.silo_id, exit_code = ?status.exit_code, how = %status.message, "agent removed silo");
-            let name = {
+            let key = {
                 let cluster = self.node.state.read().await;
                 cluster
                     .silo_by_id(&status.silo_id)
                     .filter(|record| record.host == self.host && record.desired == Desired::Stop)
-                    .map(|record| record.name.clone())
+                    .map(SiloRecord::key)
             };
-            if let Some(name) = name {
-                self.delete(name, status.silo_id).await?;
+            if let Some(key) = key {
+                self.delete(key, status.silo_id).await?;
             }
             return Ok(());
         }
@@ -271,24 +272,27 @@ impl Session {
                 .silos_on(&self.host)
                 .filter(|record| record.desired == Desired::Stop)
                 .filter(|record| !reported.iter().any(|status| status.silo_id == record.id))
-                .map(|record| (record.name.clone(), record.id.clone()))
+                .map(|record| (record.key(), record.id.clone()))
                 .collect()
         };
-        for (name, id) in gone {
-            self.delete(name, id).await?;
+        for (key, id) in gone {
+            self.delete(key, id).await?;
         }
         Ok(())
     }
 
-    async fn delete(&self, name: String, id: String) -> Result<(), Status> {
+    /// Deletes the record with key `key` (the silo name, or `NAME/INDEX` for instances after the
+    /// first) if it still describes instance `id`.
+    async fn delete(&self, key: String, id: String) -> Result<(), Status> {
         self.node
             .write(Command::DeleteSilo {
-                name: name.clone(),
+                name: key.clone(),
                 id: id.clone(),
             })
             .await
             .map_err(|error| unavailable(&error))?;
-        tracing::info!(host = %self.host, silo = %name, %id, "silo removed");
+        tracing::info!(host = %self.host, silo = %key, %id, "silo removed");
+        self.sessions.wake_placement();
         Ok(())
     }
 }

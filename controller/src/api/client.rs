@@ -1,7 +1,9 @@
 //! The `Client` service used by colex-cli.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use colex_proto as proto;
 use prost::Message;
@@ -12,90 +14,369 @@ use tonic::{Request, Response, Status};
 
 use crate::api::logs::LogRouter;
 use crate::api::unavailable;
-use crate::raft::RaftNode;
-use crate::scheduler;
+use crate::raft::{RaftError, RaftNode};
+use crate::scheduler::{self, InstanceRequest};
 use crate::sessions::Sessions;
-use crate::state::{Command, Desired};
+use crate::state::{instance_key, ClusterState, Command, Desired, InstancePlacement, InstanceUpdate, SiloRecord};
 use crate::view;
 
 /// Maximum length of a silo name, as for a DNS label.
 const MAX_NAME_LEN: usize = 63;
+/// Maximum `count` of one silo, the limit the silo file format states.
+const MAX_COUNT: u32 = 1000;
 
 pub struct ClientService {
     node: RaftNode,
     sessions: Sessions,
-    /// Serializes `up` so two requests never place silos from the same
-    /// stale view of the hosts' load.
+    /// Serializes `up` and the pending placement task, so no two of them place silos from
+    /// the same stale view of the hosts' load.
     placement: Arc<Mutex<()>>,
     logs: LogRouter,
 }
 
+/// Result of `up` for one silo.
+struct UpOutcome {
+    /// Every instance of the silo that is not being stopped, in index order.
+    silos: Vec<proto::SiloInfo>,
+    /// True when the spec and count matched the stored instances, so nothing changed.
+    unchanged: bool,
+}
+
 impl ClientService {
+    /// Creates the service and starts the task that places pending silo instances while this
+    /// controller leads. It must be called inside a Tokio runtime.
     pub fn new(node: RaftNode, sessions: Sessions, logs: LogRouter) -> Self {
+        let placement = Arc::new(Mutex::new(()));
+        tokio::spawn(place_pending_forever(node.clone(), sessions.clone(), Arc::clone(&placement)));
         Self {
             node,
             sessions,
-            placement: Arc::new(Mutex::new(())),
+            placement,
             logs,
         }
     }
 
-    /// Stores one silo, or leaves it alone when an identical spec already
-    /// runs under that name.
-    async fn up_one(&self, spec: proto::SiloSpec) -> Result<proto::SiloInfo, Status> {
+    /// Stores the instances of one silo. Instances that already run an identical spec are left
+    /// alone, new ones are placed (or stored as pending when no host fits), running instances
+    /// of a changed spec are replaced one at a time, and instances beyond `count` are stopped.
+    async fn up_one(&self, spec: proto::SiloSpec) -> Result<UpOutcome, Status> {
         validate(&spec)?;
-        let encoded = spec.encode_to_vec();
+        let count = spec.count.unwrap_or(1);
+        let name = spec.name.clone();
+        // Stored without `count`, so a change of count alone leaves the other instances' spec,
+        // and so the instances themselves, as they are.
+        let mut stored_spec = spec;
+        stored_spec.count = None;
+        let encoded = stored_spec.encode_to_vec();
 
-        let (host, id) = {
+        let (instances, rolling, stopping) = {
             let state = self.node.state.read().await;
-            if let Some(existing) = state.silos.get(&spec.name) {
-                let unchanged = existing.spec == encoded && existing.desired == Desired::Run;
-                let failed = view::silo_state(existing) == proto::SiloState::Failed;
-                if unchanged && !failed {
-                    tracing::info!(silo = %spec.name, id = %existing.id, "spec unchanged; nothing to do");
-                    return Ok(view::silo_info(existing));
-                }
+            let plan = scheduler::plan_up(&state, &name, &encoded, count);
+            if plan.is_unchanged() {
+                tracing::info!(silo = %name, count, "spec and count unchanged; nothing to do");
+                let silos = view::instance_infos(&state, &name)
+                    .into_iter()
+                    .filter(|info| info.index < count)
+                    .collect();
+                return Ok(UpOutcome {
+                    silos,
+                    unchanged: true,
+                });
             }
 
             let live = self.sessions.live_hosts();
-            // A replacement stays on its host while that host is live and has
-            // what the new spec needs, so the old instance is stopped before
-            // the new one takes its place there.
-            let current_host = state
-                .silos
-                .get(&spec.name)
-                .map(|existing| existing.host.clone())
-                .filter(|host| live.contains(host));
-            let host = scheduler::place(&state, &live, &spec, current_host.as_deref()).map_err(|error| match error {
-                scheduler::PlacementError::UnknownStrategy { .. } => Status::invalid_argument(error.to_string()),
-                _ => Status::failed_precondition(error.to_string()),
-            })?;
-
-            let mut id = new_silo_id();
-            while state.silo_by_id(&id).is_some() {
-                id = new_silo_id();
-            }
-            (host, id)
+            let placed = scheduler::place_instances(&state, &live, &stored_spec, &plan.to_place, &plan.replaced)
+                .map_err(|error| Status::invalid_argument(error.to_string()))?;
+            let mut drawn_ids = BTreeSet::new();
+            let instances: Vec<InstanceUpdate> = plan
+                .to_place
+                .iter()
+                .zip(placed)
+                .map(|(request, result)| InstanceUpdate {
+                    index: request.index,
+                    id: unused_silo_id(&state, &mut drawn_ids),
+                    placement: placement_of(result),
+                })
+                .collect();
+            (instances, plan.rolling, plan.to_stop)
         };
 
-        let name = spec.name.clone();
         self.node
-            .write(Command::PutSilo {
+            .write(Command::PutInstances {
                 name: name.clone(),
-                id: id.clone(),
                 spec: encoded,
-                host: host.clone(),
+                count,
+                instances: instances.clone(),
+                rolling: rolling.clone(),
             })
             .await
             .map_err(|error| unavailable(&error))?;
-        tracing::info!(silo = %name, %id, %host, "silo placed");
+        for instance in &instances {
+            log_placement(&name, instance);
+        }
+        if !stopping.is_empty() {
+            tracing::info!(silo = %name, count, stopping = ?stopping, "instances above count stopping");
+            self.sessions.wake_placement();
+        }
+        if !rolling.is_empty() {
+            tracing::info!(silo = %name, rolling = ?rolling, "instances of the old spec are replaced one at a time");
+            roll_forward(&self.node, &self.sessions.live_hosts(), &name)
+                .await
+                .map_err(|error| unavailable(&error))?;
+        }
 
         let state = self.node.state.read().await;
-        state
-            .silos
-            .get(&name)
-            .map(view::silo_info)
-            .ok_or_else(|| Status::aborted(format!("silo {name} was removed while it was being stored; run up again")))
+        let silos: Vec<proto::SiloInfo> = view::instance_infos(&state, &name)
+            .into_iter()
+            .filter(|info| info.index < count)
+            .collect();
+        if silos.is_empty() {
+            return Err(Status::aborted(format!(
+                "silo {name} was removed while it was being stored; run up again"
+            )));
+        }
+        Ok(UpOutcome {
+            silos,
+            unchanged: false,
+        })
+    }
+}
+
+/// Interval between two tries to place the pending silo instances and to take the next step
+/// of rolling replacements, besides the tries a new host or a removed silo starts.
+const PLACEMENT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Places pending instances and takes the next step of rolling replacements whenever
+/// `sessions` signals that capacity may have appeared, and every [`PLACEMENT_RETRY_INTERVAL`],
+/// while this controller leads. Runs until the runtime stops.
+async fn place_pending_forever(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>) {
+    let mut interval = tokio::time::interval(PLACEMENT_RETRY_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = sessions.placement_woken() => {}
+        }
+        let leads = node.raft.metrics().borrow().current_leader == Some(node.id);
+        if !leads {
+            continue;
+        }
+        let _placement = placement.lock().await;
+        if let Err(error) = place_pending(&node, &sessions).await {
+            tracing::warn!(%error, "placing pending silo instances failed; retrying later");
+        }
+        if let Err(error) = roll_all_forward(&node, &sessions).await {
+            tracing::warn!(%error, "rolling replacement of silo instances failed; retrying later");
+        }
+    }
+}
+
+/// Takes the next step of every rolling replacement whose newest instances are all UP.
+async fn roll_all_forward(node: &RaftNode, sessions: &Sessions) -> Result<(), RaftError> {
+    let names: BTreeSet<String> = node
+        .state
+        .read()
+        .await
+        .silos
+        .values()
+        .filter(|record| record.desired == Desired::Run && record.next_spec.is_some())
+        .map(|record| record.name.clone())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let live = sessions.live_hosts();
+    for name in names {
+        roll_forward(node, &live, &name).await?;
+    }
+    Ok(())
+}
+
+/// Replaces the next instance of silo `name`'s rolling replacement by an instance of its next
+/// spec, on its host when that host still fits, when [`scheduler::next_rollout_step`] allows
+/// it. Does nothing otherwise.
+async fn roll_forward(node: &RaftNode, live: &BTreeSet<String>, name: &str) -> Result<(), RaftError> {
+    let command = {
+        let state = node.state.read().await;
+        let Some(record) = scheduler::next_rollout_step(&state, name) else {
+            return Ok(());
+        };
+        let Some(next_spec) = &record.next_spec else {
+            return Ok(());
+        };
+        let spec = match proto::SiloSpec::decode(next_spec.as_slice()) {
+            Ok(spec) => spec,
+            Err(error) => {
+                tracing::error!(silo = %name, id = %record.id, %error, "stored next spec does not decode; instance not replaced");
+                return Ok(());
+            }
+        };
+        let request = InstanceRequest {
+            index: record.index,
+            preferred: Some(record.host.clone()),
+        };
+        let replaced = BTreeSet::from([record.key()]);
+        let placed = match scheduler::place_instances(&state, live, &spec, &[request], &replaced) {
+            Ok(mut placed) => placed.pop(),
+            Err(error) => {
+                tracing::error!(silo = %name, %error, "next spec cannot be placed; instance not replaced");
+                return Ok(());
+            }
+        };
+        let Some(placed) = placed else {
+            return Ok(());
+        };
+        Command::ReplaceInstance {
+            name: name.to_owned(),
+            replaced_id: record.id.clone(),
+            instance: InstanceUpdate {
+                index: record.index,
+                id: unused_silo_id(&state, &mut BTreeSet::new()),
+                placement: placement_of(placed),
+            },
+        }
+    };
+    if let Command::ReplaceInstance { replaced_id, instance, .. } = &command {
+        tracing::info!(silo = %name, index = instance.index, replaced = %replaced_id, "rolling replacement: next instance");
+        log_placement(name, instance);
+    }
+    node.write(command).await?;
+    Ok(())
+}
+
+/// Tries once to place every pending instance, one silo at a time, and stores a newer reason
+/// for those that still fit nowhere.
+async fn place_pending(node: &RaftNode, sessions: &Sessions) -> Result<(), RaftError> {
+    let live = sessions.live_hosts();
+    // Right after a leader change no agent has reconnected yet. Reasons computed then would
+    // only state that no host is live, so the stored ones are kept until agents are back.
+    if live.is_empty() {
+        return Ok(());
+    }
+    let names: BTreeSet<String> = node.state.read().await.pending().map(|record| record.name.clone()).collect();
+
+    for name in names {
+        let command = {
+            let state = node.state.read().await;
+            pending_command(&state, &live, &name)
+        };
+        let Some(command) = command else {
+            continue;
+        };
+        if let Command::PlaceInstances { instances, .. } = &command {
+            for instance in instances {
+                log_placement(&name, instance);
+            }
+        }
+        node.write(command).await?;
+    }
+    Ok(())
+}
+
+/// Builds the command that places the pending instances of silo `name` on the `live` hosts, or
+/// returns `None` when nothing would change.
+fn pending_command(state: &ClusterState, live: &BTreeSet<String>, name: &str) -> Option<Command> {
+    let pending: Vec<&SiloRecord> = state
+        .instances(name)
+        .into_iter()
+        .filter(|record| record.desired == Desired::Run && record.is_pending())
+        .collect();
+
+    let first = *pending.first()?;
+    let spec = match view::decode_spec(first) {
+        Ok(spec) => spec,
+        Err(error) => {
+            tracing::error!(silo = %name, id = %first.id, %error, "stored silo spec does not decode; not placed");
+            return None;
+        }
+    };
+
+    // `up` writes one spec to every instance it creates or replaces, so pending instances share
+    // it. The check keeps a mismatch from placing an instance by another spec's needs.
+    let pending: Vec<&SiloRecord> = pending.into_iter().filter(|record| record.spec == first.spec).collect();
+    let requests: Vec<InstanceRequest> = pending
+        .iter()
+        .map(|record| InstanceRequest {
+            index: record.index,
+            preferred: None,
+        })
+        .collect();
+
+    let placed = match scheduler::place_instances(state, live, &spec, &requests, &BTreeSet::new()) {
+        Ok(placed) => placed,
+        Err(error) => {
+            tracing::error!(silo = %name, %error, "pending silo cannot be placed by its stored spec");
+            return None;
+        }
+    };
+
+    let mut instances = Vec::new();
+    for (record, result) in pending.iter().zip(placed) {
+        let placement = placement_of(result);
+        let same_reason = matches!(
+            &placement,
+            InstancePlacement::Pending { reason } if record.pending_reason.as_ref() == Some(reason)
+        );
+        if !same_reason {
+            instances.push(InstanceUpdate {
+                index: record.index,
+                id: record.id.clone(),
+                placement,
+            });
+        }
+    }
+    if instances.is_empty() {
+        return None;
+    }
+    Some(Command::PlaceInstances {
+        name: name.to_owned(),
+        instances,
+    })
+}
+
+/// Turns the scheduler's result for one instance into what the state stores: the host, or the
+/// error text as the pending reason.
+fn placement_of(result: Result<String, scheduler::PlacementError>) -> InstancePlacement {
+    match result {
+        Ok(host) => InstancePlacement::Host(host),
+        Err(error) => InstancePlacement::Pending {
+            reason: error.to_string(),
+        },
+    }
+}
+
+fn log_placement(name: &str, instance: &InstanceUpdate) {
+    match &instance.placement {
+        InstancePlacement::Host(host) => {
+            tracing::info!(silo = %name, index = instance.index, id = %instance.id, %host, "silo instance placed");
+        }
+        InstancePlacement::Pending { reason } => {
+            tracing::info!(silo = %name, index = instance.index, id = %instance.id, %reason, "silo instance pending");
+        }
+    }
+}
+
+/// Returns a random silo id that no stored record and none of `drawn_ids` uses, and adds it to
+/// `drawn_ids`.
+fn unused_silo_id(state: &ClusterState, drawn_ids: &mut BTreeSet<String>) -> String {
+    loop {
+        let id = new_silo_id();
+        if state.silo_by_id(&id).is_none() && drawn_ids.insert(id.clone()) {
+            return id;
+        }
+    }
+}
+
+/// Returns the record key of a `logs` request's name: `NAME` is instance 0 and `NAME[INDEX]`
+/// names another instance, as `list` shows them.
+fn record_key_of(requested: &str) -> String {
+    let parsed = requested
+        .strip_suffix(']')
+        .and_then(|rest| rest.split_once('['))
+        .and_then(|(name, index)| index.parse::<u32>().ok().map(|index| (name, index)));
+    match parsed {
+        Some((name, index)) => instance_key(name, index),
+        None => requested.to_owned(),
     }
 }
 
@@ -121,7 +402,7 @@ impl proto::client_server::Client for ClientService {
         let request = request.into_inner();
         let (host, silo_id) = {
             let state = self.node.state.read().await;
-            match state.silos.get(&request.name) {
+            match state.silos.get(&record_key_of(&request.name)) {
                 // A start that failed removed everything of the silo, its logs included, so
                 // the failure message is all there is to show.
                 Some(record)
@@ -134,6 +415,13 @@ impl proto::client_server::Client for ClientService {
                     return Err(Status::failed_precondition(format!(
                         "silo {} ({}) FAILED on host {}: {message}; it left no logs, fix the silo file and run up again",
                         request.name, record.id, record.host
+                    )));
+                }
+                Some(record) if record.is_pending() => {
+                    let reason = record.pending_reason.as_deref().unwrap_or_default();
+                    return Err(Status::failed_precondition(format!(
+                        "silo {} ({}) is PENDING on no host, so it has no logs yet: {reason}",
+                        request.name, record.id
                     )));
                 }
                 Some(record) => (record.host.clone(), record.id.clone()),
@@ -169,11 +457,16 @@ impl proto::client_server::Client for ClientService {
         }
 
         let _placement = self.placement.lock().await;
-        let mut silos = Vec::with_capacity(specs.len());
+        let mut response = proto::UpResponse::default();
         for spec in specs {
-            silos.push(self.up_one(spec).await?);
+            let name = spec.name.clone();
+            let outcome = self.up_one(spec).await?;
+            if outcome.unchanged {
+                response.unchanged.push(name);
+            }
+            response.silos.extend(outcome.silos);
         }
-        Ok(Response::new(proto::UpResponse { silos }))
+        Ok(Response::new(response))
     }
 
     async fn down(&self, request: Request<proto::DownRequest>) -> Result<Response<proto::DownResponse>, Status> {
@@ -183,7 +476,7 @@ impl proto::client_server::Client for ClientService {
         }
         let mut response = proto::DownResponse::default();
         for name in request.into_inner().names {
-            let known = self.node.state.read().await.silos.contains_key(&name);
+            let known = !self.node.state.read().await.instances(&name).is_empty();
             if !known {
                 response.not_found.push(name);
                 continue;
@@ -193,6 +486,7 @@ impl proto::client_server::Client for ClientService {
                 .await
                 .map_err(|error| unavailable(&error))?;
             tracing::info!(silo = %name, "silo stopping");
+            self.sessions.wake_placement();
             response.stopping.push(name);
         }
         Ok(Response::new(response))
@@ -211,8 +505,7 @@ impl proto::client_server::Client for ClientService {
 
         let live = self.sessions.live_hosts();
         let state = self.node.state.read().await;
-        let now = std::time::Instant::now();
-        let silos = state.silos.values().map(|record| view::silo_info_with_usage(record, self.sessions.usage(), now)).collect();
+        let silos = view::all_instance_infos(&state, self.sessions.usage(), std::time::Instant::now());
         let hosts = state
             .hosts
             .values()
@@ -257,6 +550,21 @@ fn validate(spec: &proto::SiloSpec) -> Result<(), Status> {
             spec.name, binary_path
         )));
     }
+    match spec.count {
+        Some(0) => {
+            return Err(Status::invalid_argument(format!(
+                "silo {}: `count = 0` is not supported yet by this cluster; use `colex-cli down` to stop every instance",
+                spec.name
+            )))
+        }
+        Some(count) if count > MAX_COUNT => {
+            return Err(Status::invalid_argument(format!(
+                "silo {}: count {count} is above the maximum of {MAX_COUNT}",
+                spec.name
+            )))
+        }
+        _ => {}
+    }
     if let Some(field) = unsupported_field(spec) {
         return Err(Status::invalid_argument(format!(
             "silo {}: `{field}` is not supported yet by this cluster; remove it from the silo file",
@@ -271,9 +579,6 @@ fn validate(spec: &proto::SiloSpec) -> Result<(), Status> {
 fn unsupported_field(spec: &proto::SiloSpec) -> Option<&'static str> {
     if spec.grants.as_ref().is_some_and(|grants| grants.query_silos) {
         return Some("grants.query_silos");
-    }
-    if spec.count.is_some_and(|count| count != 1) {
-        return Some("count");
     }
     None
 }
@@ -318,11 +623,84 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_rejected() {
-        let mut with_count = valid_spec();
-        with_count.count = Some(3);
-        let status = validate(&with_count).expect_err("unsupported field rejected");
-        assert!(status.message().contains("`count`"), "`count` named in {:?}", status.message());
+        let mut with_grant = valid_spec();
+        with_grant.grants = Some(proto::Grants { query_silos: true });
+        let status = validate(&with_grant).expect_err("unsupported field rejected");
+        assert!(status.message().contains("`grants.query_silos`"), "{:?}", status.message());
         assert!(status.message().contains("not supported yet"), "{:?}", status.message());
+    }
+
+    #[test]
+    fn count_limits() {
+        let mut spec = valid_spec();
+        spec.count = Some(MAX_COUNT);
+        assert!(validate(&spec).is_ok());
+        spec.count = Some(MAX_COUNT + 1);
+        let status = validate(&spec).expect_err("count above the maximum");
+        assert_eq!(status.message(), "silo web: count 1001 is above the maximum of 1000");
+        spec.count = Some(0);
+        let status = validate(&spec).expect_err("count 0 is not supported");
+        assert!(status.message().contains("`count = 0`"), "{:?}", status.message());
+    }
+
+    #[test]
+    fn logs_names_map_to_record_keys() {
+        assert_eq!(record_key_of("web"), "web");
+        assert_eq!(record_key_of("web[0]"), "web");
+        assert_eq!(record_key_of("web[2]"), "web/2");
+        assert_eq!(record_key_of("web[x]"), "web[x]");
+    }
+
+    #[test]
+    fn pending_retry_places_on_joined_host() {
+        let mut state = ClusterState::default();
+        let spec = proto::SiloSpec {
+            placement: Some(proto::Placement {
+                labels: [("zone".to_owned(), "b".to_owned())].into(),
+                ..Default::default()
+            }),
+            ..valid_spec()
+        };
+        state.apply(&Command::PutInstances {
+            name: "web".to_owned(),
+            spec: spec.encode_to_vec(),
+            count: 1,
+            instances: vec![InstanceUpdate {
+                index: 0,
+                id: "0000000a".to_owned(),
+                placement: InstancePlacement::Pending {
+                    reason: "old reason".to_owned(),
+                },
+            }],
+            rolling: Vec::new(),
+        });
+        let register = |name: &str, zone: &str| Command::RegisterHost {
+            name: name.to_owned(),
+            address: "198.51.100.3".to_owned(),
+            cpus: 1,
+            memory_bytes: 1 << 30,
+            attributes: crate::state::HostAttributes {
+                images: vec!["busybox".to_owned()],
+                bind_ids: Vec::new(),
+                labels: [("zone".to_owned(), zone.to_owned())].into(),
+            },
+        };
+        state.apply(&register("a", "a"));
+        let live_a: BTreeSet<String> = ["a".to_owned()].into();
+
+        let newer = pending_command(&state, &live_a, "web").expect("a newer reason is stored");
+        state.apply(&newer);
+        let reason = state.silos["web"].pending_reason.clone().unwrap_or_default();
+        assert!(reason.contains("a: lacks label zone=b (has zone=a)"), "{reason}");
+        assert_eq!(pending_command(&state, &live_a, "web"), None, "the same reason is not written again");
+
+        state.apply(&register("b", "b"));
+        let live_both: BTreeSet<String> = ["a".to_owned(), "b".to_owned()].into();
+        let placed = pending_command(&state, &live_both, "web").expect("host b fits");
+        state.apply(&placed);
+        assert_eq!(state.silos["web"].host, "b");
+        assert_eq!(state.silos["web"].id, "0000000a", "placing keeps the id");
+        assert_eq!(state.pending().count(), 0);
     }
 
     #[test]

@@ -346,6 +346,25 @@ impl Lab {
         Ok(())
     }
 
+    /// Adds one more agent host to the running lab and starts its agent, as a machine joining
+    /// the cluster later would. Returns the new host's index in `hosts`.
+    pub fn add_agent_host(&mut self) -> anyhow::Result<usize> {
+        let number = self.hosts.len() + 1;
+        let host = Host {
+            name: format!("cx{}-h{number}", self.run_id),
+            netns: format!("cx{}h{number}", self.run_id),
+            address: host_address(2 + u8::try_from(number).context("too many lab hosts")?),
+            bridge: format!("cxb{}", self.run_id),
+            state_dir: self.dir.path().join(format!("h{number}")),
+        };
+        self.add_host_netns(&host, &format!("cxport{number}"))?;
+        self.hosts.push(host);
+        let index = self.hosts.len() - 1;
+        let agent = self.spawn_agent(index)?;
+        self.agents.push(Some(agent));
+        Ok(index)
+    }
+
     fn spawn_agent(&self, index: usize) -> anyhow::Result<Daemon> {
         let host = &self.hosts[index];
         let controller = self.controller_addresses();

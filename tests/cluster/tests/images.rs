@@ -216,7 +216,7 @@ fn placement_follows_images_and_binds() {
         up.stdout
     );
     let expected = format!(
-        "silo needs-alpine: no live host has image alpine: {} has busybox, tiny; {} has busybox",
+        "silo needs-alpine is PENDING and starts once a host fits: no live host has image alpine: {} has busybox, tiny; {} has busybox",
         host1.name, host2.name
     );
     assert!(
@@ -237,7 +237,7 @@ fn placement_follows_images_and_binds() {
         up.stdout
     );
     let expected = format!(
-        "silo needs-secrets: no live host offers bind id secrets: {} offers data; {} offers none",
+        "silo needs-secrets is PENDING and starts once a host fits: no live host offers bind id secrets: {} offers data; {} offers none",
         host1.name, host2.name
     );
     assert!(
@@ -246,17 +246,16 @@ fn placement_follows_images_and_binds() {
         up.stderr
     );
 
+    // A silo that fits nowhere is kept, pending, until a host that fits joins.
     let listed = lab.cli(&["list"]).expect("list runs");
-    assert!(
-        list_cell(&listed.stdout, "needs-alpine", "NAME").is_none(),
-        "{}",
-        listed.stdout
-    );
-    assert!(
-        list_cell(&listed.stdout, "needs-secrets", "NAME").is_none(),
-        "{}",
-        listed.stdout
-    );
+    for name in ["needs-alpine", "needs-secrets"] {
+        assert_eq!(
+            list_cell(&listed.stdout, name, "STATE").as_deref(),
+            Some("PENDING"),
+            "{}",
+            listed.stdout
+        );
+    }
 
     let down = lab.cli(&["down", &tiny_file]).expect("down runs");
     assert!(
