@@ -57,7 +57,7 @@ const FAILPOINT_ENV: &str = "COLEX_FAILPOINT";
 #[derive(Debug, Parser)]
 #[command(
     name = "colex-agent teardown",
-    about = "Stop and remove every silo of a host, then its bridge, iptables chain and cgroup dir; run it after the agent has stopped"
+    about = "Stop and remove every silo of a host and its mesh device, bridge, iptables chain and cgroup dir; run it after the agent has stopped"
 )]
 struct TeardownArgs {
     /// Host name the agent ran with; defaults to the system host name.
@@ -80,6 +80,7 @@ fn teardown(args: TeardownArgs) -> anyhow::Result<()> {
     let state_dir = args
         .state_dir
         .unwrap_or_else(|| PathBuf::from("/var/lib/colex/agent").join(&host_name));
+    remove_mesh_leftovers(&state_dir)?;
     let helper_exe = helper_exe()?;
     let subnet = TEARDOWN_SUBNET.parse().context("invalid teardown subnet literal")?;
     let config = colex_agent::runtime::RuntimeConfig::new(host_name.clone(), state_dir, args.bridge, subnet, helper_exe);
@@ -89,6 +90,17 @@ fn teardown(args: TeardownArgs) -> anyhow::Result<()> {
         .with_context(|| format!("teardown of host {host_name} was incomplete; run it again"))?;
     tracing::info!(host = %host_name, "host torn down");
     Ok(())
+}
+
+/// Removes the mesh device a killed agent left: its stale UAPI socket, or its kernel link.
+/// Without a state dir there was never a device to remove.
+fn remove_mesh_leftovers(state_dir: &std::path::Path) -> anyhow::Result<()> {
+    let Ok(state_dir) = state_dir.canonicalize() else {
+        return Ok(());
+    };
+    let name = colex_agent::mesh::host_mesh::interface_name(&state_dir);
+    colex_agent::mesh::device::remove_leftover(&name)
+        .with_context(|| format!("cannot remove the mesh device {name}; stop the agent before its teardown"))
 }
 
 fn host_name_or_system(name: Option<String>) -> anyhow::Result<String> {

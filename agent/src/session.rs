@@ -1,6 +1,7 @@
 //! The agent's session with the controller: register the host, receive
 //! assignments, run them on the runtime and report every silo's state,
-//! apply restart policies, and serve log requests. A lost session is opened
+//! apply restart policies, serve log requests, and set the WireGuard mesh
+//! device's peers to the list the controller sends. A lost session is opened
 //! again with exponential backoff while the silos keep running.
 //!
 //! Silos outlive the agent: a stopping agent leaves them running. A starting
@@ -10,6 +11,7 @@
 //! Nothing is started or stopped before those assignments.
 
 use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -23,6 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::host::HostFacts;
 use crate::local::{self, LocalSilos, Operation};
+use crate::mesh::{host_mesh, HostMesh};
 use crate::runtime::{LogQuery, LogStreamKind, Runtime, RuntimeConfig, SiloExit, SiloStats, StopReport};
 
 /// Interval of the heartbeats the controller uses to see that the agent is alive.
@@ -31,6 +34,8 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Delay before a failed removal is tried again.
 const REMOVE_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Delay before a peer list that failed to apply is applied again.
+const MESH_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// File in the state dir that keeps the host's subnet from the last welcome, so a restarted
 /// agent can start its runtime and adopt its silos before it reaches the controller.
 const SUBNET_FILE: &str = "subnet";
@@ -89,6 +94,10 @@ pub struct Agent {
     /// Silos whose last usage read failed, so a lasting failure is logged once, not every
     /// interval.
     usage_failures: Arc<Mutex<HashSet<String>>>,
+    /// The WireGuard mesh device, created when `run` starts.
+    mesh: Option<Arc<HostMesh>>,
+    /// A peer list that failed to apply, and when to apply it again.
+    mesh_retry: Option<(proto::Peers, tokio::time::Instant)>,
 }
 
 impl Agent {
@@ -104,16 +113,28 @@ impl Agent {
             shutdown,
             log_tasks: HashMap::new(),
             usage_failures: Arc::default(),
+            mesh: None,
+            mesh_retry: None,
         }
     }
 
     /// Runs sessions until shutdown is signalled. The silos keep running
     /// after it returns; `colex-agent teardown` removes them.
     pub async fn run(mut self) -> anyhow::Result<()> {
+        let mesh_port = self.config.settings.effective_mesh_port();
+        let mesh = HostMesh::start(&self.config.state_dir, mesh_port)
+            .await
+            .map_err(|error| anyhow::anyhow!(error).context("cannot create the WireGuard mesh device"))?;
+        self.mesh = Some(Arc::new(mesh));
+
         match self.read_subnet().await {
             Some(subnet) => {
                 if let Err(error) = self.ensure_runtime(&subnet).await {
                     tracing::warn!(%subnet, error = %format!("{error:#}"), "cannot start the runtime before the session; retrying after the welcome");
+                }
+                // The adopted silos reach other hosts again before the controller is reachable.
+                if let Some(peers) = self.mesh.as_ref().and_then(|mesh| mesh.stored_peers()) {
+                    self.apply_peers(peers).await;
                 }
             }
             None => tracing::info!(host = %self.config.host_name, "no subnet known yet; the runtime starts after the first welcome"),
@@ -132,6 +153,12 @@ impl Agent {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
 
+        // Dropping the device blocks until its threads end, about a second for the embedded one.
+        if let Some(mesh) = self.mesh.take() {
+            if tokio::task::spawn_blocking(move || drop(mesh)).await.is_err() {
+                tracing::warn!("removing the mesh device panicked");
+            }
+        }
         let silos = self.silos.statuses().len();
         tracing::info!(host = %self.config.host_name, silos, "agent stopped; its silos keep running");
         Ok(())
@@ -179,6 +206,7 @@ impl Agent {
             .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
 
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE_LEN);
+        let (wireguard_public_key, wireguard_endpoint, wireguard_backend) = self.mesh_identity(&facts.address);
         let hello = proto::Hello {
             name: self.config.host_name.clone(),
             address: facts.address,
@@ -188,6 +216,9 @@ impl Agent {
             images: self.config.settings.image_names(),
             bind_ids: self.config.settings.bind_ids(),
             labels: self.config.settings.labels.clone().into_iter().collect(),
+            wireguard_public_key,
+            wireguard_endpoint,
+            wireguard_backend,
         };
         if outbound.send(agent_message(AgentKind::Hello(hello))).await.is_err() {
             return SessionEnd::Lost("outbound queue closed".to_owned());
@@ -253,6 +284,9 @@ impl Agent {
                             }
                         }
                     }
+                    Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::Peers(peers)) })) => {
+                        self.apply_peers(peers).await;
+                    }
                     Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::LogsRequest(request)) })) => {
                         self.serve_logs(request, outbound.clone());
                     }
@@ -283,8 +317,48 @@ impl Agent {
                     if outbound.send(agent_message(AgentKind::Heartbeat(proto::Heartbeat {}))).await.is_err() {
                         return SessionEnd::Lost("outbound queue closed".to_owned());
                     }
+                    if let Some((peers, due)) = self.mesh_retry.take() {
+                        if tokio::time::Instant::now() >= due {
+                            self.apply_peers(peers).await;
+                        } else {
+                            self.mesh_retry = Some((peers, due));
+                        }
+                    }
                 }
                 _ = usage_tick.tick() => self.start_usage_report(&mut usage_report, outbound),
+            }
+        }
+    }
+
+    /// Returns the WireGuard public key, endpoint and backend for the Hello. The endpoint is
+    /// the reported host address with the mesh port. All three are empty when `address` is not
+    /// an IP address, so no other host tries to reach this one through the mesh.
+    fn mesh_identity(&self, address: &str) -> (String, String, String) {
+        let Some(mesh) = &self.mesh else {
+            return Default::default();
+        };
+        let Ok(ip) = address.parse::<IpAddr>() else {
+            tracing::error!(%address, "the host address is not an IP address, so the mesh endpoint is left out and other hosts cannot reach this host's silos; pass --address with an IP address");
+            return Default::default();
+        };
+        let endpoint = SocketAddr::new(ip, mesh.listen_port());
+        (mesh.public_key().to_string(), endpoint.to_string(), mesh.backend().to_string())
+    }
+
+    /// Sets the mesh device's peers and routes to the controller's peer list. A failure is
+    /// retried after `MESH_RETRY_DELAY` unless a newer list arrives first.
+    async fn apply_peers(&mut self, peers: proto::Peers) {
+        self.mesh_retry = None;
+        let (Some(mesh), Some(runtime)) = (self.mesh.clone(), self.runtime.as_ref()) else {
+            return;
+        };
+        let gateway = runtime.config().gateway();
+        let listed = peers.peers.len();
+        match host_mesh::apply_in_background(mesh, gateway, peers.clone()).await {
+            Ok(applied) => tracing::info!(listed, applied, "mesh peers applied"),
+            Err(error) => {
+                tracing::warn!(listed, %error, retry_in_s = MESH_RETRY_DELAY.as_secs(), "failed to apply the mesh peers; retrying");
+                self.mesh_retry = Some((peers, tokio::time::Instant::now() + MESH_RETRY_DELAY));
             }
         }
     }

@@ -715,6 +715,7 @@ mod tests {
                     .iter()
                     .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
                     .collect(),
+                ..HostAttributes::default()
             },
         });
     }

@@ -153,6 +153,17 @@ pub struct HostAttributes {
     pub bind_ids: Vec<String>,
     /// Labels for placement.
     pub labels: BTreeMap<String, String>,
+    /// The host's WireGuard public key in base64, or empty when the agent
+    /// reported no mesh device.
+    #[serde(default)]
+    pub wireguard_public_key: String,
+    /// Address and UDP port of the host's WireGuard device, as ADDRESS:PORT.
+    #[serde(default)]
+    pub wireguard_endpoint: String,
+    /// WireGuard implementation of the host's mesh device: "kernel" or
+    /// "userspace".
+    #[serde(default)]
+    pub wireguard_backend: String,
 }
 
 impl HostRecord {
@@ -662,14 +673,31 @@ mod tests {
                 images: images.iter().map(|image| (*image).to_owned()).collect(),
                 bind_ids: vec!["data".to_owned()],
                 labels: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
+                wireguard_public_key: format!("key of {}", images.len()),
+                wireguard_endpoint: "198.51.100.2:51820".to_owned(),
+                wireguard_backend: "userspace".to_owned(),
             },
         };
         state.apply(&register_with(&["busybox", "alpine"]));
+        assert_eq!(state.hosts["a"].attributes.wireguard_public_key, "key of 2");
         assert_eq!(state.hosts["a"].attributes.images, ["busybox", "alpine"]);
         state.apply(&register_with(&["busybox"]));
         assert_eq!(state.hosts["a"].attributes.images, ["busybox"]);
         assert_eq!(state.hosts["a"].attributes.bind_ids, ["data"]);
         assert_eq!(state.hosts["a"].attributes.labels["zone"], "a");
+        assert_eq!(state.hosts["a"].attributes.wireguard_public_key, "key of 1");
+        assert_eq!(state.hosts["a"].attributes.wireguard_endpoint, "198.51.100.2:51820");
+        assert_eq!(state.hosts["a"].attributes.wireguard_backend, "userspace");
+    }
+
+    #[test]
+    fn attributes_without_wireguard_still_decode() {
+        let old = r#"{"images":["busybox"],"bind_ids":[],"labels":{}}"#;
+        let attributes: HostAttributes = serde_json::from_str(old).expect("decode old attributes");
+        assert_eq!(attributes.images, ["busybox"]);
+        assert_eq!(attributes.wireguard_public_key, "");
+        assert_eq!(attributes.wireguard_endpoint, "");
+        assert_eq!(attributes.wireguard_backend, "");
     }
 
     #[test]

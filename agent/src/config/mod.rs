@@ -4,6 +4,7 @@
 //! ```hcl
 //! labels = { zone = "a", disk = "ssd" }
 //! pids_limit = 4096
+//! mesh_port = 51820
 //! disable_user_namespaces = false
 //!
 //! image "alpine" {
@@ -51,6 +52,9 @@ pub struct AgentSettings {
     /// Turns user namespaces off for this host's silos, so root in a silo is host root; see
     /// [`crate::runtime::RuntimeConfig::set_user_namespaces`].
     pub disable_user_namespaces: bool,
+    /// UDP port of the host's WireGuard mesh device as written; `None` when absent, which
+    /// means [`crate::mesh::DEFAULT_MESH_PORT`].
+    pub mesh_port: Option<u16>,
 }
 
 impl AgentSettings {
@@ -65,6 +69,11 @@ impl AgentSettings {
     /// Returns the names of the bind ids this host offers, sorted.
     pub fn bind_ids(&self) -> Vec<String> {
         self.binds.keys().cloned().collect()
+    }
+
+    /// Returns the UDP port of the mesh device: `mesh_port`, or the default 51820.
+    pub fn effective_mesh_port(&self) -> u16 {
+        self.mesh_port.unwrap_or(crate::mesh::DEFAULT_MESH_PORT)
     }
 
     /// Returns the pids limit for the runtime: `default` when the file sets none, `None` for

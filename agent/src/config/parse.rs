@@ -15,7 +15,7 @@ use super::{AgentSettings, ConfigFileError, Problem, MIN_PIDS_LIMIT};
 use crate::runtime::{is_bind_id, is_image_name, BindSource, BUSYBOX_IMAGE};
 
 /// Attributes accepted at the top level.
-const TOP_ATTRIBUTES: &[&str] = &["labels", "pids_limit", "disable_user_namespaces"];
+const TOP_ATTRIBUTES: &[&str] = &["labels", "pids_limit", "disable_user_namespaces", "mesh_port"];
 /// Labelled blocks accepted at the top level.
 const TOP_BLOCKS: &[&str] = &["image", "bind"];
 /// Attributes of an `image` block.
@@ -163,6 +163,7 @@ impl Reader<'_> {
         match attribute.key.as_str() {
             "labels" => settings.labels = self.labels(value),
             "pids_limit" => settings.pids_limit = self.pids_limit(value),
+            "mesh_port" => settings.mesh_port = self.mesh_port(value),
             "disable_user_namespaces" => match value.as_bool() {
                 Some(disable) => settings.disable_user_namespaces = disable,
                 None => self.report_type(value, "disable_user_namespaces", "a bool"),
@@ -236,6 +237,24 @@ impl Reader<'_> {
                     format!(
                         "invalid pids_limit {number}: use a whole number of at least {MIN_PIDS_LIMIT} (the silo's PID 1 and its program), or 0 for no limit"
                     ),
+                );
+                None
+            }
+        }
+    }
+
+    fn mesh_port(&mut self, value: &Expression) -> Option<u16> {
+        let Some(number) = value.as_number() else {
+            self.report_type(value, "mesh_port", "a whole number");
+            return None;
+        };
+        // Port 0 would make the kernel pick a port, which the other hosts could not learn.
+        match number.as_u64().and_then(|port| u16::try_from(port).ok()) {
+            Some(port) if port > 0 => Some(port),
+            _ => {
+                self.report(
+                    offset_of(value),
+                    format!("invalid mesh_port {number}: use a UDP port from 1 to 65535"),
                 );
                 None
             }

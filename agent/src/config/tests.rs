@@ -101,13 +101,38 @@ fn pids_limit_zero_means_no_limit() {
 }
 
 #[test]
+fn mesh_port_defaults_to_51820() {
+    let settings = parse_str("# nothing set\n", ORIGIN).expect("empty file");
+    assert_eq!(settings.mesh_port, None);
+    assert_eq!(settings.effective_mesh_port(), 51820);
+    let settings = parse_str("mesh_port = 51999\n", ORIGIN).expect("valid file");
+    assert_eq!(settings.effective_mesh_port(), 51999);
+}
+
+#[test]
+fn invalid_mesh_ports_are_reported() {
+    assert_eq!(
+        error_lines("mesh_port = 0\n"),
+        ["agent.hcl:1:13: invalid mesh_port 0: use a UDP port from 1 to 65535"]
+    );
+    assert_eq!(
+        error_lines("mesh_port = 65536\n"),
+        ["agent.hcl:1:13: invalid mesh_port 65536: use a UDP port from 1 to 65535"]
+    );
+    assert_eq!(
+        error_lines("mesh_port = \"wg\"\n"),
+        ["agent.hcl:1:13: invalid type for mesh_port: expected a whole number, found a string"]
+    );
+}
+
+#[test]
 fn unknown_names_get_suggestions() {
     let text = "pid_limit = 10\nimages \"a\" {\n  path = \"/a.tar\"\n}\nimage \"b\" {\n  pth = \"/b.tar\"\n}\n";
     assert_eq!(
         error_lines(text),
         [
-            "agent.hcl:1:1: unknown attribute `pid_limit` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces and blocks image, bind; did you mean `pids_limit`?",
-            "agent.hcl:2:1: unknown block `images` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces and blocks image, bind; did you mean `image`?",
+            "agent.hcl:1:1: unknown attribute `pid_limit` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port and blocks image, bind; did you mean `pids_limit`?",
+            "agent.hcl:2:1: unknown block `images` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port and blocks image, bind; did you mean `image`?",
             "agent.hcl:5:1: image \"b\": missing path; add path = \"/path/to/image.tar\"",
             "agent.hcl:6:3: image \"b\": unknown attribute `pth` in the image block, which accepts attributes path; did you mean `path`?",
         ]
@@ -118,7 +143,7 @@ fn unknown_names_get_suggestions() {
 fn unrelated_name_gets_no_suggestion() {
     assert_eq!(
         error_lines("colour = \"red\"\n"),
-        ["agent.hcl:1:1: unknown attribute `colour` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces and blocks image, bind"]
+        ["agent.hcl:1:1: unknown attribute `colour` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port and blocks image, bind"]
     );
 }
 

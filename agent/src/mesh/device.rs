@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -122,11 +122,15 @@ pub enum DeviceError {
     },
     #[error(
         "failed to mark the file descriptors of the embedded wireguard device {name} \
-         close-on-exec: {source}"
+         close-on-exec or to disarm its signal descriptors: {source}"
     )]
     CloseOnExec { name: String, source: io::Error },
     #[error("the thread of the embedded wireguard device {name} ended during start")]
     EmbeddedThreadLost { name: String },
+    #[error("failed to remove the stale UAPI socket {socket}: {source}")]
+    RemoveSocket { socket: PathBuf, source: io::Error },
+    #[error("failed to delete the mesh link {name}: {reason}")]
+    DeleteLink { name: String, reason: String },
     #[error("failed to set the private key and listen port {listen_port} of {name}: {source}")]
     SetKey {
         name: String,
@@ -298,6 +302,33 @@ pub fn uapi_socket_path(name: &str) -> PathBuf {
     Path::new(UAPI_SOCKET_DIR).join(format!("{name}.sock"))
 }
 
+/// Removes what a mesh device `name` of a stopped agent left in the calling thread's network
+/// namespace: the kernel link, or the UAPI socket file of an embedded device that ended without
+/// removing it (the process was killed). Rejects a socket that still accepts connections, since
+/// a running device owns it.
+pub fn remove_leftover(name: &str) -> Result<(), DeviceError> {
+    validate_name(name)?;
+    let socket = uapi_socket_path(name);
+    if socket.exists() {
+        if UnixStream::connect(&socket).is_ok() {
+            return Err(DeviceError::NameInUse {
+                name: name.to_string(),
+                socket,
+            });
+        }
+        std::fs::remove_file(&socket).map_err(|source| DeviceError::RemoveSocket {
+            socket: socket.clone(),
+            source,
+        })?;
+        info!(device = name, socket = %socket.display(), "removed the stale UAPI socket");
+    }
+    let netns = Netns::current()?;
+    delete_kernel_link(&netns, name).map_err(|reason| DeviceError::DeleteLink {
+        name: name.to_string(),
+        reason,
+    })
+}
+
 /// Creates the kernel link `name` of kind `wireguard` in `netns`.
 ///
 /// NOTE: the kernel backend (this link, its generic netlink configuration and its deletion) has
@@ -421,7 +452,10 @@ impl EmbeddedDevice {
                     return;
                 }
             };
-            let marked = fds_before.and_then(|before| mark_new_fds_close_on_exec(&before));
+            let marked = fds_before.and_then(|before| {
+                mark_new_fds_close_on_exec(&before)?;
+                disarm_signal_fds(&before)
+            });
             if let Err(source) = marked {
                 let _ = started_tx.send(Err(DeviceError::CloseOnExec {
                     name: device_name,
@@ -564,6 +598,37 @@ fn mark_new_fds_close_on_exec(before: &BTreeSet<RawFd>) -> io::Result<()> {
     Ok(())
 }
 
+/// Target of the signalfd descriptors boringtun opens.
+const SIGNALFD_TARGET: &str = "anon_inode:[signalfd]";
+
+/// Replaces each signalfd opened since `before` with a descriptor of `/dev/null`.
+///
+/// boringtun 0.7.1 reads SIGINT and SIGTERM through signalfds and stops the device on them. A
+/// signalfd also takes process-wide signals out of the queue, so it races the agent's own
+/// handler for the SIGTERM that stops the agent, and a lost race leaves the agent running with a
+/// stopped device. `dup2` over the descriptor number drops the signalfd, which also removes it
+/// from boringtun's epoll set, and boringtun never closes those numbers, so no other file is
+/// affected. The agent stops the device itself when it stops.
+fn disarm_signal_fds(before: &BTreeSet<RawFd>) -> io::Result<()> {
+    for fd in open_fds()?.difference(before) {
+        let Ok(target) = std::fs::read_link(Path::new(PROC_SELF_FD).join(fd.to_string())) else {
+            continue;
+        };
+        if target != Path::new(SIGNALFD_TARGET) {
+            continue;
+        }
+        let null = std::fs::File::open("/dev/null")?;
+        // SAFETY: dup3 only changes the descriptor table: it makes `fd` refer to /dev/null and
+        // closes the signalfd it referred to. `fd` belongs to boringtun's event loop, which
+        // keeps the number and never reads or closes it again once the signalfd is out of the
+        // epoll set.
+        if unsafe { libc::dup3(null.as_raw_fd(), *fd, libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Removes the UAPI socket of device `name`, which stops the device. Returns whether the
 /// socket is gone.
 fn remove_socket(socket: &Path, name: &str) -> bool {
@@ -604,6 +669,45 @@ mod tests {
     fn backend_display_names() {
         assert_eq!(Backend::Kernel.to_string(), "kernel");
         assert_eq!(Backend::Userspace.to_string(), "userspace");
+    }
+
+    #[test]
+    fn embedded_device_leaves_no_signalfd() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "embedded_device_leaves_no_signalfd needs root, and CI=true does not allow skipping it"
+            );
+            eprintln!("skipped embedded_device_leaves_no_signalfd: needs root for a network namespace and a TUN device");
+            return;
+        }
+        // The device's network namespace is a new one of this test, left when the device and
+        // the thread are gone. The process id keeps the name unique on the machine.
+        let name = format!("cxsig{:x}", std::process::id());
+        let device = std::thread::spawn({
+            let name = name.clone();
+            move || {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("enter a new netns");
+                MeshDevice::create(&name, 0, &HostKey::generate(), BackendChoice::Userspace)
+            }
+        })
+        .join()
+        .expect("device thread")
+        .expect("create device");
+
+        let signalfds: Vec<RawFd> = open_fds()
+            .expect("list fds")
+            .into_iter()
+            .filter(|fd| {
+                std::fs::read_link(Path::new(PROC_SELF_FD).join(fd.to_string()))
+                    .is_ok_and(|target| target == Path::new(SIGNALFD_TARGET))
+            })
+            .collect();
+        assert_eq!(signalfds, Vec::<RawFd>::new(), "signalfds of {name}");
+        assert!(uapi_socket_path(&name).exists(), "the device runs");
+
+        drop(device);
+        assert!(!uapi_socket_path(&name).exists(), "socket of {name} is removed");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! NAT for silos with internet access: one MASQUERADE rule per silo in the colex-owned chain
-//! `colex-masq` of the `nat` table, which `POSTROUTING` jumps to.
+//! `colex-masq` of the `nat` table, which `POSTROUTING` jumps to. Traffic to the cluster
+//! network is never masqueraded, so a silo on another host receives packets from the sender
+//! silo's own address.
 //!
 //! The rules live in the agent's network namespace, so agents in separate namespaces never see
 //! each other's rules.
@@ -14,6 +16,11 @@ use super::names;
 
 /// Chain in the `nat` table that contains the silos' MASQUERADE rules.
 pub const MASQUERADE_CHAIN: &str = "colex-masq";
+/// The cluster's silo network, which the WireGuard mesh carries between hosts. It must match
+/// the controller's `CLUSTER_NETWORK` and `CLUSTER_PREFIX_LEN`.
+// NOTE: fixed here because the controller does not send its cluster network to agents. A
+// cluster network chosen at bootstrap would have to reach agents in the welcome.
+const CLUSTER_NETWORK_CIDR: &str = "10.69.0.0/16";
 /// sysctl that lets the kernel route packets between the bridge and other interfaces.
 const IP_FORWARD_PATH: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Places where Debian installs iptables; `PATH` may lack the sbin dirs.
@@ -35,11 +42,18 @@ pub enum IptablesError {
 }
 
 /// Returns the rule specification of a silo's MASQUERADE rule, without table and command:
-/// traffic from the silo address that leaves through any interface but the bridge.
+/// traffic from the silo address to outside the cluster network that leaves through any
+/// interface but the bridge.
+// NOTE: a rule that an agent without the cluster exclusion added no longer matches this spec, so
+// it stays (and masquerades mesh traffic) until the chain is flushed at a start without adopted
+// silos.
 pub fn masquerade_rule(address: Ipv4Addr, bridge: &str, silo_id: &str) -> Vec<String> {
     vec![
         "-s".to_string(),
         format!("{address}/32"),
+        "!".to_string(),
+        "-d".to_string(),
+        CLUSTER_NETWORK_CIDR.to_string(),
         "!".to_string(),
         "-o".to_string(),
         bridge.to_string(),
@@ -169,7 +183,7 @@ mod tests {
         let rule = masquerade_rule(Ipv4Addr::new(10, 69, 1, 2), "colex0", "3938a44e");
         assert_eq!(
             rule.join(" "),
-            "-s 10.69.1.2/32 ! -o colex0 -j MASQUERADE -m comment --comment colex silo 3938a44e"
+            "-s 10.69.1.2/32 ! -d 10.69.0.0/16 ! -o colex0 -j MASQUERADE -m comment --comment colex silo 3938a44e"
         );
         assert_eq!(rule.last().map(String::as_str), Some("colex silo 3938a44e"));
     }

@@ -1,5 +1,6 @@
 //! The `Agent` service: one long-lived session per agent.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use crate::api::logs::LogRouter;
 use crate::api::unavailable;
 use crate::raft::RaftNode;
 use crate::sessions::Sessions;
-use crate::state::{Command, Desired, HostAttributes, Response as StateResponse, SiloRecord, SiloStatus};
+use crate::state::{ClusterState, Command, Desired, HostAttributes, Response as StateResponse, SiloRecord, SiloStatus};
 use crate::view;
 
 /// A session with no message from the agent for this long is closed and
@@ -65,6 +66,8 @@ impl proto::agent_server::Agent for AgentService {
             return Err(Status::invalid_argument("Hello has an empty host name; start the agent with --name HOST"));
         }
 
+        check_wireguard(&hello)?;
+
         let host = hello.name.clone();
         let registered = self
             .node
@@ -77,6 +80,9 @@ impl proto::agent_server::Agent for AgentService {
                     images: hello.images.clone(),
                     bind_ids: hello.bind_ids.clone(),
                     labels: hello.labels.clone().into_iter().collect(),
+                    wireguard_public_key: hello.wireguard_public_key.clone(),
+                    wireguard_endpoint: hello.wireguard_endpoint.clone(),
+                    wireguard_backend: hello.wireguard_backend.clone(),
                 },
             })
             .await
@@ -88,7 +94,15 @@ impl proto::agent_server::Agent for AgentService {
             Some(record) => record.subnet_cidr(),
             None => return Err(Status::internal(format!("host {host} is missing right after its registration"))),
         };
-        tracing::info!(%host, address = %hello.address, %subnet, silos = hello.silos.len(), "agent session opened");
+        tracing::info!(
+            %host,
+            address = %hello.address,
+            %subnet,
+            silos = hello.silos.len(),
+            wireguard_endpoint = %hello.wireguard_endpoint,
+            wireguard_backend = %hello.wireguard_backend,
+            "agent session opened"
+        );
 
         let session = Session {
             node: self.node.clone(),
@@ -152,6 +166,7 @@ impl Session {
     ) -> String {
         let mut applied = self.node.applied.clone();
         let mut last_sent: Option<proto::Assignments> = None;
+        let mut last_peers: Option<proto::Peers> = None;
         // Only the leader tracks live hosts and places silos, so once another controller leads,
         // the session ends and the agent reconnects to that leader. No known leader (an
         // election in progress) keeps the session.
@@ -164,7 +179,21 @@ impl Session {
         tokio::pin!(demoted);
 
         loop {
-            let assignments = view::assignments(&*self.node.state.read().await, &self.host);
+            let (assignments, peers) = {
+                let state = self.node.state.read().await;
+                (view::assignments(&state, &self.host), mesh_peers(&state, &self.host))
+            };
+            // Peers go first, so the routes to other hosts exist before new silos start.
+            if last_peers.as_ref() != Some(&peers) {
+                tracing::info!(host = %self.host, peers = peers.peers.len(), "sending mesh peers");
+                let message = proto::ControllerMessage {
+                    kind: Some(ControllerKind::Peers(peers.clone())),
+                };
+                if outbound.send(Ok(message)).await.is_err() {
+                    return "the agent closed the stream".to_owned();
+                }
+                last_peers = Some(peers);
+            }
             if last_sent.as_ref() != Some(&assignments) {
                 tracing::info!(host = %self.host, silos = assignments.silos.len(), "sending assignments");
                 let message = proto::ControllerMessage {
@@ -294,5 +323,115 @@ impl Session {
         tracing::info!(host = %self.host, silo = %key, %id, "silo removed");
         self.sessions.wake_placement();
         Ok(())
+    }
+}
+
+/// Length of a WireGuard key in base64: 32 bytes make 43 characters and one `=` of padding.
+const WIREGUARD_KEY_BASE64_LEN: usize = 44;
+
+/// Rejects a Hello whose WireGuard fields other agents could not use. All three are empty for
+/// an agent without a mesh device.
+fn check_wireguard(hello: &proto::Hello) -> Result<(), Status> {
+    if hello.wireguard_public_key.is_empty() && hello.wireguard_endpoint.is_empty() {
+        return Ok(());
+    }
+    let key = &hello.wireguard_public_key;
+    let key_valid = key.len() == WIREGUARD_KEY_BASE64_LEN
+        && key.ends_with('=')
+        && key[..WIREGUARD_KEY_BASE64_LEN - 1]
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'+' || byte == b'/');
+    if !key_valid {
+        return Err(Status::invalid_argument(format!(
+            "Hello of host {} has invalid WireGuard public key {key:?}: expected 32 bytes in base64 (44 characters)",
+            hello.name
+        )));
+    }
+    if hello.wireguard_endpoint.parse::<SocketAddr>().is_err() {
+        return Err(Status::invalid_argument(format!(
+            "Hello of host {} has invalid WireGuard endpoint {:?}: expected ADDRESS:PORT",
+            hello.name, hello.wireguard_endpoint
+        )));
+    }
+    Ok(())
+}
+
+/// Returns the mesh peers of `host`: every other host that reported a WireGuard key, in name
+/// order. Hosts that are down stay peers, so their silos are reachable again as soon as they
+/// return.
+fn mesh_peers(state: &ClusterState, host: &str) -> proto::Peers {
+    let peers = state
+        .hosts
+        .values()
+        .filter(|record| record.name != host && !record.attributes.wireguard_public_key.is_empty())
+        .map(|record| proto::Peer {
+            host: record.name.clone(),
+            public_key: record.attributes.wireguard_public_key.clone(),
+            endpoint: record.attributes.wireguard_endpoint.clone(),
+            subnet: record.subnet_cidr(),
+        })
+        .collect();
+    proto::Peers { peers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+    fn register(state: &mut ClusterState, name: &str, public_key: &str) {
+        state.apply(&Command::RegisterHost {
+            name: name.to_owned(),
+            address: "198.51.100.3".to_owned(),
+            cpus: 1,
+            memory_bytes: 1 << 30,
+            attributes: HostAttributes {
+                wireguard_public_key: public_key.to_owned(),
+                wireguard_endpoint: format!("198.51.100.3:{}", 51820 + name.len()),
+                wireguard_backend: "userspace".to_owned(),
+                ..HostAttributes::default()
+            },
+        });
+    }
+
+    fn hello(public_key: &str, endpoint: &str) -> proto::Hello {
+        proto::Hello {
+            name: "a".to_owned(),
+            wireguard_public_key: public_key.to_owned(),
+            wireguard_endpoint: endpoint.to_owned(),
+            ..proto::Hello::default()
+        }
+    }
+
+    #[test]
+    fn peers_are_other_hosts_with_keys() {
+        let mut state = ClusterState::default();
+        register(&mut state, "a", KEY_A);
+        register(&mut state, "b", "key of b");
+        register(&mut state, "old", "");
+
+        let peers = mesh_peers(&state, "a").peers;
+        assert_eq!(peers.len(), 1, "{peers:?}");
+        assert_eq!(peers[0].host, "b");
+        assert_eq!(peers[0].public_key, "key of b");
+        assert_eq!(peers[0].endpoint, "198.51.100.3:51821");
+        assert_eq!(peers[0].subnet, "10.69.2.0/24");
+
+        let peers_of_old = mesh_peers(&state, "old").peers;
+        let names: Vec<&str> = peers_of_old.iter().map(|peer| peer.host.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn wireguard_fields_are_checked() {
+        assert!(check_wireguard(&hello("", "")).is_ok(), "no mesh device");
+        assert!(check_wireguard(&hello(KEY_A, "198.51.100.3:51820")).is_ok());
+        assert!(check_wireguard(&hello(KEY_A, "[2001:db8::1]:51820")).is_ok());
+
+        let bad_key = check_wireguard(&hello("AQID", "198.51.100.3:51820")).expect_err("short key");
+        assert!(bad_key.message().contains("invalid WireGuard public key"), "{bad_key}");
+        let bad_endpoint = check_wireguard(&hello(KEY_A, "198.51.100.3")).expect_err("no port");
+        assert!(bad_endpoint.message().contains("invalid WireGuard endpoint"), "{bad_endpoint}");
     }
 }

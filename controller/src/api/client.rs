@@ -683,6 +683,7 @@ mod tests {
                 images: vec!["busybox".to_owned()],
                 bind_ids: Vec::new(),
                 labels: [("zone".to_owned(), zone.to_owned())].into(),
+                ..crate::state::HostAttributes::default()
             },
         };
         state.apply(&register("a", "a"));
