@@ -29,6 +29,13 @@ use super::names::SILO_IFNAME;
 /// Name of the loopback interface.
 const LOOPBACK_IFNAME: &str = "lo";
 
+/// MTU of the bridge and of both ends of every silo veth, in bytes: the MTU of the WireGuard
+/// mesh (`crate::mesh::MESH_MTU_BYTES`), so a silo's packets to another host fit the tunnel
+/// without fragmentation or path MTU discovery, which firewalls often break.
+pub const SILO_MTU_BYTES: u32 = 1420;
+// The two must agree; checked at compile time.
+const _: () = assert!(SILO_MTU_BYTES == crate::mesh::MESH_MTU_BYTES);
+
 /// Errors of network setup.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -211,14 +218,16 @@ impl Netlink {
             }
         }
 
-        self.set_up(index, name).await?;
+        self.set_bridge_up(index, name).await?;
         Ok(index)
     }
 
-    async fn set_up(&self, index: u32, name: &str) -> Result<(), NetworkError> {
+    /// Sets the bridge up with the silo MTU. Set once, the MTU no longer follows the bridge's
+    /// ports, which all have it anyway.
+    async fn set_bridge_up(&self, index: u32, name: &str) -> Result<(), NetworkError> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
+            .set(LinkUnspec::new_with_index(index).mtu(SILO_MTU_BYTES).up().build())
             .execute()
             .await
             .map_err(|source| NetworkError::SetUp {
@@ -329,11 +338,13 @@ impl Netlink {
 fn silo_veth_message(name: &str, peer: &str, bridge_index: u32, pid: u32) -> LinkMessage {
     let mut peer_message = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer.to_string())
+        .mtu(SILO_MTU_BYTES)
         .setns_by_pid(pid)
         .build();
     with_one_queue(&mut peer_message);
     let mut message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(name.to_string())
+        .mtu(SILO_MTU_BYTES)
         .controller(bridge_index)
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
@@ -628,6 +639,25 @@ mod tests {
         assert!(
             link(netlink, &names.peer).await.is_none(),
             "the silo end never exists in the host namespace"
+        );
+
+        let bridge = link(netlink, &names.bridge).await.expect("bridge exists");
+        for (end, message) in [("bridge", &bridge), ("host end", &host_end)] {
+            assert!(
+                message
+                    .attributes
+                    .contains(&LinkAttribute::Mtu(SILO_MTU_BYTES)),
+                "{end} has MTU {SILO_MTU_BYTES}"
+            );
+        }
+        let silo_link = std::process::Command::new("nsenter")
+            .args(["-t", &target.tid.to_string(), "-n", "ip", "-o", "link", "show", SILO_IFNAME])
+            .output()
+            .expect("run nsenter ip link");
+        let silo_link = String::from_utf8_lossy(&silo_link.stdout);
+        assert!(
+            silo_link.contains(&format!(" mtu {SILO_MTU_BYTES} ")),
+            "{SILO_IFNAME} has MTU {SILO_MTU_BYTES}: {silo_link}"
         );
 
         let devices = target.proc_net("dev");
