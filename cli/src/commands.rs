@@ -9,6 +9,7 @@ use colex_cli::spec;
 use colex_proto as proto;
 
 use crate::client::{CliError, Controller};
+use crate::merged_logs;
 use crate::output::{self, OutputFormat};
 use crate::table;
 
@@ -250,6 +251,15 @@ pub async fn logs(address: &str, name: &str, follow: bool, tail: Option<u32>, st
         tail_lines: tail,
         follow,
     };
+    // A silo with several instances prints all of them, merged and prefixed; `NAME[INDEX]`
+    // names one instance and prints it alone.
+    if !name.contains('[') {
+        let silos = controller.list().await?.silos;
+        let instances = merged_logs::instances_of(name, &silos);
+        if !instances.is_empty() {
+            return merged_logs::print_merged(&controller, instances, request).await;
+        }
+    }
     let mut chunks = match controller.client.logs(request).await {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == tonic::Code::NotFound => {

@@ -4,6 +4,7 @@ mod args_error;
 mod client;
 mod commands;
 mod controllers;
+mod merged_logs;
 mod output;
 mod partial;
 mod table;

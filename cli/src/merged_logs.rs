@@ -1,0 +1,234 @@
+//! `logs` of a silo with several instances: one stream per instance, merged line by line, each
+//! line prefixed with the instance and its host, as `docker compose logs` does per service.
+
+use std::io::Write;
+
+use colex_proto as proto;
+use tokio::sync::mpsc;
+
+use crate::client::{CliError, Controller};
+use crate::table;
+
+/// Lines in flight between the instances' streams and stdout.
+const LINE_QUEUE_LEN: usize = 256;
+
+/// One instance whose output is merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSource {
+    /// `NAME[INDEX]`, which the controller's Logs request takes.
+    pub name: String,
+    /// Prefix of each of its lines, e.g. `web[1] host-b | `.
+    pub prefix: String,
+}
+
+/// Returns the instances of silo `name` in index order, or an empty list when the silo has
+/// at most one instance (its output is then printed without prefixes).
+pub fn instances_of(name: &str, silos: &[proto::SiloInfo]) -> Vec<InstanceSource> {
+    let mut instances: Vec<&proto::SiloInfo> = silos.iter().filter(|silo| silo.name == name).collect();
+    if instances.len() < 2 {
+        return Vec::new();
+    }
+    instances.sort_by_key(|silo| silo.index);
+    let labels: Vec<String> = instances
+        .iter()
+        .map(|silo| {
+            let host = if silo.host.is_empty() { "-" } else { silo.host.as_str() };
+            format!("{} {host}", table::instance_name(silo))
+        })
+        .collect();
+    // Padded to one width, so the lines of all instances start in the same column.
+    let width = labels.iter().map(String::len).max().unwrap_or(0);
+    instances
+        .iter()
+        .zip(labels)
+        .map(|(silo, label)| InstanceSource {
+            name: table::instance_name(silo),
+            prefix: format!("{label:<width$} | "),
+        })
+        .collect()
+}
+
+/// What an instance's stream task sends to the printer.
+enum Event {
+    Line(Vec<u8>),
+    /// The stream failed; the message is printed to stderr and the others go on.
+    Failed(String),
+}
+
+/// Streams the output of `instances` at the same time and prints whole lines as they arrive.
+/// Fails only when every instance's stream failed.
+pub async fn print_merged(
+    controller: &Controller,
+    instances: Vec<InstanceSource>,
+    template: proto::LogsRequest,
+) -> Result<(), CliError> {
+    let (lines_tx, mut lines_rx) = mpsc::channel(LINE_QUEUE_LEN);
+    let total = instances.len();
+    for instance in instances {
+        let mut client = controller.client.clone();
+        let address = controller.address.clone();
+        let lines = lines_tx.clone();
+        let request = proto::LogsRequest {
+            name: instance.name.clone(),
+            ..template.clone()
+        };
+        tokio::spawn(async move {
+            let prefix = instance.prefix.into_bytes();
+            let failed = |message: String| Event::Failed(format!("{}: {message}", instance.name));
+            let mut chunks = match client.logs(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    let _ = lines.send(failed(CliError::from_status(&address, &status).to_string())).await;
+                    return;
+                }
+            };
+            let mut splitter = LineSplitter::new(prefix);
+            loop {
+                match chunks.message().await {
+                    Ok(Some(chunk)) => {
+                        for line in splitter.push(&chunk.data) {
+                            if lines.send(Event::Line(line)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = lines.send(failed(CliError::from_status(&address, &status).to_string())).await;
+                        return;
+                    }
+                }
+            }
+            if let Some(line) = splitter.finish() {
+                let _ = lines.send(Event::Line(line)).await;
+            }
+        });
+    }
+    drop(lines_tx);
+
+    let mut failures = 0;
+    let mut out = std::io::stdout().lock();
+    while let Some(event) = lines_rx.recv().await {
+        match event {
+            Event::Line(line) => out
+                .write_all(&line)
+                .and_then(|()| out.flush())
+                .map_err(|error| CliError::cluster(format!("cannot write to stdout: {error}")))?,
+            Event::Failed(message) => {
+                failures += 1;
+                eprintln!("warning: no output of {message}");
+            }
+        }
+    }
+    if failures == total {
+        return Err(CliError::cluster(format!(
+            "no instance of {} sent its output; see the warnings above",
+            template.name
+        )));
+    }
+    Ok(())
+}
+
+/// Cuts a byte stream into lines that each start with a prefix. A line that is not finished
+/// waits for the next chunk, so lines of different instances never mix.
+struct LineSplitter {
+    prefix: Vec<u8>,
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn new(prefix: Vec<u8>) -> Self {
+        LineSplitter {
+            prefix,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Takes a chunk and returns the lines it finished, each with prefix and newline.
+    fn push(&mut self, data: &[u8]) -> Vec<Vec<u8>> {
+        self.pending.extend_from_slice(data);
+        let mut lines = Vec::new();
+        while let Some(end) = self.pending.iter().position(|&byte| byte == b'\n') {
+            let rest = self.pending.split_off(end + 1);
+            let mut line = self.prefix.clone();
+            line.extend_from_slice(&self.pending);
+            lines.push(line);
+            self.pending = rest;
+        }
+        lines
+    }
+
+    /// Returns the last line when the output did not end with a newline, with one added.
+    fn finish(self) -> Option<Vec<u8>> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let mut line = self.prefix;
+        line.extend_from_slice(&self.pending);
+        line.push(b'\n');
+        Some(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(name: &str, index: u32, count: u32, host: &str) -> proto::SiloInfo {
+        proto::SiloInfo {
+            name: name.to_owned(),
+            index,
+            count,
+            host: host.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn splitter_prefixes_whole_lines_only() {
+        let mut splitter = LineSplitter::new(b"web[0] a | ".to_vec());
+        assert!(splitter.push(b"hel").is_empty());
+        assert_eq!(
+            splitter.push(b"lo\nsecond\nthi"),
+            vec![b"web[0] a | hello\n".to_vec(), b"web[0] a | second\n".to_vec()]
+        );
+        assert_eq!(splitter.finish(), Some(b"web[0] a | thi\n".to_vec()));
+    }
+
+    #[test]
+    fn splitter_adds_nothing_after_a_final_newline() {
+        let mut splitter = LineSplitter::new(b"p | ".to_vec());
+        assert_eq!(splitter.push(b"one\n"), vec![b"p | one\n".to_vec()]);
+        assert_eq!(splitter.finish(), None);
+    }
+
+    #[test]
+    fn single_instance_silos_are_not_merged() {
+        let silos = vec![instance("web", 0, 1, "a"), instance("db", 0, 2, "a")];
+        assert!(instances_of("web", &silos).is_empty());
+        assert!(instances_of("missing", &silos).is_empty());
+    }
+
+    #[test]
+    fn instances_come_in_index_order_with_aligned_prefixes() {
+        let silos = vec![
+            instance("web", 1, 2, "host-bb"),
+            instance("other", 0, 1, "a"),
+            instance("web", 0, 2, "a"),
+        ];
+        let instances = instances_of("web", &silos);
+        assert_eq!(
+            instances,
+            vec![
+                InstanceSource {
+                    name: "web[0]".to_owned(),
+                    prefix: "web[0] a       | ".to_owned(),
+                },
+                InstanceSource {
+                    name: "web[1]".to_owned(),
+                    prefix: "web[1] host-bb | ".to_owned(),
+                },
+            ]
+        );
+    }
+}
