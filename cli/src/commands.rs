@@ -289,7 +289,7 @@ pub async fn logs(address: &str, name: &str, follow: bool, tail: Option<u32>, st
 
 /// Builds the message that silo `name` does not exist, naming the closest of `silos` when one
 /// is a likely typo of it.
-fn silo_not_found(name: &str, silos: &[proto::SiloInfo]) -> String {
+pub fn silo_not_found(name: &str, silos: &[proto::SiloInfo]) -> String {
     let closest = spec::closest_name(name, silos.iter().map(|silo| silo.name.as_str()));
     match closest {
         Some(closest) => format!("silo {name} not found; did you mean {closest}? see `colex-cli list` for the names"),

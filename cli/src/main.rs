@@ -7,6 +7,7 @@ mod controllers;
 mod merged_logs;
 mod output;
 mod partial;
+mod status;
 mod table;
 mod validate;
 
@@ -90,6 +91,15 @@ enum Command {
         files: Vec<PathBuf>,
         /// Print summary lines (table) or one JSON document with every file's silos and
         /// problems (json).
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Show one silo: its spec, each instance's host, state, addresses, restarts and exit code,
+    /// and the instances' recent events with their local time and age.
+    Status {
+        /// Silo name.
+        name: String,
+        /// Print text and tables (table) or one JSON document (json).
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: OutputFormat,
     },
@@ -204,6 +214,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         } => controllers::remove(&cli.serv, id).await,
         Command::Validate { files, output } => validate::run(&files, output),
         Command::Completions { shell } => print_completions(shell),
+        Command::Status { name, output } => status::run(&cli.serv, &name, output).await,
         Command::Logs { name, follow, tail, stderr } => commands::logs(&cli.serv, &name, follow, tail, stderr).await,
     }
 }

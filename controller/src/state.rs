@@ -17,6 +17,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::{status_events, EventKind, EventLog};
+
 /// Cluster-wide silo network, split into one /24 per host.
 pub const CLUSTER_NETWORK: Ipv4Addr = Ipv4Addr::new(10, 69, 0, 0);
 /// Prefix length of [`CLUSTER_NETWORK`].
@@ -83,6 +85,10 @@ pub struct SiloRecord {
     /// when the instance runs the spec `up` stored last.
     #[serde(default)]
     pub next_spec: Option<Vec<u8>>,
+    /// Recent events of this instance position, kept across replacements. Rows written before
+    /// events existed decode with none.
+    #[serde(default)]
+    pub events: EventLog,
 }
 
 impl SiloRecord {
@@ -182,6 +188,10 @@ impl HostRecord {
 /// A change to the cluster state, as written to the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// `command` as the leader proposed it at `at_unix_ms` (its wall clock, milliseconds since
+    /// the Unix epoch), the time of the events it appends. The Raft node wraps every command it
+    /// proposes; log entries written before events existed carry bare commands.
+    Stamped { at_unix_ms: u64, command: Box<Command> },
     /// Add a host or update its address and capacity. A known name keeps
     /// its subnet.
     RegisterHost {
@@ -284,12 +294,22 @@ pub struct ClusterState {
     pub silos: BTreeMap<String, SiloRecord>,
     /// Host records by host name.
     pub hosts: BTreeMap<String, HostRecord>,
+    /// Time of the command being applied, from its [`Command::Stamped`] wrapper, for the events
+    /// it appends; 0 outside `apply` and for unstamped commands.
+    #[serde(skip)]
+    applying_at_unix_ms: u64,
 }
 
 impl ClusterState {
     /// Applies one command and returns its response and the rows it changed.
     pub fn apply(&mut self, command: &Command) -> (Response, Vec<Change>) {
         match command {
+            Command::Stamped { at_unix_ms, command } => {
+                self.applying_at_unix_ms = *at_unix_ms;
+                let applied = self.apply(command);
+                self.applying_at_unix_ms = 0;
+                applied
+            }
             Command::RegisterHost {
                 name,
                 address,
@@ -409,10 +429,10 @@ impl ClusterState {
     }
 
     fn put_silo(&mut self, name: &str, id: &str, spec: &[u8], host: &str) -> (Response, Vec<Change>) {
-        let generation = self
-            .silos
-            .get(name)
-            .map_or(1, |previous| previous.generation + 1);
+        let previous = self.silos.remove(name);
+        let generation = previous.as_ref().map_or(1, |previous| previous.generation + 1);
+        let placement = InstancePlacement::Host(host.to_owned());
+        let events = self.events_of_new_instance(previous, id, generation, &placement);
         let record = SiloRecord {
             name: name.to_owned(),
             index: 0,
@@ -424,6 +444,7 @@ impl ClusterState {
             status: None,
             pending_reason: None,
             next_spec: None,
+            events,
         };
         self.silos.insert(name.to_owned(), record);
         (
@@ -490,10 +511,9 @@ impl ClusterState {
     /// its key with the next generation, and returns the key.
     fn store_instance(&mut self, name: &str, spec: &[u8], update: &InstanceUpdate) -> String {
         let key = instance_key(name, update.index);
-        let generation = self
-            .silos
-            .get(&key)
-            .map_or(1, |previous| previous.generation + 1);
+        let previous = self.silos.remove(&key);
+        let generation = previous.as_ref().map_or(1, |previous| previous.generation + 1);
+        let events = self.events_of_new_instance(previous, &update.id, generation, &update.placement);
         let (host, pending_reason) = match &update.placement {
             InstancePlacement::Host(host) => (host.clone(), None),
             InstancePlacement::Pending { reason } => (String::new(), Some(reason.clone())),
@@ -509,6 +529,7 @@ impl ClusterState {
             status: None,
             pending_reason,
             next_spec: None,
+            events,
         };
         self.silos.insert(key.clone(), record);
         key
@@ -557,6 +578,8 @@ impl ClusterState {
                     record.pending_reason = Some(reason.clone());
                 }
             }
+            let event = placement_event(&record.events, &update.placement);
+            record.events.push(self.applying_at_unix_ms, event);
             changes.push(Change::Silo(key));
         }
         let changed = u32::try_from(changes.len()).unwrap_or(u32::MAX);
@@ -585,6 +608,9 @@ impl ClusterState {
         if pending {
             self.silos.remove(key);
         } else if let Some(record) = self.silos.get_mut(key) {
+            if record.desired != Desired::Stop {
+                record.events.push(self.applying_at_unix_ms, EventKind::Stopping);
+            }
             record.desired = Desired::Stop;
         }
     }
@@ -605,8 +631,54 @@ impl ClusterState {
         if silo.status.as_ref() == Some(status) {
             return (Response::StatusRecorded, Vec::new());
         }
+        for event in status_events(silo.status.as_ref(), status) {
+            silo.events.push(self.applying_at_unix_ms, event);
+        }
         silo.status = Some(status.clone());
         (Response::StatusRecorded, vec![Change::Silo(silo.key())])
+    }
+
+    /// Appends a host-lost event to the instance with key `key` (see [`instance_key`]) at the
+    /// time of the command being applied, and returns whether the instance exists. Call it from
+    /// an apply path that moves the instance off `lost_host`: the next placement of the
+    /// instance then appends "placed again" in place of "placed" or "replaced".
+    #[allow(dead_code, reason = "the host-loss re-placement calls it; only tests do so far")]
+    pub fn record_host_lost(&mut self, key: &str, lost_host: &str) -> bool {
+        let at_unix_ms = self.applying_at_unix_ms;
+        let Some(record) = self.silos.get_mut(key) else {
+            return false;
+        };
+        record.events.push(
+            at_unix_ms,
+            EventKind::HostLost {
+                host: lost_host.to_owned(),
+            },
+        );
+        true
+    }
+
+    /// Returns the events of a new instance at a record key: those of the `previous` record
+    /// there, a replacement event unless the previous host was lost, and its placement.
+    fn events_of_new_instance(
+        &self,
+        previous: Option<SiloRecord>,
+        id: &str,
+        generation: u64,
+        placement: &InstancePlacement,
+    ) -> EventLog {
+        let at_unix_ms = self.applying_at_unix_ms;
+        let mut events = previous.map(|record| record.events).unwrap_or_default();
+        let host_lost = is_host_lost(&events);
+        if generation > 1 && !host_lost {
+            let replaced = EventKind::Replaced {
+                id: id.to_owned(),
+                generation,
+            };
+            events.push(at_unix_ms, replaced);
+        }
+        let placed = placement_event(&events, placement);
+        events.push(at_unix_ms, placed);
+        events
     }
 
     fn delete_silo(&mut self, name: &str, id: &str) -> (Response, Vec<Change>) {
@@ -617,6 +689,28 @@ impl ClusterState {
             }
             _ => (Response::Stale, Vec::new()),
         }
+    }
+}
+
+/// Returns true when the newest event of `events`, pending reasons aside, is a lost host, so the
+/// next placement is a placement again.
+fn is_host_lost(events: &EventLog) -> bool {
+    events
+        .events()
+        .iter()
+        .rev()
+        .find(|event| !matches!(event.kind, EventKind::Pending { .. }))
+        .is_some_and(|event| matches!(event.kind, EventKind::HostLost { .. }))
+}
+
+/// Returns the event of a placement decision, after the events the instance already has.
+fn placement_event(events: &EventLog, placement: &InstancePlacement) -> EventKind {
+    match placement {
+        InstancePlacement::Host(host) if is_host_lost(events) => EventKind::PlacedAgain { host: host.clone() },
+        InstancePlacement::Host(host) => EventKind::Placed { host: host.clone() },
+        InstancePlacement::Pending { reason } => EventKind::Pending {
+            reason: reason.clone(),
+        },
     }
 }
 
@@ -1102,5 +1196,159 @@ mod tests {
         assert_eq!(state.silos["web/1"].next_spec, None);
         assert_eq!(state.silos["web/2"].next_spec, None);
         assert_eq!(state.silos["web/2"].id, "0000000c");
+    }
+
+    /// Wraps `command` as the leader proposes it, at `at_unix_ms`.
+    fn stamped(at_unix_ms: u64, command: Command) -> Command {
+        Command::Stamped {
+            at_unix_ms,
+            command: Box::new(command),
+        }
+    }
+
+    /// Returns (time, kind name) of every event of the record with key `key`.
+    fn event_names(state: &ClusterState, key: &str) -> Vec<(u64, &'static str)> {
+        state.silos[key]
+            .events
+            .events()
+            .iter()
+            .map(|event| (event.at_unix_ms, event.kind.name()))
+            .collect()
+    }
+
+    fn report(host: &str, id: &str, state: i32, exit_code: Option<i32>, restarts: u32) -> Command {
+        Command::ReportStatus {
+            host: host.to_owned(),
+            silo_id: id.to_owned(),
+            status: SiloStatus {
+                state,
+                exit_code,
+                restarts,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn events_follow_each_command_kind() {
+        let mut state = ClusterState::default();
+        state.apply(&stamped(
+            10,
+            put_instances(2, vec![on_host(0, "0000000a", "a"), pending(1, "0000000b", "no live host fits")]),
+        ));
+        assert_eq!(event_names(&state, "web"), [(10, "placed")]);
+        assert_eq!(event_names(&state, "web/1"), [(10, "pending")]);
+
+        let placed = Command::PlaceInstances {
+            name: "web".to_owned(),
+            instances: vec![on_host(1, "0000000b", "b")],
+        };
+        state.apply(&stamped(20, placed));
+        assert_eq!(event_names(&state, "web/1"), [(10, "pending"), (20, "placed")]);
+
+        // Wire numbers of `colex_proto::SiloState`: 2 STARTING, 3 UP, 4 EXITED, 5 FAILED.
+        state.apply(&stamped(30, report("a", "0000000a", 3, None, 0)));
+        state.apply(&stamped(40, report("a", "0000000a", 2, Some(3), 1)));
+        state.apply(&stamped(50, report("a", "0000000a", 3, Some(3), 1)));
+        state.apply(&stamped(60, report("a", "0000000a", 4, Some(3), 1)));
+        assert_eq!(
+            event_names(&state, "web"),
+            [
+                (10, "placed"),
+                (30, "started"),
+                (40, "exited"),
+                (40, "restarted"),
+                (50, "started"),
+                (60, "exited")
+            ]
+        );
+        state.apply(&stamped(65, report("b", "0000000b", 5, None, 0)));
+        assert_eq!(event_names(&state, "web/1").last(), Some(&(65, "failed")));
+
+        let replace = put_instances(2, vec![on_host(1, "0000001b", "c")]);
+        state.apply(&stamped(70, replace));
+        let replaced = event_names(&state, "web/1");
+        assert_eq!(replaced[replaced.len() - 2..], [(70, "replaced"), (70, "placed")]);
+        assert_eq!(
+            state.silos["web/1"].events.events().last().map(|event| event.kind.describe()),
+            Some("placed on c".to_owned())
+        );
+
+        state.apply(&stamped(80, Command::StopSilo { name: "web".to_owned() }));
+        assert_eq!(event_names(&state, "web").last(), Some(&(80, "stopping")));
+        state.apply(&stamped(90, Command::StopSilo { name: "web".to_owned() }));
+        assert_eq!(
+            event_names(&state, "web").iter().filter(|(_, name)| *name == "stopping").count(),
+            1,
+            "a second stop adds no event"
+        );
+    }
+
+    #[test]
+    fn unstamped_commands_have_unknown_time() {
+        let mut state = ClusterState::default();
+        state.apply(&put_instances(1, vec![on_host(0, "0000000a", "a")]));
+        assert_eq!(event_names(&state, "web"), [(0, "placed")]);
+    }
+
+    #[test]
+    fn host_loss_then_placed_again() {
+        let mut state = three_instances();
+        assert!(state.record_host_lost("web/1", "b"));
+        assert!(!state.record_host_lost("web/9", "b"));
+        state.apply(&put_instances(3, vec![pending(1, "0000001b", "no live host fits")]));
+        let placed = Command::PlaceInstances {
+            name: "web".to_owned(),
+            instances: vec![on_host(1, "0000001b", "c")],
+        };
+        state.apply(&placed);
+        let names: Vec<&str> = event_names(&state, "web/1").into_iter().map(|(_, name)| name).collect();
+        assert_eq!(names, ["placed", "host-lost", "pending", "placed-again"]);
+        assert_eq!(
+            state.silos["web/1"].events.events().last().map(|event| event.kind.describe()),
+            Some("placed again on c".to_owned())
+        );
+    }
+
+    #[test]
+    fn event_log_is_bounded_per_instance() {
+        let mut state = three_instances();
+        for restarts in 1..=40 {
+            state.apply(&stamped(u64::from(restarts), report("a", "0000000a", 2, Some(3), restarts)));
+            state.apply(&stamped(u64::from(restarts), report("a", "0000000a", 3, Some(3), restarts)));
+        }
+        let events = state.silos["web"].events.events();
+        assert_eq!(events.len(), crate::events::MAX_EVENTS_PER_INSTANCE);
+        assert_eq!(events.last().map(|event| event.at_unix_ms), Some(40));
+    }
+
+    #[test]
+    fn rows_without_events_decode() {
+        let old_row = r#"{"name":"web","index":1,"id":"3938a44e","generation":4,"spec":[1],"host":"a","desired":"Run","status":null,"pending_reason":null,"next_spec":null}"#;
+        let record: SiloRecord = serde_json::from_str(old_row).expect("decode a row without events");
+        assert!(record.events.events().is_empty());
+
+        let mut state = three_instances();
+        state.apply(&stamped(5, report("a", "0000000a", 3, None, 0)));
+        let row = serde_json::to_string(&state.silos["web"]).expect("encode a row");
+        let decoded: SiloRecord = serde_json::from_str(&row).expect("decode a row with events");
+        assert_eq!(decoded, state.silos["web"]);
+
+        let snapshot = serde_json::to_vec(&state).expect("encode a snapshot");
+        let restored: ClusterState = serde_json::from_slice(&snapshot).expect("decode a snapshot");
+        assert_eq!(restored, state);
+    }
+
+    #[test]
+    fn stamped_command_applies_its_command() {
+        let mut state = ClusterState::default();
+        let (response, changes) = state.apply(&stamped(7, put_instances(1, vec![on_host(0, "0000000a", "a")])));
+        assert_eq!(response, Response::InstancesStored { stopping: 0 });
+        assert_eq!(changes, vec![Change::Silo("web".to_owned())]);
+        assert_eq!(state.applying_at_unix_ms, 0, "the time is reset after apply");
+
+        let entry = serde_json::to_string(&stamped(7, Command::StopSilo { name: "web".to_owned() })).expect("encode");
+        let decoded: Command = serde_json::from_str(&entry).expect("decode a stamped log entry");
+        assert!(matches!(decoded, Command::Stamped { at_unix_ms: 7, .. }));
     }
 }

@@ -160,6 +160,7 @@ mod tests {
             index: 0,
             pending_reason: None,
             next_spec: None,
+            events: Default::default(),
             id: SILO_ID.to_owned(),
             generation: 1,
             spec: proto::SiloSpec::default().encode_to_vec(),

@@ -513,6 +513,18 @@ impl proto::client_server::Client for ClientService {
             .collect();
         Ok(Response::new(proto::ListResponse { silos, hosts }))
     }
+
+    async fn status(&self, request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+        // Served like `list` without `--stale`: the leader reads after a read barrier.
+        let forwarded = self.node.leader.forward(&request, |channel, forwarded| async move { leader_client(channel).status(forwarded).await });
+        if let Some(response) = forwarded.await? {
+            return Ok(response);
+        }
+        self.node.read_barrier().await.map_err(|error| unavailable(&error))?;
+        let state = self.node.state.read().await;
+        let response = super::status::silo_status(&state, &request.into_inner().name)?;
+        Ok(Response::new(response))
+    }
 }
 
 /// Returns a client of the leader's `Client` service on `channel`.

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod client;
 pub mod logs;
 pub mod members;
+pub mod status;
 
 use crate::raft::RaftError;
 

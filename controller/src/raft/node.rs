@@ -298,6 +298,15 @@ impl RaftNode {
     ///
     /// When this returns `Ok`, `state` already contains the command's effect.
     pub async fn write(&self, command: Command) -> Result<Response, RaftError> {
+        // Only the leader's `client_write` succeeds, so the time in a committed entry is the
+        // leader's clock. A clock before the epoch stamps 0, which shows as an unknown time.
+        let at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+        let command = Command::Stamped {
+            at_unix_ms,
+            command: Box::new(command),
+        };
         match self.raft.client_write(command).await {
             Ok(written) => Ok(written.data),
             Err(error) => match error.api_error() {
