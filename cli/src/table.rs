@@ -346,24 +346,32 @@ mod tests {
             ..Default::default()
         };
         let rendered = render(&[list_row(&silo)]);
+        assert_cells(
+            &rendered,
+            3,
+            &[
+                ("STATE", "UP"),
+                ("CPU", "25.1%"),
+                ("MEMORY", "3.2MiB"),
+                ("NET I/O", "1.4KiB / 880B"),
+                ("PIDS", "4"),
+                ("UPTIME", "4m12s"),
+                ("RESTARTS", "0"),
+            ],
+        );
+    }
+
+    /// Asserts the cells of line `line` of a rendered table, by column name.
+    fn assert_cells(rendered: &str, line: usize, expected: &[(&str, &str)]) {
         let lines: Vec<&str> = rendered.lines().collect();
         let header = cells(lines[1]);
-        let row = cells(lines[3]);
-        let expected = [
-            ("STATE", "UP"),
-            ("CPU", "25.1%"),
-            ("MEMORY", "3.2MiB"),
-            ("NET I/O", "1.4KiB / 880B"),
-            ("PIDS", "4"),
-            ("UPTIME", "4m12s"),
-            ("RESTARTS", "0"),
-        ];
+        let row = cells(lines[line]);
         for (column, value) in expected {
             let index = header
                 .iter()
-                .position(|name| *name == column)
+                .position(|name| name == column)
                 .unwrap_or_else(|| panic!("no {column} column in\n{rendered}"));
-            assert_eq!(row[index], value, "{column} in\n{rendered}");
+            assert_eq!(row[index], *value, "{column} in\n{rendered}");
         }
     }
 
@@ -482,21 +490,15 @@ mod tests {
             ..up.clone()
         };
         let rendered = render_list(&[up, pending]);
-        let lines: Vec<&str> = rendered.lines().collect();
-        let header = cells(lines[1]);
-        let row = cells(lines[4]);
-        let expected = [
-            ("NAME", "web[1]"),
-            ("HOST", "-"),
-            ("STATE", "PENDING"),
-            ("MESSAGE", "silo web: no live host fits"),
-        ];
-        for (column, value) in expected {
-            let index = header
-                .iter()
-                .position(|name| *name == column)
-                .unwrap_or_else(|| panic!("no {column} column in\n{rendered}"));
-            assert_eq!(row[index], value, "{column} in\n{rendered}");
-        }
+        assert_cells(
+            &rendered,
+            4,
+            &[
+                ("NAME", "web[1]"),
+                ("HOST", "-"),
+                ("STATE", "PENDING"),
+                ("MESSAGE", "silo web: no live host fits"),
+            ],
+        );
     }
 }
