@@ -98,6 +98,53 @@ pub struct Agent {
     mesh: Option<Arc<HostMesh>>,
     /// A peer list that failed to apply, and when to apply it again.
     mesh_retry: Option<(proto::Peers, tokio::time::Instant)>,
+    /// Holds back the starts of assignments until their removals have finished.
+    removal_gate: RemovalGate,
+    /// Sessions that got as far as "session open"; `run` starts its backoff again after one.
+    sessions_opened: u64,
+}
+
+/// Orders the operations of assignments so that removals finish before anything else starts.
+/// A host that returns from a network cut thus stops the copies the controller placed
+/// elsewhere before it starts anything.
+#[derive(Debug, Default)]
+struct RemovalGate {
+    /// Ids of the silos whose removal the assignments started and which has not finished yet.
+    in_flight: HashSet<String>,
+    /// Operations that wait until `in_flight` is empty.
+    deferred: Vec<Operation>,
+}
+
+impl RemovalGate {
+    /// Takes the operations of one set of assignments and returns those to launch now: every
+    /// removal, and the others only when no removal is in flight. The rest wait.
+    fn admit(&mut self, operations: Vec<Operation>) -> Vec<Operation> {
+        let (mut now, others): (Vec<Operation>, Vec<Operation>) = operations
+            .into_iter()
+            .partition(|operation| matches!(operation, Operation::Remove { .. }));
+        for removal in &now {
+            if let Operation::Remove { id, .. } = removal {
+                self.in_flight.insert(id.clone());
+            }
+        }
+        if self.in_flight.is_empty() {
+            now.extend(others);
+        } else if !others.is_empty() {
+            tracing::info!(removing = self.in_flight.len(), waiting = others.len(), "starts wait until the withdrawn silos are removed");
+            self.deferred.extend(others);
+        }
+        now
+    }
+
+    /// Marks the removal of silo `id` finished, whether it succeeded or not, and returns the
+    /// operations to launch now: the deferred ones once no removal is left. A failed removal
+    /// is retried without holding back the starts any longer.
+    fn removal_finished(&mut self, id: &str) -> Vec<Operation> {
+        if !self.in_flight.remove(id) || !self.in_flight.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.deferred)
+    }
 }
 
 impl Agent {
@@ -115,6 +162,8 @@ impl Agent {
             usage_failures: Arc::default(),
             mesh: None,
             mesh_retry: None,
+            removal_gate: RemovalGate::default(),
+            sessions_opened: 0,
         }
     }
 
@@ -141,7 +190,14 @@ impl Agent {
         }
         let mut backoff = INITIAL_BACKOFF;
         loop {
-            match self.session().await {
+            // A session that opened was a success: the next try after it starts from the
+            // shortest wait, so a new leader is reached well within the hosts' grace period.
+            let opened_before = self.sessions_opened;
+            let end = self.session().await;
+            if self.sessions_opened != opened_before {
+                backoff = INITIAL_BACKOFF;
+            }
+            match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Lost(reason) => {
                     tracing::warn!(controller = %self.config.controller, %reason, retry_in_ms = backoff.as_millis() as u64, "controller session lost; retrying");
@@ -240,6 +296,7 @@ impl Agent {
             return SessionEnd::Lost(format!("cannot prepare the silo runtime: {error:#}"));
         }
         tracing::info!(host = %self.config.host_name, %controller, %subnet, "session open");
+        self.sessions_opened += 1;
         if started_now {
             // The Hello went out before the runtime adopted anything: report the adopted silos
             // now, before any assignment is acted on.
@@ -274,7 +331,8 @@ impl Agent {
                 message = inbound.message() => match message {
                     Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::Assignments(assignments)) })) => {
                         tracing::info!(silos = assignments.silos.len(), "assignments received");
-                        for operation in self.silos.reconcile(&assignments) {
+                        let operations = self.silos.reconcile(&assignments);
+                        for operation in self.removal_gate.admit(operations) {
                             self.launch(operation);
                         }
                         // Silos entering STARTING or STOPPING are reported at once.
@@ -534,11 +592,17 @@ impl Agent {
             Done::Removed { id, result: Ok(report) } => {
                 tracing::info!(silo_id = %id, exit_code = ?report.exit_code, how = %report.message, "silo removed");
                 self.silos.removed(&id, Ok(()));
+                for operation in self.removal_gate.removal_finished(&id) {
+                    self.launch(operation);
+                }
                 Some(local::removed_status(&id, report.exit_code, report.message))
             }
             Done::Removed { id, result: Err(error) } => {
                 tracing::warn!(silo_id = %id, %error, retry_in_s = REMOVE_RETRY_DELAY.as_secs(), "silo removal failed; retrying");
                 self.silos.removed(&id, Err(error));
+                for operation in self.removal_gate.removal_finished(&id) {
+                    self.launch(operation);
+                }
                 let done = self.done_tx.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(REMOVE_RETRY_DELAY).await;
@@ -661,5 +725,50 @@ async fn recv_exit(exits: &mut Option<mpsc::Receiver<SiloExit>>) -> Option<SiloE
     match exits {
         Some(receiver) => receiver.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str) -> Operation {
+        Operation::Run {
+            id: id.to_owned(),
+            generation: 1,
+            spec: Box::default(),
+        }
+    }
+
+    fn remove(id: &str) -> Operation {
+        Operation::Remove {
+            id: id.to_owned(),
+            kill_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn gate_launches_starts_after_removals() {
+        let mut gate = RemovalGate::default();
+        let now = gate.admit(vec![remove("old1"), run("new"), remove("old2")]);
+        assert_eq!(now, [remove("old1"), remove("old2")]);
+        assert!(gate.removal_finished("old1").is_empty(), "old2 is still being removed");
+        assert!(gate.removal_finished("unknown").is_empty());
+        assert_eq!(gate.removal_finished("old2"), [run("new")]);
+        assert!(gate.removal_finished("old2").is_empty(), "launched once");
+    }
+
+    #[test]
+    fn gate_passes_starts_without_removals() {
+        let mut gate = RemovalGate::default();
+        assert_eq!(gate.admit(vec![run("a"), run("b")]), [run("a"), run("b")]);
+    }
+
+    #[test]
+    fn gate_holds_later_starts_too() {
+        let mut gate = RemovalGate::default();
+        gate.admit(vec![remove("old")]);
+        assert!(gate.admit(vec![run("a")]).is_empty(), "a removal is still in flight");
+        assert_eq!(gate.removal_finished("old"), [run("a")]);
     }
 }

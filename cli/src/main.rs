@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod controllers;
 mod merged_logs;
+mod hosts;
 mod output;
 mod partial;
 mod status;
@@ -83,6 +84,15 @@ enum Command {
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// List the agent hosts (state, subnet, reserved and total CPU and memory, silos, labels),
+    /// or drain or undrain one.
+    Hosts {
+        #[command(subcommand)]
+        action: Option<HostsAction>,
+        /// Print a table (table) or one JSON document (json) of the hosts.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
+    },
     /// Check silo files without a controller: print one summary line per silo, or every
     /// problem as FILE:LINE:COLUMN: message. Exits with 1 if any file has a problem.
     Validate {
@@ -130,6 +140,20 @@ enum ControllersAction {
     Remove {
         /// Id of the controller, as listed by `colex-cli controllers`.
         id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostsAction {
+    /// Move the host's silos to other hosts one at a time and place no new silo on it.
+    Drain {
+        /// Host name, as listed by `colex-cli hosts`.
+        host: String,
+    },
+    /// Let the scheduler place silos on the host again. Silos moved away stay where they are.
+    Undrain {
+        /// Host name, as listed by `colex-cli hosts`.
+        host: String,
     },
 }
 
@@ -212,6 +236,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             action: Some(ControllersAction::Remove { id }),
             ..
         } => controllers::remove(&cli.serv, id).await,
+        Command::Hosts { action: None, output } => hosts::list(&cli.serv, output).await,
+        Command::Hosts {
+            action: Some(HostsAction::Drain { host }),
+            ..
+        } => hosts::set_draining(&cli.serv, &host, true).await,
+        Command::Hosts {
+            action: Some(HostsAction::Undrain { host }),
+            ..
+        } => hosts::set_draining(&cli.serv, &host, false).await,
         Command::Validate { files, output } => validate::run(&files, output),
         Command::Completions { shell } => print_completions(shell),
         Command::Status { name, output } => status::run(&cli.serv, &name, output).await,
@@ -282,6 +315,20 @@ mod tests {
         assert!(
             matches!(cli.map(|cli| cli.command), Ok(Command::Controllers { action: Some(ControllersAction::Remove { id: 3 }), .. })),
         );
+    }
+
+    #[test]
+    fn hosts_drain_parses() {
+        let cli = Cli::try_parse_from(strings(&["colex-cli", "hosts", "drain", "h1"]));
+        assert!(matches!(
+            cli.map(|cli| cli.command),
+            Ok(Command::Hosts { action: Some(HostsAction::Drain { host }), .. }) if host == "h1"
+        ));
+        let cli = Cli::try_parse_from(strings(&["colex-cli", "hosts", "-o", "json"]));
+        assert!(matches!(
+            cli.map(|cli| cli.command),
+            Ok(Command::Hosts { action: None, output: OutputFormat::Json })
+        ));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 mod api;
 mod events;
+mod liveness;
 mod raft;
+mod relocation;
 mod scheduler;
 mod sessions;
 mod state;
@@ -23,6 +25,7 @@ use crate::api::agent::AgentService;
 use crate::api::client::ClientService;
 use crate::api::logs::LogRouter;
 use crate::api::members::MembersService;
+use crate::liveness::Liveness;
 use crate::raft::{RaftNode, StartMode};
 use crate::sessions::Sessions;
 
@@ -56,6 +59,13 @@ struct Args {
     /// Address other controllers reach this one at; defaults to --listen.
     #[arg(long)]
     advertise: Option<String>,
+
+    /// Milliseconds without a message from a host's agent after which the leader counts the
+    /// host as down and places its silos with restart policy on-failure or always on other
+    /// hosts. A new leader waits this long for every host to reconnect first. Agents send a
+    /// heartbeat every second.
+    #[arg(long, value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..))]
+    host_ttl_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -100,7 +110,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the controller state in {}", args.data_dir.display()))?;
     tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), node_id = node.id, "controller started");
 
-    let sessions = Sessions::default();
+    let sessions = Sessions::with_liveness(Liveness::new(Duration::from_millis(args.host_ttl_ms)));
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     // One router pairs log requests from clients with the agent sessions that serve them.
     let logs = LogRouter::default();

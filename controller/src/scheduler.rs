@@ -184,10 +184,8 @@ impl Requirements {
 }
 
 /// Returns whether `host` is draining, so new silos stay off it.
-// TODO: drain is not built yet, so no host is draining. When `colex-cli hosts drain` lands, the
-// host record gains a draining flag and this check reads it.
-fn is_draining(_host: &HostRecord) -> bool {
-    false
+fn is_draining(host: &HostRecord) -> bool {
+    host.draining
 }
 
 /// CPU and memory one silo reserves on its host, from its `resources`.
@@ -289,7 +287,7 @@ impl Lack {
     /// Describes the lack for a per-host reason, for example "lacks label zone=b (has zone=a)".
     fn describe(&self, requirements: &Requirements) -> String {
         match self {
-            Lack::Draining => "is draining".to_owned(),
+            Lack::Draining => "draining".to_owned(),
             Lack::NotListed => "is not in placement.hosts".to_owned(),
             Lack::Label {
                 key,

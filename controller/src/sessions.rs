@@ -3,15 +3,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::sync::{watch, Notify};
 
+use crate::liveness::Liveness;
 use crate::usage::UsageStore;
 
-/// Open agent sessions by host name. A host is live while it has one.
+/// Open agent sessions by host name. A host is live while it has one and its agent sent a
+/// message within the liveness TTL.
 #[derive(Debug, Clone, Default)]
 pub struct Sessions {
     inner: Arc<Mutex<Inner>>,
+    /// Time of each host's last agent message, which decides when a host is down.
+    liveness: Liveness,
     /// Latest silo usage of the hosts with an open session. A host's entries are dropped when
     /// its session closes.
     usage: UsageStore,
@@ -37,6 +42,19 @@ pub struct SessionToken {
 }
 
 impl Sessions {
+    /// Creates an empty registry whose hosts are down as `liveness` decides.
+    pub fn with_liveness(liveness: Liveness) -> Self {
+        Self {
+            liveness,
+            ..Self::default()
+        }
+    }
+
+    /// Returns the liveness tracker that agent messages update.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
     /// Registers a session for `host`, replacing (and ending) any earlier one.
     /// The returned receiver turns `true` when a newer session replaced
     /// this one.
@@ -51,6 +69,7 @@ impl Sessions {
             let _ = old.send(true);
         }
         drop(inner);
+        self.liveness.seen(host, Instant::now());
         self.wake_placement();
         (
             SessionToken {
@@ -87,9 +106,16 @@ impl Sessions {
         self.placement_wakeup.notified().await;
     }
 
-    /// Returns the names of the hosts with an open session.
+    /// Returns the names of the hosts with an open session that are not down: a session can
+    /// stay open for a while after its agent went silent.
     pub fn live_hosts(&self) -> BTreeSet<String> {
-        self.lock().open.keys().cloned().collect()
+        let now = Instant::now();
+        self.lock()
+            .open
+            .keys()
+            .filter(|host| !self.liveness.is_down(host, now))
+            .cloned()
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

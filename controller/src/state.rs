@@ -146,6 +146,11 @@ pub struct HostRecord {
     /// offering nothing.
     #[serde(default)]
     pub attributes: HostAttributes,
+    /// True after `colex-cli hosts drain`: the scheduler places nothing on the host and the
+    /// leader moves its instances elsewhere one at a time. Records written before drain
+    /// existed decode as not draining.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Images, bind ids and labels a host's agent offers to silos, as its
@@ -252,6 +257,33 @@ pub enum Command {
     /// Delete the record with key `name` (see [`instance_key`]), but only if it still
     /// describes the instance with id `id`.
     DeleteSilo { name: String, id: String },
+    /// Mark host `name` draining or clear the mark. Registering again keeps the mark.
+    SetDraining {
+        name: String,
+        #[serde(default)]
+        draining: bool,
+    },
+    /// Move instances off host `from`, which was lost or is draining: each move replaces its
+    /// instance, still the one with id `replaced_id` on `from`, by a new instance of the same
+    /// spec and the next generation. `reason` describes why, for example "host h1 lost".
+    /// `host_lost` is set when `from` was lost rather than drained: each moved instance then
+    /// gets a host-lost event, and its new placement reads "placed again".
+    MoveInstances {
+        from: String,
+        #[serde(default)]
+        reason: String,
+        moves: Vec<InstanceMove>,
+        #[serde(default)]
+        host_lost: bool,
+    },
+}
+
+/// One instance that [`Command::MoveInstances`] moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceMove {
+    pub name: String,
+    pub replaced_id: String,
+    pub instance: InstanceUpdate,
 }
 
 /// The result of applying one [`Command`].
@@ -268,6 +300,10 @@ pub enum Response {
     InstancesPlaced { changed: u32 },
     /// `ReplaceInstance` stored the new instance with this generation.
     InstanceReplaced { generation: u64 },
+    /// `SetDraining` stored the mark.
+    DrainingSet,
+    /// `MoveInstances` moved this many instances; the others were stale.
+    InstancesMoved { moved: u32 },
     SiloStopping,
     StatusRecorded,
     SiloDeleted,
@@ -343,6 +379,10 @@ impl ClusterState {
                 status,
             } => self.report_status(host, silo_id, status),
             Command::DeleteSilo { name, id } => self.delete_silo(name, id),
+            Command::SetDraining { name, draining } => self.set_draining(name, *draining),
+            Command::MoveInstances {
+                from, moves, host_lost, ..
+            } => self.move_instances(from, moves, *host_lost),
         }
     }
 
@@ -407,6 +447,7 @@ impl ClusterState {
             },
         };
 
+        let draining = self.hosts.get(name).is_some_and(|known| known.draining);
         let record = HostRecord {
             name: name.to_owned(),
             address: address.to_owned(),
@@ -414,6 +455,7 @@ impl ClusterState {
             memory_bytes,
             subnet_index,
             attributes: attributes.clone(),
+            draining,
         };
         self.hosts.insert(name.to_owned(), record);
         (
@@ -642,7 +684,6 @@ impl ClusterState {
     /// time of the command being applied, and returns whether the instance exists. Call it from
     /// an apply path that moves the instance off `lost_host`: the next placement of the
     /// instance then appends "placed again" in place of "placed" or "replaced".
-    #[allow(dead_code, reason = "the host-loss re-placement calls it; only tests do so far")]
     pub fn record_host_lost(&mut self, key: &str, lost_host: &str) -> bool {
         let at_unix_ms = self.applying_at_unix_ms;
         let Some(record) = self.silos.get_mut(key) else {
@@ -679,6 +720,44 @@ impl ClusterState {
         let placed = placement_event(&events, placement);
         events.push(at_unix_ms, placed);
         events
+    }
+
+    fn set_draining(&mut self, name: &str, draining: bool) -> (Response, Vec<Change>) {
+        let Some(host) = self.hosts.get_mut(name) else {
+            return (Response::Stale, Vec::new());
+        };
+        if host.draining == draining {
+            return (Response::DrainingSet, Vec::new());
+        }
+        host.draining = draining;
+        (Response::DrainingSet, vec![Change::Host(name.to_owned())])
+    }
+
+    fn move_instances(&mut self, from: &str, moves: &[InstanceMove], host_lost: bool) -> (Response, Vec<Change>) {
+        let mut changes = Vec::new();
+        for instance_move in moves {
+            let key = instance_key(&instance_move.name, instance_move.instance.index);
+            let current = self.silos.get(&key).filter(|record| {
+                record.id == instance_move.replaced_id && record.host == from && record.desired == Desired::Run
+            });
+            let Some(record) = current else {
+                continue;
+            };
+            // The new instance runs the spec the moved one ran and keeps waiting for a rolling
+            // replacement's next spec, if any.
+            let spec = record.spec.clone();
+            let next_spec = record.next_spec.clone();
+            if host_lost {
+                self.record_host_lost(&key, from);
+            }
+            let key = self.store_instance(&instance_move.name, &spec, &instance_move.instance);
+            if let Some(record) = self.silos.get_mut(&key) {
+                record.next_spec = next_spec;
+            }
+            changes.push(Change::Silo(key));
+        }
+        let moved = u32::try_from(changes.len()).unwrap_or(u32::MAX);
+        (Response::InstancesMoved { moved }, changes)
     }
 
     fn delete_silo(&mut self, name: &str, id: &str) -> (Response, Vec<Change>) {

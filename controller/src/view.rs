@@ -96,6 +96,11 @@ pub fn host_info(state: &ClusterState, host: &HostRecord, live: &BTreeSet<String
         images: host.attributes.images.clone(),
         bind_ids: host.attributes.bind_ids.clone(),
         labels: host.attributes.labels.clone().into_iter().collect(),
+        draining: host.draining,
+        // Summing the reservations needs every silo spec decoded, so `api::hosts::host_infos`
+        // fills them in once for all hosts.
+        cpu_percent_reserved: 0,
+        memory_bytes_reserved: 0,
     }
 }
 

@@ -224,6 +224,7 @@ impl Session {
                         Ok(Err(status)) => return format!("stream error: {status}"),
                         Ok(Ok(None)) => return "the agent ended the session".to_owned(),
                         Ok(Ok(Some(message))) => {
+                            self.sessions.liveness().seen(&self.host, Instant::now());
                             if let Err(status) = self.handle(message).await {
                                 tracing::warn!(host = %self.host, %status, "agent message not handled");
                                 return format!("message not handled: {status}");

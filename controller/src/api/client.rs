@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::api::hosts;
 use crate::api::logs::LogRouter;
 use crate::api::unavailable;
 use crate::raft::{RaftError, RaftNode};
@@ -48,6 +49,7 @@ impl ClientService {
     pub fn new(node: RaftNode, sessions: Sessions, logs: LogRouter) -> Self {
         let placement = Arc::new(Mutex::new(()));
         tokio::spawn(place_pending_forever(node.clone(), sessions.clone(), Arc::clone(&placement)));
+        tokio::spawn(crate::relocation::watch_hosts_forever(node.clone(), sessions.clone(), Arc::clone(&placement)));
         Self {
             node,
             sessions,
@@ -358,7 +360,7 @@ fn log_placement(name: &str, instance: &InstanceUpdate) {
 
 /// Returns a random silo id that no stored record and none of `drawn_ids` uses, and adds it to
 /// `drawn_ids`.
-fn unused_silo_id(state: &ClusterState, drawn_ids: &mut BTreeSet<String>) -> String {
+pub(crate) fn unused_silo_id(state: &ClusterState, drawn_ids: &mut BTreeSet<String>) -> String {
     loop {
         let id = new_silo_id();
         if state.silo_by_id(&id).is_none() && drawn_ids.insert(id.clone()) {
@@ -505,12 +507,9 @@ impl proto::client_server::Client for ClientService {
 
         let live = self.sessions.live_hosts();
         let state = self.node.state.read().await;
-        let silos = view::all_instance_infos(&state, self.sessions.usage(), std::time::Instant::now());
-        let hosts = state
-            .hosts
-            .values()
-            .map(|host| view::host_info(&state, host, &live))
-            .collect();
+        let mut silos = view::all_instance_infos(&state, self.sessions.usage(), std::time::Instant::now());
+        hosts::mark_lost_hosts(&mut silos, &self.sessions);
+        let hosts = hosts::host_infos(&state, &live);
         Ok(Response::new(proto::ListResponse { silos, hosts }))
     }
 
@@ -524,6 +523,34 @@ impl proto::client_server::Client for ClientService {
         let state = self.node.state.read().await;
         let response = super::status::silo_status(&state, &request.into_inner().name)?;
         Ok(Response::new(response))
+    }
+
+    async fn hosts(&self, request: Request<proto::HostsRequest>) -> Result<Response<proto::HostsResponse>, Status> {
+        // Only the leader has the agent sessions that decide whether a host is up.
+        let forwarded = self.node.leader.forward(&request, |channel, forwarded| async move { leader_client(channel).hosts(forwarded).await });
+        if let Some(response) = forwarded.await? {
+            return Ok(response);
+        }
+        self.node.read_barrier().await.map_err(|error| unavailable(&error))?;
+        let live = self.sessions.live_hosts();
+        let state = self.node.state.read().await;
+        Ok(Response::new(proto::HostsResponse {
+            hosts: hosts::host_infos(&state, &live),
+        }))
+    }
+
+    async fn set_draining(
+        &self,
+        request: Request<proto::SetDrainingRequest>,
+    ) -> Result<Response<proto::SetDrainingResponse>, Status> {
+        // Storing the same mark twice changes nothing, so a retried forward is harmless.
+        let forwarded = self.node.leader.forward(&request, |channel, forwarded| async move { leader_client(channel).set_draining(forwarded).await });
+        if let Some(response) = forwarded.await? {
+            return Ok(response);
+        }
+        let request = request.into_inner();
+        let host = hosts::set_draining(&self.node, &self.sessions, &request.host, request.draining).await?;
+        Ok(Response::new(proto::SetDrainingResponse { host: Some(host) }))
     }
 }
 

@@ -508,6 +508,17 @@ impl Lab {
             .with_context(|| format!("cannot start {}", cli.display()))
     }
 
+    /// Cuts host `index` off the lab network by setting its port on the lab bridge down. Its
+    /// agent and silos keep running but reach nothing outside the host.
+    pub fn cut_host(&self, index: usize) -> anyhow::Result<()> {
+        ip(&["-n", &self.lab_netns, "link", "set", &format!("cxport{}", index + 1), "down"])
+    }
+
+    /// Plugs host `index` back into the lab network after [`Lab::cut_host`].
+    pub fn reconnect_host(&self, index: usize) -> anyhow::Result<()> {
+        ip(&["-n", &self.lab_netns, "link", "set", &format!("cxport{}", index + 1), "up"])
+    }
+
     /// Returns the v2 cgroup folder the agent of `host` keeps its silos in.
     pub fn agent_cgroup(&self, host: &Host) -> Option<PathBuf> {
         ledger::cgroup2_root().map(|root| root.join(format!("colex-{}", host.name)))
