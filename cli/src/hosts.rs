@@ -20,6 +20,8 @@ pub struct HostRow {
     /// `up`, `down` or `draining`.
     pub state: String,
     pub subnet: String,
+    /// WireGuard backend of the host's mesh device: `kernel` or `userspace`.
+    pub backend: String,
     /// CPUs the placed silos reserve, then the host's CPUs, such as `0.5/2`.
     pub cpu: String,
     /// Memory the placed silos reserve, then the host's memory.
@@ -46,6 +48,9 @@ pub struct HostEntry {
     pub draining: bool,
     /// Silo subnet in CIDR notation.
     pub subnet: String,
+    /// WireGuard backend of the host's mesh device: `kernel`, `userspace`, or empty when the
+    /// agent did not report one.
+    pub wireguard_backend: String,
     pub cpus: u32,
     /// Sum of the placed silos' `resources.cpu_percent`, in percent of the whole host.
     pub cpu_percent_reserved: u64,
@@ -120,6 +125,11 @@ fn host_row(host: &proto::HostInfo) -> HostRow {
         address: host.address.clone(),
         state: state_label(host).to_owned(),
         subnet: host.subnet.clone(),
+        backend: if host.wireguard_backend.is_empty() {
+            "-".to_owned()
+        } else {
+            host.wireguard_backend.clone()
+        },
         cpu: format!("{}/{}", reserved_cpus(host), host.cpus),
         memory: format!(
             "{}/{}",
@@ -160,6 +170,7 @@ fn host_entry(host: &proto::HostInfo) -> HostEntry {
         state: state_label(host).to_owned(),
         draining: host.draining,
         subnet: host.subnet.clone(),
+        wireguard_backend: host.wireguard_backend.clone(),
         cpus: host.cpus,
         cpu_percent_reserved: host.cpu_percent_reserved,
         memory_bytes: host.memory_bytes,
@@ -186,6 +197,7 @@ mod tests {
             draining,
             cpu_percent_reserved: 25,
             memory_bytes_reserved: 64 << 20,
+            wireguard_backend: if name == "h3" { String::new() } else { "userspace".to_owned() },
             ..Default::default()
         }
     }
@@ -198,13 +210,13 @@ mod tests {
             host("h3", proto::HostState::Down, true),
         ];
         let expected = "\
-|------|--------------|----------|--------------|-------|----------------|-------|-----------------|
-| NAME |   ADDRESS    |  STATE   |    SUBNET    |  CPU  |     MEMORY     | SILOS |     LABELS      |
-|------|--------------|----------|--------------|-------|----------------|-------|-----------------|
-| h1   | 198.51.100.2 | up       | 10.69.1.0/24 | 0.5/2 | 64.0MiB/2.0GiB | 3     | disk=ssd,zone=a |
-| h2   | 198.51.100.2 | draining | 10.69.1.0/24 | 0.5/2 | 64.0MiB/2.0GiB | 3     | disk=ssd,zone=a |
-| h3   | 198.51.100.2 | down     | 10.69.1.0/24 | 0.5/2 | 64.0MiB/2.0GiB | 3     | disk=ssd,zone=a |
-|------|--------------|----------|--------------|-------|----------------|-------|-----------------|";
+|------|--------------|----------|--------------|-----------|-------|----------------|-------|-----------------|
+| NAME |   ADDRESS    |  STATE   |    SUBNET    |  BACKEND  |  CPU  |     MEMORY     | SILOS |     LABELS      |
+|------|--------------|----------|--------------|-----------|-------|----------------|-------|-----------------|
+| h1   | 198.51.100.2 | up       | 10.69.1.0/24 | userspace | 0.5/2 | 64.0MiB/2.0GiB | 3     | disk=ssd,zone=a |
+| h2   | 198.51.100.2 | draining | 10.69.1.0/24 | userspace | 0.5/2 | 64.0MiB/2.0GiB | 3     | disk=ssd,zone=a |
+| h3   | 198.51.100.2 | down     | 10.69.1.0/24 | -         | 0.5/2 | 64.0MiB/2.0GiB | 3     | disk=ssd,zone=a |
+|------|--------------|----------|--------------|-----------|-------|----------------|-------|-----------------|";
         assert_eq!(render(&hosts), expected);
     }
 

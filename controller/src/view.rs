@@ -97,6 +97,7 @@ pub fn host_info(state: &ClusterState, host: &HostRecord, live: &BTreeSet<String
         bind_ids: host.attributes.bind_ids.clone(),
         labels: host.attributes.labels.clone().into_iter().collect(),
         draining: host.draining,
+        wireguard_backend: host.attributes.wireguard_backend.clone(),
         // Summing the reservations needs every silo spec decoded, so `api::hosts::host_infos`
         // fills them in once for all hosts.
         cpu_percent_reserved: 0,

@@ -295,6 +295,10 @@ fn drain_moves_silo_and_undrain_clears() {
     assert_eq!(entry["state"], "draining");
     assert_eq!(entry["draining"], true);
     assert_eq!(entry["silo_count"], 0);
+    assert!(
+        entry["wireguard_backend"] == "kernel" || entry["wireguard_backend"] == "userspace",
+        "the agent reported its mesh backend: {entry}"
+    );
     for field in ["address", "subnet", "cpus", "cpu_percent_reserved", "memory_bytes", "memory_bytes_reserved", "labels"] {
         assert!(entry.get(field).is_some(), "field {field} in {entry}");
     }
