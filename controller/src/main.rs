@@ -2,6 +2,7 @@
 //! the hosts whose agents hold a session with it.
 
 mod api;
+mod names;
 mod raft;
 mod scheduler;
 mod sessions;
