@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod controllers;
+pub mod dns;
 pub mod host;
 pub mod local;
 pub mod mesh;

@@ -1,8 +1,9 @@
 //! The agent's session with the controller: register the host, receive
 //! assignments, run them on the runtime and report every silo's state,
-//! apply restart policies, serve log requests, and set the WireGuard mesh
-//! device's peers to the list the controller sends. A lost session is opened
-//! again with exponential backoff while the silos keep running.
+//! apply restart policies, serve log requests, set the WireGuard mesh
+//! device's peers to the list the controller sends, and feed the silos' DNS
+//! resolver the controller's list of running instances. A lost session is
+//! opened again with exponential backoff while the silos keep running.
 //!
 //! Silos outlive the agent: a stopping agent leaves them running. A starting
 //! agent adopts them before its first Hello when it stored its subnet in an
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::dns::{self, NameTable, Resolver, ResolverConfig, SharedNameTable};
 use crate::host::HostFacts;
 use crate::local::{self, LocalSilos, Operation};
 use crate::mesh::{host_mesh, HostMesh};
@@ -102,6 +104,11 @@ pub struct Agent {
     removal_gate: RemovalGate,
     /// Sessions that got as far as "session open"; `run` starts its backoff again after one.
     sessions_opened: u64,
+    /// Names the DNS resolver answers: the controller's latest silo list and the config's
+    /// `hostnames`. Kept while the controller is unreachable.
+    names: SharedNameTable,
+    /// The DNS resolver on the bridge address, started once the runtime made the bridge.
+    resolver: Option<Resolver>,
 }
 
 /// Orders the operations of assignments so that removals finish before anything else starts.
@@ -150,6 +157,7 @@ impl RemovalGate {
 impl Agent {
     pub fn new(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let names = Arc::new(std::sync::RwLock::new(NameTable::new(&config.settings.hostnames)));
         Self {
             config,
             runtime: None,
@@ -164,6 +172,8 @@ impl Agent {
             mesh_retry: None,
             removal_gate: RemovalGate::default(),
             sessions_opened: 0,
+            names,
+            resolver: None,
         }
     }
 
@@ -181,6 +191,7 @@ impl Agent {
                 if let Err(error) = self.ensure_runtime(&subnet).await {
                     tracing::warn!(%subnet, error = %format!("{error:#}"), "cannot start the runtime before the session; retrying after the welcome");
                 }
+                self.ensure_resolver().await;
                 // The adopted silos reach other hosts again before the controller is reachable.
                 if let Some(peers) = self.mesh.as_ref().and_then(|mesh| mesh.stored_peers()) {
                     self.apply_peers(peers).await;
@@ -209,6 +220,7 @@ impl Agent {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
 
+        self.resolver = None;
         // Dropping the device blocks until its threads end, about a second for the embedded one.
         if let Some(mesh) = self.mesh.take() {
             if tokio::task::spawn_blocking(move || drop(mesh)).await.is_err() {
@@ -295,6 +307,7 @@ impl Agent {
         if let Err(error) = self.ensure_runtime(&subnet).await {
             return SessionEnd::Lost(format!("cannot prepare the silo runtime: {error:#}"));
         }
+        self.ensure_resolver().await;
         tracing::info!(host = %self.config.host_name, %controller, %subnet, "session open");
         self.sessions_opened += 1;
         if started_now {
@@ -344,6 +357,9 @@ impl Agent {
                     }
                     Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::Peers(peers)) })) => {
                         self.apply_peers(peers).await;
+                    }
+                    Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::Names(names)) })) => {
+                        self.set_names(&names);
                     }
                     Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::LogsRequest(request)) })) => {
                         self.serve_logs(request, outbound.clone());
@@ -421,6 +437,38 @@ impl Agent {
         }
     }
 
+    /// Starts the DNS resolver on the bridge address once the runtime exists. A failure, such
+    /// as another server bound to port 53 on every address, is logged, and the next session
+    /// start tries again. The silos run meanwhile, but their names do not resolve.
+    async fn ensure_resolver(&mut self) {
+        if self.resolver.is_some() {
+            return;
+        }
+        let Some(runtime) = self.runtime.as_ref() else {
+            return;
+        };
+        let gateway = runtime.config().gateway();
+        let config = ResolverConfig {
+            listen: SocketAddr::new(IpAddr::V4(gateway), dns::DNS_PORT),
+            upstreams: dns::upstream::read_resolv_conf(std::path::Path::new(dns::upstream::HOST_RESOLV_CONF)),
+            upstream_timeout: dns::server::DEFAULT_UPSTREAM_TIMEOUT,
+        };
+        match Resolver::start(config, Arc::clone(&self.names)).await {
+            Ok(resolver) => self.resolver = Some(resolver),
+            Err(error) => tracing::error!(%error, "cannot start the DNS resolver, so silos cannot resolve names; retrying at the next session"),
+        }
+    }
+
+    /// Replaces the resolver's silo names with the controller's list.
+    fn set_names(&self, names: &proto::Names) {
+        let mut table = self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let invalid = table.set_names(names);
+        if invalid > 0 {
+            tracing::warn!(invalid, "silo names with invalid addresses skipped");
+        }
+        tracing::debug!(instances = names.names.len(), silos = table.silo_count(), "silo names updated");
+    }
+
     /// Reads the usage of every running silo in a task of its own and sends it as one
     /// `SiloUsageReport`, even an empty one, so the controller drops the silos that stopped.
     /// Skips this interval while the last report is still being read.
@@ -473,6 +521,10 @@ impl Agent {
         config.pids_limit = self.config.settings.effective_pids_limit(config.pids_limit);
         config.failpoint = self.config.failpoint.clone();
         config.set_user_namespaces(!self.config.settings.disable_user_namespaces);
+        // Before the runtime makes the bridge, so the rules exist once the bridge does.
+        if let Err(error) = crate::runtime::ensure_dns_accept(config.gateway(), &config.bridge).await {
+            tracing::warn!(%error, "cannot add the iptables rules that accept silo DNS queries, so a firewall that drops them stays in the way");
+        }
         let (runtime, exits) = Runtime::start(config).await?;
         let adopted = runtime.silos();
         tracing::info!(host = %self.config.host_name, adopted = adopted.len(), "silo runtime ready");

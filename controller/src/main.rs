@@ -4,6 +4,7 @@
 mod api;
 mod events;
 mod liveness;
+mod names;
 mod raft;
 mod relocation;
 mod scheduler;

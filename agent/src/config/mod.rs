@@ -5,6 +5,7 @@
 //! labels = { zone = "a", disk = "ssd" }
 //! pids_limit = 4096
 //! mesh_port = 51820
+//! hostnames = { "db.internal" = "10.1.2.3" }
 //! disable_user_namespaces = false
 //!
 //! image "alpine" {
@@ -29,6 +30,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::runtime::BindSource;
@@ -55,6 +57,9 @@ pub struct AgentSettings {
     /// UDP port of the host's WireGuard mesh device as written; `None` when absent, which
     /// means [`crate::mesh::DEFAULT_MESH_PORT`].
     pub mesh_port: Option<u16>,
+    /// Fixed names the host's DNS resolver answers for its silos, in lower case, with their
+    /// addresses.
+    pub hostnames: BTreeMap<String, IpAddr>,
 }
 
 impl AgentSettings {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use hcl_edit::expr::{Expression, ObjectKey};
@@ -15,7 +16,7 @@ use super::{AgentSettings, ConfigFileError, Problem, MIN_PIDS_LIMIT};
 use crate::runtime::{is_bind_id, is_image_name, BindSource, BUSYBOX_IMAGE};
 
 /// Attributes accepted at the top level.
-const TOP_ATTRIBUTES: &[&str] = &["labels", "pids_limit", "disable_user_namespaces", "mesh_port"];
+const TOP_ATTRIBUTES: &[&str] = &["labels", "pids_limit", "disable_user_namespaces", "mesh_port", "hostnames"];
 /// Labelled blocks accepted at the top level.
 const TOP_BLOCKS: &[&str] = &["image", "bind"];
 /// Attributes of an `image` block.
@@ -164,6 +165,7 @@ impl Reader<'_> {
             "labels" => settings.labels = self.labels(value),
             "pids_limit" => settings.pids_limit = self.pids_limit(value),
             "mesh_port" => settings.mesh_port = self.mesh_port(value),
+            "hostnames" => settings.hostnames = self.hostnames(value),
             "disable_user_namespaces" => match value.as_bool() {
                 Some(disable) => settings.disable_user_namespaces = disable,
                 None => self.report_type(value, "disable_user_namespaces", "a bool"),
@@ -222,6 +224,54 @@ impl Reader<'_> {
             }
         }
         labels
+    }
+
+    fn hostnames(&mut self, value: &Expression) -> BTreeMap<String, IpAddr> {
+        let mut hostnames = BTreeMap::new();
+        let Some(object) = value.as_object() else {
+            self.report_type(value, "hostnames", "an object such as { \"db.internal\" = \"10.1.2.3\" }");
+            return hostnames;
+        };
+        let mut first_key: BTreeMap<String, usize> = BTreeMap::new();
+        for (key, entry) in object.iter() {
+            let offset = offset_of(key);
+            let name = match key {
+                ObjectKey::Ident(ident) => ident.as_str().to_string(),
+                ObjectKey::Expression(expression) => literal_string(expression).unwrap_or_default(),
+            };
+            if !is_host_name(&name) {
+                self.report(
+                    offset,
+                    format!("invalid host name {name:?} in hostnames: use labels of letters, digits and '-' separated by dots, such as \"db.internal\""),
+                );
+                continue;
+            }
+            // DNS names compare without regard to ASCII case.
+            let name = name.to_ascii_lowercase();
+            if let Some(first) = first_key.get(&name) {
+                let first = self.position(*first);
+                self.report(
+                    offset,
+                    format!("duplicate host name `{name}` in hostnames, first set at {first}; remove one"),
+                );
+                continue;
+            }
+            first_key.insert(name.clone(), offset);
+            let Some(text) = literal_string(entry.expr()) else {
+                self.report_type(entry.expr(), &format!("hostnames.{name}"), "an IP address string such as \"10.1.2.3\"");
+                continue;
+            };
+            match text.parse::<IpAddr>() {
+                Ok(address) => {
+                    hostnames.insert(name, address);
+                }
+                Err(_) => self.report(
+                    offset_of(entry.expr()),
+                    format!("invalid address {text:?} for hostnames.{name}: expected an IP address such as \"10.1.2.3\""),
+                ),
+            }
+        }
+        hostnames
     }
 
     fn pids_limit(&mut self, value: &Expression) -> Option<u64> {
@@ -567,6 +617,20 @@ fn closest_name<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -
 
 /// Returns the text of a string without interpolation or directives. The file is not
 /// evaluated, so `${...}` has no meaning in it.
+/// Returns true for a DNS host name: 1 to 253 characters in dot-separated labels of 1 to 63
+/// ASCII letters, digits and hyphens, with no hyphen at either end of a label.
+fn is_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+        })
+}
+
 fn literal_string(expression: &Expression) -> Option<String> {
     match expression {
         Expression::String(string) => Some(string.value().clone()),

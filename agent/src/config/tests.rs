@@ -131,8 +131,8 @@ fn unknown_names_get_suggestions() {
     assert_eq!(
         error_lines(text),
         [
-            "agent.hcl:1:1: unknown attribute `pid_limit` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port and blocks image, bind; did you mean `pids_limit`?",
-            "agent.hcl:2:1: unknown block `images` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port and blocks image, bind; did you mean `image`?",
+            "agent.hcl:1:1: unknown attribute `pid_limit` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port, hostnames and blocks image, bind; did you mean `pids_limit`?",
+            "agent.hcl:2:1: unknown block `images` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port, hostnames and blocks image, bind; did you mean `image`?",
             "agent.hcl:5:1: image \"b\": missing path; add path = \"/path/to/image.tar\"",
             "agent.hcl:6:3: image \"b\": unknown attribute `pth` in the image block, which accepts attributes path; did you mean `path`?",
         ]
@@ -143,7 +143,7 @@ fn unknown_names_get_suggestions() {
 fn unrelated_name_gets_no_suggestion() {
     assert_eq!(
         error_lines("colour = \"red\"\n"),
-        ["agent.hcl:1:1: unknown attribute `colour` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port and blocks image, bind"]
+        ["agent.hcl:1:1: unknown attribute `colour` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port, hostnames and blocks image, bind"]
     );
 }
 
@@ -308,4 +308,36 @@ fn example_file_is_valid() {
     assert!(!settings.binds["shared-data"].writable);
     assert_eq!(settings.labels["zone"], "eu-1a");
     assert_eq!(settings.pids_limit, Some(4096));
+}
+
+#[test]
+fn hostnames_are_read_in_lower_case() {
+    let settings = parse_str("hostnames = { \"DB.internal\" = \"10.1.2.3\", cache = \"2001:db8::7\" }\n", ORIGIN)
+        .expect("valid file");
+    let expected: BTreeMap<String, std::net::IpAddr> = BTreeMap::from([
+        ("db.internal".to_string(), "10.1.2.3".parse().expect("valid address")),
+        ("cache".to_string(), "2001:db8::7".parse().expect("valid address")),
+    ]);
+    assert_eq!(settings.hostnames, expected);
+    assert!(parse_str("", ORIGIN).expect("empty file").hostnames.is_empty());
+}
+
+#[test]
+fn invalid_hostnames_are_reported() {
+    assert_eq!(
+        error_lines("hostnames = { \"db.internal\" = \"10.1.2\" }\n"),
+        ["agent.hcl:1:31: invalid address \"10.1.2\" for hostnames.db.internal: expected an IP address such as \"10.1.2.3\""]
+    );
+    assert_eq!(
+        error_lines("hostnames = { \"-db\" = \"10.1.2.3\" }\n"),
+        ["agent.hcl:1:15: invalid host name \"-db\" in hostnames: use labels of letters, digits and '-' separated by dots, such as \"db.internal\""]
+    );
+    assert_eq!(
+        error_lines("hostnames = { a = \"10.1.2.3\", A = \"10.1.2.4\" }\n"),
+        ["agent.hcl:1:31: duplicate host name `a` in hostnames, first set at agent.hcl:1:15; remove one"]
+    );
+    assert_eq!(
+        error_lines("hostnames = { a = 3 }\n"),
+        ["agent.hcl:1:19: invalid type for hostnames.a: expected an IP address string such as \"10.1.2.3\", found a number"]
+    );
 }

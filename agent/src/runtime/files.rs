@@ -318,6 +318,16 @@ fn open_parent<'a>(
     Ok((dir, file_name))
 }
 
+/// Returns the silo's `/etc/resolv.conf`: `from_spec`, the file made from the spec's
+/// nameservers, or else the host's resolver on the bridge address `resolver` with the search
+/// domain `silo`, so `web` resolves as `web.silo` as a Docker user expects from container names.
+pub fn silo_resolv_conf(from_spec: Option<&str>, resolver: Ipv4Addr) -> String {
+    match from_spec {
+        Some(text) => text.to_owned(),
+        None => format!("nameserver {resolver}\nsearch silo\n"),
+    }
+}
+
 /// Checks the spec's nameservers and returns the content of `/etc/resolv.conf`, or `None`
 /// when none is left and the file is omitted.
 ///
@@ -623,6 +633,13 @@ mod tests {
         assert!(hosts_file("web", Ipv4Addr::new(10, 69, 1, 2), &bad_addr).is_err());
         let bad_name = HashMap::from([("d b".to_string(), "10.0.0.1".to_string())]);
         assert!(hosts_file("web", Ipv4Addr::new(10, 69, 1, 2), &bad_name).is_err());
+    }
+
+    #[test]
+    fn silo_resolv_conf_defaults_to_bridge_resolver() {
+        let bridge = Ipv4Addr::new(10, 69, 1, 1);
+        assert_eq!(silo_resolv_conf(None, bridge), "nameserver 10.69.1.1\nsearch silo\n");
+        assert_eq!(silo_resolv_conf(Some("nameserver 192.0.2.53\n"), bridge), "nameserver 192.0.2.53\n");
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! network is never masqueraded, so a silo on another host receives packets from the sender
 //! silo's own address.
 //!
+//! The host's DNS resolver for silos listens on the bridge address. So that an INPUT chain with a
+//! DROP policy or rule cannot drop the silos' queries, the colex-owned chain `colex-input` of the
+//! `filter` table accepts DNS from the bridge to that address, and `INPUT` jumps to it first.
+//!
 //! The rules live in the agent's network namespace, so agents in separate namespaces never see
 //! each other's rules.
 
@@ -16,6 +20,10 @@ use super::names;
 
 /// Chain in the `nat` table that contains the silos' MASQUERADE rules.
 pub const MASQUERADE_CHAIN: &str = "colex-masq";
+/// Chain in the `filter` table that accepts the silos' DNS queries to the bridge address.
+pub const INPUT_CHAIN: &str = "colex-input";
+/// Port of the DNS resolver on the bridge address.
+const DNS_PORT: &str = "53";
 /// The cluster's silo network, which the WireGuard mesh carries between hosts. It must match
 /// the controller's `CLUSTER_NETWORK` and `CLUSTER_PREFIX_LEN`.
 // NOTE: fixed here because the controller does not send its cluster network to agents. A
@@ -83,8 +91,56 @@ pub async fn flush_chain() -> Result<(), IptablesError> {
     run(&["-t", "nat", "-F", MASQUERADE_CHAIN]).await
 }
 
-/// Removes the jump from `POSTROUTING` and the `colex-masq` chain with its rules, if present.
+/// Returns the rule specifications that accept DNS queries over `protocol` ("udp" or "tcp") from
+/// the silos on `bridge` to the resolver on `gateway`.
+pub fn dns_accept_rule(gateway: Ipv4Addr, bridge: &str, protocol: &str) -> Vec<String> {
+    [
+        "-i", bridge, "-d", &format!("{gateway}/32"), "-p", protocol, "--dport", DNS_PORT, "-j", "ACCEPT", "-m",
+        "comment", "--comment", "colex dns",
+    ]
+    .iter()
+    .map(|arg| (*arg).to_string())
+    .collect()
+}
+
+/// Creates the `colex-input` chain if it is missing, makes it contain exactly the DNS accept
+/// rules for `gateway` on `bridge`, and makes `INPUT` jump to it once, as its first rule. The
+/// chain's policy is untouched, and so is every other rule of `INPUT`.
+pub async fn ensure_dns_accept(gateway: Ipv4Addr, bridge: &str) -> Result<(), IptablesError> {
+    if succeeds(&["-t", "filter", "-S", INPUT_CHAIN]).await? {
+        run(&["-t", "filter", "-F", INPUT_CHAIN]).await?;
+    } else {
+        run(&["-t", "filter", "-N", INPUT_CHAIN]).await?;
+    }
+    for protocol in ["udp", "tcp"] {
+        let rule = dns_accept_rule(gateway, bridge, protocol);
+        let mut args = vec!["-t", "filter", "-A", INPUT_CHAIN];
+        args.extend(rule.iter().map(String::as_str));
+        run(&args).await?;
+    }
+    if !succeeds(&["-t", "filter", "-C", "INPUT", "-j", INPUT_CHAIN]).await? {
+        run(&["-t", "filter", "-I", "INPUT", "1", "-j", INPUT_CHAIN]).await?;
+    }
+    Ok(())
+}
+
+/// Removes the jump from `INPUT` and the `colex-input` chain with its rules, if present.
+async fn remove_dns_accept() -> Result<(), IptablesError> {
+    let jump = ["-t", "filter", "-C", "INPUT", "-j", INPUT_CHAIN];
+    while succeeds(&jump).await? {
+        run(&["-t", "filter", "-D", "INPUT", "-j", INPUT_CHAIN]).await?;
+    }
+    if succeeds(&["-t", "filter", "-S", INPUT_CHAIN]).await? {
+        run(&["-t", "filter", "-F", INPUT_CHAIN]).await?;
+        run(&["-t", "filter", "-X", INPUT_CHAIN]).await?;
+    }
+    Ok(())
+}
+
+/// Removes the jump from `POSTROUTING` and the `colex-masq` chain with its rules, and the DNS
+/// accept chain `colex-input` with its jump, if present.
 pub async fn remove_chain() -> Result<(), IptablesError> {
+    remove_dns_accept().await?;
     let jump = ["-t", "nat", "-C", "POSTROUTING", "-j", MASQUERADE_CHAIN];
     while succeeds(&jump).await? {
         run(&["-t", "nat", "-D", "POSTROUTING", "-j", MASQUERADE_CHAIN]).await?;
@@ -186,6 +242,15 @@ mod tests {
             "-s 10.69.1.2/32 ! -d 10.69.0.0/16 ! -o colex0 -j MASQUERADE -m comment --comment colex silo 3938a44e"
         );
         assert_eq!(rule.last().map(String::as_str), Some("colex silo 3938a44e"));
+    }
+
+    #[test]
+    fn dns_accept_rule_spec() {
+        let rule = dns_accept_rule(Ipv4Addr::new(10, 69, 1, 1), "colex0", "udp");
+        assert_eq!(
+            rule.join(" "),
+            "-i colex0 -d 10.69.1.1/32 -p udp --dport 53 -j ACCEPT -m comment --comment colex dns"
+        );
     }
 
     #[test]

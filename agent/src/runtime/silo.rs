@@ -219,7 +219,7 @@ async fn prepare_host(
     state::write_json_atomic(&paths.record(), &record)?;
     failpoint(inner, "after-silo-dir")?;
 
-    place_files(paths, silo_id, spec, plan, address, inner.cfg.id_map).await?;
+    place_files(paths, silo_id, spec, plan, address, inner.cfg.gateway(), inner.cfg.id_map).await?;
     failpoint(inner, "after-files")?;
 
     // Pushed first: a failed create can leave dirs in some hierarchies.
@@ -364,13 +364,15 @@ const INLINE_FILES_MAX_BYTES: usize = 64 * 1024;
 
 /// Writes the generated `/etc` files and then the spec's files, so the spec's files win. With
 /// `id_map`, the upper and work dirs and every placed file belong to the silo root's host ids,
-/// so the silo can write its root and overlayfs can use its work dir.
+/// so the silo can write its root and overlayfs can use its work dir. `resolver` is the host's
+/// DNS resolver on the bridge, the silo's nameserver unless the spec sets its own.
 async fn place_files(
     paths: &SiloPaths,
     silo_id: &str,
     spec: &SiloSpec,
     plan: &SiloPlan,
     address: Ipv4Addr,
+    resolver: Ipv4Addr,
     id_map: Option<IdMap>,
 ) -> Result<(), RuntimeError> {
     let upper = paths.upper();
@@ -401,15 +403,8 @@ async fn place_files(
         )?;
         let hosts = files::hosts_file(&plan.name, address, &network.hosts)?;
         files::write_silo_file(&upper, "/etc/hosts", hosts.as_bytes(), 0o644, owner)?;
-        if let Some(resolv_conf) = &plan.resolv_conf {
-            files::write_silo_file(
-                &upper,
-                "/etc/resolv.conf",
-                resolv_conf.as_bytes(),
-                0o644,
-                owner,
-            )?;
-        }
+        let resolv_conf = files::silo_resolv_conf(plan.resolv_conf.as_deref(), resolver);
+        files::write_silo_file(&upper, "/etc/resolv.conf", resolv_conf.as_bytes(), 0o644, owner)?;
         for entry in &entries {
             files::place_entry(&upper, entry, owner)?;
         }

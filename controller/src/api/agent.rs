@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::logs::LogRouter;
 use crate::api::unavailable;
+use crate::names::silo_names;
 use crate::raft::RaftNode;
 use crate::sessions::Sessions;
 use crate::state::{ClusterState, Command, Desired, HostAttributes, Response as StateResponse, SiloRecord, SiloStatus};
@@ -167,6 +168,7 @@ impl Session {
         let mut applied = self.node.applied.clone();
         let mut last_sent: Option<proto::Assignments> = None;
         let mut last_peers: Option<proto::Peers> = None;
+        let mut last_names: Option<proto::Names> = None;
         // Only the leader tracks live hosts and places silos, so once another controller leads,
         // the session ends and the agent reconnects to that leader. No known leader (an
         // election in progress) keeps the session.
@@ -179,9 +181,9 @@ impl Session {
         tokio::pin!(demoted);
 
         loop {
-            let (assignments, peers) = {
+            let (assignments, peers, names) = {
                 let state = self.node.state.read().await;
-                (view::assignments(&state, &self.host), mesh_peers(&state, &self.host))
+                (view::assignments(&state, &self.host), mesh_peers(&state, &self.host), silo_names(&state))
             };
             // Peers go first, so the routes to other hosts exist before new silos start.
             if last_peers.as_ref() != Some(&peers) {
@@ -203,6 +205,16 @@ impl Session {
                     return "the agent closed the stream".to_owned();
                 }
                 last_sent = Some(assignments);
+            }
+            if last_names.as_ref() != Some(&names) {
+                tracing::debug!(host = %self.host, names = names.names.len(), "sending silo names");
+                let message = proto::ControllerMessage {
+                    kind: Some(ControllerKind::Names(names.clone())),
+                };
+                if outbound.send(Ok(message)).await.is_err() {
+                    return "the agent closed the stream".to_owned();
+                }
+                last_names = Some(names);
             }
 
             tokio::select! {
