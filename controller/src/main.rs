@@ -9,6 +9,7 @@ mod raft;
 mod relocation;
 mod scheduler;
 mod sessions;
+mod spec_bytes;
 mod state;
 mod usage;
 mod view;

@@ -68,9 +68,8 @@ pub struct SiloRecord {
     /// Increases by one with every replacement of this instance, so a stale report about an
     /// earlier one can be recognized.
     pub generation: u64,
-    /// The `colex_proto::SiloSpec`, protobuf-encoded.
-    // NOTE: serde_json writes this as an array of numbers, about 4 bytes
-    // per byte in rows and snapshots; a binary row encoding would fix it.
+    /// The `colex_proto::SiloSpec`, protobuf-encoded; base64 in rows and snapshots.
+    #[serde(with = "crate::spec_bytes")]
     pub spec: Vec<u8>,
     /// Host name the instance is placed on; empty while it is pending.
     pub host: String,
@@ -83,7 +82,7 @@ pub struct SiloRecord {
     pub pending_reason: Option<String>,
     /// Spec that replaces `spec` when a rolling replacement reaches this instance, or `None`
     /// when the instance runs the spec `up` stored last.
-    #[serde(default)]
+    #[serde(default, with = "crate::spec_bytes::option")]
     pub next_spec: Option<Vec<u8>>,
     /// Recent events of this instance position, kept across replacements. Rows written before
     /// events existed decode with none.
@@ -213,6 +212,7 @@ pub enum Command {
     PutSilo {
         name: String,
         id: String,
+        #[serde(with = "crate::spec_bytes")]
         spec: Vec<u8>,
         host: String,
     },
@@ -222,6 +222,7 @@ pub enum Command {
     PutInstances {
         name: String,
         /// The `colex_proto::SiloSpec`, protobuf-encoded, with `count` cleared.
+        #[serde(with = "crate::spec_bytes")]
         spec: Vec<u8>,
         count: u32,
         instances: Vec<InstanceUpdate>,

@@ -70,6 +70,7 @@ impl ClientService {
         let mut stored_spec = spec;
         stored_spec.count = None;
         let encoded = stored_spec.encode_to_vec();
+        check_spec_size(&name, encoded.len())?;
 
         let (instances, rolling, stopping) = {
             let state = self.node.state.read().await;
@@ -568,6 +569,22 @@ fn is_stale_read(metadata: &tonic::metadata::MetadataMap) -> bool {
         .is_some_and(|value| value.as_bytes() == proto::STALE_READ.as_bytes())
 }
 
+/// Largest spec the controller stores, file contents included, in protobuf bytes. Every spec
+/// travels in Raft log entries, and openraft 0.9 gives each AppendEntries one heartbeat
+/// interval (see `raft::node`): 256 KiB still replicated within it on a loaded 2-core VM,
+/// 1 MiB did not and stalled every write (docs/benchmarks.md).
+pub const MAX_STORED_SPEC_BYTES: usize = 256 * 1024;
+
+/// Rejects a spec too large to store; the message says what to do instead.
+fn check_spec_size(name: &str, encoded_bytes: usize) -> Result<(), Status> {
+    if encoded_bytes <= MAX_STORED_SPEC_BYTES {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "silo {name}: its spec with file contents is {encoded_bytes} bytes, above the controller's limit of {MAX_STORED_SPEC_BYTES}; put large files into an image (`base = \"img://NAME\"`) or a `bind` instead of `file` blocks"
+    )))
+}
+
 /// Returns a random silo id of 8 lower-case hex digits.
 fn new_silo_id() -> String {
     format!("{:08x}", rand::rng().random::<u32>())
@@ -633,6 +650,14 @@ fn is_dns_label(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn specs_above_the_limit_are_rejected() {
+        assert!(check_spec_size("web", MAX_STORED_SPEC_BYTES).is_ok());
+        let status = check_spec_size("web", MAX_STORED_SPEC_BYTES + 1).expect_err("too large");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().starts_with("silo web: its spec with file contents is 262145 bytes"), "{}", status.message());
+    }
 
     #[test]
     fn dns_labels() {

@@ -25,8 +25,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{Node, NodeId, TypeConfig};
 
-/// Time allowed for the TCP (and later TLS) connection to a peer. Shorter than the election
-/// timeout, so a dead peer does not hold a vote request for a whole election round.
+/// Time allowed for the TCP (and later TLS) connection to a peer. openraft sends each vote
+/// request on a task of its own, so a peer that is slow to connect delays only its own vote.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Errors of a Raft RPC to a peer, before they are wrapped in openraft's `RPCError`.

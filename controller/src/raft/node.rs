@@ -51,6 +51,11 @@ const ELECTION_TIMEOUT_MAX_MS: u64 = 400;
 const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
 /// Size of one snapshot chunk, well below tonic's 4 MiB default message limit.
 const SNAPSHOT_MAX_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Most log entries in one AppendEntries. With specs of up to 256 KiB
+/// (`api::client::MAX_STORED_SPEC_BYTES`), about 350 KB each in base64 JSON, a batch stays
+/// near 3 MB, which a follower that catches up can take within one heartbeat interval;
+/// openraft's default of 300 such entries would be about 100 MB in one request.
+const MAX_PAYLOAD_ENTRIES: u64 = 8;
 /// A snapshot is built after this many log entries since the last one.
 const SNAPSHOT_EVERY_ENTRIES: u64 = 5000;
 
@@ -417,6 +422,7 @@ pub(super) fn raft_config() -> Result<Config, Box<ConfigError>> {
         install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
         snapshot_max_chunk_size: SNAPSHOT_MAX_CHUNK_BYTES,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Config::default()
     }
     .validate()
