@@ -95,7 +95,7 @@ impl fmt::Display for CliError {
 }
 
 fn unreachable_message(address: &str, cause: &str) -> String {
-    format!("cannot reach controller at {address}: {cause}; check that colex-controller runs there or pass its address with --serv")
+    format!("cannot reach controller at {address}: {cause}; check that colex-controller runs there or pass its address with --serv or COLEX_SERV")
 }
 
 /// A connected client of one controller's `Client` service.
@@ -135,7 +135,7 @@ impl Controller {
             }
         }
         Err(CliError::cluster(format!(
-            "cannot reach any controller: {}; check that colex-controller runs there or pass other addresses with --serv",
+            "cannot reach any controller: {}; check that colex-controller runs there or pass other addresses with --serv or COLEX_SERV",
             failures.join("; ")
         )))
     }
@@ -161,7 +161,7 @@ impl Controller {
             })?;
         probe(&channel).await.map_err(|cause| ConnectFailure {
             error: CliError::cluster(format!(
-                "controller {address} {cause}; check that colex-controller runs there or pass another address with --serv"
+                "controller {address} {cause}; check that colex-controller runs there or pass another address with --serv or COLEX_SERV"
             )),
             cause: format!("{address} ({cause})"),
         })?;
@@ -288,10 +288,21 @@ mod tests {
         let error = Controller::connect(&joined).await.err().expect("no controller runs there");
         assert_eq!(error.code, EXIT_CLUSTER_ERROR);
         assert!(error.message.starts_with("cannot reach any controller"), "{}", error.message);
+        assert!(error.message.ends_with("with --serv or COLEX_SERV"), "{}", error.message);
         for address in &addresses {
             assert!(error.message.contains(address.as_str()), "{address} named in {}", error.message);
         }
         assert_eq!(error.message.lines().count(), 1, "{}", error.message);
+    }
+
+    #[tokio::test]
+    async fn unreachable_controller_names_both_settings() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let address = listener.local_addr().expect("local address").to_string();
+        drop(listener);
+        let error = Controller::connect(&address).await.err().expect("no controller runs there");
+        assert!(error.message.starts_with(&format!("cannot reach controller at {address}")), "{}", error.message);
+        assert!(error.message.ends_with("pass its address with --serv or COLEX_SERV"), "{}", error.message);
     }
 
     #[tokio::test]
@@ -304,6 +315,7 @@ mod tests {
         let error = Controller::connect(&address).await.err().expect("a silent listener is no controller");
         assert!(started.elapsed() < REQUEST_TIMEOUT / 2, "waited {:?}", started.elapsed());
         assert!(error.message.contains("did not respond within 2 s"), "{}", error.message);
+        assert!(error.message.ends_with("with --serv or COLEX_SERV"), "{}", error.message);
         assert!(error.message.contains(&address), "{}", error.message);
         assert_eq!(error.code, EXIT_CLUSTER_ERROR);
     }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use colex_cli::spec;
@@ -10,6 +10,7 @@ use colex_proto as proto;
 
 use crate::client::{CliError, Controller};
 use crate::merged_logs;
+use crate::silo_names::{silo_not_found, split_instance_name};
 use crate::output::{self, OutputFormat};
 use crate::table;
 
@@ -105,7 +106,27 @@ fn describe_problem(silo: &proto::SiloInfo, wait: Duration) -> String {
     }
 }
 
+/// Returns the silo file and the silo names of `down`. `--name` takes several values, so in
+/// `down --name a web.hcl` the file arrives as a name. A value with `.` or `/` cannot be a silo
+/// name, which is a DNS label, so when no file was given the first such value is the file.
+pub fn down_targets(file: Option<PathBuf>, mut names: Vec<String>) -> (Option<PathBuf>, Vec<String>) {
+    if file.is_some() {
+        return (file, names);
+    }
+    let path = names.iter().position(|name| name.contains(['.', '/']));
+    match path {
+        Some(position) => {
+            let file = PathBuf::from(names.remove(position));
+            (Some(file), names)
+        }
+        None => (None, names),
+    }
+}
+
 pub async fn down(address: &str, file: Option<&Path>, mut names: Vec<String>, wait: Duration) -> Result<(), CliError> {
+    // Names given with --name that do not exist are errors, because they are likely typos. A
+    // silo of the file that does not exist is already in the state that `down` requests.
+    let named: BTreeSet<String> = names.iter().cloned().collect();
     if let Some(file) = file {
         // `down NAME` is a common slip for `down --name NAME`.
         if !file.exists() && file.components().count() == 1 && !file.to_string_lossy().contains('.') {
@@ -147,23 +168,26 @@ pub async fn down(address: &str, file: Option<&Path>, mut names: Vec<String>, wa
         .silos
         .iter()
         .filter(|silo| response.stopping.contains(&silo.name))
-        .map(|silo| {
-            let mut row = table::silo_row(silo);
-            row.state = match remaining.iter().find(|left| left.id == silo.id) {
-                Some(left) => table::state_label(left),
-                None => proto::SiloState::Removed.label().to_owned(),
-            };
-            row
+        .map(|silo| match remaining.iter().find(|left| left.id == silo.id) {
+            Some(left) => table::SiloRow {
+                state: table::state_label(left),
+                ..table::silo_row(silo)
+            },
+            None => table::removed_row(silo),
         })
         .collect();
     if !rows.is_empty() {
         println!("{}", table::render(&rows));
     }
 
-    let mut problems: Vec<String> = response
-        .not_found
-        .iter()
-        .map(|name| silo_not_found(name, &before.silos))
+    let (unknown_names, already_gone): (Vec<&String>, Vec<&String>) =
+        response.not_found.iter().partition(|name| named.contains(*name));
+    for name in already_gone {
+        println!("silo {name} does not exist; nothing to do");
+    }
+    let mut problems: Vec<String> = unknown_names
+        .into_iter()
+        .map(|name| down_not_found(name, &before.silos))
         .collect();
     problems.extend(remaining.iter().map(|silo| {
         format!(
@@ -178,6 +202,17 @@ pub async fn down(address: &str, file: Option<&Path>, mut names: Vec<String>, wa
         (true, _) => Ok(()),
         (false, true) => Err(CliError::user(problems.join("; "))),
         (false, false) => Err(CliError::cluster(problems.join("; "))),
+    }
+}
+
+/// Builds the message that `down` found no silo `name`. `down` removes whole silos, so an
+/// instance name such as `web[1]` of an existing silo gets the commands that do work.
+fn down_not_found(name: &str, silos: &[proto::SiloInfo]) -> String {
+    match split_instance_name(name) {
+        Some((silo, _)) if silos.iter().any(|info| info.name == silo) => format!(
+            "silo {name} not found; down removes whole silos, so run `colex-cli down --name {silo}`, or lower its count and run `colex-cli up`"
+        ),
+        _ => silo_not_found(name, silos),
     }
 }
 
@@ -260,6 +295,7 @@ pub async fn logs(address: &str, name: &str, follow: bool, tail: Option<u32>, st
             return merged_logs::print_merged(&controller, instances, request).await;
         }
     }
+    let report_empty = merged_logs::reports_no_output(&request);
     let mut chunks = match controller.client.logs(request).await {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == tonic::Code::NotFound => {
@@ -274,52 +310,55 @@ pub async fn logs(address: &str, name: &str, follow: bool, tail: Option<u32>, st
         Err(status) => return Err(CliError::from_status(address, &status)),
     };
     let mut out = std::io::stdout().lock();
+    let mut received_bytes = 0;
     while let Some(chunk) = chunks
         .message()
         .await
         .map_err(|status| CliError::from_status(address, &status))?
     {
+        received_bytes += chunk.data.len();
         // Flushed per chunk, so followed output shows up as it is written.
         out.write_all(&chunk.data)
             .and_then(|()| out.flush())
             .map_err(|error| CliError::cluster(format!("cannot write to stdout: {error}")))?;
     }
-    Ok(())
-}
-
-/// Builds the message that silo `name` does not exist, naming the closest of `silos` when one
-/// is a likely typo of it.
-pub fn silo_not_found(name: &str, silos: &[proto::SiloInfo]) -> String {
-    let closest = spec::closest_name(name, silos.iter().map(|silo| silo.name.as_str()));
-    match closest {
-        Some(closest) => format!("silo {name} not found; did you mean {closest}? see `colex-cli list` for the names"),
-        None => format!("silo {name} not found; see `colex-cli list` for the names"),
+    if received_bytes == 0 && report_empty {
+        eprintln!("{}", merged_logs::no_output_message(name, stream));
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn silos(names: &[&str]) -> Vec<proto::SiloInfo> {
-        names
-            .iter()
-            .map(|name| proto::SiloInfo {
-                name: (*name).to_owned(),
+    #[test]
+    fn down_of_instance_name_explains_whole_silos() {
+        let silos: Vec<proto::SiloInfo> = (0..2)
+            .map(|index| proto::SiloInfo {
+                name: "web".to_owned(),
+                index,
+                count: 2,
                 ..Default::default()
             })
-            .collect()
+            .collect();
+        assert_eq!(
+            down_not_found("web[1]", &silos),
+            "silo web[1] not found; down removes whole silos, so run `colex-cli down --name web`, or lower its count and run `colex-cli up`"
+        );
+        assert_eq!(
+            down_not_found("wbe", &silos),
+            "silo wbe not found; did you mean web? see `colex-cli list` for the names"
+        );
     }
 
     #[test]
-    fn missing_silo_names_closest() {
-        let message = silo_not_found("web-c", &silos(&["web-a", "db"]));
-        assert_eq!(message, "silo web-c not found; did you mean web-a? see `colex-cli list` for the names");
-    }
-
-    #[test]
-    fn missing_silo_without_close_name() {
-        let message = silo_not_found("frontend", &silos(&["web-a", "db"]));
-        assert_eq!(message, "silo frontend not found; see `colex-cli list` for the names");
+    fn down_targets_keep_given_file() {
+        let (file, names) = down_targets(Some(PathBuf::from("a.hcl")), vec!["b.hcl".to_owned()]);
+        assert_eq!(file, Some(PathBuf::from("a.hcl")));
+        assert_eq!(names, ["b.hcl"]);
+        let (file, names) = down_targets(None, vec!["web".to_owned(), "db".to_owned()]);
+        assert_eq!(file, None);
+        assert_eq!(names, ["web", "db"]);
     }
 }

@@ -3,17 +3,18 @@
 mod args_error;
 mod client;
 mod commands;
+mod completions;
 mod controllers;
 mod merged_logs;
 mod hosts;
 mod output;
 mod partial;
+mod silo_names;
 mod status;
 mod table;
 mod validate;
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,11 +26,14 @@ use clap_complete::Shell;
 use crate::client::CliError;
 use crate::output::OutputFormat;
 
+/// Program name, which completion scripts register.
+const BIN_NAME: &str = "colex-cli";
+
 /// Controller address used when neither --serv nor COLEX_SERV is given.
 const DEFAULT_CONTROLLER: &str = "127.0.0.1:7069";
 
 #[derive(Debug, Parser)]
-#[command(name = "colex-cli", version, about = "Start, stop and list silos on a colex cluster")]
+#[command(name = BIN_NAME, version, about = "Start, stop and list silos on a colex cluster")]
 struct Cli {
     /// Controller addresses (HOST:PORT[,HOST:PORT...]), tried in turn until one responds within 2 s.
     #[arg(long, global = true, env = "COLEX_SERV", default_value = DEFAULT_CONTROLLER)]
@@ -53,8 +57,8 @@ enum Command {
     Down {
         /// Silo file (HCL) whose silos to remove.
         file: Option<PathBuf>,
-        /// Name of a silo to remove; may be repeated.
-        #[arg(long = "name", value_name = "NAME")]
+        /// Names of silos to remove, as `--name A B` or `--name A --name B`.
+        #[arg(long = "name", value_name = "NAME", num_args = 1..)]
         names: Vec<String>,
         /// Seconds to wait for the silos to be removed.
         #[arg(long, default_value_t = 60)]
@@ -199,21 +203,11 @@ fn report_args_error(error: &clap::Error, args: &[OsString]) -> ExitCode {
     }
 }
 
-/// Writes the completion script for `shell` to standard output.
-fn print_completions(shell: Shell) -> Result<(), CliError> {
-    // Generated into memory first: clap_complete panics when its writer fails.
-    let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "colex-cli", &mut script);
-    let mut out = std::io::stdout().lock();
-    out.write_all(&script)
-        .and_then(|()| out.flush())
-        .map_err(|error| CliError::user(format!("failed to write the completion script to stdout: {error}")))
-}
-
 async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Up { file, wait } => commands::up(&cli.serv, &file, Duration::from_secs(wait)).await,
         Command::Down { file, names, wait } => {
+            let (file, names) = commands::down_targets(file, names);
             commands::down(&cli.serv, file.as_deref(), names, Duration::from_secs(wait)).await
         }
         Command::List {
@@ -246,7 +240,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             ..
         } => hosts::set_draining(&cli.serv, &host, false).await,
         Command::Validate { files, output } => validate::run(&files, output),
-        Command::Completions { shell } => print_completions(shell),
+        Command::Completions { shell } => completions::print(shell, Cli::command(), BIN_NAME),
         Command::Status { name, output } => status::run(&cli.serv, &name, output).await,
         Command::Logs { name, follow, tail, stderr } => commands::logs(&cli.serv, &name, follow, tail, stderr).await,
     }
@@ -332,14 +326,47 @@ mod tests {
     }
 
     #[test]
-    fn bash_completions_name_every_subcommand() {
-        let mut script = Vec::new();
-        clap_complete::generate(Shell::Bash, &mut Cli::command(), "colex-cli", &mut script);
-        let script = String::from_utf8(script).expect("utf-8 script");
+    fn bash_completes_every_subcommand() {
+        let script = completions::script(Shell::Bash, Cli::command(), BIN_NAME);
+        let offered = completions::complete_in_bash(&script, &[BIN_NAME, ""]);
         for subcommand in Cli::command().get_subcommands() {
-            let pattern = format!("colex__cli,{})", subcommand.get_name());
-            assert!(script.contains(&pattern), "{pattern} in the bash script");
+            let name = subcommand.get_name().to_owned();
+            assert!(offered.contains(&name), "{name} offered in {offered:?}");
         }
+    }
+
+    #[test]
+    fn bash_completes_list_options() {
+        let script = completions::script(Shell::Bash, Cli::command(), BIN_NAME);
+        let offered = completions::complete_in_bash(&script, &[BIN_NAME, "list", "--"]);
+        assert!(offered.contains(&"--all-hosts".to_owned()), "{offered:?}");
+        let offered = completions::complete_in_bash(&script, &[BIN_NAME, "--serv", "h:1", "hosts", "dr"]);
+        assert_eq!(offered, ["drain"]);
+    }
+
+    #[test]
+    fn down_takes_several_names_after_one_flag() {
+        let cli = Cli::try_parse_from(strings(&["colex-cli", "down", "--name", "a", "b"]));
+        assert!(matches!(
+            cli.map(|cli| cli.command),
+            Ok(Command::Down { file: None, names, .. }) if names == ["a", "b"]
+        ));
+        let cli = Cli::try_parse_from(strings(&["colex-cli", "down", "--name", "a", "--name", "b"]));
+        assert!(matches!(
+            cli.map(|cli| cli.command),
+            Ok(Command::Down { file: None, names, .. }) if names == ["a", "b"]
+        ));
+    }
+
+    #[test]
+    fn down_file_after_names_is_the_file() {
+        let parsed = Cli::try_parse_from(strings(&["colex-cli", "down", "--name", "a", "web.hcl"]));
+        let Ok(Command::Down { file, names, .. }) = parsed.map(|cli| cli.command) else {
+            panic!("expected the down command");
+        };
+        let (file, names) = commands::down_targets(file, names);
+        assert_eq!(file, Some(PathBuf::from("web.hcl")));
+        assert_eq!(names, ["a"]);
     }
 
     #[test]

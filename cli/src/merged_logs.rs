@@ -51,6 +51,8 @@ pub fn instances_of(name: &str, silos: &[proto::SiloInfo]) -> Vec<InstanceSource
 /// What an instance's stream task sends to the printer.
 enum Event {
     Line(Vec<u8>),
+    /// The stream ended without a byte; the message is printed to stderr.
+    NoOutput(String),
     /// The stream failed; the message is printed to stderr and the others go on.
     Failed(String),
 }
@@ -64,6 +66,8 @@ pub async fn print_merged(
 ) -> Result<(), CliError> {
     let (lines_tx, mut lines_rx) = mpsc::channel(LINE_QUEUE_LEN);
     let total = instances.len();
+    let report_empty = reports_no_output(&template);
+    let stream = template.stream();
     for instance in instances {
         let mut client = controller.client.clone();
         let address = controller.address.clone();
@@ -83,9 +87,11 @@ pub async fn print_merged(
                 }
             };
             let mut splitter = LineSplitter::new(prefix);
+            let mut received_bytes = 0;
             loop {
                 match chunks.message().await {
                     Ok(Some(chunk)) => {
+                        received_bytes += chunk.data.len();
                         for line in splitter.push(&chunk.data) {
                             if lines.send(Event::Line(line)).await.is_err() {
                                 return;
@@ -102,6 +108,9 @@ pub async fn print_merged(
             if let Some(line) = splitter.finish() {
                 let _ = lines.send(Event::Line(line)).await;
             }
+            if received_bytes == 0 && report_empty {
+                let _ = lines.send(Event::NoOutput(no_output_message(&instance.name, stream))).await;
+            }
         });
     }
     drop(lines_tx);
@@ -114,6 +123,7 @@ pub async fn print_merged(
                 .write_all(&line)
                 .and_then(|()| out.flush())
                 .map_err(|error| CliError::cluster(format!("cannot write to stdout: {error}")))?,
+            Event::NoOutput(message) => eprintln!("{message}"),
             Event::Failed(message) => {
                 failures += 1;
                 eprintln!("warning: no output of {message}");
@@ -127,6 +137,22 @@ pub async fn print_merged(
         )));
     }
     Ok(())
+}
+
+/// Returns true when an empty stream of `request` is reported: the output was read to its end
+/// (no `-f`) and lines were asked for (not `--tail 0`).
+pub fn reports_no_output(request: &proto::LogsRequest) -> bool {
+    !request.follow && request.tail_lines != Some(0)
+}
+
+/// Builds the stderr line for an instance whose stream ended without a byte, so that a user
+/// can distinguish a silo that printed nothing from a broken `logs`.
+pub fn no_output_message(instance: &str, stream: proto::LogStream) -> String {
+    let stream = match stream {
+        proto::LogStream::Stderr => "stderr",
+        _ => "stdout",
+    };
+    format!("no output yet from {instance} ({stream})")
 }
 
 /// Cuts a byte stream into lines that each start with a prefix. A line that is not finished
@@ -200,6 +226,37 @@ mod tests {
         let mut splitter = LineSplitter::new(b"p | ".to_vec());
         assert_eq!(splitter.push(b"one\n"), vec![b"p | one\n".to_vec()]);
         assert_eq!(splitter.finish(), None);
+    }
+
+    #[test]
+    fn empty_streams_name_instance_and_stream() {
+        assert_eq!(
+            no_output_message("web[0]", proto::LogStream::Stdout),
+            "no output yet from web[0] (stdout)"
+        );
+        assert_eq!(
+            no_output_message("web", proto::LogStream::Stderr),
+            "no output yet from web (stderr)"
+        );
+    }
+
+    #[test]
+    fn empty_streams_are_not_reported_when_following() {
+        let request = proto::LogsRequest {
+            name: "web".to_owned(),
+            ..Default::default()
+        };
+        assert!(reports_no_output(&request));
+        let followed = proto::LogsRequest {
+            follow: true,
+            ..request.clone()
+        };
+        assert!(!reports_no_output(&followed));
+        let no_lines = proto::LogsRequest {
+            tail_lines: Some(0),
+            ..request
+        };
+        assert!(!reports_no_output(&no_lines));
     }
 
     #[test]

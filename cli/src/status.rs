@@ -8,7 +8,7 @@ use serde::Serialize;
 use tabled::Tabled;
 
 use crate::client::{CliError, Controller};
-use crate::commands::silo_not_found;
+use crate::silo_names::silo_not_found;
 use crate::output::{self, OutputFormat};
 use crate::table;
 

@@ -152,6 +152,16 @@ pub fn silo_row(silo: &proto::SiloInfo) -> SiloRow {
     }
 }
 
+/// Returns the row of a silo instance that `down` removed. It shows no interfaces, because
+/// they were removed with the instance.
+pub fn removed_row(silo: &proto::SiloInfo) -> SiloRow {
+    SiloRow {
+        state: proto::SiloState::Removed.label().to_owned(),
+        interfaces: String::new(),
+        ..silo_row(silo)
+    }
+}
+
 fn addresses(silo: &proto::SiloInfo) -> String {
     silo.interfaces
         .iter()
@@ -444,6 +454,26 @@ mod tests {
                 "{seconds} s"
             );
         }
+    }
+
+    #[test]
+    fn removed_rows_have_no_interfaces() {
+        let silo = proto::SiloInfo {
+            name: "web".to_owned(),
+            id: "83dd7e41".to_owned(),
+            host: "host-a".to_owned(),
+            state: proto::SiloState::Up.into(),
+            interfaces: vec![proto::Interface {
+                name: "cx83dd7e41".to_owned(),
+                address: "10.69.1.2".to_owned(),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(silo_row(&silo).interfaces, "cx83dd7e41 (10.69.1.2)");
+        let removed = removed_row(&silo);
+        assert_eq!(removed.state, "REMOVED");
+        assert_eq!(removed.interfaces, "");
+        assert_eq!(removed.host, "host-a");
     }
 
     #[test]

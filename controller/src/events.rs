@@ -75,6 +75,8 @@ impl EventKind {
             EventKind::Started => "started".to_owned(),
             EventKind::Exited { code: Some(code) } => format!("exited with code {code}"),
             EventKind::Exited { code: None } => "exited".to_owned(),
+            // Agent messages often start with "failed to ...", which needs no second "failed".
+            EventKind::Failed { message } if message.to_lowercase().starts_with("failed") => message.clone(),
             EventKind::Failed { message } => format!("failed: {message}"),
             EventKind::OomKilled { message, .. } => format!("OOM-killed: {message}"),
             EventKind::Restarted { restarts } => format!("restarted (restart {restarts})"),
@@ -277,5 +279,17 @@ mod tests {
         assert_eq!(EventKind::Exited { code: Some(3) }.describe(), "exited with code 3");
         assert_eq!(EventKind::Restarted { restarts: 2 }.describe(), "restarted (restart 2)");
         assert_eq!(EventKind::PlacedAgain { host: "b".to_owned() }.describe(), "placed again on b");
+    }
+
+    #[test]
+    fn failure_descriptions_say_failed_once() {
+        let failed = |message: &str| EventKind::Failed {
+            message: message.to_owned(),
+        };
+        assert_eq!(failed("image alpine missing").describe(), "failed: image alpine missing");
+        assert_eq!(
+            failed("failed to start silo 0000000a: binary /bin/x not found").describe(),
+            "failed to start silo 0000000a: binary /bin/x not found"
+        );
     }
 }

@@ -370,14 +370,18 @@ pub(crate) fn unused_silo_id(state: &ClusterState, drawn_ids: &mut BTreeSet<Stri
     }
 }
 
+/// Splits a requested `NAME[INDEX]`, as `list` shows instances, into the silo name and the
+/// index. Returns `None` for a plain `NAME` or an index that is not a number.
+pub(super) fn split_instance_name(requested: &str) -> Option<(&str, u32)> {
+    let (name, index) = requested.strip_suffix(']')?.split_once('[')?;
+    let index = index.parse::<u32>().ok()?;
+    Some((name, index))
+}
+
 /// Returns the record key of a `logs` request's name: `NAME` is instance 0 and `NAME[INDEX]`
 /// names another instance, as `list` shows them.
 fn record_key_of(requested: &str) -> String {
-    let parsed = requested
-        .strip_suffix(']')
-        .and_then(|rest| rest.split_once('['))
-        .and_then(|(name, index)| index.parse::<u32>().ok().map(|index| (name, index)));
-    match parsed {
+    match split_instance_name(requested) {
         Some((name, index)) => instance_key(name, index),
         None => requested.to_owned(),
     }

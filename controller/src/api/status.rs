@@ -4,22 +4,41 @@
 use colex_proto as proto;
 use tonic::Status;
 
+use super::client::split_instance_name;
 use crate::state::{ClusterState, SiloRecord};
 use crate::view;
 
-/// Builds the status of silo `name` from `state`, or NOT_FOUND when it has no instance.
-pub fn silo_status(state: &ClusterState, name: &str) -> Result<proto::StatusResponse, Status> {
+/// Builds the status of `requested` from `state`: silo `NAME` with all its instances, or
+/// `NAME[INDEX]` with that one instance. Returns NOT_FOUND when the silo or the instance does
+/// not exist.
+pub fn silo_status(state: &ClusterState, requested: &str) -> Result<proto::StatusResponse, Status> {
+    let (name, index) = match split_instance_name(requested) {
+        Some((name, index)) => (name, Some(index)),
+        None => (requested, None),
+    };
     let records = state.instances(name);
     let Some(first) = records.first() else {
         // The CLI adds the closest existing name, because it already has the spelling helper.
         return Err(Status::not_found(format!(
-            "silo {name} not found; see `colex-cli list` for the names"
+            "silo {requested} not found; see `colex-cli list` for the names"
         )));
     };
 
     let count = state.running_count(name);
     let spec = spec_summary(first, count);
-    let instances = records
+    let selected: Vec<&SiloRecord> = records
+        .iter()
+        .copied()
+        .filter(|record| index.is_none_or(|index| record.index == index))
+        .collect();
+    if selected.is_empty() {
+        let instances: Vec<String> = records.iter().map(|record| format!("{name}[{}]", record.index)).collect();
+        return Err(Status::not_found(format!(
+            "silo {requested} not found; silo {name} has instances {}",
+            instances.join(", ")
+        )));
+    }
+    let instances = selected
         .iter()
         .map(|record| proto::InstanceStatus {
             info: Some(view::silo_info(record, count)),
@@ -126,6 +145,27 @@ mod tests {
         assert_eq!(kinds, ["placed", "started"]);
         assert_eq!(second.events[0].at_unix_ms, 1_000);
         assert_eq!(second.events[0].message, "placed on b");
+    }
+
+    #[test]
+    fn instance_name_selects_one_instance() {
+        let response = silo_status(&state_with_web(), "web[1]").expect("web[1] exists");
+        assert_eq!(response.instances.len(), 1);
+        let info = response.instances[0].info.as_ref().expect("info");
+        assert_eq!(info.index, 1);
+        assert_eq!(info.host, "b");
+        assert_eq!(response.spec.and_then(|spec| spec.count), Some(2), "the spec is the silo's");
+
+        let first = silo_status(&state_with_web(), "web[0]").expect("web[0] exists");
+        assert_eq!(first.instances.len(), 1);
+        assert_eq!(first.instances[0].info.as_ref().map(|info| info.index), Some(0));
+    }
+
+    #[test]
+    fn missing_instance_lists_instances() {
+        let error = silo_status(&state_with_web(), "web[5]").expect_err("no instance 5");
+        assert_eq!(error.code(), tonic::Code::NotFound);
+        assert_eq!(error.message(), "silo web[5] not found; silo web has instances web[0], web[1]");
     }
 
     #[test]

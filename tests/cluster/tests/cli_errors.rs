@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use colex_cluster_tests::process::{run_with_timeout, CLI_TIMEOUT};
+use colex_cluster_tests::table::parse_table;
 use colex_cluster_tests::{bin_dir, require_root, CommandOutput, Lab};
 
 /// Exit code for a mistake in the command or the silo file.
@@ -252,8 +253,28 @@ fn local_errors_are_one_line() {
             &["--serv", &both_closed, "list"],
             EXIT_CLUSTER_ERROR,
             format!(
-                "error: cannot reach any controller: {} (Connection refused (os error 111)); {} (Connection refused (os error 111)); check that colex-controller runs there or pass other addresses with --serv",
+                "error: cannot reach any controller: {} (Connection refused (os error 111)); {} (Connection refused (os error 111)); check that colex-controller runs there or pass other addresses with --serv or COLEX_SERV",
                 closed[0], closed[1]
+            ),
+        ),
+        Case::new(
+            "unreachable address from COLEX_SERV",
+            &["list"],
+            EXIT_CLUSTER_ERROR,
+            format!(
+                "error: cannot reach controller at {}: Connection refused (os error 111); check that colex-controller runs there or pass its address with --serv or COLEX_SERV",
+                closed[0]
+            ),
+        )
+        .with_env("COLEX_SERV", &closed[0]),
+        // `--name` takes several names, so `b` is a second name, not a silo file named `b`.
+        Case::new(
+            "down of several names after one --name",
+            &["--serv", &closed[0], "down", "--name", "a", "b"],
+            EXIT_CLUSTER_ERROR,
+            format!(
+                "error: cannot reach controller at {}: Connection refused (os error 111); check that colex-controller runs there or pass its address with --serv or COLEX_SERV",
+                closed[0]
             ),
         ),
         Case::new(
@@ -297,6 +318,18 @@ Silo "s" {
 }
 "#;
 
+/// A silo that is never started, for `down` of a file whose silos do not exist.
+const NEVER_STARTED: &str = r#"
+Silo "s" {
+  name = "trialweb"
+
+  binary {
+    path = "/bin/sleep"
+    args = ["3600"]
+  }
+}
+"#;
+
 #[test]
 fn cluster_errors_are_one_line() {
     if !require_root("cluster_errors_are_one_line") {
@@ -316,6 +349,13 @@ fn cluster_errors_are_one_line() {
             EXIT_USER_ERROR,
             "error: silo sleeper-b not found; did you mean sleeper-a? see `colex-cli list` for the names",
         ),
+        // Two edits in a name of 9 characters make another name, not a typo.
+        Case::new(
+            "down of a distant name",
+            &["down", "--name", "sleepxr-b"],
+            EXIT_USER_ERROR,
+            "error: silo sleepxr-b not found; see `colex-cli list` for the names",
+        ),
         Case::new(
             "down of an unknown name",
             &["down", "--name", "frontend"],
@@ -327,6 +367,18 @@ fn cluster_errors_are_one_line() {
             &["logs", "sleeper"],
             EXIT_USER_ERROR,
             "error: silo sleeper not found; did you mean sleeper-a? see `colex-cli list` for the names",
+        ),
+        Case::new(
+            "logs of an instance out of range",
+            &["logs", "sleeper-a[3]"],
+            EXIT_USER_ERROR,
+            "error: silo sleeper-a[3] not found; silo sleeper-a has 1 instance: sleeper-a[0]",
+        ),
+        Case::new(
+            "status of an instance out of range",
+            &["status", "sleeper-a[3]"],
+            EXIT_USER_ERROR,
+            "error: silo sleeper-a[3] not found; silo sleeper-a has 1 instance: sleeper-a[0]",
         ),
         Case::new(
             "remove of an unknown controller",
@@ -366,6 +418,35 @@ fn cluster_errors_are_one_line() {
     );
     let strict = lab.cli(&["list", "--all-hosts", "--strict"]).expect("list runs");
     assert_eq!(strict.code, Some(0), "--strict with every host UP: {}", strict.stderr);
+
+    // `down` of a file whose silo does not exist has nothing to do, which is no error.
+    let never_started = lab.write_file("never-started.hcl", NEVER_STARTED).expect("silo file");
+    let down_absent = lab.cli(&["down", text(&never_started)]).expect("down runs");
+    assert_eq!(down_absent.code, Some(0), "down of a file of absent silos: {}", down_absent.stderr);
+    assert_eq!(down_absent.stdout, "silo trialweb does not exist; nothing to do\n");
+    assert_eq!(down_absent.stderr, "", "down of a file of absent silos: nothing on stderr");
+
+    // Several names after one `--name`; the rows of removed silos show no interfaces, since
+    // those were removed too.
+    let sleeper_row = parse_table(&listed.stdout)
+        .into_iter()
+        .find(|row| row["NAME"] == "sleeper-a")
+        .unwrap_or_else(|| panic!("sleeper-a listed:\n{}", listed.stdout));
+    assert_ne!(sleeper_row["ADDRESSES"], "", "sleeper-a has an address while it runs");
+    let down = lab.cli(&["down", "--name", "sleeper-a", "nowhere"]).expect("down runs");
+    assert_eq!(down.code, Some(0), "down --name sleeper-a nowhere: {}", down.stderr);
+    let rows = parse_table(&down.stdout);
+    for name in ["sleeper-a", "nowhere"] {
+        let row = rows
+            .iter()
+            .find(|row| row["SILO"] == name)
+            .unwrap_or_else(|| panic!("{name} in the down table:\n{}", down.stdout));
+        assert_eq!(row["STATE"], "REMOVED", "{name}: state");
+        assert_eq!(row["INTERFACES"], "", "{name}: interfaces of a removed silo");
+    }
+    let listed = lab.cli(&["list"]).expect("list runs");
+    assert!(!listed.stdout.contains("sleeper-a"), "sleeper-a removed:\n{}", listed.stdout);
+    assert!(!listed.stdout.contains("nowhere"), "nowhere removed:\n{}", listed.stdout);
 }
 
 #[test]

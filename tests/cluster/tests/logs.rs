@@ -1,5 +1,6 @@
 //! `logs` of a silo with two instances on two hosts: the output of both, line by line, each
-//! line prefixed with its instance and host, and with `-f` as the lines are written.
+//! line prefixed with its instance and host, and with `-f` as the lines are written. A silo
+//! that printed nothing gets one stderr line per instance.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -18,6 +19,19 @@ Silo "t" {
   binary {
     path = "/bin/sh"
     args = ["-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]
+  }
+}
+"#;
+
+/// Two instances that print nothing.
+const QUIET: &str = r#"
+Silo "q" {
+  name  = "quiet"
+  count = 2
+
+  binary {
+    path = "/bin/sleep"
+    args = ["3600"]
   }
 }
 "#;
@@ -130,4 +144,27 @@ fn logs_merge_instances_on_two_hosts() {
 
     let down = lab.cli(&["down", &file]).expect("down runs");
     assert!(down.success(), "down failed: {}\n{}", down.stderr, lab.logs());
+
+    // A silo that printed nothing: one stderr line per instance, so that a user can
+    // distinguish empty output from a broken `logs`.
+    let quiet = lab.write_file("quiet.hcl", QUIET).expect("silo file");
+    let quiet = quiet.to_str().expect("utf-8 path").to_owned();
+    let up = lab.cli(&["up", &quiet]).expect("up runs");
+    assert!(up.success(), "up quiet failed: {}\n{}", up.stderr, lab.logs());
+    let logs = lab.cli(&["logs", "quiet"]).expect("logs runs");
+    assert!(logs.success(), "logs quiet failed: {}", logs.stderr);
+    assert_eq!(logs.stdout, "", "quiet prints nothing");
+    let mut lines: Vec<&str> = logs.stderr.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["no output yet from quiet[0] (stdout)", "no output yet from quiet[1] (stdout)"],
+        "stderr of logs quiet"
+    );
+    let single = lab.cli(&["logs", "--stderr", "quiet[1]"]).expect("logs runs");
+    assert!(single.success(), "logs quiet[1] failed: {}", single.stderr);
+    assert_eq!(single.stdout, "");
+    assert_eq!(single.stderr, "no output yet from quiet[1] (stderr)\n");
+    let down = lab.cli(&["down", &quiet]).expect("down runs");
+    assert!(down.success(), "down quiet failed: {}\n{}", down.stderr, lab.logs());
 }

@@ -1,7 +1,7 @@
 //! `colex-cli status NAME` against a lab cluster. It checks the summary, the instance table and
 //! the event table of a silo that exits with code 3 under `on-failure` with one restart, and of
-//! a healthy silo of two instances. `--output json` must parse and match the tables, and an
-//! unknown name must exit with 1 and name the closest silo.
+//! a healthy silo of two instances, also of one instance by `NAME[INDEX]`. `--output json` must
+//! parse and match the tables, and an unknown name must exit with 1 and name the closest silo.
 
 use colex_cluster_tests::table::{parse_table, Row};
 use colex_cluster_tests::{require_root, Lab};
@@ -201,6 +201,29 @@ fn status_shows_instances_and_events() {
     assert_ne!(
         steady.instances[0]["HOST"], steady.instances[1]["HOST"],
         "spread puts the two instances on two hosts"
+    );
+
+    // One instance by NAME[INDEX], as `list` names it: the silo's spec and that instance alone.
+    let second = status_text(&lab, "steady[1]");
+    assert!(second.summary.contains("Name:      steady[1]"), "{}", second.summary);
+    assert!(second.summary.contains("Count:     2"), "{}", second.summary);
+    assert_eq!(second.instances.len(), 1, "one instance row: {:?}", second.instances);
+    assert_eq!(second.instances[0]["INDEX"], "1");
+    assert_eq!(second.instances[0]["ID"], steady.instances[1]["ID"]);
+    assert!(
+        second.events.iter().all(|event| event["INSTANCE"] == "1"),
+        "only the events of instance 1: {:?}",
+        second.events
+    );
+    let document = status_json(&lab, "steady[1]");
+    let instances = document["instances"].as_array().expect("instances array");
+    assert_eq!(instances.len(), 1, "{document}");
+    assert_eq!(instances[0]["index"], 1);
+    let out_of_range = lab.cli(&["status", "steady[2]"]).expect("colex-cli runs");
+    assert_eq!(out_of_range.code, Some(1), "{}", out_of_range.stderr);
+    assert_eq!(
+        out_of_range.stderr.trim_end(),
+        "error: silo steady[2] not found; silo steady has 2 instances: steady[0], steady[1]"
     );
 
     // unknown names
