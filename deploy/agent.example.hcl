@@ -14,6 +14,20 @@ pids_limit = 4096
 # User namespaces stay on unless this is true.
 disable_user_namespaces = false
 
+# UDP port of this host's WireGuard mesh device. The device listens on every interface of
+# the host and the other hosts send to it, so the host's firewall must let it in.
+mesh_port = 51820
+
+# Fixed names that the agent's DNS resolver answers for the silos on this host, beside
+# NAME.silo for every running silo of the cluster. Each maps a host name to one IPv4 or IPv6
+# address, and names are compared without regard to case. An entry such as "web.silo" wins
+# over the silo web. Silos with network.nameservers use those servers and never ask this
+# resolver.
+hostnames = {
+  "db.internal"    = "10.1.2.3"
+  "backup.example" = "2001:db8::7"
+}
+
 # A tarball image: the output of `docker export`, plain or gzip-compressed.
 # Silos use it with base = "img://alpine". The built-in busybox image needs no block.
 image "alpine" {

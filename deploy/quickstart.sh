@@ -6,15 +6,20 @@
 #   ./deploy/quickstart.sh        start (restarts an earlier quickstart)
 #   ./deploy/quickstart.sh stop   remove the silo, stop agent and controller
 #
-# Must run as root: the agent creates namespaces, a bridge, veths,
-# iptables rules and cgroups.
+# Must run as root: the agent creates namespaces, a bridge, veths, a
+# WireGuard mesh link listening on UDP 51820, iptables chains and cgroups,
+# and turns on net.ipv4.ip_forward. README.md lists what it changes.
+# The binaries are built into target/debug, or $CARGO_TARGET_DIR/debug
+# when that variable is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 readonly CONTROLLER_ADDR=127.0.0.1:7069
 readonly WORK_DIR=/var/lib/colex/quickstart
-readonly BIN_DIR=target/debug
+readonly BIN_DIR=${CARGO_TARGET_DIR:-target}/debug
 readonly SETTLE_SECONDS=30
+# Agents report usage every 2 s, and CPU needs two reports, so 10 s leaves room on a busy host.
+readonly USAGE_WAIT_SECONDS=10
 
 cli() { "$BIN_DIR/colex-cli" --serv "$CONTROLLER_ADDR" "$@"; }
 
@@ -32,6 +37,23 @@ stop_pid_file() {
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
   fi
   rm -f "$pid_file"
+}
+
+# Prints the value in column $2 (a header such as CPU) of silo $1's row of `list`. The column
+# is found by its header, so new columns do not break this.
+silo_column() {
+  cli list 2>/dev/null | awk -F'|' -v silo="$1" -v header="$2" '
+    !column { for (i = 1; i <= NF; i++) { name = $i; gsub(/ /, "", name); if (name == header) column = i } }
+    column && $2 ~ ("^ *" silo " *$") { value = $column; gsub(/ /, "", value); print value }'
+}
+
+# Prints the names of the silos the controller stores other than hello, one per line, without
+# instance indexes. Prints nothing when the controller does not respond.
+other_silo_names() {
+  { cli list 2>/dev/null || true; } | awk -F'|' '
+    /^\|-/ { next }
+    { name = $2; gsub(/ /, "", name); sub(/\[[0-9]+\]$/, "", name) }
+    name != "" && name != "NAME" && name != "hello" { print name }' | sort -u
 }
 
 stop() {
@@ -53,8 +75,24 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 if [[ ${1:-} == stop ]]; then
+  controller_responds=false
+  other_silos=()
+  if [[ -x $BIN_DIR/colex-cli ]] && cli list >/dev/null 2>&1; then
+    controller_responds=true
+    mapfile -t other_silos < <(other_silo_names)
+  fi
   stop
   echo "quickstart stopped; state is kept in $WORK_DIR"
+  if [[ $controller_responds != true ]]; then
+    echo "the controller did not respond, so its stored silos are not listed; they start again" \
+      "at the next quickstart, and deleting $WORK_DIR removes them all"
+  elif ((${#other_silos[@]})); then
+    echo "these silos stay stored in the controller and start again at the next quickstart: ${other_silos[*]}"
+    echo "to remove them, delete $WORK_DIR (all quickstart state), or start the quickstart and run:" \
+      "$BIN_DIR/colex-cli down$(printf ' --name %s' "${other_silos[@]}")"
+  else
+    echo "no other silos are stored in the controller"
+  fi
   exit 0
 fi
 
@@ -92,15 +130,29 @@ fi
 
 cli up examples/hello.hcl
 echo
+
+echo "waiting for the agent's first usage reports" >&2
+reported=false
+for ((i = 0; i < USAGE_WAIT_SECONDS * 5; i++)); do
+  cpu=$(silo_column hello CPU) || cpu=
+  if [[ -n $cpu && $cpu != - ]]; then
+    reported=true
+    break
+  fi
+  sleep 0.2
+done
 cli list --all-hosts
+if [[ $reported != true ]]; then
+  echo "(a - in CPU, MEMORY, NET I/O, PIDS or UPTIME means that no usage report has arrived yet)"
+fi
 echo
 
-# The ADDRESSES column is found by its header, so new columns do not break this.
-address=$(cli list | awk -F'|' '
-  /ADDRESSES/ && !column { for (i = 1; i <= NF; i++) { name = $i; gsub(/ /, "", name); if (name == "ADDRESSES") column = i } }
-  column && $2 ~ /^ *hello *$/ { value = $column; gsub(/ /, "", value); print value }')
+address=$(silo_column hello ADDRESSES)
 echo "fetching http://$address/ from the hello silo:"
 # The silo is UP once its program runs; httpd may need a moment to listen.
 curl --silent --show-error --max-time 5 --retry 10 --retry-connrefused --retry-delay 1 "http://$address/"
 echo
 echo "controller and agent keep running (logs in $WORK_DIR); stop them with: $0 stop"
+bin_path=$(cd "$BIN_DIR" && pwd)
+echo "colex-cli, colex-controller and colex-agent are in $bin_path, which is not on PATH; add it with:"
+echo "  export PATH=\"$bin_path:\$PATH\""
