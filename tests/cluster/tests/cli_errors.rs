@@ -302,6 +302,26 @@ Silo "s" {
 }
 "#;
 
+/// A silo whose one file is larger than the controller stores in a spec (256 KiB).
+const TOO_BIG: &str = r#"
+Silo "s" {
+  name = "too-big"
+
+  binary {
+    path = "/bin/sleep"
+    args = ["3600"]
+  }
+
+  file "data" {
+    path      = "big.bin"
+    silo_path = "/big.bin"
+  }
+}
+"#;
+
+/// Size of `big.bin`: 300 KiB, above the controller's spec limit.
+const TOO_BIG_FILE_BYTES: usize = 300 * 1024;
+
 /// A silo no lab host can run: its placement names a host that does not exist.
 const NOWHERE: &str = r#"
 Silo "s" {
@@ -338,6 +358,9 @@ fn cluster_errors_are_one_line() {
     let lab = Lab::start(1).expect("lab starts");
     let sleeper = lab.write_file("sleeper.hcl", SLEEPER).expect("silo file");
     let nowhere = lab.write_file("nowhere.hcl", NOWHERE).expect("silo file");
+    let too_big = lab.write_file("too-big.hcl", TOO_BIG).expect("silo file");
+    let big_file = too_big.with_file_name("big.bin");
+    std::fs::write(&big_file, vec![b'x'; TOO_BIG_FILE_BYTES]).expect("write big.bin");
     let up = lab.cli(&["up", text(&sleeper)]).expect("up runs");
     assert!(up.success(), "up failed: {}\n{}", up.stderr, lab.logs());
     let controller = lab.controller_address();
@@ -379,6 +402,16 @@ fn cluster_errors_are_one_line() {
             &["status", "sleeper-a[3]"],
             EXIT_USER_ERROR,
             "error: silo sleeper-a[3] not found; silo sleeper-a has 1 instance: sleeper-a[0]",
+        ),
+        Case::new(
+            "silo above the controller's spec limit",
+            &["up", text(&too_big)],
+            EXIT_USER_ERROR,
+            format!(
+                "error: controller {controller}: silo too-big: its spec with file contents is {} bytes, above the controller's limit of 262144; put large files into an image (`base = \"img://NAME\"`) or a `bind` instead of `file` blocks",
+                // The file plus 61 bytes of protobuf for the rest of this spec.
+                TOO_BIG_FILE_BYTES + 61
+            ),
         ),
         Case::new(
             "remove of an unknown controller",
