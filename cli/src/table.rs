@@ -291,14 +291,19 @@ pub fn format_duration(duration: Duration) -> String {
 
 /// Returns the heading line above one host's table.
 pub fn host_heading(host: &proto::HostInfo) -> String {
-    format!(
+    let heading = format!(
         "HOST {}  address {}  state {}  subnet {}  silos {}",
         host.name,
         host.address,
         host.state().label(),
         host.subnet,
         host.silo_count
-    )
+    );
+    // The leader has no session with a DOWN host, so its rows are what the agent last said.
+    if host.state() == proto::HostState::Down {
+        return format!("{heading}  (stale: its agent is not connected; rows show its last report)");
+    }
+    heading
 }
 
 #[cfg(test)]

@@ -332,6 +332,11 @@ impl Lab {
     }
 
     /// Kills the agent of host `index` with SIGKILL, as a crash would.
+    /// Returns the pid of host `index`'s agent while it runs.
+    pub fn agent_pid(&self, index: usize) -> Option<u32> {
+        self.agents.get(index)?.as_ref().map(Daemon::pid)
+    }
+
     pub fn kill_agent(&mut self, index: usize) -> anyhow::Result<()> {
         if let Some(mut agent) = self.agents[index].take() {
             agent.kill()?;
