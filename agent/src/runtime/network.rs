@@ -17,7 +17,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use nix::sched::{setns, CloneFlags};
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+    LinkMessage,
+};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -41,11 +44,10 @@ const _: () = assert!(SILO_MTU_BYTES == crate::mesh::MESH_MTU_BYTES);
 pub enum NetworkError {
     #[error("failed to open a netlink socket: {source}")]
     Connect { source: io::Error },
-    #[error("failed to turn IPv6 off on {name} ({path}): {source}")]
-    DisableIpv6 {
+    #[error("failed to stop IPv6 address generation on {name}: {source}")]
+    NoIpv6Addresses {
         name: String,
-        path: String,
-        source: io::Error,
+        source: rtnetlink::Error,
     },
     #[error("failed to look up link {name}: {source}")]
     GetLink {
@@ -439,6 +441,29 @@ impl Netlink {
             })
     }
 
+    /// Stops IPv6 on link `index` (`name`) from making addresses, before the link goes up.
+    /// Silo networks are IPv4 only, and a silo end that makes a link-local address sends
+    /// duplicate address probes, router solicitations and MLD reports once it is up. The
+    /// bridge floods each of them to every other silo on the host, so each start made work
+    /// for every running silo. With no address there is nothing to announce; loopback keeps
+    /// `::1`. The `disable_ipv6` sysctl would do it too, but writing it waited for the kernel
+    /// and added milliseconds to every start (docs/benchmarks.md).
+    async fn no_ipv6_addresses(&self, index: u32, name: &str) -> Result<(), NetworkError> {
+        let mut message = LinkUnspec::new_with_index(index).build();
+        message.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+            AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+        ])]));
+        match self.handle.link().set(message).execute().await {
+            Ok(()) => Ok(()),
+            // A kernel without IPv6 makes no IPv6 addresses anyway.
+            Err(err) if is_errno(&err, libc::EAFNOSUPPORT) => Ok(()),
+            Err(source) => Err(NetworkError::NoIpv6Addresses {
+                name: name.to_string(),
+                source,
+            }),
+        }
+    }
+
     /// Renames the silo end of the veth pair to `eth0`, sets it up, gives it its address and
     /// adds the default route.
     async fn configure_silo_interface(
@@ -446,7 +471,7 @@ impl Netlink {
         interface: &SiloInterface,
     ) -> Result<(), NetworkError> {
         let index = self.require_index(&interface.peer).await?;
-        disable_ipv6(&interface.peer)?;
+        self.no_ipv6_addresses(index, &interface.peer).await?;
         // A peer created as `eth0`, as the runtime does, only needs to go up: a rename waits
         // for an RCU grace period. Another name is renamed, and the kernel applies a new name
         // before new flags, so one request renames the link and sets it up.
@@ -490,26 +515,6 @@ impl Netlink {
                 gateway: interface.gateway,
                 source,
             })
-    }
-}
-
-/// Turns IPv6 off on link `name` of the calling thread's network namespace, before the link
-/// goes up. Silo networks are IPv4 only, and a silo end with IPv6 on sends router
-/// solicitations, duplicate address probes and MLD reports once it is up. The bridge floods
-/// each of them to every other silo on the host, so each start made work for every running
-/// silo. Loopback keeps `::1`.
-fn disable_ipv6(name: &str) -> Result<(), NetworkError> {
-    // `/proc/sys/net` shows the network namespace of the task that opens it.
-    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
-    match std::fs::write(&path, b"1") {
-        Ok(()) => Ok(()),
-        // A kernel without IPv6 has nothing to turn off.
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(NetworkError::DisableIpv6 {
-            name: name.to_string(),
-            path,
-            source,
-        }),
     }
 }
 
