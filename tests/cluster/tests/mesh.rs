@@ -37,7 +37,8 @@ const RESUME_TIMEOUT: Duration = Duration::from_secs(10);
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// Returns a silo file with an httpd silo on `host` that logs each client's address to its
-/// standard error (`-v`).
+/// standard error (`-v`). The big file is made inside the silo: a spec may carry at most
+/// 256 KiB of files.
 fn server_silo(host: &str) -> String {
     format!(
         r#"
@@ -45,18 +46,13 @@ Silo "server" {{
   name = "mesh-server"
 
   binary {{
-    path = "/bin/httpd"
-    args = ["-f", "-v", "-p", "80", "-h", "/www"]
+    path = "/bin/sh"
+    args = ["-c", "head -c {BIG_FILE_BYTES} /dev/zero > /www/big.bin && exec httpd -f -v -p 80 -h /www"]
   }}
 
   file "page" {{
     path      = "page.html"
     silo_path = "/www/index.html"
-  }}
-
-  file "big" {{
-    path      = "big.bin"
-    silo_path = "/www/big.bin"
   }}
 
   placement {{
@@ -313,7 +309,6 @@ fn silos_reach_each_other_across_hosts() {
     assert!(link.contains(&format!("mtu {MESH_MTU_BYTES}")), "mesh MTU on host 1: {link}");
 
     lab.write_file("page.html", "page of mesh-server\n").expect("page");
-    lab.write_file("big.bin", &"x".repeat(BIG_FILE_BYTES)).expect("big file");
     let server_file = lab.write_file("server.hcl", &server_silo(&host_2.name)).expect("server file");
     let server_file = server_file.to_str().expect("utf-8 path").to_owned();
     let up = lab.cli(&["up", &server_file]).expect("up runs");
