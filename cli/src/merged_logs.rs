@@ -48,7 +48,7 @@ pub fn instances_of(name: &str, silos: &[proto::SiloInfo]) -> Vec<InstanceSource
         .collect()
 }
 
-/// What an instance's stream task sends to the printer.
+/// A message from an instance's stream task to the printer.
 enum Event {
     Line(Vec<u8>),
     /// The stream ended without a byte; the message is printed to stderr.

@@ -1,7 +1,7 @@
-//! `list --all-hosts` with one of three agents frozen (SIGSTOP): the listing comes from the
-//! leader's state, so it returns at once; once the host TTL has passed, the frozen host shows
-//! DOWN and stale with its silo's last known row, the other two show UP, and `--strict`
-//! turns that into exit code 3. After SIGCONT the host is UP again.
+//! `list --all-hosts` with one of three agents frozen (SIGSTOP). The listing comes from the
+//! leader's state, so it returns at once. Once the host TTL has passed, the frozen host shows
+//! DOWN and stale with its silo's last known row, and the other two show UP. `--strict` then
+//! exits with code 3. After SIGCONT the host is UP again.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ Silo "s" {
 }
 "#;
 
-/// The issue's bound on `list --all-hosts` with a frozen host.
+/// Longest time `list --all-hosts` may take with a frozen host.
 const LIST_DEADLINE: Duration = Duration::from_secs(3);
 /// The controller's default host TTL (3 s), and a margin for the session's last message.
 const TTL_AND_MARGIN: Duration = Duration::from_secs(5);
@@ -86,7 +86,7 @@ fn frozen_agent_shows_stale_quickly() {
         assert_eq!(state, expected, "state of {host}:\n{}", listed.stdout);
     }
     assert_eq!(host_states(&listed.stdout).len(), 3, "three hosts:\n{}", listed.stdout);
-    // The frozen host's heading says its rows are stale, and its silo keeps its last known row.
+    // The frozen host's heading marks its rows stale, and its silo keeps its last known row.
     let heading = listed
         .stdout
         .lines()
