@@ -165,99 +165,90 @@ fn addresses(reply: &Message) -> Vec<String> {
         .collect()
 }
 
+/// Runs `test` as root in a fresh network namespace that has the test addresses, on a tokio
+/// runtime. Skips with a printed reason when not root.
+fn in_resolver_netns<F>(name: &str, test: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()>,
+{
+    if !has_root(name) {
+        return;
+    }
+    in_netns(|| {
+        add_addresses();
+        block_on(test());
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
 
 #[test]
 fn other_names_are_forwarded_upstream() {
-    if !has_root("other_names_are_forwarded_upstream") {
-        return;
-    }
-    in_netns(|| {
-        add_addresses();
-        block_on(async {
-            let received = start_upstream().await;
-            let _resolver = start_resolver(&[UPSTREAM]).await;
+    in_resolver_netns("other_names_are_forwarded_upstream", || async {
+        let received = start_upstream().await;
+        let _resolver = start_resolver(&[UPSTREAM]).await;
 
-            let reply = ask_udp("example.test.", 0x0101).await;
-            assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
-            assert_eq!(addresses(&reply), [UPSTREAM_ANSWER.to_string()]);
-            assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let reply = ask_udp("example.test.", 0x0101).await;
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(addresses(&reply), [UPSTREAM_ANSWER.to_string()]);
+        assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
 
-            let reply = ask_tcp("example.test.", 0x0102).await;
-            assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
-            assert_eq!(addresses(&reply), [UPSTREAM_ANSWER.to_string()]);
-        });
+        let reply = ask_tcp("example.test.", 0x0102).await;
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(addresses(&reply), [UPSTREAM_ANSWER.to_string()]);
     });
 }
 
 #[test]
 fn silo_names_are_answered_locally() {
-    if !has_root("silo_names_are_answered_locally") {
-        return;
-    }
-    in_netns(|| {
-        add_addresses();
-        block_on(async {
-            let received = start_upstream().await;
-            let _resolver = start_resolver(&[UPSTREAM]).await;
+    in_resolver_netns("silo_names_are_answered_locally", || async {
+        let received = start_upstream().await;
+        let _resolver = start_resolver(&[UPSTREAM]).await;
 
-            let reply = ask_udp("web.silo.", 0x0201).await;
-            assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
-            assert_eq!(addresses(&reply), ["10.69.1.2", "10.69.2.2"]);
+        let reply = ask_udp("web.silo.", 0x0201).await;
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(addresses(&reply), ["10.69.1.2", "10.69.2.2"]);
 
-            let reply = ask_tcp("1.WEB.silo.", 0x0202).await;
-            assert_eq!(addresses(&reply), ["10.69.2.2"]);
+        let reply = ask_tcp("1.WEB.silo.", 0x0202).await;
+        assert_eq!(addresses(&reply), ["10.69.2.2"]);
 
-            let reply = ask_udp("db.internal.", 0x0203).await;
-            assert_eq!(addresses(&reply), ["10.1.2.3"]);
+        let reply = ask_udp("db.internal.", 0x0203).await;
+        assert_eq!(addresses(&reply), ["10.1.2.3"]);
 
-            let reply = ask_udp("missing.silo.", 0x0204).await;
-            assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+        let reply = ask_udp("missing.silo.", 0x0204).await;
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
 
-            assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 0, "a local name went upstream");
-        });
+        assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 0, "a local name went upstream");
     });
 }
 
 #[test]
 fn silent_upstream_gives_servfail() {
-    if !has_root("silent_upstream_gives_servfail") {
-        return;
-    }
-    in_netns(|| {
-        add_addresses();
-        block_on(async {
-            let _silent = start_silent_upstream().await;
-            let _resolver = start_resolver(&[SILENT_UPSTREAM]).await;
+    in_resolver_netns("silent_upstream_gives_servfail", || async {
+        let _silent = start_silent_upstream().await;
+        let _resolver = start_resolver(&[SILENT_UPSTREAM]).await;
 
-            let started = Instant::now();
-            let reply = ask_udp("example.test.", 0x0301).await;
-            let waited = started.elapsed();
-            assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
-            assert!(addresses(&reply).is_empty());
-            assert!(waited >= UPSTREAM_TIMEOUT, "SERVFAIL after {waited:?}, before the upstream timeout");
-        });
+        let started = Instant::now();
+        let reply = ask_udp("example.test.", 0x0301).await;
+        let waited = started.elapsed();
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+        assert!(addresses(&reply).is_empty());
+        assert!(waited >= UPSTREAM_TIMEOUT, "SERVFAIL after {waited:?}, before the upstream timeout");
     });
 }
 
 #[test]
 fn silent_upstream_is_skipped() {
-    if !has_root("silent_upstream_is_skipped") {
-        return;
-    }
-    in_netns(|| {
-        add_addresses();
-        block_on(async {
-            let _silent = start_silent_upstream().await;
-            let received = start_upstream().await;
-            let _resolver = start_resolver(&[SILENT_UPSTREAM, UPSTREAM]).await;
+    in_resolver_netns("silent_upstream_is_skipped", || async {
+        let _silent = start_silent_upstream().await;
+        let received = start_upstream().await;
+        let _resolver = start_resolver(&[SILENT_UPSTREAM, UPSTREAM]).await;
 
-            let reply = ask_udp("example.test.", 0x0401).await;
-            assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
-            assert_eq!(addresses(&reply), [UPSTREAM_ANSWER.to_string()]);
-            assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
-        });
+        let reply = ask_udp("example.test.", 0x0401).await;
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(addresses(&reply), [UPSTREAM_ANSWER.to_string()]);
+        assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
     });
 }

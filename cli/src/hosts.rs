@@ -1,4 +1,4 @@
-//! The `hosts` command: lists the agent hosts as the leader sees them, and sets or clears a
+//! The `hosts` command: lists the agent hosts from the leader's state, and sets or clears a
 //! host's drain mark.
 
 use std::collections::BTreeMap;

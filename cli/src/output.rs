@@ -36,7 +36,7 @@ pub struct Silo {
     pub name: String,
     /// Instance number, from 0 to `count - 1`.
     pub index: u32,
-    /// Number of instances the silo's spec asks for.
+    /// Number of instances the silo's spec requests.
     pub count: u32,
     /// 8 hex digits; each instance has its own, and a replaced instance gets a new one.
     pub id: String,

@@ -299,7 +299,7 @@ pub fn host_heading(host: &proto::HostInfo) -> String {
         host.subnet,
         host.silo_count
     );
-    // The leader has no session with a DOWN host, so its rows are what the agent last said.
+    // The leader has no session with a DOWN host, so its rows are the agent's last report.
     if host.state() == proto::HostState::Down {
         return format!("{heading}  (stale: its agent is not connected; rows show its last report)");
     }

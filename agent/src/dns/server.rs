@@ -14,9 +14,9 @@ use super::answer::{answer, error_reply, Reply};
 use super::table::SharedNameTable;
 use super::{upstream, DnsError};
 
-/// Time each upstream resolver gets to reply before the next one is tried. Clients such as
-/// musl's resolver retry after about 5 s, so with one or two upstreams the answer still arrives
-/// within one client attempt.
+/// Time each upstream resolver gets to reply before the next one is tried. glibc's resolver
+/// waits 5 s per try by default (`timeout` in resolv.conf), so with up to two upstreams the
+/// reply arrives within one client try.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests handled at the same time; a UDP request beyond it is dropped and the client
 /// retries.

@@ -154,8 +154,8 @@ fn run() -> Result<(), HelperError> {
     };
     let _ = nix::unistd::write(&sync_write, &[init::MOUNT_BYTE]);
     drop(sync_write);
-    // PID 1 reads "go" from its copy of stdin, or EOF when the agent aborts the start, and then
-    // exits; from here on the helper only supervises.
+    // PID 1 reads "go" from its copy of stdin, or EOF when the agent aborts the start. From
+    // here on the helper only supervises.
 
     let mut outputs = [
         Output {

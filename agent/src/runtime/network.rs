@@ -32,9 +32,9 @@ use super::names::SILO_IFNAME;
 /// Name of the loopback interface.
 const LOOPBACK_IFNAME: &str = "lo";
 
-/// MTU of the bridge and of both ends of every silo veth, in bytes: the MTU of the WireGuard
-/// mesh (`crate::mesh::MESH_MTU_BYTES`), so a silo's packets to another host fit the tunnel
-/// without fragmentation or path MTU discovery, which firewalls often break.
+/// MTU of the bridge and of both ends of every silo veth, in bytes. It equals the WireGuard
+/// mesh's MTU (`crate::mesh::MESH_MTU_BYTES`), so a silo's packets to another host fit the
+/// tunnel without fragmentation. Path MTU discovery fails wherever ICMP is dropped.
 pub const SILO_MTU_BYTES: u32 = 1420;
 // The two must agree; checked at compile time.
 const _: () = assert!(SILO_MTU_BYTES == crate::mesh::MESH_MTU_BYTES);

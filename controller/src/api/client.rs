@@ -579,7 +579,7 @@ fn is_stale_read(metadata: &tonic::metadata::MetadataMap) -> bool {
 /// 1 MiB did not and stalled every write (docs/benchmarks.md).
 pub const MAX_STORED_SPEC_BYTES: usize = 256 * 1024;
 
-/// Rejects a spec too large to store; the message says what to do instead.
+/// Rejects a spec too large to store, with a message that names the alternatives.
 fn check_spec_size(name: &str, encoded_bytes: usize) -> Result<(), Status> {
     if encoded_bytes <= MAX_STORED_SPEC_BYTES {
         return Ok(());

@@ -51,10 +51,11 @@ const ELECTION_TIMEOUT_MAX_MS: u64 = 400;
 const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
 /// Size of one snapshot chunk, well below tonic's 4 MiB default message limit.
 const SNAPSHOT_MAX_CHUNK_BYTES: u64 = 1024 * 1024;
-/// Most log entries in one AppendEntries. With specs of up to 256 KiB
-/// (`api::client::MAX_STORED_SPEC_BYTES`), about 350 KB each in base64 JSON, a batch stays
-/// near 3 MB, which a follower that catches up can take within one heartbeat interval;
-/// openraft's default of 300 such entries would be about 100 MB in one request.
+/// Maximum number of log entries in one AppendEntries. A spec is at most 256 KiB
+/// (`api::client::MAX_STORED_SPEC_BYTES`), about 350 KB in base64 JSON, so a batch stays near
+/// 3 MB. openraft's default of 300 such entries would be about 100 MB in one request.
+// NOTE: that 3 MB reach a follower within one heartbeat is an estimate. A benchmark with
+// 250000-byte specs replicated and failed over (docs/benchmarks.md); full batches were not timed.
 const MAX_PAYLOAD_ENTRIES: u64 = 8;
 /// A snapshot is built after this many log entries since the last one.
 const SNAPSHOT_EVERY_ENTRIES: u64 = 5000;

@@ -10,7 +10,7 @@ use colex_cluster_tests::{bin_dir, process, require_root, Lab};
 
 /// Time the cluster gets to elect a new leader after the old one was
 /// killed. openraft 0.9.25 followers wait out the leader lease (400 ms) plus a
-/// random election timeout (200 to 400 ms) before they start an election; the
+/// random election timeout (200 to 400 ms) before they start an election. The
 /// rest is margin for a loaded machine.
 const NEW_LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Returns the silo file of a busybox httpd silo named `name` that serves a page with its

@@ -336,7 +336,7 @@ fn leader_change_keeps_instances() {
     });
     let before = instances(&lab, "web");
 
-    // `hosts` through a follower is forwarded to the leader, which holds the agent sessions.
+    // `hosts` through a follower is forwarded to the leader, which has the agent sessions.
     let leader = leader_index(&lab).expect("a leader");
     let follower = (leader + 1) % 3;
     let listed = lab.cli_at(follower, &["hosts"]).expect("hosts runs");

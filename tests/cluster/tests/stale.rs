@@ -21,7 +21,7 @@ Silo "s" {
 }
 "#;
 
-/// Longest time `list --all-hosts` may take with a frozen host.
+/// Maximum duration of `list --all-hosts` with a frozen host.
 const LIST_DEADLINE: Duration = Duration::from_secs(3);
 /// The controller's default host TTL (3 s), and a margin for the session's last message.
 const TTL_AND_MARGIN: Duration = Duration::from_secs(5);
