@@ -9,6 +9,7 @@ pub mod v1 {
 pub use v1::*;
 
 pub mod addresses;
+pub mod pki;
 
 /// Largest gRPC message the services accept, in bytes. A silo file's bundle
 /// (the contents of its `file` blocks) travels in one `Up` request, so this
