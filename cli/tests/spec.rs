@@ -601,7 +601,7 @@ fn expected_every_field_specs() -> Vec<SiloSpec> {
                 id: "shared-data".to_owned(),
                 path: "/data".to_owned(),
             }],
-            grants: Some(Grants { query_silos: true }),
+            grants: Some(Grants { query_silos: true, ..Default::default() }),
             resources: Some(Resources {
                 cpu_percent: 25,
                 memory_bytes: 134_217_728,

@@ -25,16 +25,16 @@ const CAP_MKNOD: u32 = 27;
 const CAP_AUDIT_WRITE: u32 = 29;
 const CAP_SETFCAP: u32 = 31;
 
-/// Capabilities a silo's program keeps: Docker's default set, which lets a root program own
-/// files, bind low ports, send ICMP and change its uid, but not mount, load modules, change the
-/// network or trace other processes.
+/// Capabilities a silo's program keeps: Docker's default set without CAP_NET_RAW, which lets a
+/// root program own files, bind low ports and change its uid, but not mount, load modules,
+/// change the network, open raw sockets or trace other processes. `grants.raw_sockets` adds
+/// [`RAW_SOCKETS_CAPABILITY`].
 pub const SILO_CAPABILITIES: &[u32] = &[
     CAP_CHOWN,
     CAP_DAC_OVERRIDE,
     CAP_FSETID,
     CAP_FOWNER,
     CAP_MKNOD,
-    CAP_NET_RAW,
     CAP_SETGID,
     CAP_SETUID,
     CAP_SETFCAP,
@@ -45,18 +45,27 @@ pub const SILO_CAPABILITIES: &[u32] = &[
     CAP_AUDIT_WRITE,
 ];
 
+/// Capability that `grants.raw_sockets` adds: raw and packet sockets, such as ping's.
+pub const RAW_SOCKETS_CAPABILITY: u32 = CAP_NET_RAW;
+
 /// Highest capability number a 64-bit capability mask can hold. The kernel's last capability
 /// (40 on Linux 6.18) is lower; the bounding-set loop stops at the first number it rejects.
 const MAX_CAPABILITY_NUMBER: u32 = 63;
 /// `_LINUX_CAPABILITY_VERSION_3` from `<linux/capability.h>`: 64-bit sets as two 32-bit words.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Returns [`SILO_CAPABILITIES`] as a mask with bit `n` for capability `n`, the form of the
-/// `Cap*` lines of `/proc/PID/status` (0x00000000a80425fb).
-pub fn silo_capability_mask() -> u64 {
-    SILO_CAPABILITIES
+/// Returns [`SILO_CAPABILITIES`], plus [`RAW_SOCKETS_CAPABILITY`] when `raw_sockets` is set, as
+/// a mask with bit `n` for capability `n`: the form of the `Cap*` lines of `/proc/PID/status`
+/// (0x00000000a80405fb by default).
+pub fn silo_capability_mask(raw_sockets: bool) -> u64 {
+    let mask = SILO_CAPABILITIES
         .iter()
-        .fold(0, |mask, capability| mask | (1u64 << capability))
+        .fold(0, |mask, capability| mask | (1u64 << capability));
+    if raw_sockets {
+        mask | (1u64 << RAW_SOCKETS_CAPABILITY)
+    } else {
+        mask
+    }
 }
 
 /// Header of `capget` and `capset`, `struct __user_cap_header_struct`.
@@ -75,11 +84,11 @@ struct CapabilityData {
     inheritable: u32,
 }
 
-/// Limits the calling process to [`SILO_CAPABILITIES`]: bounding, permitted, effective and
-/// inheritable sets, and an empty ambient set. Needs CAP_SETPCAP, which the silo's PID 1 has in
-/// its user namespace. Runs in the forked program process right before `execve`.
-pub fn limit_to_silo_capabilities() -> Result<(), Errno> {
-    let mask = silo_capability_mask();
+/// Limits the calling process to the capabilities in `mask` (see [`silo_capability_mask`]):
+/// bounding, permitted, effective and inheritable sets, and an empty ambient set. Needs
+/// CAP_SETPCAP, which the silo's PID 1 has in its user namespace. Runs in the forked program
+/// process right before `execve`.
+pub fn limit_to_silo_capabilities(mask: u64) -> Result<(), Errno> {
     for capability in 0..=MAX_CAPABILITY_NUMBER {
         let keep = mask & (1u64 << capability) != 0;
         // SAFETY: PR_CAPBSET_READ only reads this process's bounding set; the extra arguments
@@ -144,8 +153,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mask_is_dockers_default() {
-        assert_eq!(silo_capability_mask(), 0x0000_0000_a804_25fb);
-        assert_eq!(SILO_CAPABILITIES.len(), 14);
+    fn mask_is_dockers_default_without_raw() {
+        assert_eq!(silo_capability_mask(false), 0x0000_0000_a804_05fb);
+        assert_eq!(SILO_CAPABILITIES.len(), 13);
+    }
+
+    #[test]
+    fn mask_with_raw_is_dockers_default() {
+        assert_eq!(silo_capability_mask(true), 0x0000_0000_a804_25fb);
     }
 }

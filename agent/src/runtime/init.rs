@@ -28,6 +28,7 @@ use nix::unistd::{
 };
 
 use super::capabilities;
+use super::seccomp::{DefaultFilter, SeccompError};
 use super::protocol::{read_line_exact, send_report, HelperJob, HelperReport, GO_LINE};
 use super::rootfs::{self, RootfsError, RootfsSources};
 use super::userns::{self, UsernsError};
@@ -80,6 +81,8 @@ pub enum InitError {
     Pipe { source: Errno },
     #[error("failed to fork the silo program: {source}")]
     Fork { source: Errno },
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error("{message}")]
     Exec { message: String },
 }
@@ -92,6 +95,10 @@ struct Program {
     stdin: File,
     stdout: OwnedFd,
     stderr: OwnedFd,
+    /// Capabilities the program keeps, bit `n` for capability `n`.
+    capability_mask: u64,
+    /// Compiled before the fork, because compiling allocates.
+    seccomp: DefaultFilter,
 }
 
 /// This process's copies of the helper's pipes: the sync pipe, and the pipes the helper drains
@@ -210,6 +217,8 @@ fn start_program(job: &HelperJob, stdout: OwnedFd, stderr: OwnedFd) -> Result<Pi
         stdin,
         stdout,
         stderr,
+        capability_mask: capabilities::silo_capability_mask(job.raw_sockets),
+        seccomp: DefaultFilter::compile()?,
     };
 
     // Blocked before the fork, so no SIGCHLD or forwarded signal is lost; sigwait takes them.
@@ -316,13 +325,18 @@ fn prepare_and_exec(program: &Program) -> (&'static str, Errno) {
         return ("redirecting stdin, stdout and stderr", errno);
     }
     mark_fds_close_on_exec();
-    if let Err(errno) = capabilities::limit_to_silo_capabilities() {
+    if let Err(errno) = capabilities::limit_to_silo_capabilities(program.capability_mask) {
         return ("limiting capabilities", errno);
     }
     // Last step before exec, so setuid binaries and file capabilities in the image cannot give
     // the program more privileges than the silo grants. Children inherit the flag.
     if let Err(errno) = prctl::set_no_new_privs() {
         return ("setting no_new_privs", errno);
+    }
+    // After no_new_privs, which an unprivileged seccomp filter needs, and before exec, so the
+    // program and all its children run under it.
+    if let Err(errno) = program.seccomp.install() {
+        return ("installing the seccomp filter", errno);
     }
     match execve(&program.path, &program.argv, &program.envp) {
         Err(errno) => (EXEC_STEP, errno),

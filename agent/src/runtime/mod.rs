@@ -41,6 +41,7 @@ mod protocol;
 mod removal;
 mod restart;
 mod rootfs;
+mod seccomp;
 mod silo;
 mod spare;
 mod sources;

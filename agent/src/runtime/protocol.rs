@@ -61,6 +61,9 @@ pub struct HelperJob {
     /// Uid and gid map of the silo's user namespace; `None` runs the silo without one.
     #[serde(default)]
     pub id_map: Option<super::userns::IdMap>,
+    /// Keep CAP_NET_RAW, which the spec's `grants.raw_sockets` asks for.
+    #[serde(default)]
+    pub raw_sockets: bool,
 }
 
 /// Progress of a silo start, reported to the agent.

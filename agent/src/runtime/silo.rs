@@ -270,6 +270,7 @@ pub(super) fn helper_job(
         env: plan.env.clone(),
         binds: sources.binds.clone(),
         id_map,
+        raw_sockets: plan.raw_sockets,
     }
 }
 

@@ -78,6 +78,8 @@ pub struct SiloPlan {
     pub cpu_percent: Option<u32>,
     /// Hard memory limit in bytes, or `None` for no limit.
     pub memory_bytes: Option<u64>,
+    /// Whether the program keeps CAP_NET_RAW (`grants.raw_sockets`).
+    pub raw_sockets: bool,
 }
 
 /// Checks `spec` and returns the plan for it. Creates nothing.
@@ -138,6 +140,7 @@ pub fn plan(spec: &SiloSpec) -> Result<SiloPlan, SpecError> {
         internet_access: network.internet_access,
         cpu_percent,
         memory_bytes,
+        raw_sockets: spec.grants.as_ref().is_some_and(|grants| grants.raw_sockets),
     })
 }
 

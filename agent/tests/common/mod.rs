@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use colex_agent::runtime::{RuntimeConfig, SiloExit};
+use colex_agent::runtime::{RuntimeConfig, SiloExit, STDOUT_LOG_FILE};
 use colex_proto::{Binary, Bind, Network, SiloSpec};
 use tokio::sync::mpsc;
 
@@ -356,4 +356,50 @@ pub fn add_binds(spec: &mut SiloSpec, binds: &[(&str, &str)]) {
             path: (*path).to_string(),
         });
     }
+}
+
+/// How long [`wait_for_stdout`] and [`program_pid`] wait for the program's output or process.
+pub const OUTPUT_WAIT: Duration = Duration::from_secs(20);
+
+/// Returns the stdout log of `silo_id`, empty when it does not exist yet.
+pub fn read_stdout(host: &TestHost, silo_id: &str) -> String {
+    std::fs::read_to_string(host.silo_dir(silo_id).join(STDOUT_LOG_FILE)).unwrap_or_default()
+}
+
+/// Waits until the stdout log of `silo_id` ends with `marker` and returns the log.
+pub fn wait_for_stdout(host: &TestHost, silo_id: &str, marker: &str) -> String {
+    let found = wait_for(OUTPUT_WAIT, || read_stdout(host, silo_id).ends_with(marker));
+    let stdout = read_stdout(host, silo_id);
+    assert!(found, "no {marker:?} at the end of stdout: {stdout:?}");
+    stdout
+}
+
+/// Returns the host pid of the program of silo `silo_id`: the child of its PID 1.
+pub fn program_pid(host: &TestHost, silo_id: &str) -> u32 {
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(host.silo_dir(silo_id).join("silo.json")).expect("read record"),
+    )
+    .expect("parse record");
+    let init_pid = record["init_pid"].as_u64().expect("init_pid in the record");
+    let children = format!("/proc/{init_pid}/task/{init_pid}/children");
+    let mut pid = None;
+    wait_for(OUTPUT_WAIT, || {
+        pid = std::fs::read_to_string(&children)
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse().ok());
+        pid.is_some()
+    });
+    pid.unwrap_or_else(|| panic!("PID 1 ({init_pid}) of silo {silo_id} has no child"))
+}
+
+/// Returns the value of line `field` of `/proc/PID/status`, such as "CapEff".
+pub fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let prefix = format!("{field}:");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
 }

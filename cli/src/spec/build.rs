@@ -77,6 +77,7 @@ pub(super) fn build_spec(silo: DeclaredSilo, files: Vec<FileEntry>) -> SiloSpec 
         binds,
         grants: silo.grants.map(|grants| Grants {
             query_silos: grants.query_silos,
+            raw_sockets: grants.raw_sockets,
         }),
         resources: silo.resources.map(build_resources),
         count: silo

@@ -90,6 +90,7 @@ pub(super) struct DeclaredBind {
 #[derive(Debug, Default)]
 pub(super) struct DeclaredGrants {
     pub(super) query_silos: bool,
+    pub(super) raw_sockets: bool,
 }
 
 #[derive(Debug, Default)]

@@ -88,7 +88,7 @@ pub(super) const BIND: BodySchema = BodySchema {
 
 pub(super) const GRANTS: BodySchema = BodySchema {
     name: "grants",
-    attributes: &["query_silos"],
+    attributes: &["query_silos", "raw_sockets"],
     sections: &[],
     labelled_blocks: &[],
     block_aliases: &[],

@@ -76,6 +76,7 @@ pub(super) fn read_grants(
     read_setting(silo, &schema::GRANTS, prefix, diagnostics, |_, reader| {
         DeclaredGrants {
             query_silos: reader.bool("query_silos").unwrap_or(false),
+            raw_sockets: reader.bool("raw_sockets").unwrap_or(false),
         }
     })
     .into_valid()

@@ -692,7 +692,7 @@ mod tests {
     #[test]
     fn unsupported_fields_are_rejected() {
         let mut with_grant = valid_spec();
-        with_grant.grants = Some(proto::Grants { query_silos: true });
+        with_grant.grants = Some(proto::Grants { query_silos: true, ..Default::default() });
         let status = validate(&with_grant).expect_err("unsupported field rejected");
         assert!(status.message().contains("`grants.query_silos`"), "{:?}", status.message());
         assert!(status.message().contains("not supported yet"), "{:?}", status.message());
