@@ -9,6 +9,7 @@ use colex_cli::spec;
 use colex_proto as proto;
 
 use crate::client::{CliError, Controller};
+use crate::list_filter::ListFilter;
 use crate::merged_logs;
 use crate::silo_names::{silo_not_found, split_instance_name};
 use crate::output::{self, OutputFormat};
@@ -216,10 +217,15 @@ fn down_not_found(name: &str, silos: &[proto::SiloInfo]) -> String {
     }
 }
 
-/// Prints the silos, as tables or JSON, and returns what was listed.
-pub async fn list(address: &str, all_hosts: bool, format: OutputFormat) -> Result<proto::ListResponse, CliError> {
+/// Prints the silos that pass `filter`, as tables or JSON, and returns the filtered listing.
+pub async fn list(
+    address: &str,
+    all_hosts: bool,
+    filter: &ListFilter,
+    format: OutputFormat,
+) -> Result<proto::ListResponse, CliError> {
     let mut controller = Controller::connect(address).await?;
-    let listed = controller.list().await?;
+    let listed = filter.apply(controller.list().await?)?;
 
     match (format, all_hosts) {
         (OutputFormat::Json, false) => {
@@ -251,7 +257,9 @@ pub async fn list(address: &str, all_hosts: bool, format: OutputFormat) -> Resul
             .filter(|silo| silo.host == host.name)
             .map(table::host_silo_row)
             .collect();
-        if rows.is_empty() {
+        if rows.is_empty() && filter.filters_silos_of_a_host() {
+            println!("(no matching silos)");
+        } else if rows.is_empty() {
             println!("(no silos)");
         } else {
             println!("{}", table::render(&rows));

@@ -2,11 +2,13 @@
 
 mod args_error;
 mod client;
+mod colour;
 mod commands;
 mod completions;
 mod controllers;
 mod merged_logs;
 mod hosts;
+mod list_filter;
 mod output;
 mod partial;
 mod silo_names;
@@ -24,6 +26,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
 
 use crate::client::CliError;
+use crate::colour::ColorChoice;
+use crate::list_filter::ListFilter;
 use crate::output::OutputFormat;
 
 /// Program name, which completion scripts register.
@@ -38,6 +42,10 @@ struct Cli {
     /// Controller addresses (HOST:PORT[,HOST:PORT...]), tried in turn until one responds within 2 s.
     #[arg(long, global = true, env = "COLEX_SERV", default_value = DEFAULT_CONTROLLER)]
     serv: String,
+
+    /// When to colour the state words of tables.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t)]
+    color: ColorChoice,
 
     #[command(subcommand)]
     command: Command,
@@ -69,6 +77,15 @@ enum Command {
         /// Print one table per host, hosts without silos included.
         #[arg(long)]
         all_hosts: bool,
+        /// Show only the silos placed on this host (and with --all-hosts only its table).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// Show only the silos of this class.
+        #[arg(long, value_name = "CLASS")]
+        class: Option<String>,
+        /// Show only the silos that have this tag; repeat it to require every given tag.
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
         /// Read from the controller reached instead of the leader; may miss the latest changes.
         #[arg(long)]
         stale: bool,
@@ -204,6 +221,7 @@ fn report_args_error(error: &clap::Error, args: &[OsString]) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
+    colour::init(cli.color);
     match cli.command {
         Command::Up { file, wait } => commands::up(&cli.serv, &file, Duration::from_secs(wait)).await,
         Command::Down { file, names, wait } => {
@@ -212,6 +230,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::List {
             all_hosts,
+            host,
+            class,
+            tags,
             stale,
             output,
             strict,
@@ -219,7 +240,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             if stale {
                 client::use_stale_reads();
             }
-            let listed = commands::list(&cli.serv, all_hosts, output).await?;
+            let filter = ListFilter { host, class, tags };
+            let listed = commands::list(&cli.serv, all_hosts, &filter, output).await?;
             if strict {
                 partial::require_live_hosts(&listed)?;
             }
@@ -376,6 +398,26 @@ mod tests {
             cli.map(|cli| cli.command),
             Ok(Command::List { output: OutputFormat::Json, strict: true, .. })
         ));
+    }
+
+    #[test]
+    fn list_filters_parse() {
+        let args = ["colex-cli", "list", "--host", "h1", "--class", "batch", "--tag", "a", "--tag", "b"];
+        let parsed = Cli::try_parse_from(strings(&args)).map(|cli| cli.command);
+        let Ok(Command::List { host, class, tags, .. }) = parsed else {
+            panic!("expected the list command");
+        };
+        assert_eq!(host.as_deref(), Some("h1"));
+        assert_eq!(class.as_deref(), Some("batch"));
+        assert_eq!(tags, ["a", "b"]);
+    }
+
+    #[test]
+    fn color_flag_parses_after_the_command() {
+        let cli = Cli::try_parse_from(strings(&["colex-cli", "list", "--color", "never"]));
+        assert!(matches!(cli.map(|cli| cli.color), Ok(ColorChoice::Never)));
+        let cli = Cli::try_parse_from(strings(&["colex-cli", "list"]));
+        assert!(matches!(cli.map(|cli| cli.color), Ok(ColorChoice::Auto)));
     }
 
     #[test]

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use colex_proto as proto;
-use tabled::settings::object::Rows;
+use tabled::settings::object::{Cell, Rows};
 use tabled::settings::{Alignment, Style};
 use tabled::{Table, Tabled};
+
+use crate::colour;
 
 /// Row of the table `up` and `down` print.
 #[derive(Debug, Tabled)]
@@ -92,8 +94,18 @@ const UNKNOWN: &str = "-";
 /// Binary unit prefixes of byte counts, each 1024 times the one before.
 const BYTE_UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
 
-/// Renders rows in the colex table style.
+/// Header of the column whose cells [`render`] colours on a terminal.
+const STATE_HEADER: &str = "STATE";
+
+/// Renders rows in the colex table style, with the STATE column coloured when colour is on.
 pub fn render<T: Tabled>(rows: &[T]) -> String {
+    render_with_colour(rows, colour::enabled())
+}
+
+/// Renders rows in the colex table style, colouring the STATE column when `coloured` is true.
+/// The colour is cell formatting outside the cell text, so column widths ignore the escape
+/// codes and the table stays aligned.
+pub fn render_with_colour<T: Tabled>(rows: &[T], coloured: bool) -> String {
     let style = Style::markdown()
         .top('-')
         .bottom('-')
@@ -105,7 +117,24 @@ pub fn render<T: Tabled>(rows: &[T]) -> String {
         .intersection_bottom('|');
     let mut table = Table::new(rows);
     table.with(style).modify(Rows::first(), Alignment::center());
+    if coloured {
+        colour_states(&mut table, rows);
+    }
     table.to_string()
+}
+
+/// Colours every cell of the STATE column by its state word. Row 0 is the header.
+fn colour_states<T: Tabled>(table: &mut Table, rows: &[T]) {
+    let Some(column) = T::headers().iter().position(|header| header == STATE_HEADER) else {
+        return;
+    };
+    for (index, row) in rows.iter().enumerate() {
+        let fields = row.fields();
+        let Some(color) = fields.get(column).and_then(|state| colour::state_color(state)) else {
+            continue;
+        };
+        table.modify(Cell::new(index + 1, column), color);
+    }
 }
 
 /// Returns the silo's state label, with the exit code for an exited silo.
@@ -290,18 +319,25 @@ pub fn format_duration(duration: Duration) -> String {
 }
 
 /// Returns the heading line above one host's table.
+/// The state word is coloured when colour is on.
 pub fn host_heading(host: &proto::HostInfo) -> String {
+    host_heading_with_colour(host, colour::enabled())
+}
+
+fn host_heading_with_colour(host: &proto::HostInfo, coloured: bool) -> String {
+    let state = host.state().label();
     let heading = format!(
         "HOST {}  address {}  state {}  subnet {}  silos {}",
         host.name,
         host.address,
-        host.state().label(),
+        colour::paint(state, state, coloured),
         host.subnet,
         host.silo_count
     );
     // The leader has no session with a DOWN host, so its rows are the agent's last report.
     if host.state() == proto::HostState::Down {
-        return format!("{heading}  (stale: its agent is not connected; rows show its last report)");
+        let note = "(stale: its agent is not connected; rows show its last report)";
+        return format!("{heading}  {}", colour::paint(note, "STALE", coloured));
     }
     heading
 }
@@ -326,6 +362,62 @@ mod tests {
 | test-sh | 3938a44e | UP    | h1   | cx3938a44e (10.69.1.2) |
 |---------|----------|-------|------|------------------------|";
         assert_eq!(render(&rows), expected);
+    }
+
+    /// Removes the SGR escape sequences (`ESC [ ... m`) that colour adds.
+    fn strip_escapes(text: &str) -> String {
+        let mut plain = String::new();
+        let mut chars = text.chars();
+        while let Some(char) = chars.next() {
+            if char == '\u{1b}' {
+                for code in chars.by_ref() {
+                    if code == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(char);
+            }
+        }
+        plain
+    }
+
+    #[test]
+    fn coloured_states_keep_alignment() {
+        let rows: Vec<SiloRow> = ["UP", "FAILED", "PENDING", "EXITED (1)"]
+            .into_iter()
+            .map(|state| SiloRow {
+                silo: "web".to_owned(),
+                id: "3938a44e".to_owned(),
+                state: state.to_owned(),
+                host: "h1".to_owned(),
+                interfaces: String::new(),
+            })
+            .collect();
+        let plain = render_with_colour(&rows, false);
+        let coloured = render_with_colour(&rows, true);
+        assert!(!plain.contains('\u{1b}'), "{plain}");
+        assert_eq!(strip_escapes(&coloured), plain, "only escape codes are added");
+        let lines: Vec<&str> = coloured.lines().collect();
+        assert!(lines[3].contains("| \u{1b}[32mUP\u{1b}[39m         |"), "{coloured:?}");
+        assert!(lines[4].contains("| \u{1b}[31mFAILED\u{1b}[39m     |"), "{coloured:?}");
+        assert!(lines[5].contains("| \u{1b}[33mPENDING\u{1b}[39m    |"), "{coloured:?}");
+        assert!(lines[6].contains("| EXITED (1) |"), "{coloured:?}");
+        assert!(!lines[1].contains('\u{1b}'), "the header is not coloured: {coloured:?}");
+    }
+
+    #[test]
+    fn down_host_heading_is_coloured_stale() {
+        let host = proto::HostInfo {
+            name: "h2".to_owned(),
+            state: proto::HostState::Down.into(),
+            ..Default::default()
+        };
+        let plain = host_heading_with_colour(&host, false);
+        let coloured = host_heading_with_colour(&host, true);
+        assert_eq!(strip_escapes(&coloured), plain);
+        assert!(coloured.contains("state \u{1b}[31mDOWN\u{1b}[39m"), "{coloured:?}");
+        assert!(coloured.contains("\u{1b}[33m(stale: "), "{coloured:?}");
     }
 
     #[test]
