@@ -28,7 +28,7 @@ use crate::dns::{self, NameTable, Resolver, ResolverConfig, SharedNameTable};
 use crate::host::HostFacts;
 use crate::local::{self, LocalSilos, Operation};
 use crate::mesh::{host_mesh, HostMesh};
-use crate::runtime::{LogQuery, LogStreamKind, Runtime, RuntimeConfig, SiloExit, SiloStats, StopReport};
+use crate::runtime::{ExecSessions, LogQuery, LogStreamKind, Runtime, RuntimeConfig, SiloExit, SiloStats, StopReport};
 
 /// Interval of the heartbeats the controller uses to see that the agent is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -93,6 +93,8 @@ pub struct Agent {
     shutdown: watch::Receiver<bool>,
     /// Log requests being served, by request id.
     log_tasks: HashMap<u64, tokio::task::AbortHandle>,
+    /// Commands run in silos for `colex-cli exec`, by exec id.
+    execs: ExecSessions,
     /// Silos whose last usage read failed, so a lasting failure is logged once, not every
     /// interval.
     usage_failures: Arc<Mutex<HashSet<String>>>,
@@ -167,6 +169,7 @@ impl Agent {
             done_rx,
             shutdown,
             log_tasks: HashMap::new(),
+            execs: ExecSessions::default(),
             usage_failures: Arc::default(),
             mesh: None,
             mesh_retry: None,
@@ -324,6 +327,7 @@ impl Agent {
         for (_, task) in self.log_tasks.drain() {
             task.abort();
         }
+        self.execs.cancel_all();
         end
     }
 
@@ -368,6 +372,15 @@ impl Agent {
                         if let Some(task) = self.log_tasks.remove(&cancel.request_id) {
                             task.abort();
                         }
+                    }
+                    Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::ExecStart(start)) })) => {
+                        self.execs.start(self.runtime.clone(), start, outbound.clone());
+                    }
+                    Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::ExecInput(input)) })) => {
+                        self.execs.input(input);
+                    }
+                    Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::ExecCancel(cancel)) })) => {
+                        self.execs.cancel(cancel.exec_id);
                     }
                     Ok(Some(other)) => tracing::warn!(?other, "unexpected controller message ignored"),
                     Ok(None) => return SessionEnd::Lost("the controller ended the session".to_owned()),

@@ -6,6 +6,7 @@ mod colour;
 mod commands;
 mod completions;
 mod controllers;
+mod exec;
 mod merged_logs;
 mod hosts;
 mod list_filter;
@@ -148,6 +149,21 @@ enum Command {
         #[arg(long)]
         stderr: bool,
     },
+    /// Run a command inside a running silo, e.g. `colex-cli exec web -- cat /etc/hostname`.
+    /// Exits with the command's exit code (128 + N when signal N killed it).
+    Exec {
+        /// Silo name, or NAME[INDEX] for one instance.
+        name: String,
+        /// Forward stdin to the command.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Run the command on a pseudo-terminal; stdin must be a terminal.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Print a shell completion script, e.g. `colex-cli completions bash > /etc/bash_completion.d/colex-cli`.
     Completions {
         /// Shell to complete in.
@@ -193,6 +209,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // An exec'd command's own exit code, which has nothing to print.
+        Err(error) if error.message.is_empty() => ExitCode::from(error.code),
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::from(error.code)
@@ -265,6 +283,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Completions { shell } => completions::print(shell, Cli::command(), BIN_NAME),
         Command::Status { name, output } => status::run(&cli.serv, &name, output).await,
         Command::Logs { name, follow, tail, stderr } => commands::logs(&cli.serv, &name, follow, tail, stderr).await,
+        Command::Exec {
+            name,
+            interactive,
+            tty,
+            command,
+        } => {
+            let options = exec::ExecOptions {
+                name,
+                command,
+                interactive,
+                tty,
+            };
+            exec::run(&cli.serv, options).await
+        }
     }
 }
 

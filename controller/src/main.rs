@@ -25,6 +25,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api::agent::AgentService;
 use crate::api::client::ClientService;
+use crate::api::exec::{ExecRouter, ExecService};
 use crate::api::logs::LogRouter;
 use crate::api::members::MembersService;
 use crate::liveness::Liveness;
@@ -119,7 +120,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = proto::client_server::ClientServer::new(ClientService::new(node.clone(), sessions.clone(), logs.clone()))
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
-    let agent = proto::agent_server::AgentServer::new(AgentService::new(node.clone(), sessions, logs, stopping_rx))
+    // Another pairs execs from clients with the agent sessions that run them.
+    let execs = ExecRouter::default();
+    let exec = proto::exec_server::ExecServer::new(ExecService::new(node.clone(), execs.clone()))
+        .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
+    let agent = proto::agent_server::AgentServer::new(AgentService::new(node.clone(), sessions, logs, stopping_rx).with_execs(execs))
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
 
@@ -128,6 +134,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(client)
+        .add_service(exec)
         .add_service(agent)
         .add_service(raft::raft_service(&node))
         .add_service(MembersService::server(node.clone()))

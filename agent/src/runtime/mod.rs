@@ -24,6 +24,10 @@ mod busybox;
 mod capabilities;
 mod cgroup;
 mod config;
+mod exec;
+mod exec_cgroup;
+mod exec_helper;
+mod exec_session;
 mod failpoint;
 mod files;
 mod helper;
@@ -67,6 +71,9 @@ pub use cgroup::CgroupError;
 pub use config::{ConfigError, RuntimeConfig, DEFAULT_BUSYBOX_PATH, DEFAULT_PIDS_LIMIT};
 pub use failpoint::{FailpointReached, FAILPOINTS};
 pub use files::FilesError;
+pub use exec::{ExecInput, ExecOutput, ExecRequest};
+pub use exec_helper::{exec_helper_main, ExecReport, EXEC_HELPER_ARG};
+pub use exec_session::ExecSessions;
 pub use helper::helper_main;
 pub use image::{
     cache_dir_suffix, is_image_name, ImageError, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES,

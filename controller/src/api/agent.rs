@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::exec::ExecRouter;
 use crate::api::logs::LogRouter;
 use crate::api::unavailable;
 use crate::names::silo_names;
@@ -35,6 +36,7 @@ pub struct AgentService {
     /// server's graceful shutdown does not wait for agents forever.
     stopping: watch::Receiver<bool>,
     logs: LogRouter,
+    execs: ExecRouter,
 }
 
 impl AgentService {
@@ -44,7 +46,14 @@ impl AgentService {
             sessions,
             stopping,
             logs,
+            execs: ExecRouter::default(),
         }
+    }
+
+    /// Routes execs through `execs`, the router the `Exec` service opens them on.
+    pub fn with_execs(mut self, execs: ExecRouter) -> Self {
+        self.execs = execs;
+        self
     }
 }
 
@@ -110,6 +119,7 @@ impl proto::agent_server::Agent for AgentService {
             host: host.clone(),
             cpus: hello.cpus,
             logs: self.logs.clone(),
+            execs: self.execs.clone(),
             sessions: self.sessions.clone(),
         };
         session.forget_removed(&hello.silos).await?;
@@ -131,9 +141,12 @@ impl proto::agent_server::Agent for AgentService {
         let stopping = self.stopping.clone();
         let logs = self.logs.clone();
         let log_registration = logs.register_agent(&host, outbound.clone());
+        let execs = self.execs.clone();
+        let exec_registration = execs.register_agent(&host, outbound.clone());
         tokio::spawn(async move {
             let reason = session.run(inbound, outbound, replaced, stopping).await;
             logs.unregister_agent(&log_registration);
+            execs.unregister_agent(&exec_registration);
             sessions.close(&token);
             tracing::info!(%host, %reason, "agent session closed");
         });
@@ -150,6 +163,7 @@ struct Session {
     /// them.
     cpus: u32,
     logs: LogRouter,
+    execs: ExecRouter,
     /// The registry this session is in, for its usage store and for waking the pending
     /// placement task when a record is deleted.
     sessions: Sessions,
@@ -258,6 +272,14 @@ impl Session {
             }
             Some(AgentKind::LogChunk(chunk)) => {
                 self.logs.deliver(chunk).await;
+                Ok(())
+            }
+            Some(AgentKind::ExecOutput(output)) => {
+                self.execs.deliver_output(output).await;
+                Ok(())
+            }
+            Some(AgentKind::ExecExit(exit)) => {
+                self.execs.deliver_exit(exit).await;
                 Ok(())
             }
             Some(AgentKind::Hello(_)) => Err(Status::invalid_argument("Hello sent twice in one session")),

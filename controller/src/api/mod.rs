@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod exec;
 pub mod hosts;
 pub mod logs;
 pub mod members;
