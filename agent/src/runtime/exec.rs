@@ -130,8 +130,8 @@ impl Runtime {
             source: source.into(),
         })?;
 
-        // NOTE: only `colex-silo-helper` has the `silo-exec` mode. An agent that runs itself as
-        // the helper, because that binary is missing next to it, cannot run execs.
+        // Both `colex-silo-helper` and the agent executable, which stands in for it when it is
+        // missing, have the `silo-exec` mode.
         let helper_exe = &self.inner.cfg.helper_exe;
         let mut command = tokio::process::Command::new(helper_exe);
         command.arg(EXEC_HELPER_ARG).arg(&job_line).kill_on_drop(true);
