@@ -31,6 +31,7 @@ use nix::unistd::{execve, fork, pipe2, setsid, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
 use super::capabilities;
+use super::init::{mark_fds_close_on_exec, reset_signal_dispositions};
 use super::seccomp::{DefaultFilter, SeccompError};
 use super::exec_cgroup;
 use super::userns;
@@ -405,26 +406,6 @@ fn prepare_and_exec(program: &Program, tty: bool) -> (&'static str, Errno) {
         Err(errno) => ("exec", errno),
         Ok(never) => match never {},
     }
-}
-
-/// Restores default dispositions, because ignored signals (Rust ignores SIGPIPE) stay ignored
-/// across `execve`.
-fn reset_signal_dispositions() {
-    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for signal in Signal::iterator() {
-        if signal == Signal::SIGKILL || signal == Signal::SIGSTOP {
-            continue;
-        }
-        // SAFETY: installing SIG_DFL runs no code of ours in a signal handler.
-        let _ = unsafe { sigaction(signal, &default) };
-    }
-}
-
-/// Marks every descriptor from 3 up close-on-exec, so the report pipe does not reach the command.
-fn mark_fds_close_on_exec() {
-    const FIRST_FD: libc::c_uint = 3;
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors.
-    let _ = unsafe { libc::syscall(libc::SYS_close_range, FIRST_FD, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) };
 }
 
 /// Points the helper's fds 0, 1 and 2 at /dev/null, so the agent reads the end of the output as

@@ -346,7 +346,7 @@ fn prepare_and_exec(program: &Program) -> (&'static str, Errno) {
 
 /// Restores default dispositions: ignored signals (Rust ignores SIGPIPE) stay ignored across
 /// `execve`, which would change how the program behaves.
-fn reset_signal_dispositions() {
+pub(super) fn reset_signal_dispositions() {
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for signal in Signal::iterator() {
         if signal == Signal::SIGKILL || signal == Signal::SIGSTOP {
@@ -357,9 +357,9 @@ fn reset_signal_dispositions() {
     }
 }
 
-/// Marks every descriptor from 3 up close-on-exec, so nothing of the helper leaks into the
-/// program.
-fn mark_fds_close_on_exec() {
+/// Marks every descriptor from 3 up close-on-exec, so nothing of the helper (such as an exec
+/// helper's report pipe) leaks into the program.
+pub(super) fn mark_fds_close_on_exec() {
     const FIRST_FD: libc::c_uint = 3;
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors; it closes
     // nothing and touches no memory.
