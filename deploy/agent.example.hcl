@@ -18,6 +18,10 @@ disable_user_namespaces = false
 # the host and the other hosts send to it, so the host's firewall must let it in.
 mesh_port = 51820
 
+# TCP port of the metadata service on the bridge address. Silos find its URL in the
+# METADATA_ENDPOINT variable.
+metadata_port = 17832
+
 # Fixed names that the agent's DNS resolver answers for the silos on this host, beside
 # NAME.silo for every running silo of the cluster. Each maps a host name to one IPv4 or IPv6
 # address, and names are compared without regard to case. An entry such as "web.silo" wins

@@ -6,5 +6,6 @@ pub mod dns;
 pub mod host;
 pub mod local;
 pub mod mesh;
+pub mod metadata;
 pub mod runtime;
 pub mod session;

@@ -28,6 +28,7 @@ use crate::dns::{self, NameTable, Resolver, ResolverConfig, SharedNameTable};
 use crate::host::HostFacts;
 use crate::local::{self, LocalSilos, Operation};
 use crate::mesh::{host_mesh, HostMesh};
+use crate::metadata::{self, MetadataConfig, MetadataServer, SharedDirectory};
 use crate::runtime::{ExecSessions, LogQuery, LogStreamKind, Runtime, RuntimeConfig, SiloExit, SiloStats, StopReport};
 
 /// Interval of the heartbeats the controller uses to see that the agent is alive.
@@ -111,6 +112,11 @@ pub struct Agent {
     names: SharedNameTable,
     /// The DNS resolver on the bridge address, started once the runtime made the bridge.
     resolver: Option<Resolver>,
+    /// The controller's latest list of running instances, for the metadata service. Kept while
+    /// the controller is unreachable.
+    directory: SharedDirectory,
+    /// The metadata service on the bridge address, started once the runtime made the bridge.
+    metadata: Option<MetadataServer>,
 }
 
 /// Orders the operations of assignments so that removals finish before anything else starts.
@@ -177,6 +183,8 @@ impl Agent {
             sessions_opened: 0,
             names,
             resolver: None,
+            directory: metadata::directory::shared(),
+            metadata: None,
         }
     }
 
@@ -195,6 +203,7 @@ impl Agent {
                     tracing::warn!(%subnet, error = %format!("{error:#}"), "cannot start the runtime before the session; retrying after the welcome");
                 }
                 self.ensure_resolver().await;
+                self.ensure_metadata().await;
                 // The adopted silos reach other hosts again before the controller is reachable.
                 if let Some(peers) = self.mesh.as_ref().and_then(|mesh| mesh.stored_peers()) {
                     self.apply_peers(peers).await;
@@ -224,6 +233,7 @@ impl Agent {
         }
 
         self.resolver = None;
+        self.metadata = None;
         // Dropping the device blocks until its threads end, about a second for the embedded one.
         if let Some(mesh) = self.mesh.take() {
             if tokio::task::spawn_blocking(move || drop(mesh)).await.is_err() {
@@ -311,6 +321,7 @@ impl Agent {
             return SessionEnd::Lost(format!("cannot prepare the silo runtime: {error:#}"));
         }
         self.ensure_resolver().await;
+        self.ensure_metadata().await;
         tracing::info!(host = %self.config.host_name, %controller, %subnet, "session open");
         self.sessions_opened += 1;
         if started_now {
@@ -472,8 +483,38 @@ impl Agent {
         }
     }
 
-    /// Replaces the resolver's silo names with the controller's list.
+    /// Starts the metadata service on the bridge address once the runtime exists, after the
+    /// iptables rules that let the silos reach it. A failure is logged, and the next session
+    /// start tries again. The silos run meanwhile, but nothing listens at `METADATA_ENDPOINT`.
+    async fn ensure_metadata(&mut self) {
+        if self.metadata.is_some() {
+            return;
+        }
+        let Some(runtime) = self.runtime.as_ref() else {
+            return;
+        };
+        let config = runtime.config();
+        let (gateway, port) = (config.gateway(), config.metadata_port);
+        if let Err(error) = crate::runtime::ensure_metadata_accept(gateway, &config.bridge, port).await {
+            tracing::warn!(%error, "cannot add the iptables rules for the metadata service, so a firewall may drop the silos' requests and other interfaces may reach it");
+        }
+        let metadata_config = MetadataConfig {
+            listen: SocketAddr::new(IpAddr::V4(gateway), port),
+            host_name: self.config.host_name.clone(),
+        };
+        match MetadataServer::start(metadata_config, Arc::clone(&self.directory), runtime.clone()).await {
+            Ok(server) => self.metadata = Some(server),
+            Err(error) => tracing::error!(%error, "cannot start the metadata service; retrying at the next session"),
+        }
+    }
+
+    /// Replaces the resolver's silo names and the metadata service's list with the controller's
+    /// list.
     fn set_names(&self, names: &proto::Names) {
+        self.directory
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set_names(names);
         let mut table = self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let invalid = table.set_names(names);
         if invalid > 0 {
@@ -534,6 +575,7 @@ impl Agent {
         config.pids_limit = self.config.settings.effective_pids_limit(config.pids_limit);
         config.failpoint = self.config.failpoint.clone();
         config.set_user_namespaces(!self.config.settings.disable_user_namespaces);
+        config.metadata_port = self.config.settings.effective_metadata_port();
         // Before the runtime makes the bridge, so the rules exist once the bridge does.
         if let Err(error) = crate::runtime::ensure_dns_accept(config.gateway(), &config.bridge).await {
             tracing::warn!(%error, "cannot add the iptables rules that accept silo DNS queries, so a firewall that drops them stays in the way");

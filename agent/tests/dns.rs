@@ -93,11 +93,13 @@ async fn start_resolver(upstreams: &[Ipv4Addr]) -> Resolver {
                 silo: "web".to_owned(),
                 index: 0,
                 addresses: vec!["10.69.1.2".to_owned()],
+                ..Default::default()
             },
             proto::SiloName {
                 silo: "web".to_owned(),
                 index: 1,
                 addresses: vec!["10.69.2.2".to_owned()],
+                ..Default::default()
             },
         ],
     });

@@ -1,14 +1,32 @@
-//! The cluster's silo names for the agents' DNS resolvers: every running instance with its
-//! addresses.
+//! The cluster's silo names for the agents' DNS resolvers and metadata services: every running
+//! instance with its addresses, id, class, tags, host, grant and latest network counters.
+
+use std::time::Instant;
 
 use colex_proto as proto;
 
-use crate::state::{ClusterState, Desired};
+use crate::state::{ClusterState, Desired, SiloRecord};
+use crate::usage::UsageStore;
+
+/// The fields of a stored `SiloSpec` that the names carry, with the spec's field numbers.
+/// Decoding only these skips the file contents, which can take hundreds of KiB per spec, so a
+/// list of many silos is rebuilt cheaply after every change.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SpecSummary {
+    #[prost(string, tag = "2")]
+    class: String,
+    #[prost(string, repeated, tag = "3")]
+    tags: Vec<String>,
+    #[prost(message, optional, tag = "9")]
+    grants: Option<proto::Grants>,
+}
 
 /// Returns every instance that is UP and meant to run, with its addresses, ordered by silo name
 /// and then index. A stopping instance is left out at once, so clients stop resolving it before
-/// it goes away.
-pub fn silo_names(state: &ClusterState) -> proto::Names {
+/// it goes away. Start time and network counters come from the latest usage report in `usage`
+/// as of `now`, and are absent while the instance has none younger than
+/// [`crate::usage::MAX_REPORT_AGE`].
+pub fn silo_names(state: &ClusterState, usage: &UsageStore, now: Instant) -> proto::Names {
     let mut names: Vec<proto::SiloName> = state
         .silos
         .values()
@@ -24,11 +42,7 @@ pub fn silo_names(state: &ClusterState) -> proto::Names {
                 .map(|(_, address)| address.clone())
                 .filter(|address| !address.is_empty())
                 .collect();
-            Some(proto::SiloName {
-                silo: record.name.clone(),
-                index: record.index,
-                addresses,
-            })
+            Some(silo_name(record, addresses, usage, now))
         })
         .filter(|name| !name.addresses.is_empty())
         .collect();
@@ -38,10 +52,60 @@ pub fn silo_names(state: &ClusterState) -> proto::Names {
     proto::Names { names }
 }
 
+/// Reports whether `new` differs from `old` in more than the usage fields (start time, byte
+/// counters and their sample time), which change with every usage report.
+pub fn differ_beyond_usage(old: &proto::Names, new: &proto::Names) -> bool {
+    old.names.len() != new.names.len()
+        || old
+            .names
+            .iter()
+            .zip(&new.names)
+            .any(|(old, new)| without_usage(old) != without_usage(new))
+}
+
+fn without_usage(name: &proto::SiloName) -> proto::SiloName {
+    proto::SiloName {
+        started_at_unix_ms: None,
+        rx_bytes: None,
+        tx_bytes: None,
+        usage_sampled_at_unix_ms: None,
+        ..name.clone()
+    }
+}
+
+/// Builds the entry of one running instance.
+fn silo_name(record: &SiloRecord, addresses: Vec<String>, usage: &UsageStore, now: Instant) -> proto::SiloName {
+    // The spec was decoded when `up` stored it, so a decode error means a damaged row. The
+    // instance then keeps its name and addresses, without class, tags or grant.
+    let summary = <SpecSummary as prost::Message>::decode(record.spec.as_slice()).unwrap_or_else(|error| {
+        tracing::warn!(silo = %record.name, silo_id = %record.id, %error, "stored spec does not decode; its class, tags and grants are left out of the names");
+        SpecSummary::default()
+    });
+    let sample = usage.latest_sample(&record.id, record.generation, now);
+    let (sample, sampled_at_unix_ms) = match sample {
+        Some((sample, sampled_at_unix_ms)) => (Some(sample), Some(sampled_at_unix_ms)),
+        None => (None, None),
+    };
+    proto::SiloName {
+        silo: record.name.clone(),
+        index: record.index,
+        addresses,
+        id: record.id.clone(),
+        class: summary.class,
+        tags: summary.tags,
+        host: record.host.clone(),
+        started_at_unix_ms: sample.as_ref().and_then(|sample| sample.started_at_unix_ms),
+        query_silos: summary.grants.is_some_and(|grants| grants.query_silos),
+        rx_bytes: sample.as_ref().and_then(|sample| sample.rx_bytes),
+        tx_bytes: sample.as_ref().and_then(|sample| sample.tx_bytes),
+        usage_sampled_at_unix_ms: sampled_at_unix_ms,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{instance_key, SiloRecord, SiloStatus};
+    use crate::state::{instance_key, SiloStatus};
 
     fn insert(state: &mut ClusterState, name: &str, index: u32, desired: Desired, status: Option<(proto::SiloState, &str)>) {
         let record = SiloRecord {
@@ -49,7 +113,14 @@ mod tests {
             index,
             id: format!("{index:08x}"),
             generation: 1,
-            spec: Vec::new(),
+            spec: prost::Message::encode_to_vec(&proto::SiloSpec {
+                name: name.to_owned(),
+                class: "frontend".to_owned(),
+                tags: vec!["blue".to_owned()],
+                grants: Some(proto::Grants { query_silos: name == "web", ..Default::default() }),
+                files: vec![proto::FileEntry::default()],
+                ..Default::default()
+            }),
             host: "h1".to_owned(),
             desired,
             status: status.map(|(state, address)| SiloStatus {
@@ -75,7 +146,7 @@ mod tests {
         insert(&mut state, "old", 0, Desired::Stop, Some((proto::SiloState::Up, "10.69.1.4")));
         insert(&mut state, "new", 0, Desired::Run, None);
 
-        let names = silo_names(&state).names;
+        let names = silo_names(&state, &UsageStore::default(), Instant::now()).names;
         let listed: Vec<(&str, u32, &[String])> = names
             .iter()
             .map(|name| (name.silo.as_str(), name.index, name.addresses.as_slice()))
@@ -92,7 +163,70 @@ mod tests {
             let address = format!("10.69.1.{}", index + 2);
             insert(&mut state, "web", index, Desired::Run, Some((proto::SiloState::Up, &address)));
         }
-        let indexes: Vec<u32> = silo_names(&state).names.iter().map(|name| name.index).collect();
+        let indexes: Vec<u32> = silo_names(&state, &UsageStore::default(), Instant::now()).names.iter().map(|name| name.index).collect();
         assert_eq!(indexes, [0, 2, 10]);
+    }
+
+    #[test]
+    fn names_carry_spec_fields_and_host() {
+        let mut state = ClusterState::default();
+        insert(&mut state, "web", 0, Desired::Run, Some((proto::SiloState::Up, "10.69.1.2")));
+        insert(&mut state, "api", 0, Desired::Run, Some((proto::SiloState::Up, "10.69.1.3")));
+
+        let names = silo_names(&state, &UsageStore::default(), Instant::now()).names;
+        let web = names.iter().find(|name| name.silo == "web").expect("web listed");
+        assert_eq!(web.id, "00000000");
+        assert_eq!(web.class, "frontend");
+        assert_eq!(web.tags, ["blue"]);
+        assert_eq!(web.host, "h1");
+        assert!(web.query_silos);
+        assert_eq!(web.rx_bytes, None, "no usage report yet");
+        assert_eq!(web.usage_sampled_at_unix_ms, None);
+        let api = names.iter().find(|name| name.silo == "api").expect("api listed");
+        assert!(!api.query_silos);
+    }
+
+    #[test]
+    fn usage_only_changes_are_detected() {
+        let mut state = ClusterState::default();
+        insert(&mut state, "web", 0, Desired::Run, Some((proto::SiloState::Up, "10.69.1.2")));
+        let old = silo_names(&state, &UsageStore::default(), Instant::now());
+        let mut counters_only = old.clone();
+        counters_only.names[0].rx_bytes = Some(10);
+        counters_only.names[0].usage_sampled_at_unix_ms = Some(1);
+        assert!(!differ_beyond_usage(&old, &counters_only));
+
+        let mut moved = old.clone();
+        moved.names[0].addresses = vec!["10.69.1.3".to_owned()];
+        assert!(differ_beyond_usage(&old, &moved));
+        insert(&mut state, "web", 1, Desired::Run, Some((proto::SiloState::Up, "10.69.1.4")));
+        let more = silo_names(&state, &UsageStore::default(), Instant::now());
+        assert!(differ_beyond_usage(&old, &more));
+    }
+
+    #[test]
+    fn names_carry_latest_usage() {
+        let mut state = ClusterState::default();
+        insert(&mut state, "web", 0, Desired::Run, Some((proto::SiloState::Up, "10.69.1.2")));
+        let usage = UsageStore::default();
+        let now = Instant::now();
+        let report = proto::SiloUsageReport {
+            sampled_at_unix_ms: 1_700_000_002_000,
+            silos: vec![proto::SiloUsageSample {
+                silo_id: "00000000".to_owned(),
+                generation: 1,
+                rx_bytes: Some(1500),
+                tx_bytes: Some(700),
+                started_at_unix_ms: Some(1_700_000_000_000),
+                ..Default::default()
+            }],
+        };
+        usage.record("h1", 2, &report, now);
+
+        let names = silo_names(&state, &usage, now).names;
+        assert_eq!(names[0].rx_bytes, Some(1500));
+        assert_eq!(names[0].tx_bytes, Some(700));
+        assert_eq!(names[0].started_at_unix_ms, Some(1_700_000_000_000));
+        assert_eq!(names[0].usage_sampled_at_unix_ms, Some(1_700_000_002_000));
     }
 }

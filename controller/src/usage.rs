@@ -121,6 +121,22 @@ impl UsageStore {
         })
     }
 
+    /// Returns the latest sample of silo `silo_id` in generation `generation` with the time of
+    /// its report in the agent's clock (milliseconds since the Unix epoch), or `None` as for
+    /// [`UsageStore::usage`].
+    pub fn latest_sample(
+        &self,
+        silo_id: &str,
+        generation: u64,
+        now: Instant,
+    ) -> Option<(proto::SiloUsageSample, u64)> {
+        let entries = self.lock();
+        let entry = entries
+            .get(silo_id)
+            .filter(|entry| entry.sample.generation == generation && !is_stale(entry, now))?;
+        Some((entry.sample.clone(), entry.sampled_at_unix_ms))
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         // Each write replaces whole entries, so a panic while holding the lock leaves the map
         // consistent and a poisoned lock is still usable.

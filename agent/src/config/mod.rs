@@ -5,6 +5,7 @@
 //! labels = { zone = "a", disk = "ssd" }
 //! pids_limit = 4096
 //! mesh_port = 51820
+//! metadata_port = 17832
 //! hostnames = { "db.internal" = "10.1.2.3" }
 //! disable_user_namespaces = false
 //!
@@ -57,6 +58,9 @@ pub struct AgentSettings {
     /// UDP port of the host's WireGuard mesh device as written; `None` when absent, which
     /// means [`crate::mesh::DEFAULT_MESH_PORT`].
     pub mesh_port: Option<u16>,
+    /// TCP port of the metadata service on the bridge address as written; `None` when absent,
+    /// which means [`crate::runtime::DEFAULT_METADATA_PORT`].
+    pub metadata_port: Option<u16>,
     /// Fixed names the host's DNS resolver answers for its silos, in lower case, with their
     /// addresses.
     pub hostnames: BTreeMap<String, IpAddr>,
@@ -74,6 +78,11 @@ impl AgentSettings {
     /// Returns the names of the bind ids this host offers, sorted.
     pub fn bind_ids(&self) -> Vec<String> {
         self.binds.keys().cloned().collect()
+    }
+
+    /// Returns the TCP port of the metadata service: `metadata_port`, or the default 17832.
+    pub fn effective_metadata_port(&self) -> u16 {
+        self.metadata_port.unwrap_or(crate::runtime::DEFAULT_METADATA_PORT)
     }
 
     /// Returns the UDP port of the mesh device: `mesh_port`, or the default 51820.

@@ -16,7 +16,8 @@ use super::{AgentSettings, ConfigFileError, Problem, MIN_PIDS_LIMIT};
 use crate::runtime::{is_bind_id, is_image_name, BindSource, BUSYBOX_IMAGE};
 
 /// Attributes accepted at the top level.
-const TOP_ATTRIBUTES: &[&str] = &["labels", "pids_limit", "disable_user_namespaces", "mesh_port", "hostnames"];
+const TOP_ATTRIBUTES: &[&str] =
+    &["labels", "pids_limit", "disable_user_namespaces", "mesh_port", "metadata_port", "hostnames"];
 /// Labelled blocks accepted at the top level.
 const TOP_BLOCKS: &[&str] = &["image", "bind"];
 /// Attributes of an `image` block.
@@ -164,7 +165,8 @@ impl Reader<'_> {
         match attribute.key.as_str() {
             "labels" => settings.labels = self.labels(value),
             "pids_limit" => settings.pids_limit = self.pids_limit(value),
-            "mesh_port" => settings.mesh_port = self.mesh_port(value),
+            "mesh_port" => settings.mesh_port = self.port(value, "mesh_port", "UDP"),
+            "metadata_port" => settings.metadata_port = self.port(value, "metadata_port", "TCP"),
             "hostnames" => settings.hostnames = self.hostnames(value),
             "disable_user_namespaces" => match value.as_bool() {
                 Some(disable) => settings.disable_user_namespaces = disable,
@@ -293,18 +295,20 @@ impl Reader<'_> {
         }
     }
 
-    fn mesh_port(&mut self, value: &Expression) -> Option<u16> {
+    /// Reads the port attribute `name`, 1 to 65535, of the transport `protocol` ("UDP", "TCP").
+    fn port(&mut self, value: &Expression, name: &str, protocol: &str) -> Option<u16> {
         let Some(number) = value.as_number() else {
-            self.report_type(value, "mesh_port", "a whole number");
+            self.report_type(value, name, "a whole number");
             return None;
         };
-        // Port 0 would make the kernel pick a port, which the other hosts could not learn.
+        // Port 0 would make the kernel pick a port, which the other hosts and silos could not
+        // learn.
         match number.as_u64().and_then(|port| u16::try_from(port).ok()) {
             Some(port) if port > 0 => Some(port),
             _ => {
                 self.report(
                     offset_of(value),
-                    format!("invalid mesh_port {number}: use a UDP port from 1 to 65535"),
+                    format!("invalid {name} {number}: use a {protocol} port from 1 to 65535"),
                 );
                 None
             }

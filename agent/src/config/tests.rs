@@ -110,6 +110,24 @@ fn mesh_port_defaults_to_51820() {
 }
 
 #[test]
+fn metadata_port_defaults_to_17832() {
+    let settings = parse_str("# nothing set\n", ORIGIN).expect("empty file");
+    assert_eq!(settings.metadata_port, None);
+    assert_eq!(settings.effective_metadata_port(), 17832);
+    let settings = parse_str("metadata_port = 18000\n", ORIGIN).expect("valid file");
+    assert_eq!(settings.effective_metadata_port(), 18000);
+}
+
+#[test]
+fn invalid_metadata_ports_are_reported() {
+    assert_eq!(
+        error_lines("metadata_port = 0\n"),
+        ["agent.hcl:1:17: invalid metadata_port 0: use a TCP port from 1 to 65535"]
+    );
+    assert_eq!(error_lines("metadata_port = \"80\"\n").len(), 1);
+}
+
+#[test]
 fn invalid_mesh_ports_are_reported() {
     assert_eq!(
         error_lines("mesh_port = 0\n"),
@@ -131,8 +149,8 @@ fn unknown_names_get_suggestions() {
     assert_eq!(
         error_lines(text),
         [
-            "agent.hcl:1:1: unknown attribute `pid_limit` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port, hostnames and blocks image, bind; did you mean `pids_limit`?",
-            "agent.hcl:2:1: unknown block `images` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port, hostnames and blocks image, bind; did you mean `image`?",
+            "agent.hcl:1:1: unknown attribute `pid_limit` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port, metadata_port, hostnames and blocks image, bind; did you mean `pids_limit`?",
+            "agent.hcl:2:1: unknown block `images` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port, metadata_port, hostnames and blocks image, bind; did you mean `image`?",
             "agent.hcl:5:1: image \"b\": missing path; add path = \"/path/to/image.tar\"",
             "agent.hcl:6:3: image \"b\": unknown attribute `pth` in the image block, which accepts attributes path; did you mean `path`?",
         ]
@@ -143,7 +161,7 @@ fn unknown_names_get_suggestions() {
 fn unrelated_name_gets_no_suggestion() {
     assert_eq!(
         error_lines("colour = \"red\"\n"),
-        ["agent.hcl:1:1: unknown attribute `colour` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port, hostnames and blocks image, bind"]
+        ["agent.hcl:1:1: unknown attribute `colour` at the top level, which accepts attributes labels, pids_limit, disable_user_namespaces, mesh_port, metadata_port, hostnames and blocks image, bind"]
     );
 }
 

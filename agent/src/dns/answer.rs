@@ -99,11 +99,13 @@ mod tests {
                     silo: "web".to_owned(),
                     index: 0,
                     addresses: vec!["10.69.1.2".to_owned()],
+                    ..Default::default()
                 },
                 proto::SiloName {
                     silo: "web".to_owned(),
                     index: 1,
                     addresses: vec!["10.69.2.2".to_owned()],
+                    ..Default::default()
                 },
             ],
         });

@@ -133,6 +133,7 @@ mod tests {
             silo: silo.to_owned(),
             index,
             addresses: addresses.iter().map(|address| (*address).to_owned()).collect(),
+            ..Default::default()
         }
     }
 

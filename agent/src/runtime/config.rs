@@ -22,6 +22,8 @@ pub const MAX_SUBNET_PREFIX_LEN: u8 = 30;
 /// service needs, and it bounds what a fork bomb in one silo takes from the host.
 pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
 
+/// TCP port of the metadata service on the bridge address unless the agent config sets another.
+pub const DEFAULT_METADATA_PORT: u16 = 17832;
 /// Smallest pids limit: the silo's PID 1 and its program.
 pub const MIN_PIDS_LIMIT: u64 = 2;
 
@@ -54,6 +56,9 @@ pub struct RuntimeConfig {
     /// Map of the silos' uids and gids onto host ids, the same for every silo of this agent.
     /// `None` runs silos without a user namespace, so root in a silo is host root.
     pub id_map: Option<IdMap>,
+    /// TCP port of the metadata service on the bridge address, which every silo finds in its
+    /// `METADATA_ENDPOINT` variable.
+    pub metadata_port: u16,
 }
 
 /// Errors in a [`RuntimeConfig`].
@@ -120,6 +125,7 @@ impl RuntimeConfig {
             pids_limit: Some(DEFAULT_PIDS_LIMIT),
             failpoint: None,
             id_map: Some(IdMap::default()),
+            metadata_port: DEFAULT_METADATA_PORT,
         }
     }
 
@@ -191,6 +197,11 @@ impl RuntimeConfig {
     pub fn gateway(&self) -> Ipv4Addr {
         let first = u32::from(self.network().network()).saturating_add(1);
         Ipv4Addr::from(first)
+    }
+
+    /// Returns the URL of the metadata service, `http://GATEWAY:PORT`.
+    pub fn metadata_endpoint(&self) -> String {
+        format!("http://{}:{}", self.gateway(), self.metadata_port)
     }
 }
 
@@ -286,6 +297,14 @@ mod tests {
         assert_eq!(cfg.gateway(), Ipv4Addr::new(10, 69, 1, 1));
         cfg.subnet = "10.69.1.77/24".parse().expect("valid subnet literal");
         assert_eq!(cfg.gateway(), Ipv4Addr::new(10, 69, 1, 1));
+    }
+
+    #[test]
+    fn metadata_endpoint_uses_gateway_and_port() {
+        let mut cfg = config();
+        assert_eq!(cfg.metadata_endpoint(), "http://10.69.1.1:17832");
+        cfg.metadata_port = 8080;
+        assert_eq!(cfg.metadata_endpoint(), "http://10.69.1.1:8080");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub const FAILPOINTS: &[&str] = &[
     "after-silo-dir",
     "after-files",
     "after-cgroup",
+    "after-antispoof",
     "after-masquerade",
     "after-clone",
     "after-network",

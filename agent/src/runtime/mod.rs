@@ -24,6 +24,7 @@ mod busybox;
 mod capabilities;
 mod cgroup;
 mod config;
+mod ebtables;
 mod exec;
 mod exec_cgroup;
 mod exec_helper;
@@ -68,7 +69,8 @@ use tokio::sync::mpsc;
 pub use adopt::AdoptedSilo;
 pub use binds::{is_bind_id, BindError, BindSource, MAX_BIND_ID_BYTES};
 pub use cgroup::CgroupError;
-pub use config::{ConfigError, RuntimeConfig, DEFAULT_BUSYBOX_PATH, DEFAULT_PIDS_LIMIT};
+pub use ebtables::{EbtablesError, ARP_ANTISPOOF_CHAIN};
+pub use config::{ConfigError, RuntimeConfig, DEFAULT_BUSYBOX_PATH, DEFAULT_METADATA_PORT, DEFAULT_PIDS_LIMIT};
 pub use failpoint::{FailpointReached, FAILPOINTS};
 pub use files::FilesError;
 pub use exec::{ExecInput, ExecOutput, ExecRequest};
@@ -79,7 +81,9 @@ pub use image::{
     cache_dir_suffix, is_image_name, ImageError, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES,
 };
 pub use userns::IdMap;
-pub use iptables::{ensure_dns_accept, IptablesError, INPUT_CHAIN, MASQUERADE_CHAIN};
+pub use iptables::{
+    ensure_dns_accept, ensure_metadata_accept, IptablesError, ANTISPOOF_CHAIN, INPUT_CHAIN, MASQUERADE_CHAIN,
+};
 pub use launch::LaunchError;
 pub use lease::LeaseError;
 pub use logs::{LogQuery, LogsError, MAX_LOG_FILE_BYTES};
@@ -149,6 +153,8 @@ pub enum RuntimeError {
     Network(#[from] NetworkError),
     #[error("iptables: {0}")]
     Iptables(#[from] IptablesError),
+    #[error("ebtables: {0}")]
+    Ebtables(#[from] EbtablesError),
     #[error("failed to start silo {silo_id}: {source}")]
     Launch {
         silo_id: String,

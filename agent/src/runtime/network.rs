@@ -220,16 +220,26 @@ impl Netlink {
             }
         }
 
-        self.set_bridge_up(index, name).await?;
+        self.set_bridge_up(index, name, bridge_mac(address)).await?;
         Ok(index)
     }
 
-    /// Sets the bridge up with the silo MTU. Set once, the MTU no longer follows the bridge's
-    /// ports, which all have it anyway.
-    async fn set_bridge_up(&self, index: u32, name: &str) -> Result<(), NetworkError> {
+    /// Sets the bridge up with the silo MTU and the MAC address `mac`. Set once, neither follows
+    /// the bridge's ports any more. A bridge whose MAC was never set takes the lowest MAC of
+    /// its ports, so removing one silo could change the gateway's MAC under the others' ARP
+    /// caches. Their packets to the gateway would then go nowhere until those entries expire.
+    // NOTE: a bridge made by an agent without this step gets the new MAC at the next agent
+    // start, so adopted silos miss the gateway until their ARP entry is checked again.
+    async fn set_bridge_up(&self, index: u32, name: &str, mac: [u8; 6]) -> Result<(), NetworkError> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).mtu(SILO_MTU_BYTES).up().build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .mtu(SILO_MTU_BYTES)
+                    .address(mac.to_vec())
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .map_err(|source| NetworkError::SetUp {
@@ -518,6 +528,15 @@ impl Netlink {
     }
 }
 
+/// Returns the bridge's MAC address for the gateway address `gateway`: locally administered
+/// and unicast (first byte 0x02), then the bytes of "cx", then the gateway's last three bytes.
+/// Bridges of other hosts never share a link with this one. The subnets of several agents on
+/// one machine differ, so the MAC is unique wherever silos see it.
+fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let [_, second, third, fourth] = gateway.octets();
+    [0x02, b'c', b'x', second, third, fourth]
+}
+
 fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
     matches!(err, rtnetlink::Error::NetlinkError(message) if message.raw_code() == -errno)
 }
@@ -714,6 +733,14 @@ mod tests {
                 gateway: TEST_GATEWAY.parse().expect("valid gateway literal"),
             }
         }
+    }
+
+    #[test]
+    fn bridge_mac_is_local_unicast_from_gateway() {
+        let mac = bridge_mac(Ipv4Addr::new(10, 69, 3, 1));
+        assert_eq!(mac, [0x02, 0x63, 0x78, 69, 3, 1]);
+        assert_eq!(mac[0] & 0x01, 0, "unicast");
+        assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
     }
 
     #[test]

@@ -126,7 +126,7 @@ async fn relaunch(
         inner.netlink.delete_link(stale).await?;
     }
 
-    let job = helper_job(&paths, &silo_id, plan, sources, inner.cfg.id_map);
+    let job = helper_job(&paths, &silo_id, plan, sources, inner.cfg.id_map, &inner.cfg.metadata_endpoint());
     let host_veth = record.host_veth.clone();
     let launched = match inner.spare.take(&inner.cfg.helper_exe, &job).await {
         Ok(helper) => launch(inner, &paths, record, helper).await,

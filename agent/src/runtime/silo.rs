@@ -27,7 +27,7 @@ use super::spec::{self, SiloPlan};
 use super::state::{self, ExitRecord, SiloPaths, SiloRecord};
 use super::teardown::{UndoStack, UndoStep};
 use super::userns::IdMap;
-use super::{cgroup, iptables, Inner, Runtime, RuntimeError, SiloExit};
+use super::{cgroup, ebtables, iptables, Inner, Runtime, RuntimeError, SiloExit};
 
 /// How long the helper may take to clone the silo's PID 1.
 const CLONE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +35,8 @@ const CLONE_TIMEOUT: Duration = Duration::from_secs(10);
 const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the helper may take to exit once the silo's cgroup is empty.
 pub const HELPER_EXIT_WAIT: Duration = Duration::from_secs(5);
+/// Variable that carries the metadata service's URL in every silo's environment.
+pub const METADATA_ENDPOINT_ENV: &str = "METADATA_ENDPOINT";
 
 /// A silo whose program this agent process started, with the handles to stop it.
 #[derive(Debug)]
@@ -145,7 +147,7 @@ async fn setup_steps(
     sources: &SiloSources,
 ) -> Result<RunningSilo, RuntimeError> {
     let paths = SiloPaths::new(&inner.silos_dir, silo_id);
-    let job = helper_job(&paths, silo_id, plan, sources, inner.cfg.id_map);
+    let job = helper_job(&paths, silo_id, plan, sources, inner.cfg.id_map, &inner.cfg.metadata_endpoint());
     let helper = inner
         .spare
         .take(&inner.cfg.helper_exe, &job)
@@ -236,6 +238,15 @@ async fn prepare_host(
         name: record.host_veth.clone(),
     });
 
+    // Before the veth exists, so no packet of the silo ever passes unchecked.
+    undo.push(UndoStep::RemoveAntispoof {
+        address,
+        host_veth: record.host_veth.clone(),
+    });
+    iptables::add_antispoof(address, &record.host_veth, silo_id).await?;
+    ebtables::add_arp_antispoof(address, &record.host_veth).await?;
+    failpoint(inner, "after-antispoof")?;
+
     if plan.internet_access {
         iptables::enable_ip_forward().await?;
         undo.push(UndoStep::RemoveMasquerade { address });
@@ -246,13 +257,15 @@ async fn prepare_host(
 }
 
 /// Builds the job of the helper for silo `silo_id`, in a user namespace with `id_map` unless
-/// it is `None`.
+/// it is `None`. The program's environment gets `METADATA_ENDPOINT=metadata_endpoint` unless
+/// the spec sets that variable itself.
 pub(super) fn helper_job(
     paths: &SiloPaths,
     silo_id: &str,
     plan: &SiloPlan,
     sources: &SiloSources,
     id_map: Option<IdMap>,
+    metadata_endpoint: &str,
 ) -> HelperJob {
     HelperJob {
         silo_id: silo_id.to_string(),
@@ -267,11 +280,21 @@ pub(super) fn helper_job(
         exit_file: paths.exit(),
         binary: plan.binary.clone(),
         argv: plan.argv.clone(),
-        env: plan.env.clone(),
+        env: with_metadata_endpoint(&plan.env, metadata_endpoint),
         binds: sources.binds.clone(),
         id_map,
         raw_sockets: plan.raw_sockets,
     }
+}
+
+/// Returns `env` with `METADATA_ENDPOINT=endpoint` appended, unless `env` sets the variable.
+fn with_metadata_endpoint(env: &[String], endpoint: &str) -> Vec<String> {
+    let prefix = format!("{METADATA_ENDPOINT_ENV}=");
+    let mut env = env.to_vec();
+    if !env.iter().any(|entry| entry.starts_with(&prefix)) {
+        env.push(format!("{prefix}{endpoint}"));
+    }
+    env
 }
 
 /// Takes a helper that has its job to "program exec'd": sets up the silo's network once its
@@ -560,5 +583,23 @@ fn helper_status_code(status: Option<std::process::ExitStatus>) -> i32 {
             (None, None) => -1,
         },
         None => -1,
+    }
+}
+
+#[cfg(test)]
+mod metadata_env_tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_is_appended() {
+        let env = with_metadata_endpoint(&["A=1".to_string()], "http://10.69.1.1:17832");
+        assert_eq!(env, ["A=1", "METADATA_ENDPOINT=http://10.69.1.1:17832"]);
+    }
+
+    #[test]
+    fn spec_endpoint_is_kept() {
+        let spec_env = ["METADATA_ENDPOINT=http://example.test".to_string()];
+        let env = with_metadata_endpoint(&spec_env, "http://10.69.1.1:17832");
+        assert_eq!(env, spec_env);
     }
 }

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::exec::ExecRouter;
 use crate::api::logs::LogRouter;
 use crate::api::unavailable;
-use crate::names::silo_names;
+use crate::names::{differ_beyond_usage, silo_names};
 use crate::raft::RaftNode;
 use crate::sessions::Sessions;
 use crate::state::{ClusterState, Command, Desired, HostAttributes, Response as StateResponse, SiloRecord, SiloStatus};
@@ -26,6 +26,12 @@ use crate::view;
 const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages queued for one agent before the session task waits.
 const OUTBOUND_QUEUE_LEN: usize = 16;
+/// Shortest interval between two silo name lists that differ only in the silos' usage fields.
+/// The network counters that the metadata service reports for silos on other hosts are thus at
+/// most this old plus the agents' 2 s usage interval. Any other change is sent at once.
+// NOTE: counters change with every report, so each agent receives the whole list once per
+// interval: about 200 bytes per running instance (an estimate for short names).
+const NAMES_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
 type ControllerStream = Pin<Box<dyn Stream<Item = Result<proto::ControllerMessage, Status>> + Send>>;
 
@@ -193,11 +199,21 @@ impl Session {
             "another controller leads",
         );
         tokio::pin!(demoted);
+        // The names carry the silos' latest network counters, which change without a Raft
+        // write. The loop also runs on this interval, so a list whose counters changed goes out
+        // without waiting for a state change.
+        let mut names_refresh = tokio::time::interval(NAMES_REFRESH_INTERVAL);
+        names_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_names_sent = Instant::now();
 
         loop {
             let (assignments, peers, names) = {
                 let state = self.node.state.read().await;
-                (view::assignments(&state, &self.host), mesh_peers(&state, &self.host), silo_names(&state))
+                (
+                    view::assignments(&state, &self.host),
+                    mesh_peers(&state, &self.host),
+                    silo_names(&state, self.sessions.usage(), Instant::now()),
+                )
             };
             // Peers go first, so the routes to other hosts exist before new silos start.
             if last_peers.as_ref() != Some(&peers) {
@@ -220,7 +236,14 @@ impl Session {
                 }
                 last_sent = Some(assignments);
             }
-            if last_names.as_ref() != Some(&names) {
+            let names_due = match &last_names {
+                None => true,
+                Some(last) if last == &names => false,
+                Some(last) => {
+                    differ_beyond_usage(last, &names) || last_names_sent.elapsed() >= NAMES_REFRESH_INTERVAL
+                }
+            };
+            if names_due {
                 tracing::debug!(host = %self.host, names = names.names.len(), "sending silo names");
                 let message = proto::ControllerMessage {
                     kind: Some(ControllerKind::Names(names.clone())),
@@ -229,6 +252,7 @@ impl Session {
                     return "the agent closed the stream".to_owned();
                 }
                 last_names = Some(names);
+                last_names_sent = Instant::now();
             }
 
             tokio::select! {
@@ -237,6 +261,7 @@ impl Session {
                         return "the controller is shutting down".to_owned();
                     }
                 }
+                _ = names_refresh.tick() => {}
                 _ = replaced.changed() => return "a newer session of the same host replaced it".to_owned(),
                 _ = stopping.changed() => return "the controller is stopping".to_owned(),
                 _ = outbound.closed() => return "the agent closed the stream".to_owned(),

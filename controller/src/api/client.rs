@@ -635,11 +635,8 @@ fn validate(spec: &proto::SiloSpec) -> Result<(), Status> {
 }
 
 /// Returns the first field the cluster cannot act on yet. Such a spec is
-/// rejected instead of run without it.
-fn unsupported_field(spec: &proto::SiloSpec) -> Option<&'static str> {
-    if spec.grants.as_ref().is_some_and(|grants| grants.query_silos) {
-        return Some("grants.query_silos");
-    }
+/// rejected instead of run without it. Every field is supported at present.
+fn unsupported_field(_spec: &proto::SiloSpec) -> Option<&'static str> {
     None
 }
 
@@ -690,12 +687,10 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_fields_are_rejected() {
+    fn query_silos_grant_is_accepted() {
         let mut with_grant = valid_spec();
         with_grant.grants = Some(proto::Grants { query_silos: true, ..Default::default() });
-        let status = validate(&with_grant).expect_err("unsupported field rejected");
-        assert!(status.message().contains("`grants.query_silos`"), "{:?}", status.message());
-        assert!(status.message().contains("not supported yet"), "{:?}", status.message());
+        assert!(validate(&with_grant).is_ok());
     }
 
     #[test]
