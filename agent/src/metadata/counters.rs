@@ -16,7 +16,7 @@ pub struct SiloTraffic {
 
 /// Reads the traffic of the silo whose host-side veth is `host_veth`, or `None` when the veth
 /// is missing. What the veth sends the silo receives and the other way round, so the counters
-/// are swapped. Packets the anti-spoofing rule drops count as sent by the silo.
+/// are swapped. Packets the anti-spoofing filter drops count as sent by the silo.
 pub async fn read_silo_traffic(host_veth: &str) -> Option<SiloTraffic> {
     let text = tokio::fs::read_to_string(NET_DEV_PATH).await.ok()?;
     let veth = parse_net_dev(&text, host_veth)?;

@@ -2,8 +2,8 @@
 //! TCP port 17832 unless the agent config sets `metadata_port`.
 //!
 //! The service identifies callers by their source address, which must be the address of a
-//! running silo of this host. The anti-spoofing rule on each silo's veth (see
-//! [`crate::runtime::ANTISPOOF_CHAIN`]) drops packets whose source is another address, so a
+//! running silo of this host. The anti-spoofing filter on each silo's veth (module
+//! `runtime::antispoof`) drops packets whose source is another address, so a
 //! silo cannot pose as another one. `GET /` or `/self` returns the caller's own metadata,
 //! `/list` every running silo of the cluster, and `/silos/NAME` or `/silos/NAME/INDEX` another
 //! silo's metadata with its network counters, only for callers whose spec has

@@ -11,7 +11,6 @@ pub const FAILPOINTS: &[&str] = &[
     "after-silo-dir",
     "after-files",
     "after-cgroup",
-    "after-antispoof",
     "after-masquerade",
     "after-clone",
     "after-network",

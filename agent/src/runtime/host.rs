@@ -15,7 +15,7 @@ use super::network::Netlink;
 use super::state::{self, TRASH_PREFIX};
 use super::teardown::{remove_dir_all, CGROUP_KILL_WAIT};
 use super::{
-    adopt, cgroup, ebtables, image, iptables, names, removal, Inner, Runtime, RuntimeError, SiloExit,
+    adopt, cgroup, image, iptables, names, removal, Inner, Runtime, RuntimeError, SiloExit,
     EXIT_CHANNEL_CAPACITY,
 };
 
@@ -61,11 +61,6 @@ pub async fn start(
         .ensure_bridge(&cfg.bridge, cfg.gateway(), network.prefix_len())
         .await?;
     iptables::ensure_chain().await?;
-    iptables::ensure_antispoof_chain().await?;
-    ebtables::ensure_arp_antispoof_chain().await?;
-    if !iptables::bridge_netfilter_enabled().await {
-        warn!("bridged packets bypass iptables (br_netfilter is not loaded or net.bridge.bridge-nf-call-iptables is 0), so silos can send from other silos' addresses and the metadata service cannot trust them; load br_netfilter and set the sysctl to 1");
-    }
 
     let (exits, exits_rx) = mpsc::channel(EXIT_CHANNEL_CAPACITY);
     let failpoint = cfg.failpoint.clone();
@@ -134,16 +129,10 @@ async fn adopt_earlier_silos(inner: &Inner) -> Result<(), RuntimeError> {
     // whose record and lease were both lost then stays until a start without adopted silos.
     if adopted.is_empty() {
         iptables::flush_chain().await?;
-        iptables::flush_antispoof_chain().await?;
-        ebtables::flush_arp_antispoof_chain().await?;
     }
     for silo in &adopted {
-        let Some(record) = adopted_record(inner, &silo.silo_id).await else {
-            continue;
-        };
-        iptables::add_antispoof(record.address, &record.host_veth, &silo.silo_id).await?;
-        ebtables::add_arp_antispoof(record.address, &record.host_veth).await?;
-        if record.internet_access {
+        let record = adopted_record(inner, &silo.silo_id).await;
+        if let Some(record) = record.filter(|record| record.internet_access) {
             iptables::add_masquerade(record.address, &inner.cfg.bridge, &silo.silo_id).await?;
         }
     }
@@ -258,10 +247,6 @@ pub async fn shutdown(runtime: &Runtime) -> Result<(), RuntimeError> {
 
     if let Err(err) = iptables::remove_chain().await {
         warn!(error = %err, "failed to remove iptables chain at shutdown");
-        first_error.get_or_insert(err.into());
-    }
-    if let Err(err) = ebtables::remove_arp_antispoof_chain().await {
-        warn!(error = %err, "failed to remove the ebtables chain at shutdown");
         first_error.get_or_insert(err.into());
     }
     if let Err(err) = inner.netlink.delete_link(&inner.cfg.bridge).await {

@@ -9,14 +9,8 @@
 //!
 //! The same chain accepts TCP to the metadata service on the bridge address from the bridge and
 //! drops it from every other interface. The service identifies callers by their source address,
-//! and only packets from the bridge have passed the anti-spoofing rules.
-//!
-//! Anti-spoofing: the colex-owned chain `colex-antispoof` of the `raw` table, which `PREROUTING`
-//! jumps to first, contains one rule per silo that drops IPv4 packets entering the bridge from
-//! the silo's host-side veth with any source but the silo's own address. The rule matches the
-//! bridge port with `-m physdev`, which matches bridged packets only while `br_netfilter` passes
-//! them to iptables (`net.bridge.bridge-nf-call-iptables = 1`). [`bridge_netfilter_enabled`]
-//! checks that.
+//! and only packets from the bridge have passed the anti-spoofing filters on the silos' veths
+//! (module `antispoof`).
 //!
 //! The rules live in the agent's network namespace, so agents in separate namespaces never see
 //! each other's rules.
@@ -33,11 +27,6 @@ use super::names;
 pub const MASQUERADE_CHAIN: &str = "colex-masq";
 /// Chain in the `filter` table that accepts the silos' DNS queries to the bridge address.
 pub const INPUT_CHAIN: &str = "colex-input";
-/// Chain in the `raw` table that drops packets a silo sends with another source address.
-pub const ANTISPOOF_CHAIN: &str = "colex-antispoof";
-/// sysctl that makes the kernel pass bridged IPv4 packets through iptables, which the
-/// anti-spoofing rules need. It exists only while the `br_netfilter` module is loaded.
-const BRIDGE_NF_CALL_IPTABLES_PATH: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 /// Port of the DNS resolver on the bridge address.
 const DNS_PORT: &str = "53";
 /// The cluster's silo network, which the WireGuard mesh carries between hosts. It must match
@@ -154,88 +143,6 @@ pub async fn ensure_metadata_accept(gateway: Ipv4Addr, bridge: &str, port: u16) 
     Ok(())
 }
 
-/// Returns the rule specification that drops IPv4 packets entering the bridge from the host-side
-/// veth `host_veth` unless their source is `address`, the silo's own address.
-pub fn antispoof_rule(address: Ipv4Addr, host_veth: &str, silo_id: &str) -> Vec<String> {
-    vec![
-        "-m".to_string(),
-        "physdev".to_string(),
-        "--physdev-in".to_string(),
-        host_veth.to_string(),
-        "!".to_string(),
-        "-s".to_string(),
-        format!("{address}/32"),
-        "-j".to_string(),
-        "DROP".to_string(),
-        "-m".to_string(),
-        "comment".to_string(),
-        "--comment".to_string(),
-        format!("{} antispoof", names::masquerade_comment(silo_id)),
-    ]
-}
-
-/// Creates the `colex-antispoof` chain if it is missing and makes `PREROUTING` of the `raw`
-/// table jump to it once, as its first rule.
-pub async fn ensure_antispoof_chain() -> Result<(), IptablesError> {
-    if !succeeds(&["-t", "raw", "-S", ANTISPOOF_CHAIN]).await? {
-        run(&["-t", "raw", "-N", ANTISPOOF_CHAIN]).await?;
-    }
-    if !succeeds(&["-t", "raw", "-C", "PREROUTING", "-j", ANTISPOOF_CHAIN]).await? {
-        run(&["-t", "raw", "-I", "PREROUTING", "1", "-j", ANTISPOOF_CHAIN]).await?;
-    }
-    Ok(())
-}
-
-/// Removes every rule from the `colex-antispoof` chain, for an agent start when no silo runs.
-pub async fn flush_antispoof_chain() -> Result<(), IptablesError> {
-    run(&["-t", "raw", "-F", ANTISPOOF_CHAIN]).await
-}
-
-/// Removes the jump from `PREROUTING` and the `colex-antispoof` chain with its rules, if present.
-async fn remove_antispoof_chain() -> Result<(), IptablesError> {
-    let jump = ["-t", "raw", "-C", "PREROUTING", "-j", ANTISPOOF_CHAIN];
-    while succeeds(&jump).await? {
-        run(&["-t", "raw", "-D", "PREROUTING", "-j", ANTISPOOF_CHAIN]).await?;
-    }
-    if succeeds(&["-t", "raw", "-S", ANTISPOOF_CHAIN]).await? {
-        run(&["-t", "raw", "-F", ANTISPOOF_CHAIN]).await?;
-        run(&["-t", "raw", "-X", ANTISPOOF_CHAIN]).await?;
-    }
-    Ok(())
-}
-
-/// Adds the anti-spoofing rule of a silo unless it is already there.
-pub async fn add_antispoof(address: Ipv4Addr, host_veth: &str, silo_id: &str) -> Result<(), IptablesError> {
-    let rule = antispoof_rule(address, host_veth, silo_id);
-    if succeeds(&antispoof_command("-C", &rule)).await? {
-        return Ok(());
-    }
-    run(&antispoof_command("-A", &rule)).await
-}
-
-/// Removes every copy of the anti-spoofing rule of a silo. A missing rule or chain is fine.
-pub async fn remove_antispoof(address: Ipv4Addr, host_veth: &str, silo_id: &str) -> Result<(), IptablesError> {
-    let rule = antispoof_rule(address, host_veth, silo_id);
-    while succeeds(&antispoof_command("-C", &rule)).await? {
-        run(&antispoof_command("-D", &rule)).await?;
-    }
-    Ok(())
-}
-
-/// Reports whether bridged IPv4 packets pass through iptables in the agent's network namespace,
-/// which the anti-spoofing rules need. Returns false when `br_netfilter` is not loaded.
-pub async fn bridge_netfilter_enabled() -> bool {
-    tokio::fs::read_to_string(BRIDGE_NF_CALL_IPTABLES_PATH)
-        .await
-        .is_ok_and(|value| value.trim() == "1")
-}
-
-fn antispoof_command<'a>(command: &'a str, rule: &'a [String]) -> Vec<&'a str> {
-    let mut args = vec!["-t", "raw", command, ANTISPOOF_CHAIN];
-    args.extend(rule.iter().map(String::as_str));
-    args
-}
-
 /// Creates the `colex-input` chain if it is missing, makes it contain exactly the DNS accept
 /// rules for `gateway` on `bridge`, and makes `INPUT` jump to it once, as its first rule. The
 /// chain's policy is untouched, and so is every other rule of `INPUT`.
@@ -270,12 +177,10 @@ async fn remove_dns_accept() -> Result<(), IptablesError> {
     Ok(())
 }
 
-/// Removes the jump from `POSTROUTING` and the `colex-masq` chain with its rules, the DNS and
-/// metadata chain `colex-input` and the anti-spoofing chain `colex-antispoof` with their jumps,
-/// if present.
+/// Removes the jump from `POSTROUTING` and the `colex-masq` chain with its rules, and the DNS
+/// and metadata chain `colex-input` with its jump, if present.
 pub async fn remove_chain() -> Result<(), IptablesError> {
     remove_dns_accept().await?;
-    remove_antispoof_chain().await?;
     let jump = ["-t", "nat", "-C", "POSTROUTING", "-j", MASQUERADE_CHAIN];
     while succeeds(&jump).await? {
         run(&["-t", "nat", "-D", "POSTROUTING", "-j", MASQUERADE_CHAIN]).await?;
@@ -399,17 +304,6 @@ mod tests {
             drop.join(" "),
             "! -i colex0 -d 10.69.1.1/32 -p tcp --dport 17832 -j DROP -m comment --comment colex metadata"
         );
-    }
-
-    #[test]
-    fn antispoof_rule_spec() {
-        let rule = antispoof_rule(Ipv4Addr::new(10, 69, 1, 2), "cx3938a44e", "3938a44e");
-        assert_eq!(
-            rule.join(" "),
-            "-m physdev --physdev-in cx3938a44e ! -s 10.69.1.2/32 -j DROP -m comment --comment colex silo 3938a44e antispoof"
-        );
-        let args = antispoof_command("-A", &rule);
-        assert_eq!(&args[..4], ["-t", "raw", "-A", ANTISPOOF_CHAIN]);
     }
 
     #[test]

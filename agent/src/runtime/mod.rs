@@ -19,12 +19,12 @@
 //! agent left behind of a silo it cannot adopt.
 
 mod adopt;
+mod antispoof;
 mod binds;
 mod busybox;
 mod capabilities;
 mod cgroup;
 mod config;
-mod ebtables;
 mod exec;
 mod exec_cgroup;
 mod exec_helper;
@@ -69,7 +69,6 @@ use tokio::sync::mpsc;
 pub use adopt::AdoptedSilo;
 pub use binds::{is_bind_id, BindError, BindSource, MAX_BIND_ID_BYTES};
 pub use cgroup::CgroupError;
-pub use ebtables::{EbtablesError, ARP_ANTISPOOF_CHAIN};
 pub use config::{ConfigError, RuntimeConfig, DEFAULT_BUSYBOX_PATH, DEFAULT_METADATA_PORT, DEFAULT_PIDS_LIMIT};
 pub use failpoint::{FailpointReached, FAILPOINTS};
 pub use files::FilesError;
@@ -82,7 +81,7 @@ pub use image::{
 };
 pub use userns::IdMap;
 pub use iptables::{
-    ensure_dns_accept, ensure_metadata_accept, IptablesError, ANTISPOOF_CHAIN, INPUT_CHAIN, MASQUERADE_CHAIN,
+    ensure_dns_accept, ensure_metadata_accept, IptablesError, INPUT_CHAIN, MASQUERADE_CHAIN,
 };
 pub use launch::LaunchError;
 pub use lease::LeaseError;
@@ -153,8 +152,6 @@ pub enum RuntimeError {
     Network(#[from] NetworkError),
     #[error("iptables: {0}")]
     Iptables(#[from] IptablesError),
-    #[error("ebtables: {0}")]
-    Ebtables(#[from] EbtablesError),
     #[error("failed to start silo {silo_id}: {source}")]
     Launch {
         silo_id: String,

@@ -27,6 +27,7 @@ use rtnetlink::{
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use super::antispoof;
 use super::names::SILO_IFNAME;
 
 /// Name of the loopback interface.
@@ -99,6 +100,12 @@ pub enum NetworkError {
         peer: String,
         pid: u32,
         source: rtnetlink::Error,
+    },
+    #[error("failed to set the anti-spoofing filter of {name} for {address}: {source}")]
+    Antispoof {
+        name: String,
+        address: Ipv4Addr,
+        source: antispoof::AntispoofError,
     },
     #[error("failed to enter the network namespace of pid {pid}: {source}")]
     EnterNetns { pid: u32, source: io::Error },
@@ -390,6 +397,7 @@ impl Netlink {
         interface: SiloInterface,
     ) -> Result<(), NetworkError> {
         let peer = interface.peer.clone();
+        let address = interface.address;
         let (veth_created_tx, veth_created_rx) = oneshot::channel();
         let (result_tx, result_rx) = oneshot::channel();
         std::thread::Builder::new()
@@ -403,6 +411,15 @@ impl Netlink {
 
         // On failure the sender is dropped, which makes the thread stop after loopback.
         self.create_silo_veth(host_veth, &peer, bridge, pid).await?;
+        // Before the silo's end goes up, so no packet of the silo passes unchecked.
+        let host_index = self.require_index(host_veth).await?;
+        antispoof::install(&self.handle, host_index, address)
+            .await
+            .map_err(|source| NetworkError::Antispoof {
+                name: host_veth.to_owned(),
+                address,
+                source,
+            })?;
         let _ = veth_created_tx.send(());
         result_rx
             .await

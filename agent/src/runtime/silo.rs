@@ -27,7 +27,7 @@ use super::spec::{self, SiloPlan};
 use super::state::{self, ExitRecord, SiloPaths, SiloRecord};
 use super::teardown::{UndoStack, UndoStep};
 use super::userns::IdMap;
-use super::{cgroup, ebtables, iptables, Inner, Runtime, RuntimeError, SiloExit};
+use super::{cgroup, iptables, Inner, Runtime, RuntimeError, SiloExit};
 
 /// How long the helper may take to clone the silo's PID 1.
 const CLONE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -237,15 +237,6 @@ async fn prepare_host(
     undo.push(UndoStep::DeleteVeth {
         name: record.host_veth.clone(),
     });
-
-    // Before the veth exists, so no packet of the silo ever passes unchecked.
-    undo.push(UndoStep::RemoveAntispoof {
-        address,
-        host_veth: record.host_veth.clone(),
-    });
-    iptables::add_antispoof(address, &record.host_veth, silo_id).await?;
-    ebtables::add_arp_antispoof(address, &record.host_veth).await?;
-    failpoint(inner, "after-antispoof")?;
 
     if plan.internet_access {
         iptables::enable_ip_forward().await?;

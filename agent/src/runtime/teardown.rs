@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::warn;
 
 use super::state::{SiloPaths, TRASH_PREFIX};
-use super::{ebtables, iptables, Inner, RuntimeError};
+use super::{iptables, Inner, RuntimeError};
 
 /// How long the processes of a cgroup may take to die after `cgroup.kill`.
 pub const CGROUP_KILL_WAIT: Duration = Duration::from_secs(10);
@@ -32,11 +32,6 @@ pub enum UndoStep {
     },
     RemoveMasquerade {
         address: Ipv4Addr,
-    },
-    /// Removes the rules that drop the silo's IPv4 and ARP packets with a forged source address.
-    RemoveAntispoof {
-        address: Ipv4Addr,
-        host_veth: String,
     },
 }
 
@@ -80,12 +75,7 @@ impl UndoStack {
         }
         stack.push(UndoStep::RemoveSiloDir);
         stack.push(UndoStep::RemoveCgroup { path: cgroup_dir });
-        stack.push(UndoStep::DeleteVeth {
-            name: host_veth.clone(),
-        });
-        if let Some(address) = address {
-            stack.push(UndoStep::RemoveAntispoof { address, host_veth });
-        }
+        stack.push(UndoStep::DeleteVeth { name: host_veth });
         if let (Some(address), true) = (address, internet_access) {
             stack.push(UndoStep::RemoveMasquerade { address });
         }
@@ -137,10 +127,6 @@ async fn run_step(inner: &Inner, silo_id: &str, step: &UndoStep) -> Result<(), R
         UndoStep::RemoveMasquerade { address } => {
             Ok(iptables::remove_masquerade(*address, &inner.cfg.bridge, silo_id).await?)
         }
-        UndoStep::RemoveAntispoof { address, host_veth } => {
-            iptables::remove_antispoof(*address, host_veth, silo_id).await?;
-            Ok(ebtables::remove_arp_antispoof(*address, host_veth).await?)
-        }
     }
 }
 
@@ -190,12 +176,11 @@ mod tests {
         );
         let reversed: Vec<&UndoStep> = stack.steps().iter().rev().collect();
         assert!(matches!(reversed[0], UndoStep::RemoveMasquerade { .. }));
-        assert!(matches!(reversed[1], UndoStep::RemoveAntispoof { .. }));
-        assert!(matches!(reversed[2], UndoStep::DeleteVeth { .. }));
-        assert!(matches!(reversed[3], UndoStep::RemoveCgroup { .. }));
-        assert!(matches!(reversed[4], UndoStep::RemoveSiloDir));
+        assert!(matches!(reversed[1], UndoStep::DeleteVeth { .. }));
+        assert!(matches!(reversed[2], UndoStep::RemoveCgroup { .. }));
+        assert!(matches!(reversed[3], UndoStep::RemoveSiloDir));
         // The lease goes last: only after the veth that used the address is gone.
-        assert!(matches!(reversed[5], UndoStep::ReleaseLease { .. }));
+        assert!(matches!(reversed[4], UndoStep::ReleaseLease { .. }));
     }
 
     #[test]
@@ -209,7 +194,7 @@ mod tests {
         );
         assert!(!stack.steps().iter().any(|step| matches!(
             step,
-            UndoStep::ReleaseLease { .. } | UndoStep::RemoveMasquerade { .. } | UndoStep::RemoveAntispoof { .. }
+            UndoStep::ReleaseLease { .. } | UndoStep::RemoveMasquerade { .. }
         )));
     }
 

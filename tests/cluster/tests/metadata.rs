@@ -8,11 +8,12 @@
 //!   counters read by the agent for the silo on its own host and relayed by the controller for
 //!   the silo on host 2.
 //! - `reader` with `admin`'s address added to its interface gets no reply when it sends from
-//!   that address, because the anti-spoofing rule on its veth drops the packets, and its ARP
+//!   that address, because the anti-spoofing filter on its veth drops the packets, and its ARP
 //!   packets claiming that address are dropped too.
-//! - Two restarts of host 1's agent, which adopts its silos, leave exactly one copy of each rule.
-//! - Stopping `admin` removes its rule and leaves `reader`'s access working, and after `down`
-//!   no per-silo rule is left.
+//! - Two restarts of host 1's agent, which adopts its silos, leave each silo's veth with its
+//!   one filter.
+//! - Stopping `admin` removes its veth with its filter and leaves `reader`'s access working,
+//!   and after `down` the hosts are as before.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -31,7 +32,10 @@ const END_MARKER: &str = "== end";
 /// Time curl waits for a reply. A forged request must still have none after it.
 const CURL_MAX_SECONDS: &str = "3";
 const IPTABLES: &str = "/usr/sbin/iptables";
-const EBTABLES: &str = "/usr/sbin/ebtables";
+/// Prefix of the host-side veth names, followed by the silo id.
+const HOST_VETH_PREFIX: &str = "cx";
+/// Name of the anti-spoofing program in `tc filter show`.
+const ANTISPOOF_PROGRAM: &str = "colex_antispoof";
 /// The busybox binary the agents make their image from, used here for its `arping`.
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -231,28 +235,26 @@ fn ip_in_silo(pid: u32, args: &[&str]) {
     assert!(output.success(), "ip {args:?} in the namespace of {pid}: {}", output.stderr);
 }
 
-/// Returns the ARP packets that the ebtables rule for `address` dropped on `host`, or `None`
-/// when there is no such rule.
-fn arp_dropped_packets(host: &Host, address: &str) -> Option<u64> {
-    let listing = host
-        .run(EBTABLES, &["-t", "nat", "-L", "colex-antispoof", "--Lc"])
-        .expect("ebtables runs");
-    let line = listing
-        .stdout
-        .lines()
-        .find(|line| line.contains(&format!("--arp-ip-src ! {address} ")))?;
-    let count = line.split("pcnt = ").nth(1)?.split_whitespace().next()?;
-    count.parse().ok()
+/// Returns the anti-spoofing filters on the ingress of the host-side veth of `silo_id`.
+fn antispoof_filters(host: &Host, silo_id: &str) -> usize {
+    let veth = format!("{HOST_VETH_PREFIX}{silo_id}");
+    let Ok(listing) = host.run("tc", &["filter", "show", "dev", &veth, "ingress"]) else {
+        return 0;
+    };
+    listing.stdout.lines().filter(|line| line.contains(ANTISPOOF_PROGRAM)).count()
 }
 
-/// Returns the ARP rules of `host` for `address`.
-fn arp_rules(host: &Host, address: &str) -> usize {
-    let listing = host.run(EBTABLES, &["-t", "nat", "-L", "colex-antispoof"]).expect("ebtables runs");
+/// Returns the packets dropped at the ingress of the host-side veth of `silo_id`.
+fn dropped_packets(host: &Host, silo_id: &str) -> u64 {
+    let veth = format!("{HOST_VETH_PREFIX}{silo_id}");
+    let listing = host.run("tc", &["-s", "qdisc", "show", "dev", &veth, "ingress"]).expect("tc runs");
     listing
         .stdout
-        .lines()
-        .filter(|line| line.contains(&format!("--arp-ip-src ! {address} ")))
-        .count()
+        .split("(dropped ")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ']).next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no drop count for {veth} in:\n{}", listing.stdout))
 }
 
 /// Returns the rules of `host`'s `colex-input` chain for the metadata port.
@@ -263,31 +265,6 @@ fn metadata_input_rules(host: &Host) -> usize {
         .lines()
         .filter(|line| line.contains(&format!("--dport {METADATA_PORT} ")))
         .count()
-}
-
-/// Returns the `raw` table rules of `host` that belong to the silo with `silo_id`.
-fn antispoof_rules(host: &Host, silo_id: &str) -> Vec<String> {
-    let rules = host.run(IPTABLES, &["-t", "raw", "-S", "colex-antispoof"]).expect("iptables runs");
-    rules
-        .stdout
-        .lines()
-        .filter(|line| line.contains(&format!("colex silo {silo_id} antispoof")))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Returns the packets the anti-spoofing rule of `silo_id` dropped on `host`.
-fn dropped_packets(host: &Host, silo_id: &str) -> u64 {
-    let listing = host
-        .run(IPTABLES, &["-t", "raw", "-L", "colex-antispoof", "-v", "-x", "-n"])
-        .expect("iptables runs");
-    listing
-        .stdout
-        .lines()
-        .find(|line| line.contains(&format!("colex silo {silo_id} antispoof")))
-        .and_then(|line| line.split_whitespace().next())
-        .and_then(|packets| packets.parse().ok())
-        .unwrap_or_else(|| panic!("no rule of {silo_id} in:\n{}", listing.stdout))
 }
 
 fn path_str(path: &Path) -> &str {
@@ -413,14 +390,14 @@ fn metadata_grants_and_spoofing() {
     let target_own = curl_until(target.init_pid, &format!("{endpoint_2}/self"), 200, |_| true);
     assert_eq!(target_own.json()["host"], host_2.name.as_str(), "{target_own:?}");
 
-    // Forgery: the reader sends from admin's address. Its veth's rule drops the packets, so
-    // there is no reply at all, and the rule's counter grows.
-    assert_eq!(antispoof_rules(&host_1, &reader.silo_id).len(), 1, "one rule for the reader");
+    // Forgery: the reader sends from admin's address. Its veth's filter drops the packets, so
+    // there is no reply at all, and the veth's drop counter grows.
+    assert_eq!(antispoof_filters(&host_1, &reader.silo_id), 1, "one filter for the reader");
     let dropped_before = dropped_packets(&host_1, &reader.silo_id);
     let forged_source = format!("{admin_address}/32");
     ip_in_silo(reader.init_pid, &["addr", "add", &forged_source, "dev", "eth0"]);
     let forged = curl_in_silo(reader.init_pid, &format!("{endpoint_1}/silos/target/0"), Some(&admin_address));
-    let arp_dropped_before = arp_dropped_packets(&host_1, &reader_address).expect("the reader has an ARP rule");
+    let arp_dropped_before = dropped_packets(&host_1, &reader.silo_id);
     let mut arping = Command::new("nsenter");
     arping
         .arg(format!("--net=/proc/{}/ns/net", reader.init_pid))
@@ -431,44 +408,39 @@ fn metadata_grants_and_spoofing() {
     let arping = run_with_timeout(arping, Duration::from_secs(20)).expect("arping runs");
     ip_in_silo(reader.init_pid, &["addr", "del", &forged_source, "dev", "eth0"]);
     assert!(!arping.success(), "the gateway never replies to an ARP request from a forged sender: {arping:?}");
-    let arp_dropped = arp_dropped_packets(&host_1, &reader_address).expect("the reader has an ARP rule");
-    assert!(arp_dropped >= arp_dropped_before + 2, "the reader's ARP rule dropped the forged requests: {arp_dropped_before} then {arp_dropped}");
+    let arp_dropped = dropped_packets(&host_1, &reader.silo_id);
+    assert!(arp_dropped >= arp_dropped_before + 2, "the reader's filter dropped the forged ARP requests: {arp_dropped_before} then {arp_dropped}");
     eprintln!("forged request: {forged:?}");
     assert_eq!(forged.status, 0, "a forged request gets no reply: {forged:?}");
     assert!(forged.body.is_empty(), "{forged:?}");
     assert!(forged.stderr.contains("timed out"), "curl waits in vain: {:?}", forged.stderr);
-    assert!(dropped_packets(&host_1, &reader.silo_id) > dropped_before, "the reader's rule dropped the forged packets");
+    assert!(dropped_packets(&host_1, &reader.silo_id) > dropped_before, "the reader's filter dropped the forged packets");
 
-    // Agent restarts adopt the silos and add only the rules that are missing.
+    // Agent restarts adopt the silos, whose veths keep their one filter.
     for restart in 1..=2 {
         lab.kill_agent(0).expect("kill agent");
         lab.restart_agent(0).expect("restart agent");
         let own = curl_until(reader.init_pid, &format!("{endpoint_1}/self"), 200, |_| true);
         assert_eq!(own.json()["id"], reader.silo_id.as_str(), "after restart {restart}: {own:?}");
-        for (silo, address) in [(&reader, &reader_address), (&admin, &admin_address)] {
-            assert_eq!(antispoof_rules(&host_1, &silo.silo_id).len(), 1, "after restart {restart}: IPv4 rule of {}", silo.silo_id);
-            assert_eq!(arp_rules(&host_1, address), 1, "after restart {restart}: ARP rule of {address}");
+        for silo in [&reader, &admin] {
+            assert_eq!(antispoof_filters(&host_1, &silo.silo_id), 1, "after restart {restart}: filter of {}", silo.silo_id);
         }
         assert_eq!(metadata_input_rules(&host_1), 2, "after restart {restart}: colex-input rules for the metadata port");
     }
 
-    // Stopping admin removes its rule only, and the reader's access keeps working.
-    assert_eq!(antispoof_rules(&host_1, &admin.silo_id).len(), 1, "one rule for admin");
+    // Stopping admin removes its veth and filter only, and the reader's access keeps working.
+    assert_eq!(antispoof_filters(&host_1, &admin.silo_id), 1, "one filter for admin");
     let down = lab.cli(&["down", "--name", "admin"]).expect("down runs");
     assert!(down.success(), "down admin failed: {}\n{}", down.stderr, lab.logs());
-    assert!(antispoof_rules(&host_1, &admin.silo_id).is_empty(), "admin's rule is removed");
-    assert_eq!(arp_dropped_packets(&host_1, &admin_address), None, "admin's ARP rule is removed");
-    assert!(arp_dropped_packets(&host_1, &reader_address).is_some(), "the reader's ARP rule stays");
-    assert_eq!(antispoof_rules(&host_1, &reader.silo_id).len(), 1, "the reader's rule stays");
+    assert_eq!(antispoof_filters(&host_1, &admin.silo_id), 0, "admin's filter is gone with its veth");
+    assert_eq!(antispoof_filters(&host_1, &reader.silo_id), 1, "the reader's filter stays");
     let own_again = curl_in_silo(reader.init_pid, &format!("{endpoint_1}/self"), None);
     if own_again.status != 200 {
         let mut state = String::new();
         for args in [&["neigh"][..], &["-br", "link"][..]] {
             state.push_str(&host_1.run("ip", args).map(|output| output.stdout).unwrap_or_default());
         }
-        for args in [&["-t", "raw", "-L", "-v", "-n"][..], &["-L", "-v", "-n"][..]] {
-            state.push_str(&host_1.run(IPTABLES, args).map(|output| output.stdout).unwrap_or_default());
-        }
+        state.push_str(&host_1.run(IPTABLES, &["-L", "-v", "-n"]).map(|output| output.stdout).unwrap_or_default());
         state.push_str(&host_1.run("ss", &["-tanp"]).map(|output| output.stdout).unwrap_or_default());
         panic!("{own_again:?}\n{}\n{state}\n{}", network_state(reader.init_pid), lab.logs());
     }
@@ -476,14 +448,11 @@ fn metadata_grants_and_spoofing() {
     let after_admin = curl_until(reader.init_pid, &format!("{endpoint_1}/list"), 200, |reply| !reply.body.contains("\"admin\""));
     assert!(after_admin.body.contains("\"reader\""), "{after_admin:?}");
 
-    // After `down` every host is as before the silos: no per-silo rule is left.
+    // After `down` every host is as before the silos.
     let down = lab.cli(&["down", path_str(&file)]).expect("down runs");
     assert!(down.success(), "down failed: {}\n{}", down.stderr, lab.logs());
     for (host, before) in lab.hosts.iter().zip(&ledgers_before) {
         let after = Ledger::take(host).expect("ledger");
         assert_eq!(&after, before, "host {} after down", host.name);
-        assert!(!after.iptables.iter().any(|line| line.contains(" antispoof")), "{:?}", after.iptables);
-        let arp_listing = host.run(EBTABLES, &["-t", "nat", "-L", "colex-antispoof"]).expect("ebtables runs").stdout;
-        assert!(!arp_listing.contains("--arp-ip-src"), "ARP rules left on {}:\n{arp_listing}", host.name);
     }
 }
