@@ -71,7 +71,10 @@ pub use image::{
     cache_dir_suffix, is_image_name, ImageError, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES,
 };
 pub use userns::IdMap;
-pub use iptables::{ensure_dns_accept, IptablesError, INPUT_CHAIN, MASQUERADE_CHAIN};
+pub use iptables::{
+    adopt_cluster_network, ensure_dns_accept, ensure_forward_accept, restore_cluster_network, IptablesError, FORWARD_CHAIN,
+    INPUT_CHAIN, MASQUERADE_CHAIN,
+};
 pub use launch::LaunchError;
 pub use lease::LeaseError;
 pub use logs::{LogQuery, LogsError, MAX_LOG_FILE_BYTES};

@@ -220,16 +220,25 @@ impl Netlink {
             }
         }
 
-        self.set_bridge_up(index, name).await?;
+        self.set_bridge_up(index, name, address).await?;
         Ok(index)
     }
 
-    /// Sets the bridge up with the silo MTU. Set once, the MTU no longer follows the bridge's
-    /// ports, which all have it anyway.
-    async fn set_bridge_up(&self, index: u32, name: &str) -> Result<(), NetworkError> {
+    /// Sets the bridge up with the silo MTU and a fixed MAC address derived from `address`.
+    /// Set once, the MTU no longer follows the bridge's ports, which all have it anyway. Without
+    /// a MAC address of its own, the kernel gives the bridge the lowest MAC address of its ports.
+    /// Removing one silo's veth could then change it, and the other silos would send to a stale
+    /// gateway MAC address until their neighbour entries expire.
+    async fn set_bridge_up(&self, index: u32, name: &str, address: Ipv4Addr) -> Result<(), NetworkError> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).mtu(SILO_MTU_BYTES).up().build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .mtu(SILO_MTU_BYTES)
+                    .address(bridge_mac_address(address))
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .map_err(|source| NetworkError::SetUp {
@@ -516,6 +525,14 @@ impl Netlink {
                 source,
             })
     }
+}
+
+/// Returns the bridge's MAC address for gateway `address`: locally administered and unicast
+/// (first byte 0x02), then 0x63, then the four address bytes, so bridges of different hosts
+/// differ.
+fn bridge_mac_address(address: Ipv4Addr) -> Vec<u8> {
+    let [a, b, c, d] = address.octets();
+    vec![0x02, 0x63, a, b, c, d]
 }
 
 fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
