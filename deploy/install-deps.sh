@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages colex needs at run time and in its
 # tests: a static busybox for the built-in image, iptables, iproute2 and
-# nsenter. Packages already present are left alone.
+# nsenter, and tcpdump for the mesh capture test. Packages already present
+# are left alone.
 set -euo pipefail
 
-packages=(busybox-static iptables iproute2 util-linux curl)
+packages=(busybox-static iptables iproute2 util-linux curl tcpdump)
 missing=()
 for package in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

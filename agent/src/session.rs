@@ -197,6 +197,7 @@ impl Agent {
             .map_err(|error| anyhow::anyhow!(error).context("cannot create the WireGuard mesh device"))?;
         self.mesh = Some(Arc::new(mesh));
 
+        crate::runtime::restore_cluster_network(&self.config.state_dir).await;
         match self.read_subnet().await {
             Some(subnet) => {
                 if let Err(error) = self.ensure_runtime(&subnet).await {
@@ -312,7 +313,10 @@ impl Agent {
         let subnet = match inbound.message().await {
             Ok(Some(proto::ControllerMessage {
                 kind: Some(ControllerKind::Welcome(welcome)),
-            })) => welcome.subnet,
+            })) => {
+                crate::runtime::adopt_cluster_network(&self.config.state_dir, &welcome.cluster_network).await;
+                welcome.subnet
+            }
             Ok(_) => return SessionEnd::Lost("the controller did not send a welcome".to_owned()),
             Err(status) => return SessionEnd::Lost(format!("session rejected: {}", status.message())),
         };
@@ -579,6 +583,9 @@ impl Agent {
         // Before the runtime makes the bridge, so the rules exist once the bridge does.
         if let Err(error) = crate::runtime::ensure_dns_accept(config.gateway(), &config.bridge).await {
             tracing::warn!(%error, "cannot add the iptables rules that accept silo DNS queries, so a firewall that drops them stays in the way");
+        }
+        if let Err(error) = crate::runtime::ensure_forward_accept(&config.bridge).await {
+            tracing::warn!(%error, "cannot add the iptables rules that accept forwarded silo traffic, so a FORWARD policy of DROP cuts the silos off");
         }
         let (runtime, exits) = Runtime::start(config).await?;
         let adopted = runtime.silos();

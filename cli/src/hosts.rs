@@ -1,5 +1,5 @@
-//! The `hosts` command: lists the agent hosts from the leader's state, and sets or clears a
-//! host's drain mark.
+//! The `hosts` command: lists the agent hosts from the leader's state, sets or clears a
+//! host's drain mark, and removes a host from the cluster.
 
 use std::collections::BTreeMap;
 
@@ -100,6 +100,26 @@ pub async fn set_draining(addresses: &str, host: &str, draining: bool) -> Result
     if let Some(info) = response.host {
         println!("{}", render(&[info]));
     }
+    Ok(())
+}
+
+/// Removes `host` from the cluster and prints its freed subnet and how many of its silo
+/// instances wait for a new host. The controller rejects a host that is up unless `force`.
+pub async fn remove(addresses: &str, host: &str, force: bool) -> Result<(), CliError> {
+    let mut controller = Controller::connect(addresses).await?;
+    let response = controller
+        .client
+        .remove_host(proto::RemoveHostRequest {
+            host: host.to_owned(),
+            force,
+        })
+        .await
+        .map_err(|status| CliError::from_status(&controller.address, &status))?
+        .into_inner();
+    println!(
+        "host {host} removed: subnet {} is free, {} silo instance(s) wait for another host",
+        response.subnet, response.pending
+    );
     Ok(())
 }
 

@@ -192,6 +192,15 @@ enum HostsAction {
         /// Host name, as listed by `colex-cli hosts`.
         host: String,
     },
+    /// Remove a host whose agent is stopped: free its silo subnet, drop it from every other
+    /// host's mesh, and place its silos elsewhere. Its agent, started again, joins as a new host.
+    Remove {
+        /// Host name, as listed by `colex-cli hosts`.
+        host: String,
+        /// Remove the host even while its agent is connected.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -279,6 +288,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             action: Some(HostsAction::Undrain { host }),
             ..
         } => hosts::set_draining(&cli.serv, &host, false).await,
+        Command::Hosts {
+            action: Some(HostsAction::Remove { host, force }),
+            ..
+        } => hosts::remove(&cli.serv, &host, force).await,
         Command::Validate { files, output } => validate::run(&files, output),
         Command::Completions { shell } => completions::print(shell, Cli::command(), BIN_NAME),
         Command::Status { name, output } => status::run(&cli.serv, &name, output).await,

@@ -69,6 +69,16 @@ struct Args {
     /// heartbeat every second.
     #[arg(long, value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..))]
     host_ttl_ms: u64,
+
+    /// Silo network of the whole cluster in CIDR notation, split into one subnet per host.
+    /// Read only with --bootstrap when the cluster is created; later starts keep the stored one.
+    #[arg(long, value_name = "CIDR", default_value = "10.69.0.0/16", env = "COLEX_CLUSTER_CIDR")]
+    cluster_cidr: String,
+
+    /// Prefix length of each host's silo subnet inside --cluster-cidr; 24 gives each host 253
+    /// silo addresses. Read only with --bootstrap, like --cluster-cidr.
+    #[arg(long, value_name = "LEN", default_value_t = state::HOST_PREFIX_LEN, env = "COLEX_HOST_PREFIX")]
+    host_prefix: u8,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +102,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Checked before anything is created, so a typo costs no data folder.
+    let network = state::ClusterNetwork::parse(&args.cluster_cidr, args.host_prefix)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data folder {}", args.data_dir.display()))?;
     let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.to_string());
@@ -112,6 +124,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open the controller state in {}", args.data_dir.display()))?;
     tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), node_id = node.id, "controller started");
+    if args.bootstrap {
+        // Before the server accepts agents, so no host gets a subnet of another network.
+        set_cluster_network(&node, network).await?;
+    }
 
     let sessions = Sessions::with_liveness(Liveness::new(Duration::from_millis(args.host_ttl_ms)));
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
@@ -150,6 +166,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("controller stopping");
     node.shutdown().await.context("Raft did not shut down cleanly")?;
     tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Stores the cluster network of a new cluster. A cluster that already has hosts or a stored
+/// network keeps what it has, because running silos hold addresses from it, and a differing
+/// request is logged.
+async fn set_cluster_network(node: &RaftNode, network: state::ClusterNetwork) -> anyhow::Result<()> {
+    let (current, settled) = {
+        let state = node.state.read().await;
+        (state.cluster_network(), state.network.is_some() || !state.hosts.is_empty())
+    };
+    if current == network {
+        return Ok(());
+    }
+    if settled {
+        tracing::warn!(requested = %network.cidr(), current = %current.cidr(), "the cluster network is set only when the cluster is created; keeping the stored one");
+        return Ok(());
+    }
+    let response = node
+        .write(state::Command::SetClusterNetwork { network })
+        .await
+        .with_context(|| format!("cannot store the cluster network {}", network.cidr()))?;
+    if let state::Response::Rejected { reason } = response {
+        anyhow::bail!("cannot store the cluster network {}: {reason}", network.cidr());
+    }
+    tracing::info!(cluster_network = %network.cidr(), host_prefix = network.host_prefix_len, "cluster network set");
     Ok(())
 }
 

@@ -19,17 +19,117 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{status_events, EventKind, EventLog};
 
-/// Cluster-wide silo network, split into one /24 per host.
+/// Default cluster-wide silo network, split into one /24 per host.
 pub const CLUSTER_NETWORK: Ipv4Addr = Ipv4Addr::new(10, 69, 0, 0);
 /// Prefix length of [`CLUSTER_NETWORK`].
 pub const CLUSTER_PREFIX_LEN: u8 = 16;
-/// Prefix length of each host's silo subnet.
+/// Default prefix length of each host's silo subnet.
 pub const HOST_PREFIX_LEN: u8 = 24;
-/// Host subnets are numbered from 1: subnet 0 (10.69.0.0/24) is kept free
+/// Host subnets are numbered from 1: subnet 0 (10.69.0.0/24 by default) is kept free
 /// for cluster-wide services.
 const FIRST_HOST_SUBNET: u32 = 1;
-/// Number of /24 subnets inside the /16 cluster network.
-const HOST_SUBNET_COUNT: u32 = 1 << (HOST_PREFIX_LEN - CLUSTER_PREFIX_LEN);
+/// Smallest cluster network prefix length: a /8 is the largest private IPv4 range (10.0.0.0/8).
+const MIN_CLUSTER_PREFIX_LEN: u8 = 8;
+/// Largest host subnet prefix length: a /30 has two usable addresses, the bridge's and one
+/// silo's.
+const MAX_HOST_PREFIX_LEN: u8 = 30;
+/// Largest difference between the host and the cluster prefix lengths, which bounds the
+/// number of host subnets (2^16) that allocation searches.
+const MAX_HOST_SUBNET_BITS: u8 = 16;
+
+/// The cluster's silo network and the size of each host's share of it. Set once at
+/// bootstrap; a state without it uses the default 10.69.0.0/16 with /24 host subnets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNetwork {
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+    /// Prefix length of each host's silo subnet, longer than `prefix_len`.
+    pub host_prefix_len: u8,
+}
+
+impl Default for ClusterNetwork {
+    fn default() -> Self {
+        ClusterNetwork {
+            network: CLUSTER_NETWORK,
+            prefix_len: CLUSTER_PREFIX_LEN,
+            host_prefix_len: HOST_PREFIX_LEN,
+        }
+    }
+}
+
+/// Errors of a cluster network given at bootstrap. Each message names the value and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterNetworkError {
+    #[error("invalid --cluster-cidr {value:?}: expected an IPv4 network such as 10.70.0.0/16")]
+    Syntax { value: String },
+    #[error("invalid --cluster-cidr {value}: the prefix length must be {MIN_CLUSTER_PREFIX_LEN} to {max}, such as 10.70.0.0/16")]
+    PrefixLength { value: String, max: u8 },
+    #[error("invalid --cluster-cidr {value}: host bits are set; use {network}/{prefix_len}")]
+    HostBits { value: String, network: Ipv4Addr, prefix_len: u8 },
+    #[error("invalid --host-prefix {host_prefix_len} for cluster network {cidr}: use a value from {min} to {max}")]
+    HostPrefix { host_prefix_len: u8, cidr: String, min: u8, max: u8 },
+}
+
+impl ClusterNetwork {
+    /// Parses a cluster network in CIDR notation (`10.70.0.0/16`) with host subnets of prefix
+    /// length `host_prefix_len`, which leave room for at least one host subnet besides subnet 0.
+    pub fn parse(cidr: &str, host_prefix_len: u8) -> Result<ClusterNetwork, ClusterNetworkError> {
+        let syntax = || ClusterNetworkError::Syntax { value: cidr.to_owned() };
+        let (address, prefix) = cidr.trim().split_once('/').ok_or_else(syntax)?;
+        let address: Ipv4Addr = address.parse().map_err(|_| syntax())?;
+        let prefix_len: u8 = prefix.parse().map_err(|_| syntax())?;
+
+        let max_prefix_len = MAX_HOST_PREFIX_LEN - 1;
+        if !(MIN_CLUSTER_PREFIX_LEN..=max_prefix_len).contains(&prefix_len) {
+            return Err(ClusterNetworkError::PrefixLength {
+                value: cidr.to_owned(),
+                max: max_prefix_len,
+            });
+        }
+
+        let mask = u32::MAX << (32 - u32::from(prefix_len));
+        let network = Ipv4Addr::from(u32::from(address) & mask);
+        if network != address {
+            return Err(ClusterNetworkError::HostBits {
+                value: cidr.to_owned(),
+                network,
+                prefix_len,
+            });
+        }
+
+        let min = prefix_len + 1;
+        let max = MAX_HOST_PREFIX_LEN.min(prefix_len + MAX_HOST_SUBNET_BITS);
+        if !(min..=max).contains(&host_prefix_len) {
+            return Err(ClusterNetworkError::HostPrefix {
+                host_prefix_len,
+                cidr: cidr.to_owned(),
+                min,
+                max,
+            });
+        }
+        Ok(ClusterNetwork {
+            network,
+            prefix_len,
+            host_prefix_len,
+        })
+    }
+
+    /// Returns the network in CIDR notation, such as `10.69.0.0/16`.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.network, self.prefix_len)
+    }
+
+    /// Returns the number of host subnets in the network, subnet 0 included.
+    fn host_subnet_count(&self) -> u32 {
+        1 << (self.host_prefix_len - self.prefix_len)
+    }
+
+    /// Returns the network address of host subnet `index`.
+    pub fn subnet_network(&self, index: u32) -> Ipv4Addr {
+        let base = u32::from(self.network);
+        Ipv4Addr::from(base | (index << (32 - u32::from(self.host_prefix_len))))
+    }
+}
 
 /// Desired outcome of a silo, as the user requested it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,9 +237,13 @@ pub struct HostRecord {
     pub address: String,
     pub cpus: u32,
     pub memory_bytes: u64,
-    /// Index of the host's /24 inside the cluster network, so 3 means
-    /// 10.69.3.0/24. Kept for the life of the record.
+    /// Index of the host's subnet inside the cluster network, so 3 means
+    /// 10.69.3.0/24 in the default network. Kept for the life of the record.
     pub subnet_index: u32,
+    /// Cluster network the subnet index counts in. Records written before the network was
+    /// configurable decode with the default 10.69.0.0/16 and /24 subnets.
+    #[serde(default)]
+    pub network: ClusterNetwork,
     /// Images, bind ids and labels the agent offers, from its last
     /// registration. Records written before hosts reported them decode as
     /// offering nothing.
@@ -179,13 +283,12 @@ pub struct HostAttributes {
 impl HostRecord {
     /// Returns the network address of the host's silo subnet.
     pub fn subnet_network(&self) -> Ipv4Addr {
-        let base = u32::from(CLUSTER_NETWORK);
-        Ipv4Addr::from(base | (self.subnet_index << (32 - u32::from(HOST_PREFIX_LEN))))
+        self.network.subnet_network(self.subnet_index)
     }
 
     /// Returns the host's silo subnet in CIDR notation.
     pub fn subnet_cidr(&self) -> String {
-        format!("{}/{}", self.subnet_network(), HOST_PREFIX_LEN)
+        format!("{}/{}", self.subnet_network(), self.network.host_prefix_len)
     }
 }
 
@@ -277,6 +380,13 @@ pub enum Command {
         #[serde(default)]
         host_lost: bool,
     },
+    /// Remove host `name` and free its silo subnet. Its instances that should run become
+    /// pending with the reason "host NAME removed", so the scheduler places them elsewhere, and
+    /// its instances marked for removal are deleted, because no agent will report them gone.
+    RemoveHost { name: String },
+    /// Set the cluster network that host subnets are allocated from. Accepted while no network
+    /// is set and no host has registered, and again with the same network.
+    SetClusterNetwork { network: ClusterNetwork },
 }
 
 /// One instance that [`Command::MoveInstances`] moves.
@@ -305,6 +415,10 @@ pub enum Response {
     DrainingSet,
     /// `MoveInstances` moved this many instances; the others were stale.
     InstancesMoved { moved: u32 },
+    /// `RemoveHost` removed the host and made this many of its instances pending.
+    HostRemoved { pending: u32 },
+    /// `SetClusterNetwork` stored the network, or it was already set to it.
+    ClusterNetworkSet,
     SiloStopping,
     StatusRecorded,
     SiloDeleted,
@@ -322,6 +436,8 @@ pub enum Change {
     /// The silo record with this key (see [`instance_key`]).
     Silo(String),
     Host(String),
+    /// The cluster network.
+    Network,
 }
 
 /// The whole replicated state.
@@ -331,6 +447,9 @@ pub struct ClusterState {
     pub silos: BTreeMap<String, SiloRecord>,
     /// Host records by host name.
     pub hosts: BTreeMap<String, HostRecord>,
+    /// Cluster network set at bootstrap, or `None` for the default.
+    #[serde(default)]
+    pub network: Option<ClusterNetwork>,
     /// Time of the command being applied, from its [`Command::Stamped`] wrapper, for the events
     /// it appends; 0 outside `apply` and for unstamped commands.
     #[serde(skip)]
@@ -384,7 +503,14 @@ impl ClusterState {
             Command::MoveInstances {
                 from, moves, host_lost, ..
             } => self.move_instances(from, moves, *host_lost),
+            Command::RemoveHost { name } => self.remove_host(name),
+            Command::SetClusterNetwork { network } => self.set_cluster_network(*network),
         }
+    }
+
+    /// Returns the cluster network that host subnets are allocated from.
+    pub fn cluster_network(&self) -> ClusterNetwork {
+        self.network.unwrap_or_default()
     }
 
     /// Returns the silo instances placed on `host`, in key order.
@@ -435,13 +561,16 @@ impl ClusterState {
         memory_bytes: u64,
         attributes: &HostAttributes,
     ) -> (Response, Vec<Change>) {
-        let subnet_index = match self.hosts.get(name) {
-            Some(known) => known.subnet_index,
+        let network = self.cluster_network();
+        let (subnet_index, network) = match self.hosts.get(name) {
+            Some(known) => (known.subnet_index, known.network),
             None => match self.free_subnet_index() {
-                Some(index) => index,
+                Some(index) => (index, network),
                 None => {
                     let reason = format!(
-                        "no free /{HOST_PREFIX_LEN} subnet left in {CLUSTER_NETWORK}/{CLUSTER_PREFIX_LEN} for host {name}"
+                        "no free /{} subnet left in {} for host {name}; remove a host that is gone with `colex-cli hosts remove`",
+                        network.host_prefix_len,
+                        network.cidr()
                     );
                     return (Response::Rejected { reason }, Vec::new());
                 }
@@ -455,6 +584,7 @@ impl ClusterState {
             cpus,
             memory_bytes,
             subnet_index,
+            network,
             attributes: attributes.clone(),
             draining,
         };
@@ -468,7 +598,27 @@ impl ClusterState {
     fn free_subnet_index(&self) -> Option<u32> {
         let used: std::collections::BTreeSet<u32> =
             self.hosts.values().map(|host| host.subnet_index).collect();
-        (FIRST_HOST_SUBNET..HOST_SUBNET_COUNT).find(|index| !used.contains(index))
+        (FIRST_HOST_SUBNET..self.cluster_network().host_subnet_count()).find(|index| !used.contains(index))
+    }
+
+    fn set_cluster_network(&mut self, network: ClusterNetwork) -> (Response, Vec<Change>) {
+        if self.network == Some(network) {
+            return (Response::ClusterNetworkSet, Vec::new());
+        }
+        if let Some(current) = self.network {
+            let reason = format!("the cluster network is already {}; it is set only once, at bootstrap", current.cidr());
+            return (Response::Rejected { reason }, Vec::new());
+        }
+        if !self.hosts.is_empty() {
+            let reason = format!(
+                "{} hosts already have subnets in {}; the cluster network is set only before the first host registers",
+                self.hosts.len(),
+                self.cluster_network().cidr()
+            );
+            return (Response::Rejected { reason }, Vec::new());
+        }
+        self.network = Some(network);
+        (Response::ClusterNetworkSet, vec![Change::Network])
     }
 
     fn put_silo(&mut self, name: &str, id: &str, spec: &[u8], host: &str) -> (Response, Vec<Change>) {
@@ -761,6 +911,35 @@ impl ClusterState {
         (Response::InstancesMoved { moved }, changes)
     }
 
+    fn remove_host(&mut self, name: &str) -> (Response, Vec<Change>) {
+        if self.hosts.remove(name).is_none() {
+            return (Response::Stale, Vec::new());
+        }
+        let mut changes = vec![Change::Host(name.to_owned())];
+        let keys: Vec<String> = self.silos_on(name).map(SiloRecord::key).collect();
+        let reason = format!("host {name} removed");
+        let mut pending = 0_u32;
+        for key in keys {
+            let stopping = self.silos.get(&key).is_some_and(|record| record.desired == Desired::Stop);
+            if stopping {
+                self.silos.remove(&key);
+            } else if let Some(record) = self.silos.get_mut(&key) {
+                record.host.clear();
+                record.status = None;
+                record.pending_reason = Some(reason.clone());
+                record.events.push(
+                    self.applying_at_unix_ms,
+                    EventKind::Pending {
+                        reason: reason.clone(),
+                    },
+                );
+                pending += 1;
+            }
+            changes.push(Change::Silo(key));
+        }
+        (Response::HostRemoved { pending }, changes)
+    }
+
     fn delete_silo(&mut self, name: &str, id: &str) -> (Response, Vec<Change>) {
         match self.silos.get(name) {
             Some(silo) if silo.id == id => {
@@ -826,13 +1005,119 @@ mod tests {
     }
 
     #[test]
+    fn removed_host_frees_subnet_and_instances() {
+        let mut state = ClusterState::default();
+        register(&mut state, "a");
+        register(&mut state, "b");
+        state.apply(&put_instances(2, vec![on_host(0, "00000000", "a"), on_host(1, "00000001", "b")]));
+        state.apply(&Command::PutSilo {
+            name: "old".to_owned(),
+            id: "0000000f".to_owned(),
+            spec: Vec::new(),
+            host: "a".to_owned(),
+        });
+        state.apply(&Command::StopSilo { name: "old".to_owned() });
+
+        let (response, changes) = state.apply(&Command::RemoveHost { name: "a".to_owned() });
+        assert_eq!(response, Response::HostRemoved { pending: 1 });
+        assert!(changes.contains(&Change::Host("a".to_owned())), "{changes:?}");
+        assert!(!state.hosts.contains_key("a"));
+        assert!(!state.silos.contains_key("old"), "an instance marked for removal is deleted");
+        let moved = &state.silos["web"];
+        assert!(moved.is_pending(), "{moved:?}");
+        assert_eq!(moved.pending_reason.as_deref(), Some("host a removed"));
+        assert_eq!(moved.id, "00000000", "the instance keeps its id");
+        assert_eq!(state.silos["web/1"].host, "b", "instances on other hosts stay");
+
+        assert_eq!(register(&mut state, "c"), Response::HostRegistered { subnet_index: 1 }, "subnet 1 is free again");
+        assert_eq!(register(&mut state, "a"), Response::HostRegistered { subnet_index: 3 }, "a comes back as a new host");
+        let (response, changes) = state.apply(&Command::RemoveHost { name: "gone".to_owned() });
+        assert_eq!(response, Response::Stale);
+        assert!(changes.is_empty());
+    }
+
+    #[test]
     fn subnets_run_out_after_255_hosts() {
         let mut state = ClusterState::default();
-        for index in 1..HOST_SUBNET_COUNT {
+        for index in 1..ClusterNetwork::default().host_subnet_count() {
             let response = register(&mut state, &format!("h{index}"));
             assert_eq!(response, Response::HostRegistered { subnet_index: index });
         }
         assert!(matches!(register(&mut state, "one-more"), Response::Rejected { .. }));
+    }
+
+    #[test]
+    fn configured_network_gives_subnets() {
+        let mut state = ClusterState::default();
+        let network = ClusterNetwork::parse("10.70.0.0/16", 24).expect("valid network");
+        let (response, changes) = state.apply(&Command::SetClusterNetwork { network });
+        assert_eq!(response, Response::ClusterNetworkSet);
+        assert_eq!(changes, vec![Change::Network]);
+        register(&mut state, "a");
+        assert_eq!(state.hosts["a"].subnet_cidr(), "10.70.1.0/24");
+
+        let (response, changes) = state.apply(&Command::SetClusterNetwork { network });
+        assert_eq!(response, Response::ClusterNetworkSet, "the same network again is accepted");
+        assert!(changes.is_empty());
+        let other = ClusterNetwork::parse("10.71.0.0/16", 24).expect("valid network");
+        let (response, _) = state.apply(&Command::SetClusterNetwork { network: other });
+        assert!(matches!(response, Response::Rejected { ref reason } if reason.contains("10.70.0.0/16")), "{response:?}");
+    }
+
+    #[test]
+    fn network_is_set_only_before_hosts() {
+        let mut state = ClusterState::default();
+        register(&mut state, "a");
+        let network = ClusterNetwork::parse("10.70.0.0/16", 24).expect("valid network");
+        let (response, _) = state.apply(&Command::SetClusterNetwork { network });
+        assert!(matches!(response, Response::Rejected { .. }), "{response:?}");
+        assert_eq!(state.hosts["a"].subnet_cidr(), "10.69.1.0/24");
+    }
+
+    #[test]
+    fn small_host_subnets_and_exhaustion() {
+        let mut state = ClusterState::default();
+        let network = ClusterNetwork::parse("10.70.8.0/22", 26).expect("valid network");
+        state.apply(&Command::SetClusterNetwork { network });
+        for index in 1..16 {
+            assert_eq!(register(&mut state, &format!("h{index}")), Response::HostRegistered { subnet_index: index });
+        }
+        assert_eq!(state.hosts["h1"].subnet_cidr(), "10.70.8.64/26");
+        assert_eq!(state.hosts["h15"].subnet_cidr(), "10.70.11.192/26");
+        let response = register(&mut state, "one-more");
+        let Response::Rejected { reason } = response else {
+            panic!("the 16th host must be rejected: {response:?}");
+        };
+        assert!(reason.contains("/26"), "{reason}");
+        assert!(reason.contains("10.70.8.0/22"), "{reason}");
+    }
+
+    #[test]
+    fn bad_networks_name_value_and_fix() {
+        let cases = [
+            ("10.70.0.0", 24, "expected an IPv4 network such as 10.70.0.0/16"),
+            ("10.70.0.300/16", 24, "\"10.70.0.300/16\""),
+            ("10.70.0.0/4", 24, "prefix length must be 8 to 29"),
+            ("10.70.1.0/16", 24, "host bits are set; use 10.70.0.0/16"),
+            ("10.70.0.0/16", 16, "invalid --host-prefix 16 for cluster network 10.70.0.0/16: use a value from 17 to 30"),
+            ("10.0.0.0/8", 25, "use a value from 9 to 24"),
+        ];
+        for (cidr, host_prefix_len, expected) in cases {
+            let error = ClusterNetwork::parse(cidr, host_prefix_len).expect_err(cidr).to_string();
+            assert!(error.contains(expected), "{cidr} /{host_prefix_len}: {error}");
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
+        assert_eq!(ClusterNetwork::parse("10.69.0.0/16", 24), Ok(ClusterNetwork::default()));
+    }
+
+    #[test]
+    fn host_records_without_network_decode_as_default() {
+        let old_host = r#"{"name":"a","address":"x","cpus":1,"memory_bytes":1,"subnet_index":3}"#;
+        let record: HostRecord = serde_json::from_str(old_host).expect("old host row");
+        assert_eq!(record.subnet_cidr(), "10.69.3.0/24");
+        let old_state = r#"{"silos":{},"hosts":{}}"#;
+        let state: ClusterState = serde_json::from_str(old_state).expect("old snapshot state");
+        assert_eq!(state.cluster_network(), ClusterNetwork::default());
     }
 
     #[test]

@@ -12,13 +12,21 @@
 //! and only packets from the bridge have passed the anti-spoofing filters on the silos' veths
 //! (module `antispoof`).
 //!
+//! So that a FORWARD chain with a DROP policy cannot cut the silos off, `FORWARD` first jumps
+//! to the colex-owned chain `colex-forward` of the `filter` table. That chain accepts what silos
+//! send, replies to them, and traffic from the cluster network to them. It accepts only what a
+//! FORWARD policy of ACCEPT lets through anyway: whether a silo reaches the internet is still
+//! decided by its MASQUERADE rule.
+//!
 //! The rules live in the agent's network namespace, so agents in separate namespaces never see
 //! each other's rules.
 
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::RwLock;
 
+use ipnet::Ipv4Net;
 use tokio::process::Command;
 
 use super::names;
@@ -27,13 +35,20 @@ use super::names;
 pub const MASQUERADE_CHAIN: &str = "colex-masq";
 /// Chain in the `filter` table that accepts the silos' DNS queries to the bridge address.
 pub const INPUT_CHAIN: &str = "colex-input";
+/// Chain in the `filter` table that accepts the silos' forwarded traffic.
+pub const FORWARD_CHAIN: &str = "colex-forward";
 /// Port of the DNS resolver on the bridge address.
 const DNS_PORT: &str = "53";
-/// The cluster's silo network, which the WireGuard mesh carries between hosts. It must match
-/// the controller's `CLUSTER_NETWORK` and `CLUSTER_PREFIX_LEN`.
-// NOTE: fixed here because the controller does not send its cluster network to agents. A
-// cluster network chosen at bootstrap would have to reach agents in the welcome.
-const CLUSTER_NETWORK_CIDR: &str = "10.69.0.0/16";
+/// The controller's default cluster network, for agents that have not yet received one in a
+/// welcome and for controllers that do not send one.
+const DEFAULT_CLUSTER_NETWORK: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 69, 0, 0), 16);
+/// File in the agent's state folder that keeps the cluster network of the last welcome, so a
+/// restarted agent builds the same MASQUERADE rules for its adopted silos before it reaches the
+/// controller.
+const CLUSTER_NETWORK_FILE: &str = "cluster-network";
+/// The cluster's silo network, which the WireGuard mesh carries between hosts and MASQUERADE
+/// rules leave alone. `None` until a welcome or the stored file sets it.
+static CLUSTER_NETWORK: RwLock<Option<Ipv4Net>> = RwLock::new(None);
 /// sysctl that lets the kernel route packets between the bridge and other interfaces.
 const IP_FORWARD_PATH: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Places where Debian installs iptables; `PATH` may lack the sbin dirs.
@@ -54,6 +69,61 @@ pub enum IptablesError {
     IpForward { source: io::Error },
 }
 
+/// Returns the cluster network that MASQUERADE rules exclude.
+pub fn cluster_network() -> Ipv4Net {
+    // The value stays valid whatever panicked while the lock was held.
+    let current = *CLUSTER_NETWORK.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+    current.unwrap_or(DEFAULT_CLUSTER_NETWORK)
+}
+
+fn set_cluster_network(network: Ipv4Net) {
+    *CLUSTER_NETWORK.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(network);
+}
+
+/// Sets the cluster network from the file a previous session stored in `state_dir`, if any.
+pub async fn restore_cluster_network(state_dir: &Path) {
+    let path = state_dir.join(CLUSTER_NETWORK_FILE);
+    let text = match tokio::fs::read_to_string(&path).await {
+        Ok(text) => text,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot read the stored cluster network; using 10.69.0.0/16 until the welcome");
+            return;
+        }
+    };
+    match text.trim().parse::<Ipv4Net>() {
+        Ok(network) => set_cluster_network(network),
+        Err(error) => tracing::warn!(path = %path.display(), %error, "invalid stored cluster network; using 10.69.0.0/16 until the welcome"),
+    }
+}
+
+/// Sets the cluster network from a welcome's `cluster_network` field and stores it in
+/// `state_dir`. An empty field, from a controller that predates the field, means the default.
+pub async fn adopt_cluster_network(state_dir: &Path, cidr: &str) {
+    let network = if cidr.is_empty() {
+        DEFAULT_CLUSTER_NETWORK
+    } else {
+        match cidr.parse::<Ipv4Net>() {
+            Ok(network) => network.trunc(),
+            Err(error) => {
+                tracing::error!(cluster_network = %cidr, %error, "the controller sent an invalid cluster network; keeping {}", cluster_network());
+                return;
+            }
+        }
+    };
+    let previous = cluster_network();
+    if previous != network {
+        // NOTE: MASQUERADE rules already added with the previous network keep it until their
+        // silo stops; this happens only when a host moves to a cluster with another network.
+        tracing::info!(%previous, %network, "cluster network from the controller");
+    }
+    set_cluster_network(network);
+    let path = state_dir.join(CLUSTER_NETWORK_FILE);
+    if let Err(error) = tokio::fs::write(&path, format!("{network}\n")).await {
+        tracing::warn!(path = %path.display(), %error, "cannot store the cluster network; a restarted agent uses 10.69.0.0/16 until the welcome");
+    }
+}
+
 /// Returns the rule specification of a silo's MASQUERADE rule, without table and command:
 /// traffic from the silo address to outside the cluster network that leaves through any
 /// interface but the bridge.
@@ -61,12 +131,18 @@ pub enum IptablesError {
 // it stays (and masquerades mesh traffic) until the chain is flushed at a start without adopted
 // silos.
 pub fn masquerade_rule(address: Ipv4Addr, bridge: &str, silo_id: &str) -> Vec<String> {
+    masquerade_rule_in(address, bridge, silo_id, cluster_network())
+}
+
+/// Returns the MASQUERADE rule specification of [`masquerade_rule`] for the cluster network
+/// `cluster`.
+fn masquerade_rule_in(address: Ipv4Addr, bridge: &str, silo_id: &str, cluster: Ipv4Net) -> Vec<String> {
     vec![
         "-s".to_string(),
         format!("{address}/32"),
         "!".to_string(),
         "-d".to_string(),
-        CLUSTER_NETWORK_CIDR.to_string(),
+        cluster.to_string(),
         "!".to_string(),
         "-o".to_string(),
         bridge.to_string(),
@@ -164,6 +240,56 @@ pub async fn ensure_dns_accept(gateway: Ipv4Addr, bridge: &str) -> Result<(), Ip
     Ok(())
 }
 
+/// Returns the rule specifications of the `colex-forward` chain for the silos on `bridge`:
+/// everything they send, replies to them, and new connections from `cluster`, the other hosts'
+/// silos.
+pub fn forward_accept_rules(bridge: &str, cluster: Ipv4Net) -> Vec<Vec<String>> {
+    let cluster = cluster.to_string();
+    let rules: [&[&str]; 3] = [
+        &["-i", bridge, "-j", "ACCEPT"],
+        &["-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+        &["-o", bridge, "-s", &cluster, "-j", "ACCEPT"],
+    ];
+    let comment = ["-m", "comment", "--comment", "colex silos"];
+    rules
+        .iter()
+        .map(|rule| rule.iter().chain(comment.iter()).map(|arg| (*arg).to_owned()).collect())
+        .collect()
+}
+
+/// Creates the `colex-forward` chain if it is missing, makes it contain exactly the rules of
+/// [`forward_accept_rules`], and makes `FORWARD` jump to it once, as its first rule. The policy
+/// of `FORWARD` and its other rules are untouched.
+pub async fn ensure_forward_accept(bridge: &str) -> Result<(), IptablesError> {
+    if succeeds(&["-t", "filter", "-S", FORWARD_CHAIN]).await? {
+        run(&["-t", "filter", "-F", FORWARD_CHAIN]).await?;
+    } else {
+        run(&["-t", "filter", "-N", FORWARD_CHAIN]).await?;
+    }
+    for rule in forward_accept_rules(bridge, cluster_network()) {
+        let mut args = vec!["-t", "filter", "-A", FORWARD_CHAIN];
+        args.extend(rule.iter().map(String::as_str));
+        run(&args).await?;
+    }
+    if !succeeds(&["-t", "filter", "-C", "FORWARD", "-j", FORWARD_CHAIN]).await? {
+        run(&["-t", "filter", "-I", "FORWARD", "1", "-j", FORWARD_CHAIN]).await?;
+    }
+    Ok(())
+}
+
+/// Removes the jump from `FORWARD` and the `colex-forward` chain with its rules, if present.
+async fn remove_forward_accept() -> Result<(), IptablesError> {
+    let jump = ["-t", "filter", "-C", "FORWARD", "-j", FORWARD_CHAIN];
+    while succeeds(&jump).await? {
+        run(&["-t", "filter", "-D", "FORWARD", "-j", FORWARD_CHAIN]).await?;
+    }
+    if succeeds(&["-t", "filter", "-S", FORWARD_CHAIN]).await? {
+        run(&["-t", "filter", "-F", FORWARD_CHAIN]).await?;
+        run(&["-t", "filter", "-X", FORWARD_CHAIN]).await?;
+    }
+    Ok(())
+}
+
 /// Removes the jump from `INPUT` and the `colex-input` chain with its rules, if present.
 async fn remove_dns_accept() -> Result<(), IptablesError> {
     let jump = ["-t", "filter", "-C", "INPUT", "-j", INPUT_CHAIN];
@@ -177,10 +303,12 @@ async fn remove_dns_accept() -> Result<(), IptablesError> {
     Ok(())
 }
 
-/// Removes the jump from `POSTROUTING` and the `colex-masq` chain with its rules, and the DNS
-/// and metadata chain `colex-input` with its jump, if present.
+/// Removes the jump from `POSTROUTING` and the `colex-masq` chain with its rules, and the
+/// accept chains `colex-input` (DNS and metadata) and `colex-forward` with their jumps, if
+/// present.
 pub async fn remove_chain() -> Result<(), IptablesError> {
     remove_dns_accept().await?;
+    remove_forward_accept().await?;
     let jump = ["-t", "nat", "-C", "POSTROUTING", "-j", MASQUERADE_CHAIN];
     while succeeds(&jump).await? {
         run(&["-t", "nat", "-D", "POSTROUTING", "-j", MASQUERADE_CHAIN]).await?;
@@ -276,12 +404,35 @@ mod tests {
 
     #[test]
     fn masquerade_rule_spec() {
-        let rule = masquerade_rule(Ipv4Addr::new(10, 69, 1, 2), "colex0", "3938a44e");
+        let rule = masquerade_rule_in(Ipv4Addr::new(10, 69, 1, 2), "colex0", "3938a44e", DEFAULT_CLUSTER_NETWORK);
         assert_eq!(
             rule.join(" "),
             "-s 10.69.1.2/32 ! -d 10.69.0.0/16 ! -o colex0 -j MASQUERADE -m comment --comment colex silo 3938a44e"
         );
         assert_eq!(rule.last().map(String::as_str), Some("colex silo 3938a44e"));
+    }
+
+    #[test]
+    fn masquerade_rule_excludes_configured_network() {
+        let cluster: Ipv4Net = "10.70.0.0/16".parse().expect("valid network");
+        let rule = masquerade_rule_in(Ipv4Addr::new(10, 70, 1, 2), "colex0", "3938a44e", cluster);
+        assert_eq!(rule[..5].join(" "), "-s 10.70.1.2/32 ! -d 10.70.0.0/16");
+    }
+
+    #[test]
+    fn forward_accept_rule_specs() {
+        let rules: Vec<String> = forward_accept_rules("colex0", DEFAULT_CLUSTER_NETWORK)
+            .iter()
+            .map(|rule| rule.join(" "))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "-i colex0 -j ACCEPT -m comment --comment colex silos",
+                "-o colex0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT -m comment --comment colex silos",
+                "-o colex0 -s 10.69.0.0/16 -j ACCEPT -m comment --comment colex silos",
+            ]
+        );
     }
 
     #[test]

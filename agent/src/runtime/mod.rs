@@ -81,7 +81,8 @@ pub use image::{
 };
 pub use userns::IdMap;
 pub use iptables::{
-    ensure_dns_accept, ensure_metadata_accept, IptablesError, INPUT_CHAIN, MASQUERADE_CHAIN,
+    adopt_cluster_network, ensure_dns_accept, ensure_forward_accept, ensure_metadata_accept, restore_cluster_network,
+    IptablesError, FORWARD_CHAIN, INPUT_CHAIN, MASQUERADE_CHAIN,
 };
 pub use launch::LaunchError;
 pub use lease::LeaseError;

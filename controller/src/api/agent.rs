@@ -106,8 +106,8 @@ impl proto::agent_server::Agent for AgentService {
         if let StateResponse::Rejected { reason } = registered {
             return Err(Status::resource_exhausted(reason));
         }
-        let subnet = match self.node.state.read().await.hosts.get(&host) {
-            Some(record) => record.subnet_cidr(),
+        let (subnet, cluster_network) = match self.node.state.read().await.hosts.get(&host) {
+            Some(record) => (record.subnet_cidr(), record.network.cidr()),
             None => return Err(Status::internal(format!("host {host} is missing right after its registration"))),
         };
         tracing::info!(
@@ -135,7 +135,7 @@ impl proto::agent_server::Agent for AgentService {
 
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE_LEN);
         let welcome = proto::ControllerMessage {
-            kind: Some(ControllerKind::Welcome(proto::Welcome { subnet })),
+            kind: Some(ControllerKind::Welcome(proto::Welcome { subnet, cluster_network })),
         };
         outbound
             .send(Ok(welcome))

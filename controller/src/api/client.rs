@@ -557,6 +557,20 @@ impl proto::client_server::Client for ClientService {
         let host = hosts::set_draining(&self.node, &self.sessions, &request.host, request.draining).await?;
         Ok(Response::new(proto::SetDrainingResponse { host: Some(host) }))
     }
+
+    async fn remove_host(
+        &self,
+        request: Request<proto::RemoveHostRequest>,
+    ) -> Result<Response<proto::RemoveHostResponse>, Status> {
+        // Only the leader has the agent sessions that decide whether a host is up.
+        let forwarded = self.node.leader.forward(&request, |channel, forwarded| async move { leader_client(channel).remove_host(forwarded).await });
+        if let Some(response) = forwarded.await? {
+            return Ok(response);
+        }
+        let request = request.into_inner();
+        let response = hosts::remove_host(&self.node, &self.sessions, &request.host, request.force).await?;
+        Ok(Response::new(response))
+    }
 }
 
 /// Returns a client of the leader's `Client` service on `channel`.

@@ -1,5 +1,5 @@
-//! The host views and the drain mark behind the `Hosts` and `SetDraining` calls, and the
-//! `list` view of instances on lost hosts.
+//! The host views, the drain mark and host removal behind the `Hosts`, `SetDraining` and
+//! `RemoveHost` calls, and the `list` view of instances on lost hosts.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -11,7 +11,7 @@ use crate::api::unavailable;
 use crate::raft::RaftNode;
 use crate::scheduler;
 use crate::sessions::Sessions;
-use crate::state::{ClusterState, Command};
+use crate::state::{ClusterState, Command, Response};
 use crate::view;
 
 /// Builds the client view of every host with its drain mark and the CPU and memory its placed
@@ -74,6 +74,41 @@ pub async fn set_draining(
         .into_iter()
         .find(|info| info.name == name)
         .ok_or_else(|| Status::aborted(format!("host {name} was removed while its drain mark was stored")))
+}
+
+/// Removes host `name` from the cluster and returns its freed subnet and the number of its
+/// instances that became pending. Fails with NOT_FOUND for an unknown host and with
+/// FAILED_PRECONDITION for a host whose agent is connected, unless `force` is set.
+pub async fn remove_host(
+    node: &RaftNode,
+    sessions: &Sessions,
+    name: &str,
+    force: bool,
+) -> Result<proto::RemoveHostResponse, Status> {
+    let subnet = node.state.read().await.hosts.get(name).map(|host| host.subnet_cidr());
+    let Some(subnet) = subnet else {
+        return Err(unknown_host(node, name).await);
+    };
+    if !force && sessions.live_hosts().contains(name) {
+        return Err(Status::failed_precondition(format!(
+            "host {name} is up: drain it (`colex-cli hosts drain {name}`) and stop its agent first, or pass --force"
+        )));
+    }
+    let response = node
+        .write(Command::RemoveHost { name: name.to_owned() })
+        .await
+        .map_err(|error| unavailable(&error))?;
+    let pending = match response {
+        Response::HostRemoved { pending } => pending,
+        // Another request removed it between the read above and this write.
+        _ => return Err(unknown_host(node, name).await),
+    };
+    // NOTE: with `force`, the agent's open session is not ended: the agent keeps its old
+    // peers and subnet until it reconnects, and then registers as a new host.
+    tracing::info!(host = %name, %subnet, pending, force, "host removed");
+    // Instances of the removed host wait for a new place.
+    sessions.wake_placement();
+    Ok(proto::RemoveHostResponse { subnet, pending })
 }
 
 async fn unknown_host(node: &RaftNode, name: &str) -> Status {

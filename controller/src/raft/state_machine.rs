@@ -230,6 +230,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut responses = Vec::new();
         let mut changed_silos = Vec::new();
         let mut changed_hosts = Vec::new();
+        let mut network_changed = false;
         let mut last_applied = self.last_applied;
         let mut last_membership = None;
 
@@ -243,6 +244,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         match change {
                             Change::Silo(name) => changed_silos.push(name),
                             Change::Host(name) => changed_hosts.push(name),
+                            Change::Network => network_changed = true,
                         }
                     }
                     responses.push(response);
@@ -264,6 +266,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut writes = AppliedWrites {
             last_applied,
             last_membership: last_membership.clone(),
+            network: if network_changed { self.working.network } else { None },
             ..AppliedWrites::default()
         };
         let committed = match self.encode_rows(&changed_silos, &changed_hosts, &mut writes) {
@@ -273,12 +276,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Err(error) = committed {
             tracing::error!(%error, ?last_applied, "failed to persist applied entries");
             self.roll_back(&changed_silos, &changed_hosts).await;
+            if network_changed {
+                self.working.network = self.shared.read().await.network;
+            }
             return Err(error.into_write_error());
         }
 
         self.last_applied = last_applied;
         if let Some(membership) = last_membership {
             self.last_membership = membership;
+        }
+        if network_changed {
+            self.shared.write().await.network = self.working.network;
         }
         self.publish(&changed_silos, &changed_hosts).await;
         Ok(responses)

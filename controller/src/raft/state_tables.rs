@@ -2,7 +2,7 @@
 //!
 //! The silos and hosts tables contain one row per [`ClusterState`] record, the JSON encoding of
 //! the record keyed by its name. The meta table contains the last applied log id, the last
-//! membership and the current snapshot.
+//! membership, the current snapshot and the cluster network.
 
 use openraft::{LogId, SnapshotMeta, StoredMembership};
 use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::state_machine::StateMachineError;
 use super::{Node, NodeId};
-use crate::state::{ClusterState, HostRecord, SiloRecord};
+use crate::state::{ClusterNetwork, ClusterState, HostRecord, SiloRecord};
 
 pub(super) const SILOS_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("silos");
 pub(super) const HOSTS_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
@@ -23,6 +23,8 @@ const LAST_APPLIED_KEY: &str = "last_applied";
 const LAST_MEMBERSHIP_KEY: &str = "last_membership";
 /// `SnapshotMeta<NodeId, Node>` of the current snapshot.
 const SNAPSHOT_META_KEY: &str = "snapshot_meta";
+/// `ClusterNetwork` set at bootstrap; absent for the default network.
+const CLUSTER_NETWORK_KEY: &str = "cluster_network";
 /// Data of the current snapshot: a JSON-encoded `SnapshotContent`.
 const SNAPSHOT_DATA_KEY: &str = "snapshot_data";
 
@@ -57,6 +59,8 @@ pub(super) struct AppliedWrites {
     pub last_applied: Option<LogId<NodeId>>,
     /// `Some` when the applied entries included a membership entry.
     pub last_membership: Option<StoredMembership<NodeId, Node>>,
+    /// `Some` when the applied entries set the cluster network.
+    pub network: Option<ClusterNetwork>,
 }
 
 /// Creates the tables so later read transactions find them.
@@ -96,6 +100,7 @@ pub(super) fn read_stored_state(
         .map_err(redb::Error::from)?;
     let last_applied = read_meta(&meta, LAST_APPLIED_KEY)?.flatten();
     let last_membership = read_meta(&meta, LAST_MEMBERSHIP_KEY)?.unwrap_or_default();
+    state.network = read_meta(&meta, CLUSTER_NETWORK_KEY)?;
 
     Ok(StoredState {
         state,
@@ -124,6 +129,9 @@ pub(super) fn write_applied(
     write_meta(&mut meta, LAST_APPLIED_KEY, &writes.last_applied)?;
     if let Some(membership) = &writes.last_membership {
         write_meta(&mut meta, LAST_MEMBERSHIP_KEY, membership)?;
+    }
+    if let Some(network) = &writes.network {
+        write_meta(&mut meta, CLUSTER_NETWORK_KEY, network)?;
     }
     Ok(())
 }
@@ -162,6 +170,12 @@ pub(super) fn write_installed(
         .map_err(redb::Error::from)?;
     write_meta(&mut meta_table, LAST_APPLIED_KEY, &meta.last_log_id)?;
     write_meta(&mut meta_table, LAST_MEMBERSHIP_KEY, &meta.last_membership)?;
+    match &state.network {
+        Some(network) => write_meta(&mut meta_table, CLUSTER_NETWORK_KEY, network)?,
+        None => {
+            meta_table.remove(CLUSTER_NETWORK_KEY).map_err(redb::Error::from)?;
+        }
+    }
     write_snapshot(&mut meta_table, meta, data)
 }
 

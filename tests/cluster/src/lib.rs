@@ -12,6 +12,7 @@
 //! when a test panics.
 
 pub mod ledger;
+pub mod mesh_tools;
 pub mod process;
 pub mod table;
 
@@ -522,6 +523,16 @@ impl Lab {
     /// Plugs host `index` back into the lab network after [`Lab::cut_host`].
     pub fn reconnect_host(&self, index: usize) -> anyhow::Result<()> {
         ip(&["-n", &self.lab_netns, "link", "set", &format!("cxport{}", index + 1), "up"])
+    }
+
+    /// Returns the name of the lab namespace that contains the lab bridge `cxlab`.
+    pub fn lab_netns(&self) -> &str {
+        &self.lab_netns
+    }
+
+    /// Records a namespace the test made, so the lab's `Drop` removes it with its own.
+    pub fn adopt_netns(&mut self, name: &str) {
+        self.namespaces.push(name.to_owned());
     }
 
     /// Returns the v2 cgroup folder the agent of `host` keeps its silos in.

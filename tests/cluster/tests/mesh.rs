@@ -20,9 +20,9 @@ const UAPI_SOCKET_DIR: &str = "/var/run/wireguard";
 const MESH_IFNAME_PREFIX: &str = "cxm";
 /// MTU the agents give their mesh devices on the lab's 1500-byte links.
 const MESH_MTU_BYTES: u32 = 1420;
-/// Size of the file the client fetches, far above the mesh MTU, so a transfer that only works
-/// for small packets fails.
-const BIG_FILE_BYTES: usize = 1024 * 1024;
+/// Size of the file the client fetches once, 10 MiB: far above the mesh MTU, so a transfer
+/// that only works for small packets fails, and long enough to show a sustained transfer.
+const BIG_FILE_BYTES: usize = 10 * 1024 * 1024;
 /// How long the embedded device of a stopped agent may take to remove its socket, because
 /// boringtun checks the socket file once a second.
 const SOCKET_REMOVAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,8 +63,8 @@ Silo "server" {{
     )
 }
 
-/// Returns a silo file with a silo on `host` that fetches the page and the big file from
-/// `server` every second and prints the page and the big file's size. It has internet access,
+/// Returns a silo file with a silo on `host` that fetches the page from `server` every second
+/// and prints it, and fetches the big file until one fetch succeeds and prints its size. It has internet access,
 /// so its host has a MASQUERADE rule for it that must leave cluster traffic alone.
 fn client_silo(host: &str, server: &str) -> String {
     format!(
@@ -74,7 +74,7 @@ Silo "client" {{
 
   binary {{
     path = "/bin/sh"
-    args = ["-c", "while true; do wget -q -O /tmp/page http://{server}/ && cat /tmp/page; wget -q -O /tmp/big http://{server}/big.bin && echo \"big $(wc -c < /tmp/big)\"; rm -f /tmp/page /tmp/big; sleep 1; done"]
+    args = ["-c", "while true; do wget -q -O /tmp/page http://{server}/ && cat /tmp/page; [ -e /tmp/big-done ] || {{ wget -q -O /tmp/big http://{server}/big.bin && echo \"big $(wc -c < /tmp/big)\" && touch /tmp/big-done; }}; rm -f /tmp/page /tmp/big; sleep 1; done"]
   }}
 
   network {{
