@@ -4,6 +4,7 @@
 mod api;
 mod events;
 mod liveness;
+mod metrics;
 mod names;
 mod raft;
 mod relocation;
@@ -16,6 +17,7 @@ mod view;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,7 +29,9 @@ use crate::api::agent::AgentService;
 use crate::api::client::ClientService;
 use crate::api::logs::LogRouter;
 use crate::api::members::MembersService;
+use crate::api::watch::WatchService;
 use crate::liveness::Liveness;
+use crate::metrics::{Metrics, TimedUp};
 use crate::raft::{RaftNode, StartMode};
 use crate::sessions::Sessions;
 
@@ -68,6 +72,11 @@ struct Args {
     /// heartbeat every second.
     #[arg(long, value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..))]
     host_ttl_ms: u64,
+
+    /// Address to serve Prometheus metrics on (HOST:PORT), as text at /metrics over HTTP.
+    /// Without it no metrics endpoint is served.
+    #[arg(long, value_name = "ADDR", env = "COLEX_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,6 +108,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}; pick a free address with --listen", args.listen))?;
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
 
     let start = if args.bootstrap {
         StartMode::Bootstrap
@@ -113,22 +126,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), node_id = node.id, "controller started");
 
     let sessions = Sessions::with_liveness(Liveness::new(Duration::from_millis(args.host_ttl_ms)));
+    let metrics = Arc::new(Metrics::new());
+    if let Some(listener) = metrics_listener {
+        tracing::info!(listen = ?args.metrics_listen, path = metrics::METRICS_PATH, "serving metrics");
+        tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), node.clone(), sessions.clone()));
+    }
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     // One router pairs log requests from clients with the agent sessions that serve them.
     let logs = LogRouter::default();
     let client = proto::client_server::ClientServer::new(ClientService::new(node.clone(), sessions.clone(), logs.clone()))
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
+    let client = TimedUp::new(client, metrics);
+    let watch = WatchService::server(node.clone(), sessions.clone());
     let agent = proto::agent_server::AgentServer::new(AgentService::new(node.clone(), sessions, logs, stopping_rx))
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic ignores its own TCP_NODELAY default for a listener it did not bind, so it is set
+    // here. With Nagle's algorithm on, a small response frame written while an earlier one is
+    // unacknowledged waits for the peer's delayed ACK, about 40 ms on Linux.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(client)
         .add_service(agent)
+        .add_service(watch)
         .add_service(raft::raft_service(&node))
         .add_service(MembersService::server(node.clone()))
         .serve_with_incoming_shutdown(incoming, async move {
