@@ -14,6 +14,7 @@ use crate::merged_logs;
 use crate::silo_names::{silo_not_found, split_instance_name};
 use crate::output::{self, OutputFormat};
 use crate::table;
+use crate::up_progress;
 
 /// Interval between two looks at the silos' states while waiting.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -23,10 +24,14 @@ fn load_specs(file: &Path) -> Result<Vec<proto::SiloSpec>, CliError> {
     spec::load(file).map_err(|error| CliError::from_spec(&error))
 }
 
-pub async fn up(address: &str, file: &Path, wait: Duration) -> Result<(), CliError> {
+/// Stores the silos of `file`, then, unless `detach`, prints each instance's progress and
+/// waits up to `wait` until every instance runs. Fails with the reasons of the instances that
+/// failed, exited or did not run in time.
+pub async fn up(address: &str, file: &Path, wait: Duration, detach: bool) -> Result<(), CliError> {
     let specs = load_specs(file)?;
     let mut controller = Controller::connect(address).await?;
 
+    let requested = Instant::now();
     let response = controller
         .client
         .up(proto::UpRequest { silos: specs })
@@ -36,28 +41,21 @@ pub async fn up(address: &str, file: &Path, wait: Duration) -> Result<(), CliErr
     for name in &response.unchanged {
         println!("silo {name} is unchanged; nothing was restarted");
     }
-    // Instances are followed by name and index, not id: a rolling replacement gives an
-    // instance a new id while `up` waits.
-    let followed: BTreeSet<(String, u32)> = response
+    if detach {
+        let rows: Vec<table::SiloRow> = response.silos.iter().map(table::silo_row).collect();
+        println!("{}", table::render(&rows));
+        println!("stored; not waiting for the silos to run (--detach); see `colex-cli list` or `colex-cli status NAME`");
+        return Ok(());
+    }
+
+    let followed: up_progress::Followed = response
         .silos
         .iter()
         .map(|silo| (silo.name.clone(), silo.index))
         .collect();
-
+    let mut progress = up_progress::Progress::new(requested);
     let deadline = Instant::now() + wait;
-    let silos = loop {
-        let listed = controller.list().await?;
-        let current: Vec<proto::SiloInfo> = listed
-            .silos
-            .into_iter()
-            .filter(|silo| followed.contains(&(silo.name.clone(), silo.index)))
-            .collect();
-        let settled = current.len() == followed.len() && current.iter().all(is_settled);
-        if settled || Instant::now() >= deadline {
-            break current;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    };
+    let silos = up_progress::wait_until_settled(&mut controller, &followed, response.silos, deadline, &mut progress).await?;
 
     let rows: Vec<table::SiloRow> = silos.iter().map(table::silo_row).collect();
     println!("{}", table::render(&rows));
@@ -71,16 +69,6 @@ pub async fn up(address: &str, file: &Path, wait: Duration) -> Result<(), CliErr
         Ok(())
     } else {
         Err(CliError::cluster(problems.join("; ")))
-    }
-}
-
-/// Returns true for the states `up` stops waiting at. An instance pending on no host is one of
-/// them: it waits for a host with room, which may take longer than any `--wait`.
-fn is_settled(silo: &proto::SiloInfo) -> bool {
-    match silo.state() {
-        proto::SiloState::Up | proto::SiloState::Failed | proto::SiloState::Exited => true,
-        proto::SiloState::Pending => silo.host.is_empty(),
-        _ => false,
     }
 }
 

@@ -15,6 +15,7 @@ mod partial;
 mod silo_names;
 mod status;
 mod table;
+mod up_progress;
 mod validate;
 
 use std::ffi::OsString;
@@ -61,6 +62,9 @@ enum Command {
         /// Seconds to wait for every silo to run.
         #[arg(long, default_value_t = 60)]
         wait: u64,
+        /// Return once the controller has stored the silos, without waiting for them to run.
+        #[arg(long, conflicts_with = "wait")]
+        detach: bool,
     },
     /// Stop and remove the silos of a silo file, or the named silos.
     Down {
@@ -250,7 +254,7 @@ fn report_args_error(error: &clap::Error, args: &[OsString]) -> ExitCode {
 async fn run(cli: Cli) -> Result<(), CliError> {
     colour::init(cli.color);
     match cli.command {
-        Command::Up { file, wait } => commands::up(&cli.serv, &file, Duration::from_secs(wait)).await,
+        Command::Up { file, wait, detach } => commands::up(&cli.serv, &file, Duration::from_secs(wait), detach).await,
         Command::Down { file, names, wait } => {
             let (file, names) = commands::down_targets(file, names);
             commands::down(&cli.serv, file.as_deref(), names, Duration::from_secs(wait)).await

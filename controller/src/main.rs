@@ -4,6 +4,7 @@
 mod api;
 mod events;
 mod liveness;
+mod metrics;
 mod names;
 mod raft;
 mod relocation;
@@ -16,6 +17,7 @@ mod view;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -28,7 +30,9 @@ use crate::api::client::ClientService;
 use crate::api::exec::{ExecRouter, ExecService};
 use crate::api::logs::LogRouter;
 use crate::api::members::MembersService;
+use crate::api::watch::WatchService;
 use crate::liveness::Liveness;
+use crate::metrics::{Metrics, TimedUp};
 use crate::raft::{RaftNode, StartMode};
 use crate::sessions::Sessions;
 
@@ -79,6 +83,11 @@ struct Args {
     /// silo addresses. Read only with --bootstrap, like --cluster-cidr.
     #[arg(long, value_name = "LEN", default_value_t = state::HOST_PREFIX_LEN, env = "COLEX_HOST_PREFIX")]
     host_prefix: u8,
+
+    /// Address to serve Prometheus metrics on (HOST:PORT), as text at /metrics over HTTP.
+    /// Without it no metrics endpoint is served.
+    #[arg(long, value_name = "ADDR", env = "COLEX_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -112,6 +121,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}; pick a free address with --listen", args.listen))?;
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
 
     let start = if args.bootstrap {
         StartMode::Bootstrap
@@ -130,12 +143,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let sessions = Sessions::with_liveness(Liveness::new(Duration::from_millis(args.host_ttl_ms)));
+    let metrics = Arc::new(Metrics::new());
+    if let Some(listener) = metrics_listener {
+        tracing::info!(listen = ?args.metrics_listen, path = metrics::METRICS_PATH, "serving metrics");
+        tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), node.clone(), sessions.clone()));
+    }
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     // One router pairs log requests from clients with the agent sessions that serve them.
     let logs = LogRouter::default();
     let client = proto::client_server::ClientServer::new(ClientService::new(node.clone(), sessions.clone(), logs.clone()))
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
+    let client = TimedUp::new(client, metrics);
+    let watch = WatchService::server(node.clone(), sessions.clone());
     // Another pairs execs from clients with the agent sessions that run them.
     let execs = ExecRouter::default();
     let exec = proto::exec_server::ExecServer::new(ExecService::new(node.clone(), execs.clone()))
@@ -145,13 +165,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic ignores its own TCP_NODELAY default for a listener it did not bind, so it is set
+    // here. With Nagle's algorithm on, a small response frame written while an earlier one is
+    // unacknowledged waits for the peer's delayed ACK, about 40 ms on Linux.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(client)
         .add_service(exec)
         .add_service(agent)
+        .add_service(watch)
         .add_service(raft::raft_service(&node))
         .add_service(MembersService::server(node.clone()))
         .serve_with_incoming_shutdown(incoming, async move {

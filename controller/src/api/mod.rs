@@ -7,6 +7,7 @@ pub mod hosts;
 pub mod logs;
 pub mod members;
 pub mod status;
+pub mod watch;
 
 use crate::raft::RaftError;
 
