@@ -3,8 +3,10 @@
 
 mod api;
 mod events;
+mod id_hash;
 mod liveness;
 mod names;
+mod placer;
 mod raft;
 mod relocation;
 mod scheduler;

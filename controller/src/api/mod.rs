@@ -5,6 +5,7 @@ pub mod client;
 pub mod hosts;
 pub mod logs;
 pub mod members;
+pub mod session_view;
 pub mod status;
 
 use crate::raft::RaftError;
