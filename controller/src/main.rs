@@ -3,9 +3,11 @@
 
 mod api;
 mod events;
+mod id_hash;
 mod liveness;
 mod metrics;
 mod names;
+mod placer;
 mod raft;
 mod relocation;
 mod scheduler;

@@ -19,11 +19,13 @@
 //! and what it lacks, and the caller stores the instance as pending with that reason.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 
 use colex_proto::{PlacementStrategy, SiloSpec};
 use prost::Message;
 
+use crate::id_hash::IdMap;
 use crate::state::{ClusterState, Desired, HostRecord, SiloRecord};
 
 /// Image of a silo whose spec names none.
@@ -78,7 +80,7 @@ impl Strategy {
 }
 
 /// Requirements of a silo on its host.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Requirements {
     /// Image name without the `img://` scheme.
     pub image: String,
@@ -165,14 +167,14 @@ impl Requirements {
             });
         }
 
-        let free_cpu_percent = HOST_CPU_PERCENT.saturating_sub(reserved.cpu_percent);
+        let free_cpu_percent = free_cpu_percent(reserved);
         if self.cpu_percent > free_cpu_percent {
             lacks.push(Lack::Cpu {
                 free_percent: free_cpu_percent,
                 needed_percent: self.cpu_percent,
             });
         }
-        let free_memory_bytes = host.memory_bytes.saturating_sub(reserved.memory_bytes);
+        let free_memory_bytes = free_memory_bytes(host, reserved);
         if self.memory_bytes > free_memory_bytes {
             lacks.push(Lack::Memory {
                 free_bytes: free_memory_bytes,
@@ -181,6 +183,20 @@ impl Requirements {
         }
         lacks
     }
+
+    /// Returns true when `host` has the free CPU and memory for one more instance. These are
+    /// the only checks of [`Requirements::lacks_on`] that depend on `reserved`.
+    fn fits_capacity(&self, host: &HostRecord, reserved: &Reserved) -> bool {
+        self.cpu_percent <= free_cpu_percent(reserved) && self.memory_bytes <= free_memory_bytes(host, reserved)
+    }
+}
+
+fn free_cpu_percent(reserved: &Reserved) -> u64 {
+    HOST_CPU_PERCENT.saturating_sub(reserved.cpu_percent)
+}
+
+fn free_memory_bytes(host: &HostRecord, reserved: &Reserved) -> u64 {
+    host.memory_bytes.saturating_sub(reserved.memory_bytes)
 }
 
 /// Returns whether `host` is draining, so new silos stay off it.
@@ -235,15 +251,7 @@ pub fn reserved_by_host(
         silo.desired == Desired::Run && !silo.is_pending() && !replaced.contains(*key)
     });
     for (_, silo) in running {
-        let reservation = match SiloSpec::decode(silo.spec.as_slice()) {
-            Ok(spec) => Reservation::of(&spec),
-            Err(error) => {
-                // The controller encoded every stored spec itself, so this is a bug. Counting
-                // the silo as reserving nothing keeps placement going.
-                tracing::warn!(silo = %silo.name, id = %silo.id, %error, "stored spec failed to decode, so it counts as reserving nothing");
-                Reservation::default()
-            }
-        };
+        let reservation = decoded_reservation(silo);
         let host = reserved.entry(silo.host.clone()).or_default();
         host.cpu_percent += reservation.cpu_percent;
         host.memory_bytes += reservation.memory_bytes;
@@ -361,90 +369,240 @@ pub fn place_instances(
     requests: &[InstanceRequest],
     replaced: &BTreeSet<String>,
 ) -> Result<Vec<Result<String, PlacementError>>, PlacementError> {
-    let strategy = Strategy::of(spec)?;
-    let live: Vec<&HostRecord> = live_hosts
-        .iter()
-        .filter_map(|name| state.hosts.get(name))
-        .collect();
-    if live.is_empty() {
-        let no_live_host = PlacementError::NoLiveHost {
-            silo: spec.name.clone(),
-        };
-        return Ok(requests.iter().map(|_| Err(no_live_host.clone())).collect());
-    }
-
-    let requirements = Requirements::of(spec);
-    let reservation = Reservation::of(spec);
-    let mut reserved = reserved_by_host(state, replaced);
-    let same_silo = state.instances(&spec.name).into_iter().filter(|record| {
-        record.desired == Desired::Run && !record.is_pending() && !replaced.contains(&record.key())
-    });
-    for record in same_silo {
-        reserved.entry(record.host.clone()).or_default().same_silo += 1;
-    }
-
-    let mut results = Vec::with_capacity(requests.len());
-    for request in requests {
-        let placed = place_one(
-            strategy,
-            &requirements,
-            &live,
-            &reserved,
-            request.preferred.as_deref(),
-        );
-        match placed {
-            Ok(host) => {
-                let on_host = reserved.entry(host.clone()).or_default();
-                on_host.cpu_percent += reservation.cpu_percent;
-                on_host.memory_bytes += reservation.memory_bytes;
-                on_host.silos += 1;
-                on_host.same_silo += 1;
-                results.push(Ok(host));
-            }
-            Err(reason) => results.push(Err(PlacementError::Infeasible {
-                silo: spec.name.clone(),
-                reason,
-            })),
-        }
-    }
-    Ok(results)
+    let mut cache = ReservationCache::default();
+    PlacementRound::new(state, live_hosts, &mut cache).place(spec, requests, replaced)
 }
 
-/// Chooses the host of one instance among the `live` hosts given what is `reserved` on each,
-/// or returns the one-line reason that none fits.
-fn place_one(
-    strategy: Strategy,
-    requirements: &Requirements,
-    live: &[&HostRecord],
-    reserved: &BTreeMap<String, Reserved>,
-    preferred: Option<&str>,
-) -> Result<String, String> {
-    let checked: Vec<(&HostRecord, Reserved, Vec<Lack>)> = live
-        .iter()
-        .map(|host| {
-            let on_host = reserved.get(&host.name).copied().unwrap_or_default();
-            (*host, on_host, requirements.lacks_on(host, &on_host))
-        })
-        .collect();
-    let feasible: Vec<(&str, Reserved)> = checked
-        .iter()
-        .filter(|(_, _, lacks)| lacks.is_empty())
-        .map(|(host, on_host, _)| (host.name.as_str(), *on_host))
-        .collect();
+/// Reservations of stored specs by their protobuf bytes, so that a placement round does not
+/// decode every stored spec again. Entries stay valid forever, because a spec's bytes decide its
+/// reservation.
+#[derive(Debug, Default)]
+pub struct ReservationCache {
+    by_spec: HashMap<Vec<u8>, Reservation>,
+    /// Sum of the lengths of the keys of `by_spec`.
+    key_bytes: usize,
+}
 
-    if let Some(preferred) = preferred.filter(|name| feasible.iter().any(|(host, _)| host == name))
-    {
-        return Ok(preferred.to_owned());
-    }
-    match choose(strategy, &feasible) {
-        Some(host) => Ok(host.to_owned()),
-        None => {
-            let lacks: Vec<(&HostRecord, Vec<Lack>)> = checked
-                .into_iter()
-                .map(|(host, _, lacks)| (host, lacks))
-                .collect();
-            Err(describe_infeasible(requirements, &lacks))
+/// Spec bytes a [`ReservationCache`] keeps before it starts over. Specs with files can be
+/// 256 KiB each, so the limit is on bytes rather than entries.
+const RESERVATION_CACHE_MAX_BYTES: usize = 64 << 20;
+
+impl ReservationCache {
+    fn reservation_of(&mut self, record: &SiloRecord) -> Reservation {
+        if let Some(reservation) = self.by_spec.get(record.spec.as_slice()) {
+            return *reservation;
         }
+        let reservation = decoded_reservation(record);
+        if self.key_bytes.saturating_add(record.spec.len()) > RESERVATION_CACHE_MAX_BYTES {
+            self.by_spec.clear();
+            self.key_bytes = 0;
+        }
+        self.key_bytes += record.spec.len();
+        self.by_spec.insert(record.spec.clone(), reservation);
+        reservation
+    }
+}
+
+/// Decodes the reservation of a stored record's spec.
+fn decoded_reservation(record: &SiloRecord) -> Reservation {
+    match SiloSpec::decode(record.spec.as_slice()) {
+        Ok(spec) => Reservation::of(&spec),
+        Err(error) => {
+            // The controller encoded every stored spec itself, so this is a bug. Counting the
+            // silo as reserving nothing keeps placement going.
+            tracing::warn!(silo = %record.name, id = %record.id, %error, "stored spec failed to decode, so it counts as reserving nothing");
+            Reservation::default()
+        }
+    }
+}
+
+/// Returns true when `record` reserves capacity on its host: it is placed and meant to run.
+fn reserves_capacity(record: &SiloRecord) -> bool {
+    record.desired == Desired::Run && !record.is_pending()
+}
+
+/// The live hosts and what is reserved on each, shared by the placements of one batch. Each
+/// [`PlacementRound::place`] counts the instances that the earlier calls placed, although they
+/// are not in the state yet, so two silos of one batch never get the same capacity.
+#[derive(Debug)]
+pub struct PlacementRound<'a> {
+    state: &'a ClusterState,
+    live: Vec<&'a HostRecord>,
+    /// Position in `live` by host name.
+    positions: IdMap<&'a str, usize>,
+    /// Reservations on each host of `live`, at the same position. `same_silo` is 0 between
+    /// calls of [`PlacementRound::place`].
+    reserved: Vec<Reserved>,
+    /// Keys of the records whose capacity a call already freed, so none is freed twice.
+    freed: BTreeSet<String>,
+    /// Positions of the hosts that pass every check except capacity, by requirements.
+    candidates: HashMap<Requirements, Rc<Vec<usize>>>,
+}
+
+impl<'a> PlacementRound<'a> {
+    /// Sums what the placed instances of `state` reserve on each of the `live_hosts` that
+    /// `state` contains, decoding only the specs that `cache` does not have yet.
+    pub fn new(state: &'a ClusterState, live_hosts: &BTreeSet<String>, cache: &mut ReservationCache) -> Self {
+        let live: Vec<&HostRecord> = live_hosts
+            .iter()
+            .filter_map(|name| state.hosts.get(name))
+            .collect();
+        let positions: IdMap<&str, usize> = live
+            .iter()
+            .enumerate()
+            .map(|(position, host)| (host.name.as_str(), position))
+            .collect();
+        let mut reserved = vec![Reserved::default(); live.len()];
+        for record in state.silos.values().filter(|record| reserves_capacity(record)) {
+            let Some(&position) = positions.get(record.host.as_str()) else {
+                continue;
+            };
+            let reservation = cache.reservation_of(record);
+            let on_host = &mut reserved[position];
+            on_host.cpu_percent += reservation.cpu_percent;
+            on_host.memory_bytes += reservation.memory_bytes;
+            on_host.silos += 1;
+        }
+        PlacementRound {
+            state,
+            live,
+            positions,
+            reserved,
+            freed: BTreeSet::new(),
+            candidates: HashMap::new(),
+        }
+    }
+
+    /// Places the instances `requests` of silo `spec` as [`place_instances`] does, on top of
+    /// everything this round placed before.
+    pub fn place(
+        &mut self,
+        spec: &SiloSpec,
+        requests: &[InstanceRequest],
+        replaced: &BTreeSet<String>,
+    ) -> Result<Vec<Result<String, PlacementError>>, PlacementError> {
+        let strategy = Strategy::of(spec)?;
+        if self.live.is_empty() {
+            let no_live_host = PlacementError::NoLiveHost {
+                silo: spec.name.clone(),
+            };
+            return Ok(requests.iter().map(|_| Err(no_live_host.clone())).collect());
+        }
+
+        self.free_replaced(replaced);
+        let requirements = Requirements::of(spec);
+        let reservation = Reservation::of(spec);
+        let candidates = self.candidates_for(&requirements);
+
+        // `same_silo` counts this silo's placed instances and is reset before returning.
+        let mut counted_positions: Vec<usize> = Vec::new();
+        let same_silo = self.state.instances(&spec.name).into_iter().filter(|record| {
+            reserves_capacity(record) && !replaced.contains(&record.key())
+        });
+        for record in same_silo {
+            if let Some(&position) = self.positions.get(record.host.as_str()) {
+                self.reserved[position].same_silo += 1;
+                counted_positions.push(position);
+            }
+        }
+
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            match self.choose_position(strategy, &requirements, &candidates, request.preferred.as_deref()) {
+                Some(position) => {
+                    let on_host = &mut self.reserved[position];
+                    on_host.cpu_percent += reservation.cpu_percent;
+                    on_host.memory_bytes += reservation.memory_bytes;
+                    on_host.silos += 1;
+                    on_host.same_silo += 1;
+                    counted_positions.push(position);
+                    results.push(Ok(self.live[position].name.clone()));
+                }
+                None => results.push(Err(PlacementError::Infeasible {
+                    silo: spec.name.clone(),
+                    reason: self.describe_infeasible(&requirements),
+                })),
+            }
+        }
+
+        for position in counted_positions {
+            self.reserved[position].same_silo = 0;
+        }
+        Ok(results)
+    }
+
+    /// Removes the reservations of the placed records under `replaced` keys, because the
+    /// instances being placed take their place.
+    fn free_replaced(&mut self, replaced: &BTreeSet<String>) {
+        for key in replaced {
+            let Some(record) = self.state.silos.get(key) else {
+                continue;
+            };
+            if !reserves_capacity(record) || !self.freed.insert(key.clone()) {
+                continue;
+            }
+            let Some(&position) = self.positions.get(record.host.as_str()) else {
+                continue;
+            };
+            let reservation = decoded_reservation(record);
+            let on_host = &mut self.reserved[position];
+            on_host.cpu_percent = on_host.cpu_percent.saturating_sub(reservation.cpu_percent);
+            on_host.memory_bytes = on_host.memory_bytes.saturating_sub(reservation.memory_bytes);
+            on_host.silos = on_host.silos.saturating_sub(1);
+        }
+    }
+
+    /// Returns the positions of the hosts that meet `requirements` while nothing is reserved
+    /// on them. More reservations only add lacks, so no other host can become feasible.
+    fn candidates_for(&mut self, requirements: &Requirements) -> Rc<Vec<usize>> {
+        if let Some(candidates) = self.candidates.get(requirements) {
+            return Rc::clone(candidates);
+        }
+        let candidates: Vec<usize> = self
+            .live
+            .iter()
+            .enumerate()
+            .filter(|(_, host)| requirements.lacks_on(host, &Reserved::default()).is_empty())
+            .map(|(position, _)| position)
+            .collect();
+        let candidates = Rc::new(candidates);
+        self.candidates.insert(requirements.clone(), Rc::clone(&candidates));
+        candidates
+    }
+
+    /// Chooses the position of the host of one instance among `candidates` that still have
+    /// room: `preferred` when it is one of them, otherwise the best by `strategy`.
+    fn choose_position(
+        &self,
+        strategy: Strategy,
+        requirements: &Requirements,
+        candidates: &[usize],
+        preferred: Option<&str>,
+    ) -> Option<usize> {
+        let fits = |position: usize| requirements.fits_capacity(self.live[position], &self.reserved[position]);
+        let preferred = preferred
+            .and_then(|name| self.positions.get(name).copied())
+            .filter(|position| candidates.contains(position) && fits(*position));
+        if preferred.is_some() {
+            return preferred;
+        }
+        let feasible = candidates
+            .iter()
+            .copied()
+            .filter(|position| fits(*position))
+            .map(|position| (self.live[position].name.as_str(), self.reserved[position], position));
+        best_by(strategy, feasible)
+    }
+
+    /// Explains why no live host fits `requirements` given what this round reserved.
+    fn describe_infeasible(&self, requirements: &Requirements) -> String {
+        let lacks: Vec<(&HostRecord, Vec<Lack>)> = self
+            .live
+            .iter()
+            .zip(&self.reserved)
+            .map(|(host, on_host)| (*host, requirements.lacks_on(host, on_host)))
+            .collect();
+        describe_infeasible(requirements, &lacks)
     }
 }
 
@@ -557,11 +715,18 @@ fn has_failed(record: &SiloRecord) -> bool {
 }
 
 /// Picks the best of the feasible hosts `candidates` (host name and what is reserved there)
-/// by `strategy`. Ties end in host name order, so the choice is stable on every controller.
-/// Returns `None` when `candidates` is empty.
+/// by `strategy`, as [`best_by`] ranks them. Returns `None` when `candidates` is empty.
+#[cfg(test)]
 pub fn choose<'a>(strategy: Strategy, candidates: &[(&'a str, Reserved)]) -> Option<&'a str> {
+    best_by(strategy, candidates.iter().map(|(host, reserved)| (*host, *reserved, *host)))
+}
+
+/// Returns the tag of the best of the feasible `candidates` (host name, what is reserved
+/// there, tag) by `strategy`. Ties end in host name order, so the choice is stable on every
+/// controller. Returns `None` when `candidates` is empty.
+fn best_by<'a, T>(strategy: Strategy, candidates: impl Iterator<Item = (&'a str, Reserved, T)>) -> Option<T> {
     let best = match strategy {
-        Strategy::Spread => candidates.iter().min_by_key(|(host, reserved)| {
+        Strategy::Spread => candidates.min_by_key(|(host, reserved, _)| {
             (
                 reserved.same_silo,
                 reserved.cpu_percent,
@@ -569,11 +734,9 @@ pub fn choose<'a>(strategy: Strategy, candidates: &[(&'a str, Reserved)]) -> Opt
                 *host,
             )
         }),
-        Strategy::Binpack => candidates
-            .iter()
-            .min_by_key(|(host, reserved)| (Reverse(reserved.cpu_percent), *host)),
+        Strategy::Binpack => candidates.min_by_key(|(host, reserved, _)| (Reverse(reserved.cpu_percent), *host)),
     };
-    best.map(|(host, _)| *host)
+    best.map(|(_, _, tag)| tag)
 }
 
 /// Explains in one line why none of the live hosts can run a silo with `requirements`: each
@@ -1509,6 +1672,46 @@ mod tests {
                  lower resources or start another agent"
             ]
         );
+    }
+
+    fn named_with_cpu(name: &str, cpu_percent: u32) -> SiloSpec {
+        SiloSpec {
+            name: name.to_owned(),
+            ..spec_with_resources(cpu_percent, 0)
+        }
+    }
+
+    #[test]
+    fn round_counts_earlier_silos_of_the_batch() {
+        let state = state_with_hosts(&["a", "b"]);
+        let mut cache = ReservationCache::default();
+        let mut round = PlacementRound::new(&state, &live(&["a", "b"]), &mut cache);
+        let mut place = |name: &str| {
+            round
+                .place(&named_with_cpu(name, 60), &requests(0..1), &BTreeSet::new())
+                .expect("known strategy")
+        };
+
+        assert_eq!(hosts_of(place("web")), ["a"]);
+        assert_eq!(hosts_of(place("db")), ["b"], "host a has 40% left after web");
+        let third = place("cache").pop().expect("one result");
+        let reason = reason(third);
+        assert!(reason.contains("a: 40% CPU free, needs 60%"), "{reason}");
+        assert!(reason.contains("b: 40% CPU free, needs 60%"), "{reason}");
+    }
+
+    #[test]
+    fn round_matches_separate_placements() {
+        let mut state = state_with_hosts(&["a", "b", "c"]);
+        put_web_instances(&mut state, &["a", "b"], 30);
+        let spec = named_with_cpu("web", 30);
+        let separate = place_instances(&state, &live(&["a", "b", "c"]), &spec, &requests(2..5), &BTreeSet::new())
+            .expect("known strategy");
+        let mut cache = ReservationCache::default();
+        let in_round = PlacementRound::new(&state, &live(&["a", "b", "c"]), &mut cache)
+            .place(&spec, &requests(2..5), &BTreeSet::new())
+            .expect("known strategy");
+        assert_eq!(hosts_of(in_round), hosts_of(separate));
     }
 
     #[test]

@@ -387,6 +387,10 @@ pub enum Command {
     /// Set the cluster network that host subnets are allocated from. Accepted while no network
     /// is set and no host has registered, and again with the same network.
     SetClusterNetwork { network: ClusterNetwork },
+    /// `commands` in order, committed as one log entry: a batch of the leader's placer, which
+    /// planned each command against the state plus the commands before it in the batch. Log
+    /// entries written before batches existed carry one command each.
+    Batch { commands: Vec<Command> },
 }
 
 /// One instance that [`Command::MoveInstances`] moves.
@@ -427,6 +431,8 @@ pub enum Response {
     Stale,
     /// The command was valid but cannot be carried out.
     Rejected { reason: String },
+    /// The responses of a [`Command::Batch`], one per command in its order.
+    Batched { responses: Vec<Response> },
 }
 
 /// A row of the state that an applied command changed, so storage can
@@ -505,6 +511,16 @@ impl ClusterState {
             } => self.move_instances(from, moves, *host_lost),
             Command::RemoveHost { name } => self.remove_host(name),
             Command::SetClusterNetwork { network } => self.set_cluster_network(*network),
+            Command::Batch { commands } => {
+                let mut responses = Vec::with_capacity(commands.len());
+                let mut changes = Vec::new();
+                for command in commands {
+                    let (response, changed) = self.apply(command);
+                    responses.push(response);
+                    changes.extend(changed);
+                }
+                (Response::Batched { responses }, changes)
+            }
         }
     }
 
@@ -986,6 +1002,54 @@ mod tests {
             attributes: HostAttributes::default(),
         };
         state.apply(&command).0
+    }
+
+    fn put_one(name: &str, id: &str, host: &str) -> Command {
+        Command::PutInstances {
+            name: name.to_owned(),
+            spec: vec![1],
+            count: 1,
+            instances: vec![InstanceUpdate {
+                index: 0,
+                id: id.to_owned(),
+                placement: InstancePlacement::Host(host.to_owned()),
+            }],
+            rolling: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn batch_applies_commands_in_order() {
+        let mut state = ClusterState::default();
+        register(&mut state, "a");
+        let batch = Command::Batch {
+            commands: vec![put_one("web", "0000000a", "a"), put_one("db", "0000000b", "a"), put_one("web", "0000000c", "a")],
+        };
+        let (response, changes) = state.apply(&batch);
+        let stored = Response::InstancesStored { stopping: 0 };
+        assert_eq!(
+            response,
+            Response::Batched {
+                responses: vec![stored.clone(), stored.clone(), stored]
+            }
+        );
+        assert_eq!(changes.len(), 3);
+        assert_eq!(state.silos["web"].id, "0000000c", "the later command wins");
+        assert_eq!(state.silos["web"].generation, 2);
+        assert_eq!(state.silos["db"].id, "0000000b");
+    }
+
+    #[test]
+    fn batch_survives_the_log_encoding() {
+        let batch = Command::Stamped {
+            at_unix_ms: 1_700_000_000_000,
+            command: Box::new(Command::Batch {
+                commands: vec![put_one("web", "0000000a", "a")],
+            }),
+        };
+        let encoded = serde_json::to_string(&batch).expect("encode");
+        let decoded: Command = serde_json::from_str(&encoded).expect("decode");
+        assert_eq!(decoded, batch);
     }
 
     #[test]

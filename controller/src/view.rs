@@ -133,11 +133,17 @@ pub fn all_instance_infos(state: &ClusterState, usage: &UsageStore, now: Instant
         .collect()
 }
 
-/// Returns every silo the agent on `host` must run.
+/// Returns every silo the agent on `host` must run. Sessions build the same list from the view
+/// they share (`api::session_view`), and tests check it against this one.
+#[cfg(test)]
 pub fn assignments(state: &ClusterState, host: &str) -> proto::Assignments {
-    let silos = state
-        .silos_on(host)
-        .filter(|record| record.desired == Desired::Run)
+    assignments_of(state.silos_on(host).filter(|record| record.desired == Desired::Run))
+}
+
+/// Builds the assignments of `records`, in their order. A record whose spec does not decode is
+/// logged and left out.
+pub fn assignments_of<'a>(records: impl Iterator<Item = &'a SiloRecord>) -> proto::Assignments {
+    let silos = records
         .filter_map(|record| match decode_spec(record) {
             Ok(spec) => Some(proto::Assignment {
                 silo_id: record.id.clone(),

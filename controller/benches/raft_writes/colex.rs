@@ -120,6 +120,14 @@ impl ColexCluster {
         }
     }
 
+    /// Returns the log index the leader has applied, as the membership list reports it.
+    // Only the placements benchmark, which shares this file, calls it.
+    #[allow(dead_code)]
+    pub async fn leader_applied(&self) -> Option<u64> {
+        let members = self.list_members().await?;
+        members.iter().find(|member| member.leader)?.last_applied
+    }
+
     /// Sends SIGKILL to controller `index` and reaps it.
     pub fn kill(&mut self, index: usize) {
         self.controllers[index].process = None;

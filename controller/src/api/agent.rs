@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colex_proto as proto;
@@ -15,11 +16,11 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::exec::ExecRouter;
 use crate::api::logs::LogRouter;
 use crate::api::unavailable;
-use crate::names::{differ_beyond_usage, silo_names};
+use crate::api::session_view::{self, peers_of, AssignedInstance, SentAssignments, SessionViews};
+use crate::names::differ_beyond_usage;
 use crate::raft::RaftNode;
 use crate::sessions::Sessions;
-use crate::state::{ClusterState, Command, Desired, HostAttributes, Response as StateResponse, SiloRecord, SiloStatus};
-use crate::view;
+use crate::state::{Command, Desired, HostAttributes, Response as StateResponse, SiloRecord, SiloStatus};
 
 /// A session with no message from the agent for this long is closed and
 /// its host counts as down. Agents send a heartbeat every second.
@@ -43,6 +44,8 @@ pub struct AgentService {
     stopping: watch::Receiver<bool>,
     logs: LogRouter,
     execs: ExecRouter,
+    /// Shared view of the applied state that the sessions send from, built once per change.
+    views: SessionViews,
 }
 
 impl AgentService {
@@ -53,6 +56,7 @@ impl AgentService {
             stopping,
             logs,
             execs: ExecRouter::default(),
+            views: SessionViews::default(),
         }
     }
 
@@ -127,6 +131,7 @@ impl proto::agent_server::Agent for AgentService {
             logs: self.logs.clone(),
             execs: self.execs.clone(),
             sessions: self.sessions.clone(),
+            views: self.views.clone(),
         };
         session.forget_removed(&hello.silos).await?;
         for status in hello.silos {
@@ -173,6 +178,7 @@ struct Session {
     /// The registry this session is in, for its usage store and for waking the pending
     /// placement task when a record is deleted.
     sessions: Sessions,
+    views: SessionViews,
 }
 
 impl Session {
@@ -186,9 +192,11 @@ impl Session {
         mut stopping: watch::Receiver<bool>,
     ) -> String {
         let mut applied = self.node.applied.clone();
-        let mut last_sent: Option<proto::Assignments> = None;
+        let mut last_assigned: Option<Arc<Vec<AssignedInstance>>> = None;
+        let mut sent = SentAssignments::default();
         let mut last_peers: Option<proto::Peers> = None;
-        let mut last_names: Option<proto::Names> = None;
+        let mut last_all_peers: Option<Arc<Vec<proto::Peer>>> = None;
+        let mut last_names: Option<Arc<proto::Names>> = None;
         // Only the leader tracks live hosts and places silos, so once another controller leads,
         // the session ends and the agent reconnects to that leader. No known leader (an
         // election in progress) keeps the session.
@@ -207,53 +215,68 @@ impl Session {
         let mut last_names_sent = Instant::now();
 
         loop {
-            let (assignments, peers, names) = {
-                let state = self.node.state.read().await;
-                (
-                    view::assignments(&state, &self.host),
-                    mesh_peers(&state, &self.host),
-                    silo_names(&state, self.sessions.usage(), Instant::now()),
-                )
-            };
+            let index = *applied.borrow_and_update();
+            let view = self.views.at_least(&self.node, self.sessions.usage(), index, NAMES_REFRESH_INTERVAL).await;
+
             // Peers go first, so the routes to other hosts exist before new silos start.
-            if last_peers.as_ref() != Some(&peers) {
-                tracing::info!(host = %self.host, peers = peers.peers.len(), "sending mesh peers");
+            let all_peers = view.peers();
+            if last_all_peers.as_ref().is_none_or(|last| !Arc::ptr_eq(last, all_peers)) {
+                let peers = peers_of(all_peers, &self.host);
+                last_all_peers = Some(Arc::clone(all_peers));
+                if last_peers.as_ref() != Some(&peers) {
+                    tracing::info!(host = %self.host, peers = peers.peers.len(), "sending mesh peers");
+                    let message = proto::ControllerMessage {
+                        kind: Some(ControllerKind::Peers(peers.clone())),
+                    };
+                    if outbound.send(Ok(message)).await.is_err() {
+                        return "the agent closed the stream".to_owned();
+                    }
+                    last_peers = Some(peers);
+                }
+            }
+
+            // The whole set goes out whenever it changes, so after a reconnect the first
+            // message alone lists what the agent must run, and it stops everything else.
+            // An instance's id and generation decide its assignment, so comparing them is
+            // enough to tell whether the set changed.
+            let assigned = view.assigned_to(&self.host);
+            if last_assigned.as_ref().is_none_or(|last| !Arc::ptr_eq(last, &assigned) && **last != *assigned) {
+                let assignments = {
+                    let state = self.node.state.read().await;
+                    session_view::assignments(&state, &self.host, &assigned, &mut sent)
+                };
+                last_assigned = Some(assigned);
+                // Debug, because a busy leader sends every host new assignments many times a second.
+                tracing::debug!(host = %self.host, silos = assignments.silos.len(), "sending assignments");
                 let message = proto::ControllerMessage {
-                    kind: Some(ControllerKind::Peers(peers.clone())),
+                    kind: Some(ControllerKind::Assignments(assignments)),
                 };
                 if outbound.send(Ok(message)).await.is_err() {
                     return "the agent closed the stream".to_owned();
                 }
-                last_peers = Some(peers);
             }
-            if last_sent.as_ref() != Some(&assignments) {
-                tracing::info!(host = %self.host, silos = assignments.silos.len(), "sending assignments");
-                let message = proto::ControllerMessage {
-                    kind: Some(ControllerKind::Assignments(assignments.clone())),
-                };
-                if outbound.send(Ok(message)).await.is_err() {
-                    return "the agent closed the stream".to_owned();
-                }
-                last_sent = Some(assignments);
-            }
+
+            // A list that differs only in network counters goes out at most once per refresh
+            // interval; any other change goes out at once.
             let names_due = match &last_names {
                 None => true,
-                Some(last) if last == &names => false,
+                Some(last) if Arc::ptr_eq(last, &view.names) || **last == *view.names => false,
                 Some(last) => {
-                    differ_beyond_usage(last, &names) || last_names_sent.elapsed() >= NAMES_REFRESH_INTERVAL
+                    differ_beyond_usage(last, &view.names) || last_names_sent.elapsed() >= NAMES_REFRESH_INTERVAL
                 }
             };
             if names_due {
-                tracing::debug!(host = %self.host, names = names.names.len(), "sending silo names");
+                tracing::debug!(host = %self.host, names = view.names.names.len(), "sending silo names");
                 let message = proto::ControllerMessage {
-                    kind: Some(ControllerKind::Names(names.clone())),
+                    kind: Some(ControllerKind::Names((*view.names).clone())),
                 };
                 if outbound.send(Ok(message)).await.is_err() {
                     return "the agent closed the stream".to_owned();
                 }
-                last_names = Some(names);
+                last_names = Some(Arc::clone(&view.names));
                 last_names_sent = Instant::now();
             }
+            drop(view);
 
             tokio::select! {
                 changed = applied.changed() => {
@@ -416,29 +439,16 @@ fn check_wireguard(hello: &proto::Hello) -> Result<(), Status> {
     Ok(())
 }
 
-/// Returns the mesh peers of `host`: every other host that reported a WireGuard key, in name
-/// order. Hosts that are down stay peers, so their silos are reachable again as soon as they
-/// return.
-fn mesh_peers(state: &ClusterState, host: &str) -> proto::Peers {
-    let peers = state
-        .hosts
-        .values()
-        .filter(|record| record.name != host && !record.attributes.wireguard_public_key.is_empty())
-        .map(|record| proto::Peer {
-            host: record.name.clone(),
-            public_key: record.attributes.wireguard_public_key.clone(),
-            endpoint: record.attributes.wireguard_endpoint.clone(),
-            subnet: record.subnet_cidr(),
-        })
-        .collect();
-    proto::Peers { peers }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::ClusterState;
 
     const KEY_A: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+    fn mesh_peers(state: &ClusterState, host: &str) -> proto::Peers {
+        peers_of(&session_view::all_mesh_peers(state), host)
+    }
 
     fn register(state: &mut ClusterState, name: &str, public_key: &str) {
         state.apply(&Command::RegisterHost {

@@ -3,7 +3,6 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use colex_proto as proto;
 use prost::Message;
@@ -15,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::api::hosts;
 use crate::api::logs::LogRouter;
 use crate::api::unavailable;
+use crate::placer::{Placer, UpItem};
 use crate::raft::{RaftError, RaftNode};
 use crate::scheduler::{self, InstanceRequest};
 use crate::sessions::Sessions;
@@ -29,148 +29,60 @@ const MAX_COUNT: u32 = 1000;
 pub struct ClientService {
     node: RaftNode,
     sessions: Sessions,
-    /// Serializes `up` and the pending placement task, so no two of them place silos from
-    /// the same stale view of the hosts' load.
-    placement: Arc<Mutex<()>>,
+    /// Stores the silos of `up` requests in batches.
+    placer: Placer,
     logs: LogRouter,
 }
 
-/// Result of `up` for one silo.
-struct UpOutcome {
-    /// Every instance of the silo that is not being stopped, in index order.
-    silos: Vec<proto::SiloInfo>,
-    /// True when the spec and count matched the stored instances, so nothing changed.
-    unchanged: bool,
-}
-
 impl ClientService {
-    /// Creates the service and starts the task that places pending silo instances while this
-    /// controller leads. It must be called inside a Tokio runtime.
+    /// Creates the service and starts the placer, which also places pending silo instances while
+    /// this controller leads, and the host watch. It must be called inside a Tokio runtime.
     pub fn new(node: RaftNode, sessions: Sessions, logs: LogRouter) -> Self {
         let placement = Arc::new(Mutex::new(()));
-        tokio::spawn(place_pending_forever(node.clone(), sessions.clone(), Arc::clone(&placement)));
         tokio::spawn(crate::relocation::watch_hosts_forever(node.clone(), sessions.clone(), Arc::clone(&placement)));
+        let placer = Placer::start(node.clone(), sessions.clone(), placement);
         Self {
             node,
             sessions,
-            placement,
+            placer,
             logs,
         }
     }
-
-    /// Stores the instances of one silo. Instances that already run an identical spec are left
-    /// alone, new ones are placed (or stored as pending when no host fits), running instances
-    /// of a changed spec are replaced one at a time, and instances beyond `count` are stopped.
-    async fn up_one(&self, spec: proto::SiloSpec) -> Result<UpOutcome, Status> {
-        validate(&spec)?;
-        let count = spec.count.unwrap_or(1);
-        let name = spec.name.clone();
-        // Stored without `count`, so a change of count alone leaves the other instances' spec,
-        // and so the instances themselves, as they are.
-        let mut stored_spec = spec;
-        stored_spec.count = None;
-        let encoded = stored_spec.encode_to_vec();
-        check_spec_size(&name, encoded.len())?;
-
-        let (instances, rolling, stopping) = {
-            let state = self.node.state.read().await;
-            let plan = scheduler::plan_up(&state, &name, &encoded, count);
-            if plan.is_unchanged() {
-                tracing::info!(silo = %name, count, "spec and count unchanged; nothing to do");
-                let silos = view::instance_infos(&state, &name)
-                    .into_iter()
-                    .filter(|info| info.index < count)
-                    .collect();
-                return Ok(UpOutcome {
-                    silos,
-                    unchanged: true,
-                });
-            }
-
-            let live = self.sessions.live_hosts();
-            let placed = scheduler::place_instances(&state, &live, &stored_spec, &plan.to_place, &plan.replaced)
-                .map_err(|error| Status::invalid_argument(error.to_string()))?;
-            let mut drawn_ids = BTreeSet::new();
-            let instances: Vec<InstanceUpdate> = plan
-                .to_place
-                .iter()
-                .zip(placed)
-                .map(|(request, result)| InstanceUpdate {
-                    index: request.index,
-                    id: unused_silo_id(&state, &mut drawn_ids),
-                    placement: placement_of(result),
-                })
-                .collect();
-            (instances, plan.rolling, plan.to_stop)
-        };
-
-        self.node
-            .write(Command::PutInstances {
-                name: name.clone(),
-                spec: encoded,
-                count,
-                instances: instances.clone(),
-                rolling: rolling.clone(),
-            })
-            .await
-            .map_err(|error| unavailable(&error))?;
-        for instance in &instances {
-            log_placement(&name, instance);
-        }
-        if !stopping.is_empty() {
-            tracing::info!(silo = %name, count, stopping = ?stopping, "instances above count stopping");
-            self.sessions.wake_placement();
-        }
-        if !rolling.is_empty() {
-            tracing::info!(silo = %name, rolling = ?rolling, "instances of the old spec are replaced one at a time");
-            roll_forward(&self.node, &self.sessions.live_hosts(), &name)
-                .await
-                .map_err(|error| unavailable(&error))?;
-        }
-
-        let state = self.node.state.read().await;
-        let silos: Vec<proto::SiloInfo> = view::instance_infos(&state, &name)
-            .into_iter()
-            .filter(|info| info.index < count)
-            .collect();
-        if silos.is_empty() {
-            return Err(Status::aborted(format!(
-                "silo {name} was removed while it was being stored; run up again"
-            )));
-        }
-        Ok(UpOutcome {
-            silos,
-            unchanged: false,
-        })
-    }
 }
 
-/// Interval between two tries to place the pending silo instances and to take the next step
-/// of rolling replacements, besides the tries a new host or a removed silo starts.
-const PLACEMENT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Checks one silo of an `up` request and encodes it as the state stores it: without `count`,
+/// so a change of count alone leaves the other instances' spec, and so the instances
+/// themselves, as they are.
+fn up_item(spec: proto::SiloSpec) -> Result<UpItem, Status> {
+    validate(&spec)?;
+    scheduler::Strategy::of(&spec).map_err(|error| Status::invalid_argument(error.to_string()))?;
+    let count = spec.count.unwrap_or(1);
+    let name = spec.name.clone();
+    let mut stored_spec = spec;
+    stored_spec.count = None;
+    let encoded = stored_spec.encode_to_vec();
+    check_spec_size(&name, encoded.len())?;
+    Ok(UpItem {
+        name,
+        spec: stored_spec,
+        encoded,
+        count,
+    })
+}
 
-/// Places pending instances and takes the next step of rolling replacements whenever
-/// `sessions` signals that capacity may have appeared, and every [`PLACEMENT_RETRY_INTERVAL`],
-/// while this controller leads. Runs until the runtime stops.
-async fn place_pending_forever(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>) {
-    let mut interval = tokio::time::interval(PLACEMENT_RETRY_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            () = sessions.placement_woken() => {}
-        }
-        let leads = node.raft.metrics().borrow().current_leader == Some(node.id);
-        if !leads {
-            continue;
-        }
-        let _placement = placement.lock().await;
-        if let Err(error) = place_pending(&node, &sessions).await {
-            tracing::warn!(%error, "placing pending silo instances failed; retrying later");
-        }
-        if let Err(error) = roll_all_forward(&node, &sessions).await {
-            tracing::warn!(%error, "rolling replacement of silo instances failed; retrying later");
-        }
+/// Places pending instances and takes the next step of rolling replacements, if this
+/// controller leads. The placer calls it when `sessions` signals that capacity may have
+/// appeared, and every second.
+pub(crate) async fn place_pending_and_roll(node: &RaftNode, sessions: &Sessions) {
+    let leads = node.raft.metrics().borrow().current_leader == Some(node.id);
+    if !leads {
+        return;
+    }
+    if let Err(error) = place_pending(node, sessions).await {
+        tracing::warn!(%error, "placing pending silo instances failed; retrying later");
+    }
+    if let Err(error) = roll_all_forward(node, sessions).await {
+        tracing::warn!(%error, "rolling replacement of silo instances failed; retrying later");
     }
 }
 
@@ -198,7 +110,7 @@ async fn roll_all_forward(node: &RaftNode, sessions: &Sessions) -> Result<(), Ra
 /// Replaces the next instance of silo `name`'s rolling replacement by an instance of its next
 /// spec, on its host when that host still fits, when [`scheduler::next_rollout_step`] allows
 /// it. Does nothing otherwise.
-async fn roll_forward(node: &RaftNode, live: &BTreeSet<String>, name: &str) -> Result<(), RaftError> {
+pub(crate) async fn roll_forward(node: &RaftNode, live: &BTreeSet<String>, name: &str) -> Result<(), RaftError> {
     let command = {
         let state = node.state.read().await;
         let Some(record) = scheduler::next_rollout_step(&state, name) else {
@@ -339,7 +251,7 @@ fn pending_command(state: &ClusterState, live: &BTreeSet<String>, name: &str) ->
 
 /// Turns the scheduler's result for one instance into what the state stores: the host, or the
 /// error text as the pending reason.
-fn placement_of(result: Result<String, scheduler::PlacementError>) -> InstancePlacement {
+pub(crate) fn placement_of(result: Result<String, scheduler::PlacementError>) -> InstancePlacement {
     match result {
         Ok(host) => InstancePlacement::Host(host),
         Err(error) => InstancePlacement::Pending {
@@ -348,7 +260,8 @@ fn placement_of(result: Result<String, scheduler::PlacementError>) -> InstancePl
     }
 }
 
-fn log_placement(name: &str, instance: &InstanceUpdate) {
+/// Logs where one instance was placed, or why it is pending.
+pub(crate) fn log_placement(name: &str, instance: &InstanceUpdate) {
     match &instance.placement {
         InstancePlacement::Host(host) => {
             tracing::info!(silo = %name, index = instance.index, id = %instance.id, %host, "silo instance placed");
@@ -463,11 +376,12 @@ impl proto::client_server::Client for ClientService {
             return Err(Status::invalid_argument("the request contains no silo"));
         }
 
-        let _placement = self.placement.lock().await;
+        // Every silo is checked before any is stored, so an invalid one stores nothing.
+        let items = specs.into_iter().map(up_item).collect::<Result<Vec<UpItem>, Status>>()?;
+        let names: Vec<String> = items.iter().map(|item| item.name.clone()).collect();
+        let outcomes = self.placer.up(items).await?;
         let mut response = proto::UpResponse::default();
-        for spec in specs {
-            let name = spec.name.clone();
-            let outcome = self.up_one(spec).await?;
+        for (name, outcome) in names.into_iter().zip(outcomes) {
             if outcome.unchanged {
                 response.unchanged.push(name);
             }
@@ -604,7 +518,7 @@ fn check_spec_size(name: &str, encoded_bytes: usize) -> Result<(), Status> {
 }
 
 /// Returns a random silo id of 8 lower-case hex digits.
-fn new_silo_id() -> String {
+pub(crate) fn new_silo_id() -> String {
     format!("{:08x}", rand::rng().random::<u32>())
 }
 

@@ -6,6 +6,7 @@ pub mod exec;
 pub mod hosts;
 pub mod logs;
 pub mod members;
+pub mod session_view;
 pub mod status;
 pub mod watch;
 

@@ -1,0 +1,298 @@
+//! The messages that agent sessions send, derived from the applied state once per applied index and
+//! shared by every session, so that a change costs one pass over the state and not one per host.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use colex_proto as proto;
+use tokio::sync::Mutex;
+
+use crate::id_hash::IdMap;
+use crate::names::silo_names;
+use crate::raft::RaftNode;
+use crate::state::{ClusterState, Desired, SiloRecord};
+use crate::usage::UsageStore;
+use crate::view;
+
+/// One instance a host is assigned, as far as its agent can tell instances apart. A silo id
+/// is never reused with another spec, so the same id and generation mean the same assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedInstance {
+    /// Key of the record in the state.
+    pub key: String,
+    pub id: String,
+    pub generation: u64,
+}
+
+/// The applied state as the sessions see it.
+#[derive(Debug)]
+pub struct SessionView {
+    /// Applied index of the state this view was built from, or an earlier one.
+    applied: u64,
+    /// When the view was built: its silo names carry the network counters of that moment.
+    built_at: Instant,
+    /// Instances meant to run on each host, by host name, in key order as
+    /// `view::assignments` lists them.
+    assigned: IdMap<String, Arc<Vec<AssignedInstance>>>,
+    /// DNS names of the running instances, the same for every host.
+    pub names: Arc<proto::Names>,
+    /// Every host with a WireGuard key, in name order.
+    peers: Arc<Vec<proto::Peer>>,
+}
+
+impl SessionView {
+    /// Builds the view of `state`. `previous` lends its parts that did not change, so sessions
+    /// can tell an unchanged part by pointer.
+    fn build(state: &ClusterState, usage: &UsageStore, applied: u64, previous: Option<&SessionView>) -> SessionView {
+        let built_at = Instant::now();
+        let mut assigned: IdMap<&str, Vec<AssignedInstance>> = IdMap::default();
+        for (key, record) in state.silos.iter().filter(|(_, record)| is_assigned(record)) {
+            assigned.entry(record.host.as_str()).or_default().push(AssignedInstance {
+                key: key.clone(),
+                id: record.id.clone(),
+                generation: record.generation,
+            });
+        }
+        let assigned = assigned
+            .into_iter()
+            .map(|(host, instances)| {
+                let kept = previous
+                    .and_then(|previous| previous.assigned.get(host))
+                    .filter(|earlier| earlier.as_slice() == instances.as_slice());
+                let instances = kept.map_or_else(|| Arc::new(instances), Arc::clone);
+                (host.to_owned(), instances)
+            })
+            .collect();
+
+        let names = silo_names(state, usage, built_at);
+        let names = match previous {
+            Some(previous) if *previous.names == names => Arc::clone(&previous.names),
+            _ => Arc::new(names),
+        };
+        let peers = all_mesh_peers(state);
+        let peers = match previous {
+            Some(previous) if *previous.peers == peers => Arc::clone(&previous.peers),
+            _ => Arc::new(peers),
+        };
+        SessionView {
+            applied,
+            built_at,
+            assigned,
+            names,
+            peers,
+        }
+    }
+
+    /// Returns the instances assigned to `host`, an empty list when there are none.
+    pub fn assigned_to(&self, host: &str) -> Arc<Vec<AssignedInstance>> {
+        self.assigned.get(host).cloned().unwrap_or_default()
+    }
+
+    /// Returns every host with a WireGuard key.
+    pub fn peers(&self) -> &Arc<Vec<proto::Peer>> {
+        &self.peers
+    }
+}
+
+/// Returns true when the agent of the record's host must run it.
+fn is_assigned(record: &SiloRecord) -> bool {
+    record.desired == Desired::Run && !record.is_pending()
+}
+
+/// The latest [`SessionView`], shared by the sessions of one controller.
+#[derive(Debug, Clone, Default)]
+pub struct SessionViews {
+    latest: Arc<Mutex<Option<Arc<SessionView>>>>,
+}
+
+impl SessionViews {
+    /// Returns a view of a state at least as new as applied index `applied`, built less than
+    /// `max_age` ago, so the silo names carry recent network counters from `usage`. The first
+    /// session that requests a newer view builds it while the others wait for it.
+    pub async fn at_least(&self, node: &RaftNode, usage: &UsageStore, applied: u64, max_age: Duration) -> Arc<SessionView> {
+        let mut latest = self.latest.lock().await;
+        if let Some(view) = latest
+            .as_ref()
+            .filter(|view| view.applied >= applied && view.built_at.elapsed() < max_age)
+        {
+            return Arc::clone(view);
+        }
+        let state = node.state.read().await;
+        // The state is updated before the applied index is published, so the index read while
+        // the state is locked is at most the state's own.
+        let built_at = *node.applied.borrow();
+        let view = Arc::new(SessionView::build(&state, usage, built_at.max(applied), latest.as_deref()));
+        *latest = Some(Arc::clone(&view));
+        view
+    }
+}
+
+/// Assignments a session sent last, by silo id, so that the next set reuses them instead of
+/// reading and decoding their records again.
+pub type SentAssignments = IdMap<String, Arc<proto::Assignment>>;
+
+/// Builds the assignments of `host` for the instances `assigned`: from `sent` where it has the
+/// same id and generation, otherwise from the record of `state` under the instance's key. A
+/// record that left the host or was replaced since the view was built is left out, and one that
+/// came is added by the next view, which the same applied change brings. Replaces `sent` with
+/// the new set.
+pub fn assignments(
+    state: &ClusterState,
+    host: &str,
+    assigned: &[AssignedInstance],
+    sent: &mut SentAssignments,
+) -> proto::Assignments {
+    let mut next = SentAssignments::with_capacity_and_hasher(assigned.len(), Default::default());
+    let mut silos = Vec::with_capacity(assigned.len());
+    for instance in assigned {
+        let reused = sent
+            .get(&instance.id)
+            .filter(|assignment| assignment.generation == instance.generation)
+            .cloned();
+        let assignment = match reused {
+            Some(assignment) => assignment,
+            None => {
+                let record = state
+                    .silos
+                    .get(&instance.key)
+                    .filter(|record| record.host == host && record.id == instance.id && is_assigned(record));
+                let Some(record) = record else {
+                    continue;
+                };
+                match view::assignments_of(std::iter::once(record)).silos.pop() {
+                    Some(assignment) => Arc::new(assignment),
+                    None => continue,
+                }
+            }
+        };
+        silos.push((*assignment).clone());
+        next.insert(instance.id.clone(), assignment);
+    }
+    *sent = next;
+    proto::Assignments { silos }
+}
+
+/// Returns the mesh peer entry of every host that reported a WireGuard key, in name order.
+/// Hosts that are down stay peers, so their silos are reachable again as soon as they return.
+pub fn all_mesh_peers(state: &ClusterState) -> Vec<proto::Peer> {
+    state
+        .hosts
+        .values()
+        .filter(|record| !record.attributes.wireguard_public_key.is_empty())
+        .map(|record| proto::Peer {
+            host: record.name.clone(),
+            public_key: record.attributes.wireguard_public_key.clone(),
+            endpoint: record.attributes.wireguard_endpoint.clone(),
+            subnet: record.subnet_cidr(),
+        })
+        .collect()
+}
+
+/// Returns the mesh peers of `host`: every entry of `all` but its own.
+pub fn peers_of(all: &[proto::Peer], host: &str) -> proto::Peers {
+    let peers = all.iter().filter(|peer| peer.host != host).cloned().collect();
+    proto::Peers { peers }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::state::{Command, HostAttributes, InstancePlacement, InstanceUpdate};
+
+    fn register(state: &mut ClusterState, name: &str) {
+        state.apply(&Command::RegisterHost {
+            name: name.to_owned(),
+            address: "198.51.100.3".to_owned(),
+            cpus: 1,
+            memory_bytes: 1 << 30,
+            attributes: HostAttributes::default(),
+        });
+    }
+
+    fn put(state: &mut ClusterState, name: &str, hosts: &[&str]) {
+        let spec = proto::SiloSpec {
+            name: name.to_owned(),
+            ..Default::default()
+        };
+        state.apply(&Command::PutInstances {
+            name: name.to_owned(),
+            spec: spec.encode_to_vec(),
+            count: u32::try_from(hosts.len()).expect("few instances"),
+            instances: hosts
+                .iter()
+                .zip(0..)
+                .map(|(host, index)| InstanceUpdate {
+                    index,
+                    id: format!("{:08x}", name.len() * 100 + usize::try_from(index).expect("small index")),
+                    placement: InstancePlacement::Host((*host).to_owned()),
+                })
+                .collect(),
+            rolling: Vec::new(),
+        });
+    }
+
+    #[test]
+    fn assignments_match_a_scan_of_the_state() {
+        let mut state = ClusterState::default();
+        register(&mut state, "a");
+        register(&mut state, "b");
+        put(&mut state, "web", &["a", "b", "a"]);
+        put(&mut state, "db", &["b"]);
+        let view = SessionView::build(&state, &UsageStore::default(), 1, None);
+        for host in ["a", "b", "c"] {
+            let shared = assignments(&state, host, &view.assigned_to(host), &mut SentAssignments::default());
+            assert_eq!(shared, view::assignments(&state, host), "host {host}");
+        }
+        assert_eq!(view.assigned_to("a").len(), 2);
+        assert!(view.assigned_to("c").is_empty());
+    }
+
+    #[test]
+    fn sent_assignments_are_reused() {
+        let mut state = ClusterState::default();
+        register(&mut state, "a");
+        put(&mut state, "web", &["a"]);
+        let view = SessionView::build(&state, &UsageStore::default(), 1, None);
+        let mut sent = SentAssignments::default();
+        let first = assignments(&state, "a", &view.assigned_to("a"), &mut sent);
+        assert_eq!(first.silos.len(), 1);
+        let kept = Arc::clone(&sent[&first.silos[0].silo_id]);
+
+        put(&mut state, "db", &["a"]);
+        let view = SessionView::build(&state, &UsageStore::default(), 2, Some(&view));
+        let second = assignments(&state, "a", &view.assigned_to("a"), &mut sent);
+        assert_eq!(second, view::assignments(&state, "a"));
+        assert!(Arc::ptr_eq(&kept, &sent[&first.silos[0].silo_id]), "web was not decoded again");
+        assert_eq!(sent.len(), 2);
+    }
+
+    #[test]
+    fn unchanged_parts_keep_their_pointer() {
+        let mut state = ClusterState::default();
+        register(&mut state, "a");
+        register(&mut state, "b");
+        put(&mut state, "web", &["a"]);
+        let first = SessionView::build(&state, &UsageStore::default(), 1, None);
+        put(&mut state, "db", &["b"]);
+        let second = SessionView::build(&state, &UsageStore::default(), 2, Some(&first));
+        assert!(Arc::ptr_eq(&first.assigned_to("a"), &second.assigned_to("a")), "host a did not change");
+        assert!(!Arc::ptr_eq(&first.assigned_to("b"), &second.assigned_to("b")));
+        assert!(Arc::ptr_eq(&first.names, &second.names));
+        assert!(Arc::ptr_eq(first.peers(), second.peers()));
+    }
+
+    #[test]
+    fn moved_instance_leaves_the_old_host() {
+        let mut state = ClusterState::default();
+        register(&mut state, "a");
+        register(&mut state, "b");
+        put(&mut state, "web", &["a"]);
+        let view = SessionView::build(&state, &UsageStore::default(), 1, None);
+        // A newer command moves instance 0 to host b under the same key before host a's
+        // session builds its assignments from the older view.
+        put(&mut state, "web", &["b"]);
+        assert!(assignments(&state, "a", &view.assigned_to("a"), &mut SentAssignments::default()).silos.is_empty());
+    }
+}
