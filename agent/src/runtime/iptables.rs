@@ -10,7 +10,9 @@
 //! The same chain accepts TCP to the metadata service on the bridge address from the bridge and
 //! drops it from every other interface. The service identifies callers by their source address,
 //! and only packets from the bridge have passed the anti-spoofing filters on the silos' veths
-//! (module `antispoof`).
+//! (module `antispoof`). The chain ends with the isolation rules: from the bridge it accepts
+//! only replies to connections the host opened, and drops everything else, so silos reach no
+//! other service of the host.
 //!
 //! So that a FORWARD chain with a DROP policy cannot cut the silos off, `FORWARD` first jumps
 //! to the colex-owned chain `colex-forward` of the `filter` table. That chain accepts what silos
@@ -37,6 +39,8 @@ pub const MASQUERADE_CHAIN: &str = "colex-masq";
 pub const INPUT_CHAIN: &str = "colex-input";
 /// Chain in the `filter` table that accepts the silos' forwarded traffic.
 pub const FORWARD_CHAIN: &str = "colex-forward";
+/// Protocols of the DNS accept rules, which open the `colex-input` chain in this order.
+const DNS_PROTOCOLS: [&str; 2] = ["udp", "tcp"];
 /// Port of the DNS resolver on the bridge address.
 const DNS_PORT: &str = "53";
 /// The controller's default cluster network, for agents that have not yet received one in a
@@ -184,6 +188,20 @@ pub fn dns_accept_rule(gateway: Ipv4Addr, bridge: &str, protocol: &str) -> Vec<S
     .collect()
 }
 
+/// Returns the rule specifications that end the `colex-input` chain: replies to connections the
+/// host opened are accepted from the silos on `bridge`, and every other packet from them is
+/// dropped. So a silo reaches no service of the host (the agent, a controller, sshd) at any of
+/// the host's addresses, except the DNS resolver and the metadata service accepted before them.
+pub fn isolation_rules(bridge: &str) -> [Vec<String>; 2] {
+    let replies = ["-i", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"];
+    let rest = ["-i", bridge, "-j", "DROP"];
+    let comment = ["-m", "comment", "--comment", "colex silo isolation"];
+    [
+        replies.iter().chain(&comment).map(|arg| (*arg).to_string()).collect(),
+        rest.iter().chain(&comment).map(|arg| (*arg).to_string()).collect(),
+    ]
+}
+
 /// Returns the rule specifications for the metadata service on `gateway`, TCP port `port`:
 /// accept from the silos on `bridge`, then drop from every other interface.
 pub fn metadata_rules(gateway: Ipv4Addr, bridge: &str, port: u16) -> [Vec<String>; 2] {
@@ -204,32 +222,41 @@ pub fn metadata_rules(gateway: Ipv4Addr, bridge: &str, port: u16) -> [Vec<String
 }
 
 /// Adds the metadata rules for `gateway`, `bridge` and `port` to the `colex-input` chain unless
-/// they are there, in order. The chain must exist, as after [`ensure_dns_accept`].
+/// they are there, in order, right after the DNS rules and so before the isolation rules. The
+/// chain must exist, as after [`ensure_dns_accept`].
 pub async fn ensure_metadata_accept(gateway: Ipv4Addr, bridge: &str, port: u16) -> Result<(), IptablesError> {
-    for rule in metadata_rules(gateway, bridge, port) {
+    for (offset, rule) in metadata_rules(gateway, bridge, port).iter().enumerate() {
         let mut check = vec!["-t", "filter", "-C", INPUT_CHAIN];
         check.extend(rule.iter().map(String::as_str));
         if succeeds(&check).await? {
             continue;
         }
-        let mut append = vec!["-t", "filter", "-A", INPUT_CHAIN];
-        append.extend(rule.iter().map(String::as_str));
-        run(&append).await?;
+        // iptables numbers rules from 1: the DNS rules come first.
+        let position = (DNS_PROTOCOLS.len() + offset + 1).to_string();
+        let mut insert = vec!["-t", "filter", "-I", INPUT_CHAIN, &position];
+        insert.extend(rule.iter().map(String::as_str));
+        run(&insert).await?;
     }
     Ok(())
 }
 
 /// Creates the `colex-input` chain if it is missing, makes it contain exactly the DNS accept
-/// rules for `gateway` on `bridge`, and makes `INPUT` jump to it once, as its first rule. The
-/// chain's policy is untouched, and so is every other rule of `INPUT`.
+/// rules for `gateway` on `bridge` followed by the isolation rules, and makes `INPUT` jump to
+/// it once, as its first rule. The chain's policy is untouched, and so is every other rule of
+/// `INPUT`.
 pub async fn ensure_dns_accept(gateway: Ipv4Addr, bridge: &str) -> Result<(), IptablesError> {
     if succeeds(&["-t", "filter", "-S", INPUT_CHAIN]).await? {
         run(&["-t", "filter", "-F", INPUT_CHAIN]).await?;
     } else {
         run(&["-t", "filter", "-N", INPUT_CHAIN]).await?;
     }
-    for protocol in ["udp", "tcp"] {
+    for protocol in DNS_PROTOCOLS {
         let rule = dns_accept_rule(gateway, bridge, protocol);
+        let mut args = vec!["-t", "filter", "-A", INPUT_CHAIN];
+        args.extend(rule.iter().map(String::as_str));
+        run(&args).await?;
+    }
+    for rule in isolation_rules(bridge) {
         let mut args = vec!["-t", "filter", "-A", INPUT_CHAIN];
         args.extend(rule.iter().map(String::as_str));
         run(&args).await?;
@@ -455,6 +482,16 @@ mod tests {
             drop.join(" "),
             "! -i colex0 -d 10.69.1.1/32 -p tcp --dport 17832 -j DROP -m comment --comment colex metadata"
         );
+    }
+
+    #[test]
+    fn isolation_rules_spec() {
+        let [replies, rest] = isolation_rules("colex0");
+        assert_eq!(
+            replies.join(" "),
+            "-i colex0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT -m comment --comment colex silo isolation"
+        );
+        assert_eq!(rest.join(" "), "-i colex0 -j DROP -m comment --comment colex silo isolation");
     }
 
     #[test]
