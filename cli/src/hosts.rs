@@ -16,6 +16,8 @@ use crate::table;
 #[tabled(rename_all = "UPPERCASE")]
 pub struct HostRow {
     pub name: String,
+    /// Short identity of the host's key pair, `-` while it has none.
+    pub id: String,
     pub address: String,
     /// `up`, `down` or `draining`.
     pub state: String,
@@ -42,6 +44,9 @@ pub struct HostsDocument {
 #[derive(Debug, Serialize)]
 pub struct HostEntry {
     pub name: String,
+    /// First 8 hex digits of the SHA-256 of the host's WireGuard public key; empty while the
+    /// host has none.
+    pub id: String,
     pub address: String,
     /// `up`, `down` or `draining`; a host that is both down and draining is `down`.
     pub state: String,
@@ -142,6 +147,7 @@ fn render(hosts: &[proto::HostInfo]) -> String {
 fn host_row(host: &proto::HostInfo) -> HostRow {
     HostRow {
         name: host.name.clone(),
+        id: if host.id.is_empty() { "-".to_owned() } else { host.id.clone() },
         address: host.address.clone(),
         state: state_label(host).to_owned(),
         subnet: host.subnet.clone(),
@@ -186,6 +192,7 @@ fn reserved_cpus(host: &proto::HostInfo) -> String {
 fn host_entry(host: &proto::HostInfo) -> HostEntry {
     HostEntry {
         name: host.name.clone(),
+        id: host.id.clone(),
         address: host.address.clone(),
         state: state_label(host).to_owned(),
         draining: host.draining,

@@ -77,6 +77,19 @@ pub fn silo_info_with_usage(record: &SiloRecord, count: u32, usage: &UsageStore,
     info
 }
 
+/// Hex digits of a host id.
+const HOST_ID_HEX_DIGITS: usize = 8;
+
+/// Returns the short id of the host with WireGuard public key `public_key`, empty without a key.
+pub fn host_id(public_key: &str) -> String {
+    if public_key.is_empty() {
+        return String::new();
+    }
+    let mut id = proto::pki::sha256_hex(public_key.as_bytes());
+    id.truncate(HOST_ID_HEX_DIGITS);
+    id
+}
+
 /// Builds the client view of one host.
 pub fn host_info(state: &ClusterState, host: &HostRecord, live: &BTreeSet<String>) -> proto::HostInfo {
     let host_state = if live.contains(&host.name) {
@@ -98,6 +111,7 @@ pub fn host_info(state: &ClusterState, host: &HostRecord, live: &BTreeSet<String
         labels: host.attributes.labels.clone().into_iter().collect(),
         draining: host.draining,
         wireguard_backend: host.attributes.wireguard_backend.clone(),
+        id: host_id(&host.attributes.wireguard_public_key),
         // Summing the reservations needs every silo spec decoded, so `api::hosts::host_infos`
         // fills them in once for all hosts.
         cpu_percent_reserved: 0,

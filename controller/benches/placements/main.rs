@@ -10,13 +10,15 @@
 //! count afterwards.
 //!
 //! Each instance reserves 32 MiB of memory and no CPU, so the scheduler checks capacity on
-//! every placement: the default 50,000 instances on 255 hosts reserve about 6.3 GiB of the
-//! 8 GiB each simulated host declares.
+//! every placement: the default 50,000 instances on 1,000 hosts reserve 1.6 GiB of the 8 GiB
+//! each simulated host declares.
 //!
-//! Environment: `COLEX_BENCH_HOSTS` (default 255, the most hosts the cluster network
-//! 10.69.0.0/16 gives a /24 each), `COLEX_BENCH_SILOS` (default 5000), `COLEX_BENCH_COUNT`
-//! (instances per silo, default 10), `COLEX_BENCH_CLIENTS` (concurrent clients, each on its own
-//! connection, default 64).
+//! The controllers get the cluster network [`CLUSTER_CIDR`] through `COLEX_CLUSTER_CIDR`,
+//! because the default 10.69.0.0/16 has a /24 for only 255 hosts.
+//!
+//! Environment: `COLEX_BENCH_HOSTS` (default 1000, at most 1023), `COLEX_BENCH_SILOS` (default
+//! 5000), `COLEX_BENCH_COUNT` (instances per silo, default 10), `COLEX_BENCH_CLIENTS`
+//! (concurrent clients, each on its own connection, default 64).
 
 #[allow(dead_code)]
 #[path = "../raft_writes/colex.rs"]
@@ -47,7 +49,9 @@ use latency::Summary;
 use machine::{load_average, print_machine};
 use sim_hosts::SimHosts;
 
-const DEFAULT_HOSTS: usize = 255;
+const DEFAULT_HOSTS: usize = 1000;
+/// Cluster network of the benchmark's controllers: 1,024 subnets of /24.
+const CLUSTER_CIDR: &str = "10.64.0.0/14";
 const DEFAULT_SILOS: usize = 5000;
 const DEFAULT_COUNT: usize = 10;
 const DEFAULT_CLIENTS: usize = 64;
@@ -130,6 +134,9 @@ async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
 
     let unique = random_hex();
+    // The controllers this process starts inherit its environment. No other thread of this
+    // process reads or writes the environment, so setting it here races with nothing.
+    std::env::set_var("COLEX_CLUSTER_CIDR", CLUSTER_CIDR);
     let cluster = ColexCluster::start(binary).await.context("failed to start the colex cluster")?;
     let hosts = SimHosts::start(&format!("cx{unique}"), knobs.hosts, &cluster.addresses());
     let measured = measure(&cluster, &hosts, knobs).await;

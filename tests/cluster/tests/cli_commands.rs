@@ -416,6 +416,9 @@ fn check_hosts(lab: &Lab, job_host: &str) {
         assert_eq!(row["STATE"], "up");
         assert_eq!(string(&entry["state"]), "up");
         assert_eq!(row["SUBNET"], string(&entry["subnet"]));
+        assert_eq!(row["ID"], string(&entry["id"]));
+        assert_eq!(row["ID"].len(), 8, "{row:?}");
+        assert!(row["ID"].bytes().all(|byte| byte.is_ascii_hexdigit()), "{row:?}");
         assert_eq!(row["SILOS"], "1", "one silo pinned to each host");
         assert_eq!(entry["silo_count"], 1);
         let cpus = entry["cpus"].as_u64().expect("cpus");
