@@ -5,17 +5,12 @@
 //! leaves no mesh device, UAPI socket or namespace behind.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::bail;
-use colex_cluster_tests::table::parse_table;
+use colex_cluster_tests::mesh_tools::{requests_from, silo_address, silo_logs, socket_path, uapi_get};
 use colex_cluster_tests::{require_root, Daemon, Host, Lab};
 
-/// Directory of the userspace WireGuard UAPI sockets, the same for every network namespace.
-const UAPI_SOCKET_DIR: &str = "/var/run/wireguard";
 /// Prefix of the agents' mesh interface names.
 const MESH_IFNAME_PREFIX: &str = "cxm";
 /// MTU the agents give their mesh devices on the lab's 1500-byte links.
@@ -107,23 +102,6 @@ fn start_agent_with_port(lab: &Lab, index: usize, mesh_port: u16) -> anyhow::Res
     )
 }
 
-/// Returns the reply of the userspace device `device` to a UAPI `get=1`: its listen port and
-/// each peer's public key (hex), endpoint, allowed IPs and handshake.
-fn uapi_get(device: &str) -> String {
-    let Ok(mut socket) = UnixStream::connect(socket_path(device)) else {
-        return String::new();
-    };
-    let mut reply = String::new();
-    let sent = socket
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .and_then(|()| socket.write_all(b"get=1\n\n"))
-        .and_then(|()| socket.read_to_string(&mut reply));
-    if sent.is_err() {
-        return String::new();
-    }
-    reply
-}
-
 /// Pings `address` from `host`'s namespace until it replies and returns how long that took;
 /// panics after `RESUME_TIMEOUT`.
 fn wait_for_ping(host: &Host, address: &str) -> Duration {
@@ -167,18 +145,6 @@ fn wait_for_requests(lab: &Lab, client_address: &str) -> Duration {
     started.elapsed()
 }
 
-/// Returns the address of silo `name` from `list`, once it is UP.
-fn silo_address(lab: &Lab, name: &str) -> anyhow::Result<Option<String>> {
-    let listed = lab.cli(&["list"])?;
-    let row = parse_table(&listed.stdout)
-        .into_iter()
-        .find(|row| row.get("NAME").map(String::as_str) == Some(name));
-    Ok(row
-        .filter(|row| row.get("STATE").map(String::as_str) == Some("UP"))
-        .and_then(|row| row.get("ADDRESSES").cloned())
-        .filter(|address| address.starts_with("10.69.")))
-}
-
 /// Waits until silo `name` is UP and returns its address.
 fn wait_for_address(lab: &Lab, name: &str) -> String {
     let mut address = String::new();
@@ -193,19 +159,6 @@ fn wait_for_address(lab: &Lab, name: &str) -> String {
     })
     .unwrap_or_else(|err| panic!("{err:#}"));
     address
-}
-
-/// Returns the output silo `name` wrote to the given stream.
-fn silo_logs(lab: &Lab, name: &str, stderr: bool) -> anyhow::Result<String> {
-    let mut args = vec!["logs", name];
-    if stderr {
-        args.push("--stderr");
-    }
-    let output = lab.cli(&args)?;
-    if !output.success() {
-        bail!("logs {name} failed: {}", output.stderr);
-    }
-    Ok(output.stdout)
 }
 
 /// Returns the silo subnet of `host` from the heading `list --all-hosts` prints for it:
@@ -240,10 +193,6 @@ fn mesh_devices(host: &Host) -> BTreeSet<String> {
         .collect()
 }
 
-fn socket_path(device: &str) -> String {
-    format!("{UAPI_SOCKET_DIR}/{device}.sock")
-}
-
 fn agent_log(lab: &Lab, index: usize) -> String {
     std::fs::read_to_string(lab.dir.path().join(format!("agent-h{}.log", index + 1))).unwrap_or_default()
 }
@@ -251,16 +200,6 @@ fn agent_log(lab: &Lab, index: usize) -> String {
 /// Returns the number of lines `needle` appears on in `text`.
 fn count_lines(text: &str, needle: &str) -> usize {
     text.lines().filter(|line| line.contains(needle)).count()
-}
-
-/// Returns the number of requests from `address` in busybox httpd's `-v` log, whose lines start
-/// with the client's address and port, an IPv4 client as `[::ffff:10.69.1.2]:PORT`.
-fn requests_from(log: &str, address: &str) -> usize {
-    let mapped = format!("[::ffff:{address}]:");
-    let plain = format!("{address}:");
-    log.lines()
-        .filter(|line| line.starts_with(&mapped) || line.starts_with(&plain))
-        .count()
 }
 
 #[test]
