@@ -1,5 +1,7 @@
 //! Network counters of the silos on this host, read from their host-side veths.
 
+use crate::runtime::{net_dev_counters, NET_DEV_RECEIVE_COUNTERS};
+
 /// The agent's view of its network namespace's interfaces. `/proc/self/net` shows the
 /// namespace of the reading process, whereas `/sys/class/net` shows the one `/sys` was mounted
 /// in, which differs when the agent runs in a network namespace of its own.
@@ -28,22 +30,15 @@ pub async fn read_silo_traffic(host_veth: &str) -> Option<SiloTraffic> {
     })
 }
 
-/// Returns the counters of `interface` in a `/proc/net/dev` text. Each interface line is
-/// `name:` followed by 8 receive counters and 8 transmit counters, bytes and packets first.
+/// Returns the byte and packet counters of `interface` in a `/proc/net/dev` text, as the
+/// interface itself counts them.
 fn parse_net_dev(text: &str, interface: &str) -> Option<SiloTraffic> {
-    const TRANSMIT_OFFSET: usize = 8;
-    text.lines().find_map(|line| {
-        let (name, counters) = line.split_once(':')?;
-        if name.trim() != interface {
-            return None;
-        }
-        let counters: Vec<u64> = counters.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()?;
-        Some(SiloTraffic {
-            rx_bytes: *counters.first()?,
-            rx_packets: *counters.get(1)?,
-            tx_bytes: *counters.get(TRANSMIT_OFFSET)?,
-            tx_packets: *counters.get(TRANSMIT_OFFSET + 1)?,
-        })
+    let counters = net_dev_counters(text, interface)?;
+    Some(SiloTraffic {
+        rx_bytes: *counters.first()?,
+        rx_packets: *counters.get(1)?,
+        tx_bytes: *counters.get(NET_DEV_RECEIVE_COUNTERS)?,
+        tx_packets: *counters.get(NET_DEV_RECEIVE_COUNTERS + 1)?,
     })
 }
 

@@ -92,7 +92,7 @@ pub use network::NetworkError;
 pub use protocol::HELPER_ARG;
 pub use removal::StopReport;
 pub use spec::SpecError;
-pub use stats::SiloStats;
+pub use stats::{net_dev_counters, SiloStats, NET_DEV_RECEIVE_COUNTERS};
 pub use tarball::TarballError;
 pub use state::{
     LogStreamKind, StateError, EXIT_FILE, HELPER_LOG_FILE, RECORD_FILE, STDERR_LOG_FILE,

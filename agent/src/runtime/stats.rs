@@ -138,22 +138,26 @@ async fn read_interface_traffic(pid: u32) -> Option<(u64, u64)> {
     parse_net_dev(&text, SILO_IFNAME)
 }
 
-/// Returns the received and sent bytes of `interface` in a `/proc/net/dev` text. Each
-/// interface line is `name: ` followed by 8 receive and 8 transmit counters, bytes first.
-fn parse_net_dev(text: &str, interface: &str) -> Option<(u64, u64)> {
-    const RECEIVE_COUNTERS: usize = 8;
+/// Number of receive counters that come before the transmit counters in a `/proc/net/dev` line.
+pub const NET_DEV_RECEIVE_COUNTERS: usize = 8;
+
+/// Returns the counters of `interface` in a `/proc/net/dev` text. Each interface line is
+/// `name: ` followed by [`NET_DEV_RECEIVE_COUNTERS`] receive and as many transmit counters,
+/// bytes first, then packets.
+pub fn net_dev_counters(text: &str, interface: &str) -> Option<Vec<u64>> {
     text.lines().find_map(|line| {
         let (name, counters) = line.split_once(':')?;
         if name.trim() != interface {
             return None;
         }
-        let counters: Vec<u64> = counters
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        Some((*counters.first()?, *counters.get(RECEIVE_COUNTERS)?))
+        counters.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()
     })
+}
+
+/// Returns the received and sent bytes of `interface` in a `/proc/net/dev` text.
+fn parse_net_dev(text: &str, interface: &str) -> Option<(u64, u64)> {
+    let counters = net_dev_counters(text, interface)?;
+    Some((*counters.first()?, *counters.get(NET_DEV_RECEIVE_COUNTERS)?))
 }
 
 #[cfg(test)]
