@@ -119,7 +119,7 @@ fn main() -> anyhow::Result<()> {
     if std::env::args_os().nth(1).is_some_and(|arg| arg == colex_agent::runtime::HELPER_ARG) {
         colex_agent::runtime::helper_main();
     }
-    // The same for `colex-cli exec` commands, when this executable stands in for the helper.
+    // The same for `colex-cli exec` commands, when this executable replaces the helper.
     if std::env::args_os().nth(1).is_some_and(|arg| arg == colex_agent::runtime::EXEC_HELPER_ARG) {
         colex_agent::runtime::exec_helper_main();
     }

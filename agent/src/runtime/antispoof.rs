@@ -2,9 +2,10 @@
 //!
 //! The metadata service identifies callers by source address, so a silo must not send with
 //! another silo's address. Packets from the silo enter the host at the ingress of its host-side
-//! veth. There an `ingress` qdisc runs a small eBPF program in direct-action mode that accepts
+//! veth. There an `ingress` qdisc runs a small eBPF program in direct-action mode. It accepts
 //! IPv4 packets whose source is the silo's address and ARP packets whose sender protocol
-//! address is the silo's address, and drops everything else (silos have no IPv6 addresses).
+//! address is the silo's address. It drops everything else, because silos have no IPv6
+//! addresses.
 //! The ARP check keeps a silo from claiming another silo's address in the gateway's ARP cache.
 //!
 //! The filter lives and dies with the veth: it needs no undo step, survives an agent restart,
@@ -183,9 +184,11 @@ fn load_program(address: Ipv4Addr) -> Result<OwnedFd, AntispoofError> {
     let instructions = program(address);
     let license = c"GPL";
     let mut log = vec![0u8; VERIFIER_LOG_BYTES];
+    // The kernel keeps at most 15 bytes of a program name and a NUL.
     let mut name = [0u8; 16];
-    let short_name = b"colex_spoof";
-    name[..short_name.len()].copy_from_slice(short_name);
+    let name_bytes = &PROGRAM_NAME.as_bytes()[..PROGRAM_NAME.len().min(15)];
+    name[..name_bytes.len()].copy_from_slice(name_bytes);
+
     let attributes = ProgramLoad {
         prog_type: BPF_PROG_TYPE_SCHED_CLS,
         insn_cnt: instructions.len() as u32,
@@ -198,6 +201,7 @@ fn load_program(address: Ipv4Addr) -> Result<OwnedFd, AntispoofError> {
         prog_flags: 0,
         prog_name: name,
     };
+
     // SAFETY: `attributes` is the BPF_PROG_LOAD layout of `union bpf_attr` with the size passed,
     // and its pointers (instructions, license, log) stay valid for the whole call.
     let fd = unsafe {
@@ -208,6 +212,7 @@ fn load_program(address: Ipv4Addr) -> Result<OwnedFd, AntispoofError> {
             std::mem::size_of::<ProgramLoad>(),
         )
     };
+
     if fd < 0 {
         let source = std::io::Error::last_os_error();
         let end = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());

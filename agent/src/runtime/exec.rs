@@ -130,7 +130,7 @@ impl Runtime {
             source: source.into(),
         })?;
 
-        // Both `colex-silo-helper` and the agent executable, which stands in for it when it is
+        // Both `colex-silo-helper` and the agent executable, which replaces it when it is
         // missing, have the `silo-exec` mode.
         let helper_exe = &self.inner.cfg.helper_exe;
         let mut command = tokio::process::Command::new(helper_exe);

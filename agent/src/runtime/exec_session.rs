@@ -20,8 +20,8 @@ const OUTPUT_QUEUE_LEN: usize = 16;
 /// commands.
 #[derive(Debug, Default)]
 pub struct ExecSessions {
-    /// Unbounded, so a command that does not read its stdin never blocks the session loop and
-    /// its heartbeats.
+    /// Input queues of the running commands, by exec id. They are unbounded, so a command that
+    /// does not read its stdin cannot block the session loop and its heartbeats.
     // NOTE: the agent buffers whatever stdin the caller sends faster than the command reads it.
     inputs: HashMap<u64, mpsc::UnboundedSender<ExecInput>>,
 }

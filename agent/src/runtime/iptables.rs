@@ -118,7 +118,7 @@ pub async fn adopt_cluster_network(state_dir: &Path, cidr: &str) {
     let previous = cluster_network();
     if previous != network {
         // NOTE: MASQUERADE rules already added with the previous network keep it until their
-        // silo stops; this happens only when a host moves to a cluster with another network.
+        // silo stops. This happens only when a host moves to a cluster with another network.
         tracing::info!(%previous, %network, "cluster network from the controller");
     }
     set_cluster_network(network);

@@ -61,7 +61,7 @@ pub struct HelperJob {
     /// Uid and gid map of the silo's user namespace; `None` runs the silo without one.
     #[serde(default)]
     pub id_map: Option<super::userns::IdMap>,
-    /// Keep CAP_NET_RAW, which the spec's `grants.raw_sockets` asks for.
+    /// Whether the program keeps CAP_NET_RAW, as the spec's `grants.raw_sockets` requests.
     #[serde(default)]
     pub raw_sockets: bool,
 }

@@ -1,11 +1,11 @@
 //! The default seccomp filter of every silo program.
 //!
 //! It blocks the system calls that Docker's default profile blocks, as Docker's seccomp
-//! documentation lists them under "Significant syscalls blocked by the default profile". These
-//! are kernel modules, kexec, reboot, clocks, swap, quotas, accounting, keyrings, BPF, perf
-//! events, NUMA policy, other processes' memory, file handles, userfaultfd, mounts and the new
-//! mount API, namespace changes (`unshare`, `setns`, and `clone` with a namespace flag),
-//! io_uring, and `personality` other than the harmless personas. Docker's profile is an allow list, and this
+//! documentation lists them under "Significant syscalls blocked by the default profile". They
+//! cover kernel modules, kexec, reboot, clocks, swap, quotas, accounting, keyrings, BPF and perf
+//! events. They also cover NUMA policy, other processes' memory, file handles, userfaultfd,
+//! mounts and the new mount API, and namespace changes (`unshare`, `setns`, and `clone` with a
+//! namespace flag). The list ends with io_uring and `personality` other than harmless personas. Docker's profile is an allow list, and this
 //! is a deny list of the same calls, so a call that is newer than this list stays allowed.
 //! Most of these calls also need a capability the silo lacks; the filter is the second wall,
 //! and the only one for calls that need none, such as `unshare(CLONE_NEWUSER)`.

@@ -256,8 +256,8 @@ impl Session {
                 }
             }
 
-            // A list that differs only in network counters goes out at most once per refresh
-            // interval; any other change goes out at once.
+            // A list that differs only in network counters goes out once the refresh interval
+            // has passed since the last list, and any other change goes out at once.
             let names_due = match &last_names {
                 None => true,
                 Some(last) if Arc::ptr_eq(last, &view.names) || **last == *view.names => false,

@@ -256,9 +256,9 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 fn random_serial() -> Result<SerialNumber, PkiError> {
     let mut bytes = [0u8; SERIAL_BYTES];
     SystemRandom::new().fill(&mut bytes).map_err(|_| PkiError::Random)?;
-    // DER integers are signed and minimal: a clear top bit keeps the serial positive, as RFC
-    // 5280 requires, and a non-zero first byte keeps all 16 bytes, so the hex that revocation
-    // lists key on is the same before and after encoding.
+    // DER integers are signed and minimal. A clear top bit keeps the serial positive, as RFC
+    // 5280 requires. A non-zero first byte keeps all 16 bytes, so the hex that revocation lists
+    // use as key is the same before and after encoding.
     bytes[0] = (bytes[0] & 0x7f).max(1);
     Ok(SerialNumber::from_slice(&bytes))
 }

@@ -142,7 +142,7 @@ pub fn requests_from(log: &str, address: &str) -> usize {
         .count()
 }
 
-/// Returns the number of requests busybox httpd's `-v` log answered, whatever the client.
+/// Returns the number of responses in busybox httpd's `-v` log, whatever the client.
 pub fn response_count(log: &str) -> usize {
     log.lines().filter(|line| line.contains(": response:")).count()
 }
@@ -166,7 +166,7 @@ const CAPTURE_STOP_GRACE: Duration = Duration::from_secs(5);
 /// "listening on" once it does, which [`Capture::start`] waits for up to this long.
 const CAPTURE_START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Returns the path of tcpdump, or an error that says how to install it.
+/// Returns the path of tcpdump, or an error that names the package to install.
 pub fn tcpdump_path() -> anyhow::Result<std::path::PathBuf> {
     TCPDUMP_PATHS
         .iter()

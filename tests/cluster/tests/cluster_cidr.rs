@@ -70,7 +70,8 @@ fn configured_cluster_cidr_is_used() {
 
     for host in [&host_1, &host_2] {
         let subnet = host_subnet(&lab, host).expect("list runs").expect("host is listed");
-        assert!(subnet.starts_with(CLUSTER_PREFIX) && subnet.ends_with(".0/24"), "subnet of {} in {CLUSTER_CIDR}: {subnet}", host.name);
+        assert!(subnet.starts_with(CLUSTER_PREFIX), "subnet of {} in {CLUSTER_CIDR}: {subnet}", host.name);
+        assert!(subnet.ends_with(".0/24"), "subnet of {} is a /24: {subnet}", host.name);
         let stored = std::fs::read_to_string(host.state_dir.join("cluster-network")).expect("agent stores the cluster network");
         assert_eq!(stored.trim(), CLUSTER_CIDR, "cluster network the agent of {} received", host.name);
     }

@@ -165,7 +165,8 @@ fn parse_figures(line: &str) -> anyhow::Result<Figures> {
     })
 }
 
-/// A silo that only sleeps, whose network namespace the benchmark enters.
+/// Returns a silo file with a silo that only sleeps, whose network namespace the benchmark
+/// enters.
 fn idle_silo(name: &str, host: &str) -> String {
     format!(
         r#"
