@@ -29,6 +29,7 @@
 mod colex;
 mod crun;
 mod latency;
+mod steps;
 mod veth;
 
 use std::hash::{BuildHasher, RandomState};
@@ -91,6 +92,8 @@ struct Report {
 struct Samples {
     pacing: Pacing,
     colex: Vec<StartSample>,
+    /// The runtime's step marks of each timed colex start.
+    steps: Vec<String>,
     crun: Vec<Duration>,
 }
 
@@ -124,9 +127,11 @@ fn run() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let tools = tools.ok();
-    let report = std::thread::spawn(move || measure_in_netns(runs, user_namespaces, tools))
-        .join()
-        .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))??;
+    let step_log = steps::StepLog::install()?;
+    let report =
+        std::thread::spawn(move || measure_in_netns(runs, user_namespaces, tools, &step_log))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))??;
     for samples in &report.pacings {
         print_samples(samples)?;
     }
@@ -157,6 +162,7 @@ fn print_samples(samples: &Samples) -> anyhow::Result<()> {
     let removals: Vec<Duration> = samples.colex.iter().map(|s| s.removal).collect();
     let colex = Summary::of(&starts).context("no colex samples")?;
     println!("  colex run_silo:       {colex}");
+    steps::print_medians(&samples.steps);
     if let Some(removal) = Summary::of(&removals) {
         println!("  colex removal, untimed above: {removal}");
     }
@@ -227,6 +233,7 @@ fn measure_in_netns(
     runs: usize,
     user_namespaces: bool,
     tools: Option<crun::Tools>,
+    step_log: &steps::StepLog,
 ) -> anyhow::Result<Report> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .context("failed to create a network namespace")?;
@@ -246,7 +253,7 @@ fn measure_in_netns(
         .block_on(Runtime::start(host.cfg.clone()))
         .context("failed to start the silo runtime")?;
 
-    let measured = measure(&tokio, &runtime, &host, &unique, runs, tools);
+    let measured = measure(&tokio, &runtime, &host, &unique, runs, tools, step_log);
     let shut_down = tokio
         .block_on(runtime.shutdown())
         .context("failed to shut the silo runtime down");
@@ -264,6 +271,7 @@ fn measure(
     unique: &str,
     runs: usize,
     tools: Option<crun::Tools>,
+    step_log: &steps::StepLog,
 ) -> anyhow::Result<Vec<Samples>> {
     let id_prefix = u16::from_str_radix(&unique[..4], 16).context("invalid random prefix")?;
     let mut ids = SiloIds::new(id_prefix);
@@ -295,10 +303,12 @@ fn measure(
         if let Some(crun) = crun.as_mut() {
             crun.run_block(WARMUP_RUNS, pause)?;
         }
+        let _warmup_steps = step_log.take();
 
         let mut samples = Samples {
             pacing,
             colex: Vec::with_capacity(runs),
+            steps: Vec::new(),
             crun: Vec::with_capacity(runs),
         };
         for block in 0..BLOCKS {
@@ -309,6 +319,7 @@ fn measure(
                 samples.crun.extend(crun.run_block(size, pause)?);
             }
         }
+        samples.steps = step_log.take();
         all.push(samples);
     }
 

@@ -59,8 +59,8 @@ const VERIFIER_LOG_BYTES: usize = 4096;
 const PROGRAM_NAME: &str = "colex_antispoof";
 
 /// Makes the ingress of the host-side veth with index `host_veth_index` accept only IPv4 and
-/// ARP with `address` as source. Call it before the silo's end of the pair is up, so no packet
-/// passes unchecked.
+/// ARP with `address` as source. Call it before any process of the silo may send, so no packet
+/// of the silo passes unchecked.
 pub async fn install(handle: &Handle, host_veth_index: u32, address: Ipv4Addr) -> Result<(), AntispoofError> {
     let program = load_program(address)?;
     let index = host_veth_index as i32;

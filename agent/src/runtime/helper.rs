@@ -2,9 +2,11 @@
 //! single-threaded and without tokio. It is the silo's supervisor and outlives the agent that
 //! started it.
 //!
-//! It reads the [`HelperJob`] from stdin, clones the silo's PID 1 into new namespaces, writes
-//! the uid and gid maps of its user namespace and reports its pid. It lets PID 1 build its root
-//! when the agent sends "mount"; PID 1 reads the agent's "go" itself. Then it
+//! It clones the silo's PID 1 into new namespaces as soon as it starts and writes the uid and
+//! gid maps of its user namespace, before a job exists. So a spare helper (module `spare`) has
+//! a PID 1 that only waits for its job, and a start does not wait for the clone. The helper
+//! then reads the [`HelperJob`] from stdin, passes it on to PID 1 and reports PID 1's pid. It lets
+//! PID 1 build its root when the agent sends "mount"; PID 1 reads the agent's "go" itself. Then it
 //! drains the pipes that are the program's stdout and stderr into size-capped rotating files, waits for PID 1 to exit, and
 //! writes the exit record to the silo dir. It runs in a session of its own, so a signal to the
 //! agent's process group does not reach it. It needs nothing from the agent once the program
@@ -29,7 +31,7 @@ use super::protocol::{
     read_job_line, read_line_exact, send_report, HelperJob, HelperReport, MOUNT_LINE,
 };
 use super::state::{write_json_atomic, ExitRecord, StateError};
-use super::userns::{self, UsernsError};
+use super::userns::{self, IdMap, UsernsError};
 
 /// Stack size of the cloned PID 1, in bytes. The memory is only committed when touched.
 const INIT_STACK_BYTES: usize = 8 * 1024 * 1024;
@@ -52,6 +54,15 @@ pub enum HelperError {
     NoJob,
     #[error("failed to parse the job: {source}")]
     ParseJob { source: serde_json::Error },
+    #[error("invalid helper argument {value:?}: expected HOST_BASE:COUNT, the silo's id map")]
+    IdMapArgument { value: String },
+    #[error("the job asks for id map {job:?}, but this helper cloned PID 1 with {helper:?}")]
+    IdMapMismatch {
+        job: Option<IdMap>,
+        helper: Option<IdMap>,
+    },
+    #[error("failed to pass the job to the silo init: {source}")]
+    PassJob { source: Errno },
     #[error("failed to create the sync pipe: {source}")]
     Pipe { source: Errno },
     #[error("failed to clone the silo init into new namespaces: {source}")]
@@ -77,7 +88,7 @@ pub enum HelperError {
 /// argument is `silo-helper`, before any thread or tokio runtime exists: `clone` of a
 /// multi-threaded process leaves the child with locks other threads may hold.
 pub fn helper_main() -> ! {
-    let code = match run() {
+    let code = match id_map_argument().and_then(run) {
         Ok(()) => 0,
         // A spare helper whose agent exited without giving it a job.
         Err(HelperError::NoJob) => 0,
@@ -90,25 +101,42 @@ pub fn helper_main() -> ! {
     std::process::exit(code)
 }
 
-fn run() -> Result<(), HelperError> {
+/// Reads the id map of the silo's user namespace from the argument after the mode, written
+/// `HOST_BASE:COUNT` (see [`id_map_argument_text`]); no argument means no user namespace.
+fn id_map_argument() -> Result<Option<IdMap>, HelperError> {
+    let Some(value) = std::env::args().nth(2) else {
+        return Ok(None);
+    };
+    let invalid = || HelperError::IdMapArgument {
+        value: value.clone(),
+    };
+    let (host_base, count) = value.split_once(':').ok_or_else(invalid)?;
+    Ok(Some(IdMap {
+        host_base: host_base.parse().map_err(|_| invalid())?,
+        count: count.parse().map_err(|_| invalid())?,
+    }))
+}
+
+/// Returns the helper argument that carries `map`, as [`id_map_argument`] reads it.
+pub(super) fn id_map_argument_text(map: &IdMap) -> String {
+    format!("{}:{}", map.host_base, map.count)
+}
+
+fn run(id_map: Option<IdMap>) -> Result<(), HelperError> {
     // A session of its own, so signals to the agent's process group or session never reach the
     // silo. Done here and not in a `pre_exec` hook, which would make the agent fork itself.
     if let Err(errno) = nix::unistd::setsid() {
         eprintln!("colex silo helper: setsid failed: {errno}");
     }
 
-    let stdin = io::stdin();
-    let line = read_job_line(stdin.as_fd())
-        .map_err(|source| HelperError::ReadJob { source })?
-        .ok_or(HelperError::NoJob)?;
-    let job: HelperJob =
-        serde_json::from_slice(&line).map_err(|source| HelperError::ParseJob { source })?;
-
     let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|source| HelperError::Pipe { source });
+    let (job_read, job_write) = pipe()?;
     let (sync_read, sync_write) = pipe()?;
     let (stdout_read, stdout_write) = pipe()?;
     let (stderr_read, stderr_write) = pipe()?;
     let fds = InitFds {
+        job_read: job_read.as_raw_fd(),
+        job_write: job_write.as_raw_fd(),
         sync_read: sync_read.as_raw_fd(),
         sync_write: sync_write.as_raw_fd(),
         stdout_read: stdout_read.as_raw_fd(),
@@ -116,19 +144,46 @@ fn run() -> Result<(), HelperError> {
         stderr_read: stderr_read.as_raw_fd(),
         stderr_write: stderr_write.as_raw_fd(),
     };
-    let init_pid = clone_init(&job, fds)?;
+    let init_pid = clone_init(id_map.is_some(), fds)?;
     // Only PID 1 and the program hold the write ends now, so the pipes reach EOF once the
     // silo's processes are gone.
-    drop((sync_read, stdout_write, stderr_write));
+    drop((job_read, sync_read, stdout_write, stderr_write));
 
     // Before the report, so PID 1 is mapped before the agent releases it: it waits on the sync
     // pipe until then.
-    if let Some(map) = &job.id_map {
+    if let Some(map) = &id_map {
         if let Err(source) = userns::write_id_maps(init_pid, map) {
             return Err(abort_init(init_pid, HelperError::MapIds { source }));
         }
     }
 
+    // A spare waits here, with its PID 1 waiting for the job in turn. EOF means that the agent
+    // discarded the spare or exited.
+    let stdin = io::stdin();
+    let line = match read_job_line(stdin.as_fd()) {
+        Ok(Some(line)) => line,
+        Ok(None) => return Err(abort_init(init_pid, HelperError::NoJob)),
+        Err(source) => return Err(abort_init(init_pid, HelperError::ReadJob { source })),
+    };
+    let job: HelperJob = match serde_json::from_slice(&line) {
+        Ok(job) => job,
+        Err(source) => return Err(abort_init(init_pid, HelperError::ParseJob { source })),
+    };
+    if job.id_map != id_map {
+        let mismatch = HelperError::IdMapMismatch {
+            job: job.id_map,
+            helper: id_map,
+        };
+        return Err(abort_init(init_pid, mismatch));
+    }
+    // PID 1 reads the job to EOF, so closing the write end ends it.
+    if let Err(source) = write_all(&job_write, &line) {
+        return Err(abort_init(init_pid, HelperError::PassJob { source }));
+    }
+    drop(job_write);
+
+    // Only after the job line was read: the agent sends "mount" once it has this report, and
+    // the job reader must not find that line behind the job in the pipe.
     let init_pid_u32 = u32::try_from(init_pid.as_raw()).unwrap_or_default();
     if let Err(source) = send_report(
         io::stdout(),
@@ -330,8 +385,21 @@ fn try_wait(pid: Pid) -> Result<Option<i32>, HelperError> {
 }
 
 /// Clones the silo's PID 1, which runs [`init::run`] in new namespaces.
-fn clone_init(job: &HelperJob, fds: InitFds) -> Result<Pid, HelperError> {
-    let callback = Box::new(move || init::run(job, fds) as isize);
+/// Writes all of `bytes` to the pipe `fd`, in as many writes as it takes.
+fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> Result<(), Errno> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(0) => return Err(Errno::EPIPE),
+            Ok(written) => bytes = &bytes[written..],
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(errno),
+        }
+    }
+    Ok(())
+}
+
+fn clone_init(user_namespace: bool, fds: InitFds) -> Result<Pid, HelperError> {
+    let callback = Box::new(move || init::run(fds) as isize);
     let mut stack = vec![0u8; INIT_STACK_BYTES];
     let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
@@ -341,11 +409,11 @@ fn clone_init(job: &HelperJob, fds: InitFds) -> Result<Pid, HelperError> {
     // In the same call, the kernel creates the user namespace first and makes it the owner of
     // every other new namespace, so PID 1's capabilities there cover its mounts, host name and
     // network, and nothing of the host.
-    if job.id_map.is_some() {
+    if user_namespace {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
-    // SAFETY: without CLONE_VM the child gets a copy of this address space, so `stack`, `job`
-    // and the callback stay valid in the child for its whole life. This process is
+    // SAFETY: without CLONE_VM the child gets a copy of this address space, so `stack` and the
+    // callback stay valid in the child for its whole life. This process is
     // single-threaded, so the child inherits no lock held by another thread. INIT_STACK_BYTES
     // leaves ample room for the init's shallow call depth.
     unsafe { clone(callback, &mut stack, flags, Some(libc::SIGCHLD)) }

@@ -29,8 +29,9 @@ use nix::unistd::{
 
 use super::capabilities;
 use super::seccomp::{DefaultFilter, SeccompError};
-use super::protocol::{read_line_exact, send_report, HelperJob, HelperReport, GO_LINE};
+use super::protocol::{read_line_exact, send_report, HelperJob, HelperReport, InitSteps, GO_LINE};
 use super::rootfs::{self, RootfsError, RootfsSources};
+use super::step_clock::monotonic_ns;
 use super::userns::{self, UsernsError};
 
 /// Byte on the sync pipe that lets PID 1 build the silo's root file system.
@@ -101,10 +102,12 @@ struct Program {
     seccomp: DefaultFilter,
 }
 
-/// This process's copies of the helper's pipes: the sync pipe, and the pipes the helper drains
-/// into the program's log files.
+/// This process's copies of the helper's pipes: the job pipe, the sync pipe, and the pipes the
+/// helper drains into the program's log files.
 #[derive(Debug, Clone, Copy)]
 pub struct InitFds {
+    pub job_read: RawFd,
+    pub job_write: RawFd,
     pub sync_read: RawFd,
     pub sync_write: RawFd,
     pub stdout_read: RawFd,
@@ -114,11 +117,13 @@ pub struct InitFds {
 }
 
 /// Runs PID 1 and returns its exit code.
-pub fn run(job: &HelperJob, fds: InitFds) -> i32 {
-    // SAFETY: clone gave this process its own copy of the helper's fd table, in which all six
+pub fn run(fds: InitFds) -> i32 {
+    // SAFETY: clone gave this process its own copy of the helper's fd table, in which all eight
     // descriptors are open, and nothing else in this process owns them.
-    let (sync_read, sync_write, stdout_read, stdout, stderr_read, stderr) = unsafe {
+    let (job_read, job_write, sync_read, sync_write, stdout_read, stdout, stderr_read, stderr) = unsafe {
         (
+            OwnedFd::from_raw_fd(fds.job_read),
+            OwnedFd::from_raw_fd(fds.job_write),
             OwnedFd::from_raw_fd(fds.sync_read),
             OwnedFd::from_raw_fd(fds.sync_write),
             OwnedFd::from_raw_fd(fds.stdout_read),
@@ -130,10 +135,17 @@ pub fn run(job: &HelperJob, fds: InitFds) -> i32 {
     // Once this copy of the write end is closed, the read below returns EOF when the helper dies.
     // Without the read ends here, the program gets EPIPE instead of blocking should the helper
     // die.
-    drop((sync_write, stdout_read, stderr_read));
+    drop((job_write, sync_write, stdout_read, stderr_read));
     // The helper records the exit, so the silo must not outlive it.
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
     let _ = prctl::set_name(INIT_PROCESS_NAME);
+
+    // This process exists before its silo does: it waits here for the job, which the helper
+    // passes on once the agent sends it, and ends without one when the helper closes the pipe.
+    let Some(job) = read_job(job_read) else {
+        return ABORTED_EXIT_CODE;
+    };
+    let job = &job;
 
     // The root file system is built while the agent sets up the cgroup and the network.
     if !wait_for_byte(&sync_read, MOUNT_BYTE) {
@@ -149,21 +161,46 @@ pub fn run(job: &HelperJob, fds: InitFds) -> i32 {
         return fail(err);
     }
     drop(sync_read);
+    // Everything that does not need "go" happens before it: the agent usually sends "go" while
+    // the root is still being built, so this work would otherwise delay the program.
+    let program = match Program::prepare(job, stdout, stderr) {
+        Ok(program) => program,
+        Err(err) => return fail(err),
+    };
+    let prepared_ns = monotonic_ns();
     // "go" comes straight from the agent on this process's copy of the helper's stdin, once the
     // cgroup and the network are ready; EOF means the agent aborted the start.
     if !read_line_exact(io::stdin().as_fd(), GO_LINE) {
         return ABORTED_EXIT_CODE;
     }
+    let go_read_ns = monotonic_ns();
 
-    let program_pid = match start_program(job, stdout, stderr) {
+    let mut steps = InitSteps {
+        prepared_ns,
+        go_read_ns,
+        ..InitSteps::default()
+    };
+    let program_pid = match start_program(program, &mut steps) {
         Ok(pid) => pid,
         Err(err) => return fail(err),
     };
-    if let Err(errno) = send_report(&reports, &HelperReport::Started) {
+    let started = HelperReport::Started { steps };
+    if let Err(errno) = send_report(&reports, &started) {
         eprintln!("colex-init: failed to report the start: {errno}");
     }
     release_report_pipe();
     supervise(program_pid)
+}
+
+/// Reads the job from `job_read` to EOF. Returns `None` when the helper closed the pipe
+/// without a job, or sent one that does not parse (the helper parsed it already).
+fn read_job(job_read: OwnedFd) -> Option<HelperJob> {
+    let mut line = Vec::new();
+    File::from(job_read).read_to_end(&mut line).ok()?;
+    if line.is_empty() {
+        return None;
+    }
+    serde_json::from_slice(&line).ok()
 }
 
 /// Becomes root of the silo's user namespace, if it has one, and builds the silo's root file
@@ -194,33 +231,39 @@ fn wait_for_byte(sync_read: &OwnedFd, expected: u8) -> bool {
     }
 }
 
-/// Forks the program, in the silo's root, with `stdout` and `stderr` as its output; returns its
-/// pid once `execve` succeeded. PID 1 keeps no copy of the output pipes.
-fn start_program(job: &HelperJob, stdout: OwnedFd, stderr: OwnedFd) -> Result<Pid, InitError> {
-    check_binary(&job.binary)?;
-    let stdin = OpenOptions::new()
-        .read(true)
-        .open("/dev/null")
-        .map_err(|source| InitError::OpenDevNull { source })?;
-    let program = Program {
-        path: c_string(&job.binary)?,
-        argv: job
-            .argv
-            .iter()
-            .map(|arg| c_string(arg))
-            .collect::<Result<_, _>>()?,
-        envp: job
-            .env
-            .iter()
-            .map(|entry| c_string(entry))
-            .collect::<Result<_, _>>()?,
-        stdin,
-        stdout,
-        stderr,
-        capability_mask: capabilities::silo_capability_mask(job.raw_sockets),
-        seccomp: DefaultFilter::compile()?,
-    };
+impl Program {
+    /// Checks the binary inside the new root and converts everything `execve` needs, with
+    /// `stdout` and `stderr` as the program's output.
+    fn prepare(job: &HelperJob, stdout: OwnedFd, stderr: OwnedFd) -> Result<Program, InitError> {
+        check_binary(&job.binary)?;
+        let stdin = OpenOptions::new()
+            .read(true)
+            .open("/dev/null")
+            .map_err(|source| InitError::OpenDevNull { source })?;
+        Ok(Program {
+            path: c_string(&job.binary)?,
+            argv: job
+                .argv
+                .iter()
+                .map(|arg| c_string(arg))
+                .collect::<Result<_, _>>()?,
+            envp: job
+                .env
+                .iter()
+                .map(|entry| c_string(entry))
+                .collect::<Result<_, _>>()?,
+            stdin,
+            stdout,
+            stderr,
+            capability_mask: capabilities::silo_capability_mask(job.raw_sockets),
+            seccomp: DefaultFilter::compile()?,
+        })
+    }
+}
 
+/// Forks `program` in the silo's root and returns its pid once `execve` succeeded. PID 1 keeps
+/// no copy of the output pipes.
+fn start_program(program: Program, steps: &mut InitSteps) -> Result<Pid, InitError> {
     // Blocked before the fork, so no SIGCHLD or forwarded signal is lost; sigwait takes them.
     install_noop_handlers();
     supervised_signals()
@@ -238,9 +281,11 @@ fn start_program(job: &HelperJob, stdout: OwnedFd, stderr: OwnedFd) -> Result<Pi
             exec_program(&program, status_write)
         }
         ForkResult::Parent { child } => {
+            steps.forked_ns = monotonic_ns();
             drop(status_write);
             let mut message = String::new();
             let _ = File::from(status_read).read_to_string(&mut message);
+            steps.exec_seen_ns = monotonic_ns();
             if message.is_empty() {
                 Ok(child)
             } else {

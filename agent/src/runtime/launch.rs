@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use super::protocol::{HelperJob, HelperReport, GO_LINE, HELPER_ARG, MOUNT_LINE};
+use super::helper::id_map_argument_text;
+use super::protocol::{HelperJob, HelperReport, InitSteps, GO_LINE, HELPER_ARG, MOUNT_LINE};
+use super::userns::IdMap;
 
 /// How long the agent waits for a killed helper to exit.
 const HELPER_KILL_WAIT: Duration = Duration::from_secs(5);
@@ -56,22 +58,32 @@ pub struct Helper {
     stdin: Option<ChildStdin>,
     reports: Lines<BufReader<ChildStdout>>,
     log: PathBuf,
+    /// The id map the helper cloned PID 1's user namespace with; `None` for no user namespace.
+    id_map: Option<IdMap>,
 }
 
 impl Helper {
     /// Spawns `<exe> silo-helper` without a job: a spare that waits for one on its stdin and
     /// exits when stdin closes. Its stderr is the agent's until the job names the silo's helper
     /// log, which the helper opens once the silo dir exists.
-    pub fn spawn_idle(exe: &Path) -> Result<Helper, LaunchError> {
-        Helper::spawn_with_stderr(exe, Stdio::inherit(), Path::new("the agent's log"))
+    pub fn spawn_idle(exe: &Path, id_map: Option<IdMap>) -> Result<Helper, LaunchError> {
+        Helper::spawn_with_stderr(exe, id_map, Stdio::inherit(), Path::new("the agent's log"))
     }
 
     /// The helper calls `setsid` itself: a `pre_exec` hook would make the standard library fork
     /// the whole agent instead of using `posix_spawn`, which costs about 1 ms per start.
-    fn spawn_with_stderr(exe: &Path, stderr: Stdio, log: &Path) -> Result<Helper, LaunchError> {
+    fn spawn_with_stderr(
+        exe: &Path,
+        id_map: Option<IdMap>,
+        stderr: Stdio,
+        log: &Path,
+    ) -> Result<Helper, LaunchError> {
         let mut command = Command::new(exe);
+        command.arg(HELPER_ARG);
+        if let Some(map) = &id_map {
+            command.arg(id_map_argument_text(map));
+        }
         command
-            .arg(HELPER_ARG)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -94,11 +106,12 @@ impl Helper {
             stdin: Some(stdin),
             reports: BufReader::new(stdout).lines(),
             log: log.to_path_buf(),
+            id_map,
         })
     }
 
-    /// Sends the helper its job. The helper then clones the silo's PID 1 and reports
-    /// [`HelperReport::Cloned`].
+    /// Sends the helper its job, which it passes on to the silo's PID 1. The helper cloned PID 1
+    /// and reported [`HelperReport::Cloned`] when it started, before any job.
     pub async fn send_job(&mut self, job: &HelperJob) -> Result<(), LaunchError> {
         self.log = job.helper_log.clone();
         let mut line = serde_json::to_string(job).map_err(|source| LaunchError::Send {
@@ -111,6 +124,11 @@ impl Helper {
     /// Returns the helper's pid.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Returns the id map the helper's PID 1 was cloned with.
+    pub fn id_map(&self) -> Option<IdMap> {
+        self.id_map
     }
 
     /// Waits for the helper to report the pid of the silo's PID 1.
@@ -133,12 +151,12 @@ impl Helper {
     }
 
     /// Lets the silo's PID 1 start the program, then waits until it reports that the program
-    /// was exec'd.
-    pub async fn release(&mut self, timeout: Duration) -> Result<(), LaunchError> {
+    /// was exec'd. Returns when PID 1 reached its steps before the program.
+    pub async fn release(&mut self, timeout: Duration) -> Result<InitSteps, LaunchError> {
         const EXPECTED: &str = "the program start";
         self.send_line(&format!("{GO_LINE}\n")).await?;
         match self.next_report(EXPECTED, timeout).await? {
-            HelperReport::Started => Ok(()),
+            HelperReport::Started { steps } => Ok(steps),
             HelperReport::Failed { message } => Err(LaunchError::SiloFailed { message }),
             report => Err(LaunchError::UnexpectedReport {
                 report,
@@ -179,6 +197,17 @@ impl Helper {
     /// Returns the process handle, for waiting on the helper once the silo runs.
     pub fn into_child(self) -> Child {
         self.child
+    }
+
+    /// Returns the failure PID 1 or the helper reported, if one arrives within `wait`. PID 1
+    /// builds its root while the agent runs its own steps. When PID 1 fails there (a missing
+    /// binary, a bad bind), its exit makes the agent's step fail too, but only PID 1's message
+    /// names the cause, so a failed start reads this report first.
+    pub async fn reported_failure(&mut self, wait: Duration) -> Option<LaunchError> {
+        match self.next_report("a failure report", wait).await {
+            Ok(HelperReport::Failed { message }) => Some(LaunchError::SiloFailed { message }),
+            Ok(_) | Err(_) => None,
+        }
     }
 
     async fn next_report(

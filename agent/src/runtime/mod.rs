@@ -5,10 +5,11 @@
 //!
 //! Process model: the agent (multi-threaded tokio) never forks except to exec. For each silo it
 //! hands a job to a helper (module `spare` keeps two waiting): `<helper_exe> silo-helper`
-//! ([`helper_main`]), a single-threaded process that clones the silo's PID 1 (module `init`)
-//! into the new namespaces. PID 1 waits on a pipe until the agent has written the silo's files,
-//! then sets up its root file system while the agent puts it in its cgroup and configures its
-//! network. Once both are done, it execs the program in a forked child. The helper is the silo's supervisor: it
+//! ([`helper_main`]), a single-threaded process that cloned the silo's PID 1 (module `init`)
+//! into the new namespaces when it started, before the job. The agent configures the silo's
+//! network while it writes the silo's files and makes its cgroups. PID 1 waits on a pipe until
+//! the files are written, then sets up its root file system while the agent puts it in its
+//! cgroup and finishes the network. Once both are done, it execs the program in a forked child. The helper is the silo's supervisor: it
 //! drains the program's stdout and stderr pipes into rotating log files (module `logs`), waits
 //! for PID 1 and writes its exit status to the silo dir, and the agent waits for the helper and
 //! sends a [`SiloExit`]. The helper needs nothing from the agent once the program runs, so the
@@ -53,6 +54,7 @@ mod sources;
 mod spec;
 mod state;
 mod stats;
+mod step_clock;
 mod tarball;
 mod teardown;
 mod userns;

@@ -29,6 +29,7 @@ use tracing::debug;
 
 use super::antispoof;
 use super::names::SILO_IFNAME;
+use super::step_clock::mark;
 
 /// Name of the loopback interface.
 const LOOPBACK_IFNAME: &str = "lo";
@@ -411,19 +412,35 @@ impl Netlink {
 
         // On failure the sender is dropped, which makes the thread stop after loopback.
         self.create_silo_veth(host_veth, &peer, bridge, pid).await?;
-        // Before the silo's end goes up, so no packet of the silo passes unchecked.
-        let host_index = self.require_index(host_veth).await?;
-        antispoof::install(&self.handle, host_index, address)
-            .await
-            .map_err(|source| NetworkError::Antispoof {
-                name: host_veth.to_owned(),
-                address,
-                source,
-            })?;
+        mark("veth_created");
         let _ = veth_created_tx.send(());
-        result_rx
-            .await
-            .map_err(|_| NetworkError::NetnsThreadLost { pid })?
+
+        // The filter goes on while the thread configures the silo's end. No process of the silo
+        // can send before this call returns: PID 1 waits for "go", which the runtime sends only
+        // after this. Until then the only sender in the silo's namespace is its kernel, which
+        // uses the silo's own address and, with no IPv6 addresses on the link, stays silent.
+        let filtered = async {
+            let host_index = self.require_index(host_veth).await?;
+            antispoof::install(&self.handle, host_index, address)
+                .await
+                .map_err(|source| NetworkError::Antispoof {
+                    name: host_veth.to_owned(),
+                    address,
+                    source,
+                })?;
+            mark("antispoof");
+            Ok::<(), NetworkError>(())
+        };
+        let configured = async {
+            let result = result_rx
+                .await
+                .map_err(|_| NetworkError::NetnsThreadLost { pid })?;
+            mark("silo_end_configured");
+            result
+        };
+        let (filtered, configured) = tokio::join!(filtered, configured);
+        filtered?;
+        configured
     }
 }
 

@@ -4,11 +4,13 @@
 //! [`MOUNT_LINE`] once the silo dir contains the silo's files, and last the line [`GO_LINE`]
 //! once the silo's cgroup and network are ready. Closing stdin instead aborts the silo.
 //!
-//! The helper reads the job and "mount". The silo's PID 1 is a clone of the helper with a copy
-//! of its stdin, and reads "go" itself: that saves a wakeup of the helper on every start. Both
-//! read without a buffer (see [`read_line_exact`]), so neither takes a line meant for the other.
-//! The agent sends nothing between the job and the helper's "cloned" report, so the job read
-//! cannot take "mount" either.
+//! The helper clones the silo's PID 1 when it starts, before the job, and passes the job on to
+//! PID 1 through a pipe of their own. The helper reads the job and "mount". PID 1 is a clone of
+//! the helper with a copy of its stdin, and reads "go" itself: that saves a wakeup of the
+//! helper on every start. Both read "mount" and "go" without a buffer (see
+//! [`read_line_exact`]), so neither takes a line meant for the other. The helper reports
+//! "cloned" only after it has read the job, and the agent sends nothing between the job and
+//! that report, so the job read cannot take "mount" either.
 //!
 //! The helper and the silo's PID 1 write [`HelperReport`]s as JSON lines to the helper's
 //! stdout, which is a pipe to the agent. Each report is one `write` of less than `PIPE_BUF`
@@ -66,6 +68,20 @@ pub struct HelperJob {
     pub raw_sockets: bool,
 }
 
+/// `CLOCK_MONOTONIC` nanoseconds at which the silo's PID 1 reached each step after its root
+/// was built; zero when unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitSteps {
+    /// The root is built and the program's exec prepared.
+    pub prepared_ns: u64,
+    /// "go" was read.
+    pub go_read_ns: u64,
+    /// The program's process was forked.
+    pub forked_ns: u64,
+    /// The status pipe closed, so `execve` succeeded.
+    pub exec_seen_ns: u64,
+}
+
 /// Progress of a silo start, reported to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -73,8 +89,12 @@ pub enum HelperReport {
     /// The silo's PID 1 exists, waits for [`GO_LINE`], and has this pid in the agent's pid
     /// namespace.
     Cloned { init_pid: u32 },
-    /// The silo's program was exec'd.
-    Started,
+    /// The silo's program was exec'd. `steps` records when PID 1 reached its steps on the way,
+    /// and the agent logs them with the start's other steps.
+    Started {
+        #[serde(default)]
+        steps: InitSteps,
+    },
     /// The silo could not be started.
     Failed { message: String },
 }
@@ -188,7 +208,14 @@ mod tests {
     fn report_lines_round_trip() {
         let reports = [
             HelperReport::Cloned { init_pid: 42 },
-            HelperReport::Started,
+            HelperReport::Started {
+                steps: InitSteps {
+                    prepared_ns: 7,
+                    go_read_ns: 9,
+                    forked_ns: 10,
+                    exec_seen_ns: 12,
+                },
+            },
             HelperReport::failed("binary /bin/foo not found in silo root"),
         ];
         for report in reports {
@@ -198,7 +225,15 @@ mod tests {
             let parsed: HelperReport = serde_json::from_str(line.trim_end()).expect("parse report");
             assert_eq!(parsed, report);
         }
-        assert_eq!(HelperReport::Started.to_line(), "{\"event\":\"started\"}\n");
+        // A report without the times, as an older helper sends it, still parses.
+        let started: HelperReport =
+            serde_json::from_str("{\"event\":\"started\"}").expect("parse report");
+        assert_eq!(
+            started,
+            HelperReport::Started {
+                steps: InitSteps::default()
+            }
+        );
     }
 
     #[test]

@@ -129,13 +129,14 @@ async fn relaunch(
     let job = helper_job(&paths, &silo_id, plan, sources, inner.cfg.id_map, &inner.cfg.metadata_endpoint());
     let host_veth = record.host_veth.clone();
     let launched = match inner.spare.take(&inner.cfg.helper_exe, &job).await {
-        Ok(helper) => launch(inner, &paths, record, helper).await,
+        // The files and the cgroup are still there from the first start.
+        Ok(helper) => launch(inner, &paths, record, helper, std::future::ready(Ok(()))).await,
         Err(source) => Err(RuntimeError::Launch {
             silo_id: silo_id.clone(),
             source,
         }),
     };
-    inner.spare.refill(&inner.cfg.helper_exe);
+    inner.spare.refill(&inner.cfg.helper_exe, inner.cfg.id_map);
     match launched {
         Ok(running) => Ok(running),
         Err(err) => {

@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,12 +26,15 @@ use super::removal::{forget_slot, remove_leftover};
 use super::sources::{self, SiloSources};
 use super::spec::{self, SiloPlan};
 use super::state::{self, ExitRecord, SiloPaths, SiloRecord};
+use super::step_clock::{self, mark};
 use super::teardown::{UndoStack, UndoStep};
 use super::userns::IdMap;
 use super::{cgroup, iptables, Inner, Runtime, RuntimeError, SiloExit};
 
 /// How long the helper may take to clone the silo's PID 1.
 const CLONE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failed start waits for a failure report of PID 1 that may explain it.
+const FAILURE_REPORT_WAIT: Duration = Duration::from_millis(200);
 /// How long PID 1 may take from release to exec of the program: mounts and pivot_root.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the helper may take to exit once the silo's cgroup is empty.
@@ -86,8 +90,12 @@ pub async fn run(
         silos.insert(silo_id.to_string(), Arc::clone(&slot));
     }
 
-    let started = setup(inner, silo_id, generation, spec, &plan, &sources).await;
-    inner.spare.refill(&inner.cfg.helper_exe);
+    let started = step_clock::timed(
+        silo_id,
+        setup(inner, silo_id, generation, spec, &plan, &sources),
+    )
+    .await;
+    inner.spare.refill(&inner.cfg.helper_exe, inner.cfg.id_map);
     match started {
         Ok(running) => {
             let interface = Interface {
@@ -134,9 +142,10 @@ async fn setup(
     }
 }
 
-/// The start of a silo in steps. The helper gets its job first, so the clone of PID 1 with its
-/// namespaces (about 1.5 ms) runs while the agent records the silo, writes its files and makes
-/// its cgroups. PID 1 waits until the agent lets it mount and then run (see `protocol`).
+/// The start of a silo in steps. A spare helper gets the job first: its PID 1 exists already,
+/// in its namespaces. Once the record names the silo's kernel objects, the network setup runs
+/// while the agent writes the silo's files and makes its cgroups, and then while PID 1 builds
+/// its root. PID 1 waits until the agent lets it mount and then run (see `protocol`).
 async fn setup_steps(
     inner: &Inner,
     undo: &mut UndoStack,
@@ -156,10 +165,13 @@ async fn setup_steps(
             silo_id: silo_id.to_string(),
             source,
         })?;
+    mark("helper_job");
 
-    match prepare_host(inner, undo, &paths, silo_id, generation, spec, plan).await {
+    match record_intent(inner, undo, &paths, silo_id, generation, plan) {
         Ok(record) => {
-            launch(inner, &paths, record, helper).await
+            let address = record.address;
+            let host_work = prepare_host(inner, undo, &paths, silo_id, spec, plan, address);
+            launch(inner, &paths, record, helper, host_work).await
         }
         Err(err) => {
             // Closing the helper's stdin and killing it ends PID 1 (it has PDEATHSIG set).
@@ -169,19 +181,22 @@ async fn setup_steps(
     }
 }
 
-/// Makes what the silo needs on the host before its PID 1 may mount: lease, silo dir and
-/// record, files, cgroups and NAT. Returns the silo's record.
-async fn prepare_host(
+/// Leases the silo's address and writes its dir and record, which names every kernel object the
+/// silo may get. Returns the record.
+// The runtime's one error type is large; this step runs once per start, so its size costs
+// nothing worth boxing for.
+#[allow(clippy::result_large_err)]
+fn record_intent(
     inner: &Inner,
     undo: &mut UndoStack,
     paths: &SiloPaths,
     silo_id: &str,
     generation: u64,
-    spec: &SiloSpec,
     plan: &SiloPlan,
 ) -> Result<SiloRecord, RuntimeError> {
     let address = inner.leases.acquire(silo_id)?;
     undo.push(UndoStep::ReleaseLease { address });
+    mark("lease");
     failpoint(inner, "after-lease")?;
 
     // Plain calls: four small local operations cost less than a trip to the blocking pool.
@@ -219,24 +234,40 @@ async fn prepare_host(
     // Before the first kernel object: the record names everything the silo may get. PID 1
     // exists already, but it ends with the helper, which ends when the agent does.
     state::write_json_atomic(&paths.record(), &record)?;
+    mark("record");
     failpoint(inner, "after-silo-dir")?;
-
-    place_files(paths, silo_id, spec, plan, address, inner.cfg.gateway(), inner.cfg.id_map).await?;
-    failpoint(inner, "after-files")?;
-
-    // Pushed first: a failed create can leave dirs in some hierarchies.
-    undo.push(UndoStep::RemoveCgroup {
-        path: record.cgroup_dir.clone(),
-    });
-    let limits = inner.cgroups.limits(plan.cpu_percent, plan.memory_bytes);
-    inner.cgroups.silo(silo_id).create(&limits).await?;
-    failpoint(inner, "after-cgroup")?;
 
     // The pair is created once PID 1 has its network namespace (`start_helper`). Its undo is
     // pushed here, so a failure at any later step deletes whatever exists of it.
     undo.push(UndoStep::DeleteVeth {
         name: record.host_veth.clone(),
     });
+    Ok(record)
+}
+
+/// Makes the rest of what the silo needs on the host before its PID 1 may mount: files,
+/// cgroups and NAT. Runs while the network is set up.
+async fn prepare_host(
+    inner: &Inner,
+    undo: &mut UndoStack,
+    paths: &SiloPaths,
+    silo_id: &str,
+    spec: &SiloSpec,
+    plan: &SiloPlan,
+    address: Ipv4Addr,
+) -> Result<(), RuntimeError> {
+    place_files(paths, silo_id, spec, plan, address, inner.cfg.gateway(), inner.cfg.id_map).await?;
+    mark("files");
+    failpoint(inner, "after-files")?;
+
+    // Pushed first: a failed create can leave dirs in some hierarchies.
+    undo.push(UndoStep::RemoveCgroup {
+        path: inner.host_cgroup.join(silo_id),
+    });
+    let limits = inner.cgroups.limits(plan.cpu_percent, plan.memory_bytes);
+    inner.cgroups.silo(silo_id).create(&limits).await?;
+    mark("cgroup_dirs");
+    failpoint(inner, "after-cgroup")?;
 
     if plan.internet_access {
         iptables::enable_ip_forward().await?;
@@ -244,7 +275,7 @@ async fn prepare_host(
         iptables::add_masquerade(address, &inner.cfg.bridge, silo_id).await?;
         failpoint(inner, "after-masquerade")?;
     }
-    Ok(record)
+    Ok(())
 }
 
 /// Builds the job of the helper for silo `silo_id`, in a user namespace with `id_map` unless
@@ -296,6 +327,7 @@ pub(super) async fn launch(
     paths: &SiloPaths,
     mut record: SiloRecord,
     mut helper: Helper,
+    host_work: impl Future<Output = Result<(), RuntimeError>>,
 ) -> Result<RunningSilo, RuntimeError> {
     let silo_id = record.silo_id.clone();
     record.helper_pid = Some(helper.pid());
@@ -313,10 +345,12 @@ pub(super) async fn launch(
         prefix_len: inner.network.prefix_len(),
         gateway: inner.cfg.gateway(),
     };
-    let started = match start_helper(inner, &mut helper, &mut record, peer_interface).await {
+    let started = match start_helper(inner, &mut helper, &mut record, peer_interface, host_work).await {
         Ok(init) => {
             record.started = true;
-            match state::write_json_atomic(&paths.record(), &record) {
+            let written = state::write_json_atomic(&paths.record(), &record);
+            mark("record_updated");
+            match written {
                 Ok(()) => failpoint(inner, "after-started")
                     .map(|()| init)
                     .map_err(RuntimeError::from),
@@ -437,12 +471,15 @@ async fn place_files(
     })
 }
 
-/// Takes the helper from "spawned" to "program exec'd": cgroup, network, release.
+/// Takes the helper from "job sent" to "program exec'd": the host work (`host_work`, what the
+/// caller still has to make before PID 1 may mount), the mount, the cgroup, the network, and
+/// the release.
 async fn start_helper(
     inner: &Inner,
     helper: &mut Helper,
     record: &mut SiloRecord,
     interface: SiloInterface,
+    host_work: impl Future<Output = Result<(), RuntimeError>>,
 ) -> Result<Option<PidFd>, RuntimeError> {
     let silo_id = record.silo_id.clone();
     let launch_error = |source| RuntimeError::Launch {
@@ -466,24 +503,48 @@ async fn start_helper(
     // helper kills PID 1 when the agent's end of its stdin closes, so a crash before that
     // leaves no process that the record would need to name.
     record.init_pid = Some(init_pid);
+    mark("cloned");
     failpoint(inner, "after-clone")?;
 
-    // PID 1 builds the root file system while the cgroup and the network are set up.
-    helper.prepare().await.map_err(launch_error)?;
-
-    // Independent steps, so they run at the same time: moving PID 1 into its cgroup can wait
-    // for an RCU grace period in the kernel (several ms), which the network setup overlaps.
+    // Two independent lines of work, so they run at the same time. The network needs only
+    // PID 1's namespace. The host work makes the files that PID 1 mounts and the cgroups that
+    // PID 1 moves into. That move can wait for an RCU grace period in the kernel (several ms
+    // after an idle time), and the network setup and the root build overlap it.
     let silo_cgroup = inner.cgroups.silo(&record.silo_id);
-    let network =
-        inner
+    let host = async {
+        host_work.await?;
+        helper.prepare().await.map_err(launch_error)?;
+        mark("mount_sent");
+        silo_cgroup.add_process(init_pid).await?;
+        mark("cgroup_joined");
+        Ok::<(), RuntimeError>(())
+    };
+    let network = async {
+        let result = inner
             .netlink
-            .setup_silo_network(&record.host_veth, &inner.cfg.bridge, init_pid, interface);
-    let (cgroup_joined, network_ready) = tokio::join!(silo_cgroup.add_process(init_pid), network);
-    cgroup_joined?;
-    network_ready?;
+            .setup_silo_network(&record.host_veth, &inner.cfg.bridge, init_pid, interface)
+            .await;
+        mark("network_ready");
+        result
+    };
+    // Both run to their end before either error is returned, so the caller's undo never races
+    // a step that is still making an object.
+    let (host, network) = tokio::join!(host, network);
+    if let Err(err) = host.and(network.map_err(RuntimeError::from)) {
+        // A PID 1 that failed has sent its report before it exited.
+        return match helper.reported_failure(FAILURE_REPORT_WAIT).await {
+            Some(reported) => Err(launch_error(reported)),
+            None => Err(err),
+        };
+    }
     failpoint(inner, "after-network")?;
 
-    helper.release(EXEC_TIMEOUT).await.map_err(launch_error)?;
+    let init_steps = helper.release(EXEC_TIMEOUT).await.map_err(launch_error)?;
+    step_clock::mark_at("init_prepared", init_steps.prepared_ns);
+    step_clock::mark_at("go_read", init_steps.go_read_ns);
+    step_clock::mark_at("forked", init_steps.forked_ns);
+    step_clock::mark_at("exec_seen", init_steps.exec_seen_ns);
+    mark("exec_reported");
     failpoint(inner, "after-release")?;
     Ok(init)
 }
