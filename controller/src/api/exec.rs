@@ -7,9 +7,7 @@
 //! router passes them on to the client stream. A client that goes away cancels the exec on the
 //! agent, which kills the command; an agent session that ends fails its open execs.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,115 +16,61 @@ use colex_proto::controller_message::Kind as ControllerKind;
 use colex_proto::exec_request::Kind as RequestKind;
 use colex_proto::exec_response::Kind as ResponseKind;
 use futures::Stream;
-use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::client::split_instance_name;
-use crate::api::logs::AgentOutbound;
+use crate::api::agent_router::{AgentRouter, ClientStream, RoutedCall};
 use crate::raft::leader::Route;
 use crate::raft::RaftNode;
 use crate::state::{instance_key, Desired, SiloRecord};
 use crate::view;
 
-/// Responses queued for one client before the agent session waits.
-const CLIENT_QUEUE_LEN: usize = 16;
 /// How long an exec on a follower waits for a leader to be known.
 const LEADER_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The open agent sessions that can run execs, and the execs in flight.
-#[derive(Debug, Clone, Default)]
-pub struct ExecRouter {
-    inner: Arc<Mutex<RouterState>>,
-}
-
-#[derive(Debug, Default)]
-struct RouterState {
-    next_id: u64,
-    /// Host name to the session token and outbound stream of its agent.
-    agents: HashMap<String, (u64, AgentOutbound)>,
-    /// Exec id to its host and the client's response queue.
-    pending: HashMap<u64, (String, mpsc::Sender<Result<proto::ExecResponse, Status>>)>,
-}
-
-/// Proof of one registered agent session, for [`ExecRouter::unregister_agent`].
+/// The `exec` kind of routed call.
 #[derive(Debug)]
-pub struct ExecRegistration {
-    host: String,
-    token: u64,
+pub struct ExecRoute;
+
+impl RoutedCall for ExecRoute {
+    type Item = proto::ExecResponse;
+    const COMMAND: &'static str = "exec";
+
+    fn cancel_message(id: u64) -> proto::ControllerMessage {
+        proto::ControllerMessage {
+            kind: Some(ControllerKind::ExecCancel(proto::AgentExecCancel { exec_id: id })),
+        }
+    }
+
+    fn session_ended(host: &str) -> Status {
+        Status::unavailable(format!(
+            "the session of host {host}'s agent ended while the command ran; its result is unknown"
+        ))
+    }
+
+    fn not_connected(host: &str) -> Status {
+        Status::unavailable(format!(
+            "the agent of host {host} is not connected; run exec again once the host is back"
+        ))
+    }
 }
 
-impl ExecRouter {
-    /// Makes the agent session of `host` the one execs on the host go to.
-    pub fn register_agent(&self, host: &str, outbound: AgentOutbound) -> ExecRegistration {
-        let mut state = self.lock();
-        state.next_id += 1;
-        let token = state.next_id;
-        state.agents.insert(host.to_owned(), (token, outbound));
-        ExecRegistration {
-            host: host.to_owned(),
-            token,
-        }
-    }
+/// The open agent sessions that can run execs, and the execs in flight.
+pub type ExecRouter = AgentRouter<ExecRoute>;
 
-    /// Forgets an ended agent session, unless a newer one of the same host replaced it, and
-    /// fails the execs that session was running.
-    pub fn unregister_agent(&self, registration: &ExecRegistration) {
-        let mut state = self.lock();
-        let current = state.agents.get(&registration.host).map(|(token, _)| *token);
-        if current != Some(registration.token) {
-            return;
-        }
-        state.agents.remove(&registration.host);
-        let failed: Vec<u64> = state
-            .pending
-            .iter()
-            .filter(|(_, (host, _))| *host == registration.host)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in failed {
-            if let Some((host, client)) = state.pending.remove(&id) {
-                let status = Status::unavailable(format!(
-                    "the session of host {host}'s agent ended while the command ran; its result is unknown"
-                ));
-                // try_send: the lock must not be held across an await, and a full or gone
-                // client loses nothing it could still use.
-                let _ = client.try_send(Err(status));
-            }
-        }
-    }
-
+impl AgentRouter<ExecRoute> {
     /// Sends `start` (its exec id is filled in here) to the agent of `host` and returns the
     /// stream of responses for the client.
-    pub async fn open(&self, host: &str, mut start: proto::AgentExecStart) -> Result<ClientExecStream, Status> {
-        let (client_tx, client_rx) = mpsc::channel(CLIENT_QUEUE_LEN);
-        let outbound = {
-            let mut state = self.lock();
-            let Some((_, outbound)) = state.agents.get(host).cloned() else {
-                return Err(Status::unavailable(format!(
-                    "the agent of host {host} is not connected; run exec again once the host is back"
-                )));
-            };
-            state.next_id += 1;
-            start.exec_id = state.next_id;
-            state.pending.insert(start.exec_id, (host.to_owned(), client_tx));
-            outbound
-        };
-        let exec_id = start.exec_id;
-        let message = proto::ControllerMessage {
-            kind: Some(ControllerKind::ExecStart(start)),
-        };
-        if outbound.send(Ok(message)).await.is_err() {
-            self.lock().pending.remove(&exec_id);
-            return Err(Status::unavailable(format!(
-                "the session of host {host}'s agent just ended; run exec again"
-            )));
-        }
+    pub async fn open(&self, host: &str, start: proto::AgentExecStart) -> Result<ClientExecStream, Status> {
+        let responses = self
+            .open_request(host, |exec_id| proto::ControllerMessage {
+                kind: Some(ControllerKind::ExecStart(proto::AgentExecStart { exec_id, ..start })),
+            })
+            .await?;
         Ok(ClientExecStream {
-            responses: client_rx,
-            exec_id,
-            router: self.clone(),
+            responses,
             input_task: None,
         })
     }
@@ -154,59 +98,15 @@ impl ExecRouter {
         } else {
             ResponseKind::Stdout(output.data)
         };
-        self.deliver(output.exec_id, kind, false).await;
+        let response = proto::ExecResponse { kind: Some(kind) };
+        self.deliver_item(output.exec_id, Some(Ok(response)), false).await;
     }
 
     /// Passes the exit of an exec on to its client and ends the client's stream.
     pub async fn deliver_exit(&self, exit: proto::AgentExecExit) {
         let kind = ResponseKind::Exit(exit.exit.unwrap_or_default());
-        self.deliver(exit.exec_id, kind, true).await;
-    }
-
-    async fn deliver(&self, exec_id: u64, kind: ResponseKind, last: bool) {
-        let client = {
-            let mut state = self.lock();
-            if last {
-                state.pending.remove(&exec_id)
-            } else {
-                state.pending.get(&exec_id).cloned()
-            }
-        };
-        let Some((host, client)) = client else {
-            return;
-        };
         let response = proto::ExecResponse { kind: Some(kind) };
-        if client.send(Ok(response)).await.is_err() && !last {
-            self.cancel(exec_id, Some(&host)).await;
-        }
-    }
-
-    fn outbound_of(&self, exec_id: u64) -> Option<AgentOutbound> {
-        let state = self.lock();
-        let (host, _) = state.pending.get(&exec_id)?;
-        state.agents.get(host).map(|(_, outbound)| outbound.clone())
-    }
-
-    /// Forgets exec `exec_id` and sends its agent an `AgentExecCancel`.
-    async fn cancel(&self, exec_id: u64, host: Option<&str>) {
-        let outbound = {
-            let mut state = self.lock();
-            let removed = state.pending.remove(&exec_id).map(|(host, _)| host);
-            let host = removed.as_deref().or(host);
-            host.and_then(|host| state.agents.get(host).map(|(_, outbound)| outbound.clone()))
-        };
-        if let Some(outbound) = outbound {
-            tracing::info!(exec_id, "exec client went away; cancelling the command");
-            let message = proto::ControllerMessage {
-                kind: Some(ControllerKind::ExecCancel(proto::AgentExecCancel { exec_id })),
-            };
-            let _ = outbound.send(Ok(message)).await;
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, RouterState> {
-        // The maps stay consistent across a panic of a holder, so a poisoned lock is usable.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.deliver_item(exit.exec_id, Some(Ok(response)), true).await;
     }
 }
 
@@ -214,34 +114,30 @@ impl ExecRouter {
 /// the agent and stops relaying the client's input.
 #[derive(Debug)]
 pub struct ClientExecStream {
-    responses: mpsc::Receiver<Result<proto::ExecResponse, Status>>,
-    exec_id: u64,
-    router: ExecRouter,
+    responses: ClientStream<ExecRoute>,
     input_task: Option<tokio::task::AbortHandle>,
+}
+
+impl ClientExecStream {
+    /// Returns the exec's id.
+    pub fn exec_id(&self) -> u64 {
+        self.responses.id()
+    }
 }
 
 impl Stream for ClientExecStream {
     type Item = Result<proto::ExecResponse, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.responses.poll_recv(context)
+        Pin::new(&mut self.responses).poll_next(context)
     }
 }
 
 impl Drop for ClientExecStream {
     fn drop(&mut self) {
+        // The responses drop after this, which cancels the exec on the agent if it still runs.
         if let Some(task) = self.input_task.take() {
             task.abort();
-        }
-        let still_pending = self.router.lock().pending.contains_key(&self.exec_id);
-        if !still_pending {
-            return;
-        }
-        let router = self.router.clone();
-        let exec_id = self.exec_id;
-        // Drop runs inside the gRPC server's tokio runtime.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { router.cancel(exec_id, None).await });
         }
     }
 }
@@ -381,7 +277,7 @@ impl proto::exec_server::Exec for ExecService {
         let mut stream = self.execs.open(&host, agent_start).await?;
 
         let router = self.execs.clone();
-        let exec_id = stream.exec_id;
+        let exec_id = stream.exec_id();
         let input_task = tokio::spawn(async move {
             while let Ok(Some(request)) = inbound.message().await {
                 let kind = match request.kind {
@@ -404,6 +300,7 @@ impl proto::exec_server::Exec for ExecService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
 
     fn start() -> proto::AgentExecStart {
         proto::AgentExecStart {

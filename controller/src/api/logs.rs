@@ -7,193 +7,65 @@
 //! client stream. A client that goes away cancels the request on the agent; an agent session
 //! that ends fails its open requests.
 
-use std::collections::HashMap;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
-
 use colex_proto as proto;
 use colex_proto::controller_message::Kind as ControllerKind;
-use futures::Stream;
-use tokio::sync::mpsc;
 use tonic::Status;
 
-/// Sender of one agent session's outbound stream.
-pub type AgentOutbound = mpsc::Sender<Result<proto::ControllerMessage, Status>>;
+use crate::api::agent_router::{AgentRouter, ClientStream, RoutedCall};
 
-/// Chunks queued for one client before the agent session waits.
-const CLIENT_QUEUE_LEN: usize = 16;
+/// The `logs` kind of routed call.
+#[derive(Debug)]
+pub struct LogsRoute;
+
+impl RoutedCall for LogsRoute {
+    type Item = proto::LogChunk;
+    const COMMAND: &'static str = "logs";
+
+    fn cancel_message(id: u64) -> proto::ControllerMessage {
+        proto::ControllerMessage {
+            kind: Some(ControllerKind::LogsCancel(proto::AgentLogsCancel { request_id: id })),
+        }
+    }
+
+    fn session_ended(host: &str) -> Status {
+        Status::unavailable(format!("the session of host {host}'s agent ended; run logs again"))
+    }
+
+    fn not_connected(host: &str) -> Status {
+        Status::unavailable(format!(
+            "the agent of host {host} is not connected; its silos' logs stay on that host until it is back"
+        ))
+    }
+}
 
 /// The open agent sessions that can serve logs, and the log requests in flight.
-#[derive(Debug, Clone, Default)]
-pub struct LogRouter {
-    inner: Arc<Mutex<RouterState>>,
-}
+pub type LogRouter = AgentRouter<LogsRoute>;
 
-#[derive(Debug, Default)]
-struct RouterState {
-    next_id: u64,
-    /// Host name to the session token and outbound stream of its agent.
-    agents: HashMap<String, (u64, AgentOutbound)>,
-    /// Request id to its host and the client's chunk queue.
-    pending: HashMap<u64, (String, mpsc::Sender<Result<proto::LogChunk, Status>>)>,
-}
+/// The chunks of one `Logs` call. Dropping it (the client went away) cancels the request on
+/// the agent.
+pub type ClientLogStream = ClientStream<LogsRoute>;
 
-/// Proof of one registered agent session, for [`LogRouter::unregister_agent`].
-#[derive(Debug)]
-pub struct AgentRegistration {
-    host: String,
-    token: u64,
-}
-
-impl LogRouter {
-    /// Makes the agent session of `host` the one log requests for the host go to.
-    pub fn register_agent(&self, host: &str, outbound: AgentOutbound) -> AgentRegistration {
-        let mut state = self.lock();
-        state.next_id += 1;
-        let token = state.next_id;
-        state.agents.insert(host.to_owned(), (token, outbound));
-        AgentRegistration {
-            host: host.to_owned(),
-            token,
-        }
-    }
-
-    /// Forgets an ended agent session, unless a newer one of the same host replaced it, and
-    /// fails the requests that session was serving.
-    pub fn unregister_agent(&self, registration: &AgentRegistration) {
-        let mut state = self.lock();
-        let current = state.agents.get(&registration.host).map(|(token, _)| *token);
-        if current != Some(registration.token) {
-            return;
-        }
-        state.agents.remove(&registration.host);
-        let failed: Vec<u64> = state
-            .pending
-            .iter()
-            .filter(|(_, (host, _))| *host == registration.host)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in failed {
-            if let Some((host, client)) = state.pending.remove(&id) {
-                let status = Status::unavailable(format!("the session of host {host}'s agent ended; run logs again"));
-                // try_send: the client may be gone or full, and the lock must not be held
-                // across an await.
-                let _ = client.try_send(Err(status));
-            }
-        }
-    }
-
+impl AgentRouter<LogsRoute> {
     /// Sends `request` (its id is filled in here) to the agent of `host` and returns the stream
     /// of chunks for the client.
-    pub async fn open(&self, host: &str, mut request: proto::AgentLogsRequest) -> Result<ClientLogStream, Status> {
-        let (client_tx, client_rx) = mpsc::channel(CLIENT_QUEUE_LEN);
-        let outbound = {
-            let mut state = self.lock();
-            let Some((_, outbound)) = state.agents.get(host).cloned() else {
-                return Err(Status::unavailable(format!(
-                    "the agent of host {host} is not connected; its silos' logs stay on that host until it is back"
-                )));
-            };
-            state.next_id += 1;
-            request.request_id = state.next_id;
-            state.pending.insert(request.request_id, (host.to_owned(), client_tx));
-            outbound
-        };
-        let request_id = request.request_id;
-        let message = proto::ControllerMessage {
-            kind: Some(ControllerKind::LogsRequest(request)),
-        };
-        if outbound.send(Ok(message)).await.is_err() {
-            self.lock().pending.remove(&request_id);
-            return Err(Status::unavailable(format!("the session of host {host}'s agent just ended; run logs again")));
-        }
-        Ok(ClientLogStream {
-            chunks: client_rx,
-            request_id,
-            router: self.clone(),
+    pub async fn open(&self, host: &str, request: proto::AgentLogsRequest) -> Result<ClientLogStream, Status> {
+        self.open_request(host, |request_id| proto::ControllerMessage {
+            kind: Some(ControllerKind::LogsRequest(proto::AgentLogsRequest { request_id, ..request })),
         })
+        .await
     }
 
     /// Passes one chunk from an agent on to its client. A chunk for a client that went away
     /// cancels the request on the agent.
     pub async fn deliver(&self, chunk: proto::AgentLogChunk) {
-        let request_id = chunk.request_id;
-        let client = {
-            let mut state = self.lock();
-            if chunk.end {
-                state.pending.remove(&request_id)
-            } else {
-                state.pending.get(&request_id).cloned()
-            }
-        };
-        let Some((host, client)) = client else {
-            return;
-        };
         let item = if !chunk.error.is_empty() {
-            Err(Status::not_found(chunk.error))
+            Some(Err(Status::not_found(chunk.error)))
         } else if chunk.end {
-            // Dropping the sender ends the client's stream.
-            return;
+            None
         } else {
-            Ok(proto::LogChunk { data: chunk.data })
+            Some(Ok(proto::LogChunk { data: chunk.data }))
         };
-        if client.send(item).await.is_err() {
-            self.cancel(request_id, Some(&host)).await;
-        }
-    }
-
-    /// Forgets request `request_id` and sends its agent an `AgentLogsCancel`.
-    async fn cancel(&self, request_id: u64, host: Option<&str>) {
-        let outbound = {
-            let mut state = self.lock();
-            let removed = state.pending.remove(&request_id).map(|(host, _)| host);
-            let host = removed.as_deref().or(host);
-            host.and_then(|host| state.agents.get(host).map(|(_, outbound)| outbound.clone()))
-        };
-        if let Some(outbound) = outbound {
-            let message = proto::ControllerMessage {
-                kind: Some(ControllerKind::LogsCancel(proto::AgentLogsCancel { request_id })),
-            };
-            let _ = outbound.send(Ok(message)).await;
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, RouterState> {
-        // The maps stay consistent across a panic of a holder, so a poisoned lock is usable.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// The chunks of one `Logs` call. Dropping it (the client went away) cancels the request on
-/// the agent.
-#[derive(Debug)]
-pub struct ClientLogStream {
-    chunks: mpsc::Receiver<Result<proto::LogChunk, Status>>,
-    request_id: u64,
-    router: LogRouter,
-}
-
-impl Stream for ClientLogStream {
-    type Item = Result<proto::LogChunk, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.chunks.poll_recv(context)
-    }
-}
-
-impl Drop for ClientLogStream {
-    fn drop(&mut self) {
-        let still_pending = self.router.lock().pending.contains_key(&self.request_id);
-        if !still_pending {
-            return;
-        }
-        let router = self.router.clone();
-        let request_id = self.request_id;
-        // Drop runs inside the gRPC server's tokio runtime.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { router.cancel(request_id, None).await });
-        }
+        self.deliver_item(chunk.request_id, item, chunk.end).await;
     }
 }
 
@@ -201,6 +73,7 @@ impl Drop for ClientLogStream {
 mod tests {
     use super::*;
     use futures::StreamExt;
+    use tokio::sync::mpsc;
 
     fn request() -> proto::AgentLogsRequest {
         proto::AgentLogsRequest {
