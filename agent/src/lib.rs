@@ -1,5 +1,6 @@
 //! colex-agent as a library: the controller session and the silo runtime.
 
+pub mod blobs;
 pub mod config;
 pub mod controllers;
 pub mod dns;

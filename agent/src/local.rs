@@ -39,9 +39,10 @@ pub struct LocalSilo {
     pub remove_after_start: bool,
     /// Time between SIGTERM and SIGKILL when the silo is stopped.
     pub kill_timeout: Duration,
-    /// Spec from the assignment, without its files because a restart keeps
-    /// them in the writable layer. `None` for a silo adopted from an earlier
-    /// agent until an assignment lists it.
+    /// Spec from the assignment, without file contents because a restart keeps
+    /// the files in the writable layer. The entries stay, so their SHA-256s tell
+    /// which cached contents the silo uses. `None` for a silo adopted from an
+    /// earlier agent until an assignment lists it.
     pub spec: Option<Box<proto::SiloSpec>>,
     /// Times the program was restarted in place under its restart policy.
     pub restarts: u32,
@@ -73,12 +74,14 @@ pub fn should_restart(spec: &proto::SiloSpec, exit_code: i32, restarts: u32) -> 
     wanted && (policy.attempts == 0 || restarts < policy.attempts)
 }
 
-/// Returns a copy of `spec` without its file contents, which can be large.
+/// Returns a copy of `spec` without its file contents, which can be large. The file entries
+/// stay with their SHA-256 and size.
 fn without_files(spec: &proto::SiloSpec) -> proto::SiloSpec {
-    proto::SiloSpec {
-        files: Vec::new(),
-        ..spec.clone()
+    let mut copy = spec.clone();
+    for entry in &mut copy.files {
+        entry.content = Vec::new();
     }
+    copy
 }
 
 /// Returns the pause before a restart that the spec requests.
@@ -303,6 +306,11 @@ impl LocalSilos {
         self.silos.get(id)
     }
 
+    /// Returns the specs of the local silos that have one.
+    pub fn specs(&self) -> impl Iterator<Item = &proto::SiloSpec> {
+        self.silos.values().filter_map(|silo| silo.spec.as_deref())
+    }
+
     /// Returns the status report of every local silo.
     pub fn statuses(&self) -> Vec<proto::SiloStatus> {
         self.silos.values().map(status_of).collect()
@@ -385,6 +393,32 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn kept_spec_has_hashes_without_contents() {
+        let mut table = LocalSilos::default();
+        let mut assigned = assignments(&["0000000a"]);
+        let file = proto::FileEntry {
+            silo_path: "/data".to_owned(),
+            content: b"inline".to_vec(),
+            content_sha256: vec![7; 32],
+            content_size: 6,
+            ..Default::default()
+        };
+        if let Some(spec) = assigned.silos[0].spec.as_mut() {
+            spec.files.push(file);
+        }
+        let operations = table.reconcile(&assigned);
+        let Some(Operation::Run { spec, .. }) = operations.first() else {
+            panic!("a new assignment is started: {operations:?}");
+        };
+        assert_eq!(spec.files[0].content, b"inline", "the start gets the whole spec");
+
+        let kept: Vec<&proto::SiloSpec> = table.specs().collect();
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].files[0].content.is_empty(), "the table keeps no content");
+        assert_eq!(kept[0].files[0].content_sha256, vec![7; 32], "the table keeps the hash");
     }
 
     #[test]

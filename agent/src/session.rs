@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::blobs::ContentCache;
 use crate::dns::{self, NameTable, Resolver, ResolverConfig, SharedNameTable};
 use crate::host::HostFacts;
 use crate::local::{self, LocalSilos, Operation};
@@ -117,6 +118,8 @@ pub struct Agent {
     directory: SharedDirectory,
     /// The metadata service on the bridge address, started once the runtime made the bridge.
     metadata: Option<MetadataServer>,
+    /// File contents of the silos' specs, fetched from the controller on demand.
+    contents: ContentCache,
 }
 
 /// Orders the operations of assignments so that removals finish before anything else starts.
@@ -166,6 +169,7 @@ impl Agent {
     pub fn new(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let names = Arc::new(std::sync::RwLock::new(NameTable::new(&config.settings.hostnames)));
+        let contents = ContentCache::new(&config.state_dir, &config.host_name);
         Self {
             config,
             runtime: None,
@@ -185,6 +189,7 @@ impl Agent {
             resolver: None,
             directory: metadata::directory::shared(),
             metadata: None,
+            contents,
         }
     }
 
@@ -283,6 +288,7 @@ impl Agent {
             Ok(connected) => connected,
             Err(error) => return SessionEnd::Lost(error.to_string()),
         };
+        self.contents.set_controller(channel.clone());
         let mut client = proto::agent_client::AgentClient::new(channel)
             .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
@@ -367,6 +373,7 @@ impl Agent {
                         for operation in self.removal_gate.admit(operations) {
                             self.launch(operation);
                         }
+                        self.prune_contents();
                         // Silos entering STARTING or STOPPING are reported at once.
                         for status in self.silos.statuses() {
                             if outbound.send(agent_message(AgentKind::Status(status))).await.is_err() {
@@ -649,14 +656,24 @@ impl Agent {
             return;
         };
         let done = self.done_tx.clone();
+        let contents = self.contents.clone();
         tokio::spawn(async move {
             let message = match operation {
-                Operation::Run { id, generation, spec } => {
+                Operation::Run { id, generation, mut spec } => {
                     tracing::info!(silo = %spec.name, silo_id = %id, generation, "starting silo");
-                    let result = runtime
-                        .run_silo(&id, generation, &spec)
-                        .await
-                        .map_err(|error| error.to_string());
+                    // A content that cannot be fetched after a few tries fails the start with
+                    // the reason, instead of an empty file. An `up` that replaces the failed
+                    // instance tries again.
+                    let filled = contents
+                        .fill_retrying(&mut spec, crate::blobs::FILL_ATTEMPTS, crate::blobs::FILL_RETRY_DELAY)
+                        .await;
+                    let result = match filled {
+                        Ok(()) => runtime
+                            .run_silo(&id, generation, &spec)
+                            .await
+                            .map_err(|error| error.to_string()),
+                        Err(error) => Err(error.to_string()),
+                    };
                     match &result {
                         Ok(_) => tracing::info!(silo = %spec.name, silo_id = %id, "silo up"),
                         Err(error) => tracing::warn!(silo = %spec.name, silo_id = %id, %error, "silo failed to start"),
@@ -706,6 +723,7 @@ impl Agent {
             Done::Removed { id, result: Ok(report) } => {
                 tracing::info!(silo_id = %id, exit_code = ?report.exit_code, how = %report.message, "silo removed");
                 self.silos.removed(&id, Ok(()));
+                self.prune_contents();
                 for operation in self.removal_gate.removal_finished(&id) {
                     self.launch(operation);
                 }
@@ -741,6 +759,18 @@ impl Agent {
                 self.silos.get(&id).map(local::status_of)
             }
         }
+    }
+
+    /// Deletes, in a task of its own, the cached file contents that no local silo's spec uses.
+    fn prune_contents(&self) {
+        let needed = crate::blobs::content_hashes(self.silos.specs());
+        let contents = self.contents.clone();
+        tokio::spawn(async move {
+            let deleted = contents.prune(&needed).await;
+            if deleted > 0 {
+                tracing::info!(deleted, kept = needed.len(), "unused cached file contents deleted");
+            }
+        });
     }
 
     fn exit(&mut self, exit: SiloExit) -> Option<proto::SiloStatus> {

@@ -839,6 +839,7 @@ fn entry(kind: FileKind, silo_path: &str, content: &str, link_target: &str) -> F
         mode: if kind == FileKind::Directory { 0o755 } else { 0o644 },
         kind: kind.into(),
         link_target: link_target.to_owned(),
+        ..Default::default()
     }
 }
 

@@ -156,6 +156,7 @@ mod tests {
             mode: 0o644,
             kind: kind.into(),
             link_target: String::new(),
+            ..Default::default()
         }
     }
 

@@ -93,6 +93,7 @@ fn expected_good_specs(script: Vec<u8>) -> Vec<SiloSpec> {
                 mode: 0o755,
                 kind: FileKind::Regular.into(),
                 link_target: String::new(),
+                ..Default::default()
             }],
             network: Some(Network {
                 internet_access: true,

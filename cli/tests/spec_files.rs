@@ -75,6 +75,7 @@ fn directory(silo_path: &str, mode: u32) -> FileEntry {
         mode,
         kind: FileKind::Directory.into(),
         link_target: String::new(),
+        ..Default::default()
     }
 }
 
@@ -85,6 +86,7 @@ fn regular(silo_path: &str, content: &[u8], mode: u32) -> FileEntry {
         mode,
         kind: FileKind::Regular.into(),
         link_target: String::new(),
+        ..Default::default()
     }
 }
 
@@ -95,6 +97,7 @@ fn link(silo_path: &str, target: &str) -> FileEntry {
         mode: 0o777,
         kind: FileKind::Symlink.into(),
         link_target: target.to_owned(),
+        ..Default::default()
     }
 }
 

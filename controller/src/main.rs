@@ -2,6 +2,7 @@
 //! the hosts whose agents hold a session with it.
 
 mod api;
+mod blobs;
 mod events;
 mod id_hash;
 mod liveness;
@@ -28,6 +29,7 @@ use colex_proto as proto;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api::agent::AgentService;
+use crate::api::agent_files::AgentFilesService;
 use crate::api::client::ClientService;
 use crate::api::exec::{ExecRouter, ExecService};
 use crate::api::logs::LogRouter;
@@ -90,6 +92,12 @@ struct Args {
     /// Without it no metrics endpoint is served.
     #[arg(long, value_name = "ADDR", env = "COLEX_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+
+    /// Largest total of the file contents the cluster stores, in bytes. Each distinct content
+    /// of the silos' `file` blocks counts once; `up` rejects a request that would exceed it.
+    /// Every controller keeps all contents in memory and in its snapshots.
+    #[arg(long, value_name = "BYTES", default_value_t = blobs::DEFAULT_MAX_TOTAL_CONTENT_BYTES, env = "COLEX_MAX_FILE_CONTENT_BYTES")]
+    max_file_content_bytes: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -153,7 +161,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     // One router pairs log requests from clients with the agent sessions that serve them.
     let logs = LogRouter::default();
-    let client = proto::client_server::ClientServer::new(ClientService::new(node.clone(), sessions.clone(), logs.clone()))
+    let client_service =
+        ClientService::new(node.clone(), sessions.clone(), logs.clone()).with_max_file_content_bytes(args.max_file_content_bytes);
+    let client = proto::client_server::ClientServer::new(client_service)
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
     let client = TimedUp::new(client, metrics);
@@ -163,6 +173,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let exec = proto::exec_server::ExecServer::new(ExecService::new(node.clone(), execs.clone()))
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
+    let agent_files = AgentFilesService::server(node.clone(), sessions.clone());
     let agent = proto::agent_server::AgentServer::new(AgentService::new(node.clone(), sessions, logs, stopping_rx).with_execs(execs))
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
@@ -177,6 +188,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .add_service(client)
         .add_service(exec)
         .add_service(agent)
+        .add_service(agent_files)
         .add_service(watch)
         .add_service(raft::raft_service(&node))
         .add_service(MembersService::server(node.clone()))

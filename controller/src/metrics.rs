@@ -78,6 +78,8 @@ pub struct Metrics {
     silo_instances: Family<StateLabel, Gauge>,
     pending_instances: Gauge,
     placement_latency: Histogram,
+    file_contents: Gauge,
+    file_content_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -99,6 +101,8 @@ impl Metrics {
             silo_instances: Family::default(),
             pending_instances: Gauge::default(),
             placement_latency: Histogram::new(PLACEMENT_BUCKETS_SECONDS),
+            file_contents: Gauge::default(),
+            file_content_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("raft_term", "Current Raft term of this controller", metrics.raft_term.clone());
@@ -136,6 +140,16 @@ impl Metrics {
             "placement_latency_seconds",
             "Time from receiving an Up call to its response, which follows the commit of the placements",
             metrics.placement_latency.clone(),
+        );
+        registry.register(
+            "file_contents",
+            "Distinct file contents in the applied state, each stored once however many silos use it",
+            metrics.file_contents.clone(),
+        );
+        registry.register(
+            "file_content_bytes",
+            "Sum of the sizes of the distinct file contents in the applied state, in bytes",
+            metrics.file_content_bytes.clone(),
         );
         Metrics { registry, ..metrics }
     }
@@ -191,6 +205,10 @@ impl Metrics {
             self.set_state(&self.silo_instances, &silo_state.label().to_lowercase(), count);
         }
         self.pending_instances.set(pending);
+
+        let (contents, content_bytes) = state.file_content_totals();
+        self.file_contents.set(i64::try_from(contents).unwrap_or(i64::MAX));
+        self.file_content_bytes.set(to_gauge(content_bytes));
     }
 
     fn set_state(&self, family: &Family<StateLabel, Gauge>, state: &str, value: i64) {

@@ -20,11 +20,12 @@ use tonic::Status;
 
 use crate::api::client::{log_placement, place_pending_and_roll, placement_of, roll_forward, MAX_STORED_SPEC_BYTES};
 use crate::api::unavailable;
+use crate::blobs::{ContentsByHash, NewContent};
 use crate::id_hash::IdSet;
 use crate::raft::RaftNode;
 use crate::scheduler::{self, PlacementRound, ReservationCache};
 use crate::sessions::Sessions;
-use crate::state::{ClusterState, Command, InstancePlacement, InstanceUpdate};
+use crate::state::{ClusterState, Command, InstancePlacement, InstanceUpdate, Response};
 use crate::view;
 
 /// `up` requests queued for the placer before senders wait.
@@ -48,13 +49,23 @@ pub struct UpItem {
     /// `spec` encoded, as the state stores it.
     pub encoded: Vec<u8>,
     pub count: u32,
+    /// The file contents that `spec` refers to by SHA-256, for the entry that stores them.
+    pub contents: ContentsByHash,
+    /// Bytes of the contents that the state did not store when `up` checked the request, and
+    /// that no earlier item of the request uses.
+    pub new_content_bytes: usize,
 }
 
 impl UpItem {
-    /// Estimates the bytes this silo adds to a log entry: the spec in base64 and its instances.
+    /// Estimates the bytes this silo adds to a log entry: the spec and its new file contents in
+    /// base64, and its instances.
+    // NOTE: a request's new content counts for its first silo only. When that silo waits for a
+    // later batch (one silo per name), a later silo carries the content uncounted, so one entry
+    // can exceed `MAX_BATCH_BYTES` by up to one request's new contents.
     fn entry_bytes(&self) -> usize {
         let count = usize::try_from(self.count).unwrap_or(usize::MAX);
-        (self.encoded.len() / 3 + 1) * 4 + self.name.len() + count.saturating_mul(INSTANCE_ENTRY_BYTES)
+        let base64_bytes = (self.encoded.len() + self.new_content_bytes) / 3 + 1;
+        base64_bytes * 4 + self.name.len() + count.saturating_mul(INSTANCE_ENTRY_BYTES)
     }
 }
 
@@ -227,6 +238,8 @@ fn take_batch(waiting: &mut VecDeque<Pending>) -> Vec<Slot> {
 /// The work left for one item of a batch once its entry is committed.
 struct Planned {
     slot: Slot,
+    /// Position of the item's `PutInstances` among the commands of the entry.
+    command_index: usize,
     instances: Vec<InstanceUpdate>,
     rolling: Vec<u32>,
     stopping: Vec<String>,
@@ -248,6 +261,8 @@ async fn run_batch(
         let state = node.state.read().await;
         let mut round = PlacementRound::new(&state, &live, cache);
         let mut ids = SiloIds::of(&state);
+        // Contents that an earlier command of this entry stores.
+        let mut carried: BTreeSet<String> = BTreeSet::new();
         for &(request, item_index) in batch {
             let item = &waiting[request].items[item_index];
             let plan = scheduler::plan_up(&state, &item.name, &item.encoded, item.count);
@@ -278,6 +293,19 @@ async fn run_batch(
                     placement: placement_of(result),
                 })
                 .collect();
+            let new_contents: Vec<NewContent> = item
+                .contents
+                .iter()
+                .filter(|(hash, _)| !state.file_contents.contains_key(*hash) && carried.insert((*hash).clone()))
+                .map(|(hash, bytes)| NewContent {
+                    sha256: hash.clone(),
+                    bytes: bytes.clone(),
+                })
+                .collect();
+            if !new_contents.is_empty() {
+                commands.push(Command::PutFileContents { contents: new_contents });
+            }
+            let command_index = commands.len();
             commands.push(Command::PutInstances {
                 name: item.name.clone(),
                 spec: item.encoded.clone(),
@@ -287,6 +315,7 @@ async fn run_batch(
             });
             planned.push(Planned {
                 slot: (request, item_index),
+                command_index,
                 instances,
                 rolling: plan.rolling,
                 stopping: plan.to_stop,
@@ -297,24 +326,34 @@ async fn run_batch(
         return;
     }
 
-    let silo_count = commands.len();
-    let command = if commands.len() == 1 {
+    let silo_count = planned.len();
+    let single = commands.len() == 1;
+    let command = if single {
         commands.remove(0)
     } else {
         Command::Batch { commands }
     };
-    if let Err(error) = node.write(command).await {
-        tracing::warn!(%error, silos = silo_count, "placement batch not committed");
-        let status = unavailable(&error);
-        for planned in &planned {
-            waiting[planned.slot.0].fail(status.clone());
+    let responses = match node.write(command).await {
+        Ok(Response::Batched { responses }) if !single => responses,
+        Ok(response) => vec![response],
+        Err(error) => {
+            tracing::warn!(%error, silos = silo_count, "placement batch not committed");
+            let status = unavailable(&error);
+            for planned in &planned {
+                waiting[planned.slot.0].fail(status.clone());
+            }
+            return;
         }
-        return;
-    }
+    };
     tracing::debug!(silos = silo_count, "placement batch committed");
 
     for planned in planned {
         let (request, item_index) = planned.slot;
+        if let Some(Response::Rejected { reason }) = responses.get(planned.command_index) {
+            tracing::warn!(silo = %waiting[request].items[item_index].name, %reason, "silo not stored");
+            waiting[request].fail(Status::aborted(reason.clone()));
+            continue;
+        }
         let item = &waiting[request].items[item_index];
         let name = item.name.clone();
         let count = item.count;
@@ -425,6 +464,8 @@ mod tests {
             encoded: prost::Message::encode_to_vec(&spec),
             spec,
             count,
+            contents: ContentsByHash::new(),
+            new_content_bytes: 0,
         }
     }
 
@@ -479,6 +520,43 @@ mod tests {
         assert_eq!(pending, 5);
         let state = node.state.read().await;
         assert_eq!(state.silos.values().filter(|record| record.host == "host-a").count(), 3);
+        drop(state);
+        node.shutdown().await.expect("shutdown");
+    }
+
+    /// Returns an item of silo `name` with the one file `content`, as `up` builds it.
+    fn item_with_file(name: &str, content: &[u8]) -> UpItem {
+        let mut item = item(name, 1, 0);
+        item.spec.files.push(proto::FileEntry {
+            silo_path: "/data".to_owned(),
+            content: content.to_vec(),
+            ..Default::default()
+        });
+        item.contents = crate::blobs::take_contents(&mut item.spec).expect("small file");
+        item.encoded = prost::Message::encode_to_vec(&item.spec);
+        item
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_content_is_stored_once() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (node, _sessions, placer) = placer_with_hosts(dir.path(), &["host-a"]).await;
+
+        // Two silos of one name go into two batches: the second entry finds the content stored.
+        let items = vec![item_with_file("web", b"shared"), item_with_file("db", b"shared"), item_with_file("web", b"shared")];
+        let outcomes = placer.up(items).await.expect("up succeeds");
+        assert_eq!(outcomes.len(), 3);
+        {
+            let state = node.state.read().await;
+            assert_eq!(state.file_content_totals(), (1, 6), "one content of 6 bytes");
+            let users: Vec<&String> = state.file_contents.values().flat_map(|content| content.users.iter()).collect();
+            assert_eq!(users, vec!["db", "web"]);
+        }
+
+        let other = placer.up(vec![item_with_file("web", b"changed")]).await.expect("second up");
+        assert!(!other[0].unchanged);
+        let state = node.state.read().await;
+        assert_eq!(state.file_content_totals(), (2, 13), "db keeps the old content, web uses the new one");
         drop(state);
         node.shutdown().await.expect("shutdown");
     }

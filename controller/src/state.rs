@@ -12,11 +12,12 @@
 //! randomness or the network. Decisions that need those (the silo id, the
 //! chosen host) are made by the leader before it proposes the command.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::blobs::{self, NewContent, StoredContent};
 use crate::events::{status_events, EventKind, EventLog};
 
 /// Default cluster-wide silo network, split into one /24 per host.
@@ -391,6 +392,11 @@ pub enum Command {
     /// planned each command against the state plus the commands before it in the batch. Log
     /// entries written before batches existed carry one command each.
     Batch { commands: Vec<Command> },
+    /// Store file contents that the specs of later commands refer to by SHA-256. The placer
+    /// puts it before the first `PutInstances` that uses them, in the same entry. A content
+    /// already stored is kept as it is, and one that no record uses once the whole entry is
+    /// applied is removed again.
+    PutFileContents { contents: Vec<NewContent> },
 }
 
 /// One instance that [`Command::MoveInstances`] moves.
@@ -431,6 +437,8 @@ pub enum Response {
     Stale,
     /// The command was valid but cannot be carried out.
     Rejected { reason: String },
+    /// `PutFileContents` added this many contents that were not stored yet.
+    FileContentsStored { added: u32 },
     /// The responses of a [`Command::Batch`], one per command in its order.
     Batched { responses: Vec<Response> },
 }
@@ -444,6 +452,11 @@ pub enum Change {
     Host(String),
     /// The cluster network.
     Network,
+    /// The stored file content with this SHA-256 (hex) was added or removed.
+    FileContent(String),
+    /// Only the users of the stored file content with this SHA-256 (hex) changed. They are
+    /// derived from the silo records, so no row changes.
+    FileContentUsers(String),
 }
 
 /// The whole replicated state.
@@ -456,6 +469,10 @@ pub struct ClusterState {
     /// Cluster network set at bootstrap, or `None` for the default.
     #[serde(default)]
     pub network: Option<ClusterNetwork>,
+    /// File contents that stored specs refer to, by SHA-256 in lower-case hex. States written
+    /// before contents were stored apart decode with none, and their specs carry the bytes.
+    #[serde(default)]
+    pub file_contents: BTreeMap<String, StoredContent>,
     /// Time of the command being applied, from its [`Command::Stamped`] wrapper, for the events
     /// it appends; 0 outside `apply` and for unstamped commands.
     #[serde(skip)]
@@ -463,12 +480,20 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// Applies one command and returns its response and the rows it changed.
+    /// Applies the command of one log entry and returns its response and the rows it changed.
+    /// Afterwards the users of the stored file contents match the records, and contents that no
+    /// record uses any more are removed.
     pub fn apply(&mut self, command: &Command) -> (Response, Vec<Change>) {
+        let (response, mut changes) = self.apply_command(command);
+        self.update_content_users(&mut changes);
+        (response, changes)
+    }
+
+    fn apply_command(&mut self, command: &Command) -> (Response, Vec<Change>) {
         match command {
             Command::Stamped { at_unix_ms, command } => {
                 self.applying_at_unix_ms = *at_unix_ms;
-                let applied = self.apply(command);
+                let applied = self.apply_command(command);
                 self.applying_at_unix_ms = 0;
                 applied
             }
@@ -515,13 +540,113 @@ impl ClusterState {
                 let mut responses = Vec::with_capacity(commands.len());
                 let mut changes = Vec::new();
                 for command in commands {
-                    let (response, changed) = self.apply(command);
+                    let (response, changed) = self.apply_command(command);
                     responses.push(response);
                     changes.extend(changed);
                 }
                 (Response::Batched { responses }, changes)
             }
+            Command::PutFileContents { contents } => self.put_file_contents(contents),
         }
+    }
+
+    fn put_file_contents(&mut self, contents: &[NewContent]) -> (Response, Vec<Change>) {
+        let mut changes = Vec::new();
+        for content in contents {
+            if self.file_contents.contains_key(&content.sha256) {
+                continue;
+            }
+            let stored = StoredContent {
+                bytes: content.bytes.clone(),
+                users: BTreeSet::new(),
+            };
+            self.file_contents.insert(content.sha256.clone(), stored);
+            changes.push(Change::FileContent(content.sha256.clone()));
+        }
+        let added = u32::try_from(changes.len()).unwrap_or(u32::MAX);
+        (Response::FileContentsStored { added }, changes)
+    }
+
+    /// Returns the first content that `spec` refers to and the state does not store.
+    fn missing_content(&self, spec: &[u8]) -> Option<String> {
+        if spec.is_empty() {
+            return None;
+        }
+        blobs::spec_content_hashes(spec)
+            .into_iter()
+            .find(|hash| !self.file_contents.contains_key(hash))
+    }
+
+    /// Brings the users of the stored contents up to date with the silo records that `changes`
+    /// names, and removes every content that no record uses.
+    // NOTE: each changed record is compared with every stored content, so the cost of an entry
+    // grows with changed records times distinct contents.
+    fn update_content_users(&mut self, changes: &mut Vec<Change>) {
+        if self.file_contents.is_empty() {
+            return;
+        }
+        let keys: BTreeSet<String> = changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::Silo(key) => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut users_changed = BTreeSet::new();
+        for key in keys {
+            let used = self.silos.get(&key).map(record_content_hashes).unwrap_or_default();
+            for (hash, content) in &mut self.file_contents {
+                let changed = if used.contains(hash) {
+                    content.users.insert(key.clone())
+                } else {
+                    content.users.remove(&key)
+                };
+                if changed {
+                    users_changed.insert(hash.clone());
+                }
+            }
+        }
+
+        let unused: Vec<String> = self
+            .file_contents
+            .iter()
+            .filter(|(_, content)| content.users.is_empty())
+            .map(|(hash, _)| hash.clone())
+            .collect();
+        for hash in unused {
+            self.file_contents.remove(&hash);
+            users_changed.remove(&hash);
+            changes.push(Change::FileContent(hash));
+        }
+        changes.extend(users_changed.into_iter().map(Change::FileContentUsers));
+    }
+
+    /// Derives the users of every stored content from the silo records. Call it once a state is
+    /// loaded from rows or a snapshot, which do not store the users.
+    pub fn rebuild_content_users(&mut self) {
+        if self.file_contents.is_empty() {
+            return;
+        }
+        for content in self.file_contents.values_mut() {
+            content.users.clear();
+        }
+        for (key, record) in &self.silos {
+            for hash in record_content_hashes(record) {
+                if let Some(content) = self.file_contents.get_mut(&hash) {
+                    content.users.insert(key.clone());
+                }
+            }
+        }
+    }
+
+    /// Returns the number of stored contents and the sum of their sizes in bytes.
+    pub fn file_content_totals(&self) -> (usize, u64) {
+        let bytes = self
+            .file_contents
+            .values()
+            .map(|content| content.bytes.len() as u64)
+            .sum();
+        (self.file_contents.len(), bytes)
     }
 
     /// Returns the cluster network that host subnets are allocated from.
@@ -670,6 +795,13 @@ impl ClusterState {
         instances: &[InstanceUpdate],
         rolling: &[u32],
     ) -> (Response, Vec<Change>) {
+        // The leader leaves out contents the state stored when it planned. One whose last user
+        // went away since then is gone, and storing the spec without it would start silos that
+        // cannot get their files.
+        if let Some(hash) = self.missing_content(spec) {
+            let reason = format!("silo {name}: file content {hash} is no longer stored; run up again");
+            return (Response::Rejected { reason }, Vec::new());
+        }
         let mut changes = Vec::new();
         // The leader never sends an instance at or above `count`; one would be stopped below
         // right away, so it is skipped instead.
@@ -965,6 +1097,15 @@ impl ClusterState {
             _ => (Response::Stale, Vec::new()),
         }
     }
+}
+
+/// Returns the contents that the spec and the next spec of `record` refer to.
+fn record_content_hashes(record: &SiloRecord) -> BTreeSet<String> {
+    let mut hashes = blobs::spec_content_hashes(&record.spec);
+    if let Some(next_spec) = &record.next_spec {
+        hashes.extend(blobs::spec_content_hashes(next_spec));
+    }
+    hashes
 }
 
 /// Returns true when the newest event of `events`, pending reasons aside, is a lost host, so the

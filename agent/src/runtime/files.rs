@@ -487,6 +487,7 @@ mod tests {
             mode,
             kind: kind.into(),
             link_target: link_target.to_string(),
+            ..Default::default()
         }
     }
 

@@ -281,5 +281,6 @@ pub(super) fn read_regular(
         mode,
         kind: FileKind::Regular.into(),
         link_target: String::new(),
+        ..Default::default()
     }))
 }

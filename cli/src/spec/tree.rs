@@ -184,6 +184,7 @@ impl Walk<'_, '_, '_> {
                         mode,
                         kind: FileKind::Symlink.into(),
                         link_target,
+                        ..Default::default()
                     }),
                     Err(_) => self.report(format!(
                         "symlink {} has a target that is not UTF-8, which a silo file cannot carry; change the link",
@@ -236,5 +237,6 @@ fn directory_entry(silo_path: &str, mode: u32) -> FileEntry {
         mode,
         kind: FileKind::Directory.into(),
         link_target: String::new(),
+        ..Default::default()
     }
 }

@@ -12,6 +12,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::api::hosts;
+use crate::blobs::{self, ContentLimitError};
 use crate::api::logs::LogRouter;
 use crate::api::unavailable;
 use crate::placer::{Placer, UpItem};
@@ -32,6 +33,8 @@ pub struct ClientService {
     /// Stores the silos of `up` requests in batches.
     placer: Placer,
     logs: LogRouter,
+    /// Cluster-wide limit of the stored file contents, in bytes.
+    max_file_content_bytes: u64,
 }
 
 impl ClientService {
@@ -46,13 +49,21 @@ impl ClientService {
             sessions,
             placer,
             logs,
+            max_file_content_bytes: blobs::DEFAULT_MAX_TOTAL_CONTENT_BYTES,
         }
+    }
+
+    /// Sets the cluster-wide limit of the stored file contents, in bytes.
+    pub fn with_max_file_content_bytes(mut self, bytes: u64) -> Self {
+        self.max_file_content_bytes = bytes;
+        self
     }
 }
 
 /// Checks one silo of an `up` request and encodes it as the state stores it: without `count`,
 /// so a change of count alone leaves the other instances' spec, and so the instances
-/// themselves, as they are.
+/// themselves, as they are, and with the SHA-256 and size of each file's content in place of
+/// the content, so that a content is stored once however many specs use it.
 fn up_item(spec: proto::SiloSpec) -> Result<UpItem, Status> {
     validate(&spec)?;
     scheduler::Strategy::of(&spec).map_err(|error| Status::invalid_argument(error.to_string()))?;
@@ -60,6 +71,7 @@ fn up_item(spec: proto::SiloSpec) -> Result<UpItem, Status> {
     let name = spec.name.clone();
     let mut stored_spec = spec;
     stored_spec.count = None;
+    let contents = blobs::take_contents(&mut stored_spec).map_err(|error| Status::invalid_argument(error.to_string()))?;
     let encoded = stored_spec.encode_to_vec();
     check_spec_size(&name, encoded.len())?;
     Ok(UpItem {
@@ -67,7 +79,38 @@ fn up_item(spec: proto::SiloSpec) -> Result<UpItem, Status> {
         spec: stored_spec,
         encoded,
         count,
+        contents,
+        new_content_bytes: 0,
     })
+}
+
+/// Finds the contents of `items` that `state` does not store, charges each to the first item
+/// that uses it (`UpItem::new_content_bytes`, for the size of the placer's entries), and checks
+/// them against the per-request limit and the cluster-wide limit `max_total_bytes`.
+fn check_new_contents(state: &ClusterState, items: &mut [UpItem], max_total_bytes: u64) -> Result<(), ContentLimitError> {
+    let mut seen = BTreeSet::new();
+    let mut new_bytes = 0usize;
+    for item in items.iter_mut() {
+        for (hash, content) in &item.contents {
+            if state.file_contents.contains_key(hash) || !seen.insert(hash.clone()) {
+                continue;
+            }
+            item.new_content_bytes += content.len();
+            new_bytes += content.len();
+        }
+    }
+    if new_bytes > blobs::MAX_NEW_CONTENT_BYTES_PER_REQUEST {
+        return Err(ContentLimitError::RequestTooLarge { bytes: new_bytes });
+    }
+    let (_, stored) = state.file_content_totals();
+    if stored.saturating_add(new_bytes as u64) > max_total_bytes {
+        return Err(ContentLimitError::ClusterFull {
+            bytes: new_bytes,
+            stored,
+            limit: max_total_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Places pending instances and takes the next step of rolling replacements, if this
@@ -377,7 +420,11 @@ impl proto::client_server::Client for ClientService {
         }
 
         // Every silo is checked before any is stored, so an invalid one stores nothing.
-        let items = specs.into_iter().map(up_item).collect::<Result<Vec<UpItem>, Status>>()?;
+        let mut items = specs.into_iter().map(up_item).collect::<Result<Vec<UpItem>, Status>>()?;
+        // NOTE: concurrent requests are checked against the same stored total, so together they
+        // can exceed the cluster-wide limit by up to one request's new contents each.
+        check_new_contents(&*self.node.state.read().await, &mut items, self.max_file_content_bytes)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
         let names: Vec<String> = items.iter().map(|item| item.name.clone()).collect();
         let outcomes = self.placer.up(items).await?;
         let mut response = proto::UpResponse::default();
@@ -501,10 +548,11 @@ fn is_stale_read(metadata: &tonic::metadata::MetadataMap) -> bool {
         .is_some_and(|value| value.as_bytes() == proto::STALE_READ.as_bytes())
 }
 
-/// Largest spec the controller stores, file contents included, in protobuf bytes. Every spec
-/// travels in Raft log entries, and openraft 0.9 gives each AppendEntries one heartbeat
-/// interval (see `raft::node`): 256 KiB still replicated within it on a loaded 2-core VM,
-/// 1 MiB did not and stalled every write (docs/benchmarks.md).
+/// Largest spec the controller stores, in protobuf bytes, with each file's content replaced by
+/// its SHA-256 and size (`blobs::take_contents`). Every spec travels in Raft log entries, and
+/// openraft 0.9 gives each AppendEntries one heartbeat interval (see `raft::node`): 256 KiB
+/// still replicated within it on a loaded 2-core VM, 1 MiB did not and stalled every write
+/// (docs/benchmarks.md).
 pub const MAX_STORED_SPEC_BYTES: usize = 256 * 1024;
 
 /// Rejects a spec too large to store, with a message that names the alternatives.
@@ -513,7 +561,7 @@ fn check_spec_size(name: &str, encoded_bytes: usize) -> Result<(), Status> {
         return Ok(());
     }
     Err(Status::invalid_argument(format!(
-        "silo {name}: its spec with file contents is {encoded_bytes} bytes, above the controller's limit of {MAX_STORED_SPEC_BYTES}; put large files into an image (`base = \"img://NAME\"`) or a `bind` instead of `file` blocks"
+        "silo {name}: its spec without file contents is {encoded_bytes} bytes, above the controller's limit of {MAX_STORED_SPEC_BYTES}; put large file trees into an image (`base = \"img://NAME\"`) or a `bind` instead of `file` blocks"
     )))
 }
 
@@ -585,7 +633,66 @@ mod tests {
         assert!(check_spec_size("web", MAX_STORED_SPEC_BYTES).is_ok());
         let status = check_spec_size("web", MAX_STORED_SPEC_BYTES + 1).expect_err("too large");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert!(status.message().starts_with("silo web: its spec with file contents is 262145 bytes"), "{}", status.message());
+        assert!(status.message().starts_with("silo web: its spec without file contents is 262145 bytes"), "{}", status.message());
+    }
+
+    /// Returns an `up` item of silo `name` with one file of `bytes` bytes of `fill`.
+    fn item_with_file(name: &str, fill: u8, bytes: usize) -> UpItem {
+        let mut spec = valid_spec();
+        spec.name = name.to_owned();
+        spec.files.push(proto::FileEntry {
+            silo_path: "/data".to_owned(),
+            content: vec![fill; bytes],
+            ..Default::default()
+        });
+        up_item(spec).expect("valid spec")
+    }
+
+    #[test]
+    fn new_contents_are_charged_once() {
+        let state = ClusterState::default();
+        let mut items = vec![item_with_file("a", 1, 1000), item_with_file("b", 1, 1000), item_with_file("c", 2, 500)];
+        check_new_contents(&state, &mut items, u64::MAX).expect("within the limits");
+        let charged: Vec<usize> = items.iter().map(|item| item.new_content_bytes).collect();
+        assert_eq!(charged, vec![1000, 0, 500], "a shared content counts for its first silo only");
+    }
+
+    #[test]
+    fn new_contents_above_the_limits_are_rejected() {
+        let state = ClusterState::default();
+        let half = blobs::MAX_NEW_CONTENT_BYTES_PER_REQUEST / 2;
+        let mut items = vec![item_with_file("a", 1, half), item_with_file("b", 2, half + 1)];
+        let error = check_new_contents(&state, &mut items, u64::MAX).expect_err("above the request limit");
+        assert_eq!(error, ContentLimitError::RequestTooLarge { bytes: 2 * half + 1 });
+        assert!(error.to_string().contains("262145 bytes of new file contents"), "{error}");
+
+        let mut items = vec![item_with_file("a", 1, 1000)];
+        let error = check_new_contents(&state, &mut items, 999).expect_err("above the cluster limit");
+        let message = error.to_string();
+        assert!(message.contains("adds 1000 bytes of new file contents to the 0 bytes stored, above the cluster's limit of 999 bytes"), "{message}");
+        assert!(message.contains("--max-file-content-bytes"), "{message}");
+        assert!(check_new_contents(&state, &mut items, 1000).is_ok(), "exactly the limit is accepted");
+    }
+
+    #[test]
+    fn up_item_moves_contents_out() {
+        let item = item_with_file("web", 7, 100);
+        assert_eq!(item.contents.len(), 1);
+        let stored = proto::SiloSpec::decode(item.encoded.as_slice()).expect("decode");
+        assert!(stored.files[0].content.is_empty());
+        assert_eq!(stored.files[0].content_size, 100);
+        assert_eq!(stored.files[0].content_sha256.len(), blobs::SHA256_BYTES);
+        let status = up_item(proto::SiloSpec {
+            files: vec![proto::FileEntry {
+                silo_path: "/big".to_owned(),
+                content: vec![0; blobs::MAX_FILE_CONTENT_BYTES + 1],
+                ..Default::default()
+            }],
+            ..valid_spec()
+        })
+        .expect_err("a file above the limit");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().starts_with("silo web: file /big is 262145 bytes"), "{}", status.message());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! gRPC services the controller serves on its one listen address.
 
 pub mod agent;
+pub mod agent_files;
 pub mod agent_router;
 pub mod client;
 pub mod exec;

@@ -143,9 +143,15 @@ impl StateMachineStore {
     }
 
     /// Copies the changed rows from `working` into the shared state, then announces `applied`.
-    async fn publish(&self, silos: &[String], hosts: &[String]) {
+    async fn publish(&self, silos: &[String], hosts: &[String], file_contents: &[String]) {
         {
             let mut shared = self.shared.write().await;
+            for hash in file_contents {
+                match self.working.file_contents.get(hash) {
+                    Some(content) => shared.file_contents.insert(hash.clone(), content.clone()),
+                    None => shared.file_contents.remove(hash),
+                };
+            }
             for name in silos {
                 match self.working.silos.get(name) {
                     Some(record) => shared.silos.insert(name.clone(), record.clone()),
@@ -165,8 +171,14 @@ impl StateMachineStore {
 
     /// Undoes uncommitted changes to `working` by copying the rows back from the shared state,
     /// which contains committed rows only.
-    async fn roll_back(&mut self, silos: &[String], hosts: &[String]) {
+    async fn roll_back(&mut self, silos: &[String], hosts: &[String], file_contents: &[String]) {
         let shared = self.shared.read().await;
+        for hash in file_contents {
+            match shared.file_contents.get(hash) {
+                Some(content) => self.working.file_contents.insert(hash.clone(), content.clone()),
+                None => self.working.file_contents.remove(hash),
+            };
+        }
         for name in silos {
             match shared.silos.get(name) {
                 Some(record) => self.working.silos.insert(name.clone(), record.clone()),
@@ -194,6 +206,14 @@ impl StateMachineStore {
         for name in hosts {
             let write = state_tables::row_write("host row", name, self.working.hosts.get(name))?;
             writes.hosts.push(write);
+        }
+        Ok(())
+    }
+
+    fn encode_content_rows(&self, hashes: &[String], writes: &mut AppliedWrites) -> Result<(), StateMachineError> {
+        for hash in hashes {
+            let write = state_tables::row_write("file content row", hash, self.working.file_contents.get(hash))?;
+            writes.file_contents.push(write);
         }
         Ok(())
     }
@@ -231,6 +251,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut changed_silos = Vec::new();
         let mut changed_hosts = Vec::new();
         let mut network_changed = false;
+        // Contents whose row changed, and all contents whose record changed.
+        let mut written_contents = Vec::new();
+        let mut changed_contents = Vec::new();
         let mut last_applied = self.last_applied;
         let mut last_membership = None;
 
@@ -245,6 +268,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             Change::Silo(name) => changed_silos.push(name),
                             Change::Host(name) => changed_hosts.push(name),
                             Change::Network => network_changed = true,
+                            Change::FileContent(hash) => {
+                                written_contents.push(hash.clone());
+                                changed_contents.push(hash);
+                            }
+                            Change::FileContentUsers(hash) => changed_contents.push(hash),
                         }
                     }
                     responses.push(response);
@@ -262,6 +290,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         changed_silos.dedup();
         changed_hosts.sort();
         changed_hosts.dedup();
+        written_contents.sort();
+        written_contents.dedup();
+        changed_contents.sort();
+        changed_contents.dedup();
 
         let mut writes = AppliedWrites {
             last_applied,
@@ -269,13 +301,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             network: if network_changed { self.working.network } else { None },
             ..AppliedWrites::default()
         };
-        let committed = match self.encode_rows(&changed_silos, &changed_hosts, &mut writes) {
+        let encoded = self
+            .encode_rows(&changed_silos, &changed_hosts, &mut writes)
+            .and_then(|()| self.encode_content_rows(&written_contents, &mut writes));
+        let committed = match encoded {
             Ok(()) => self.commit_writes(writes).await,
             Err(error) => Err(error),
         };
         if let Err(error) = committed {
             tracing::error!(%error, ?last_applied, "failed to persist applied entries");
-            self.roll_back(&changed_silos, &changed_hosts).await;
+            self.roll_back(&changed_silos, &changed_hosts, &changed_contents).await;
             if network_changed {
                 self.working.network = self.shared.read().await.network;
             }
@@ -289,7 +324,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if network_changed {
             self.shared.write().await.network = self.working.network;
         }
-        self.publish(&changed_silos, &changed_hosts).await;
+        self.publish(&changed_silos, &changed_hosts, &changed_contents).await;
         Ok(responses)
     }
 
@@ -313,7 +348,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let content = SnapshotContent::decode(&meta.snapshot_id, &data)
             .map_err(|error| snapshot::read_error(meta, &error))?;
-        let state = content.state;
+        let mut state = content.state;
+        state.rebuild_content_users();
 
         let database = Arc::clone(&self.database);
         let for_write = (state.clone(), meta.clone());

@@ -11,11 +11,14 @@ use serde::Serialize;
 
 use super::state_machine::StateMachineError;
 use super::{Node, NodeId};
+use crate::blobs::StoredContent;
 use crate::state::{ClusterNetwork, ClusterState, HostRecord, SiloRecord};
 
 pub(super) const SILOS_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("silos");
 pub(super) const HOSTS_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 pub(super) const META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Stored file contents by SHA-256 in hex, each the JSON of a `StoredContent`.
+pub(super) const FILE_CONTENTS_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("file_contents");
 
 /// `Option<LogId<NodeId>>` of the last entry applied to the tables.
 const LAST_APPLIED_KEY: &str = "last_applied";
@@ -56,6 +59,7 @@ pub(super) enum RowWrite {
 pub(super) struct AppliedWrites {
     pub silos: Vec<RowWrite>,
     pub hosts: Vec<RowWrite>,
+    pub file_contents: Vec<RowWrite>,
     pub last_applied: Option<LogId<NodeId>>,
     /// `Some` when the applied entries included a membership entry.
     pub last_membership: Option<StoredMembership<NodeId, Node>>,
@@ -68,6 +72,7 @@ pub(super) fn create_tables(transaction: &WriteTransaction) -> Result<(), redb::
     transaction.open_table(SILOS_TABLE)?;
     transaction.open_table(HOSTS_TABLE)?;
     transaction.open_table(META_TABLE)?;
+    transaction.open_table(FILE_CONTENTS_TABLE)?;
     Ok(())
 }
 
@@ -94,6 +99,16 @@ pub(super) fn read_stored_state(
         let record: HostRecord = decode("host row", name.value(), value.value())?;
         state.hosts.insert(name.value().to_owned(), record);
     }
+
+    let file_contents = transaction
+        .open_table(FILE_CONTENTS_TABLE)
+        .map_err(redb::Error::from)?;
+    for row in file_contents.iter().map_err(redb::Error::from)? {
+        let (hash, value) = row.map_err(redb::Error::from)?;
+        let content: StoredContent = decode("file content row", hash.value(), value.value())?;
+        state.file_contents.insert(hash.value().to_owned(), content);
+    }
+    state.rebuild_content_users();
 
     let meta = transaction
         .open_table(META_TABLE)
@@ -122,6 +137,12 @@ pub(super) fn write_applied(
         .open_table(HOSTS_TABLE)
         .map_err(redb::Error::from)?;
     write_rows(&mut hosts, &writes.hosts)?;
+    if !writes.file_contents.is_empty() {
+        let mut file_contents = transaction
+            .open_table(FILE_CONTENTS_TABLE)
+            .map_err(redb::Error::from)?;
+        write_rows(&mut file_contents, &writes.file_contents)?;
+    }
 
     let mut meta = transaction
         .open_table(META_TABLE)
@@ -162,6 +183,17 @@ pub(super) fn write_installed(
         let encoded = encode("host row", record)?;
         hosts
             .insert(name.as_str(), encoded.as_slice())
+            .map_err(redb::Error::from)?;
+    }
+
+    let mut file_contents = transaction
+        .open_table(FILE_CONTENTS_TABLE)
+        .map_err(redb::Error::from)?;
+    file_contents.retain(|_, _| false).map_err(redb::Error::from)?;
+    for (hash, content) in &state.file_contents {
+        let encoded = encode("file content row", content)?;
+        file_contents
+            .insert(hash.as_str(), encoded.as_slice())
             .map_err(redb::Error::from)?;
     }
 

@@ -302,7 +302,7 @@ Silo "s" {
 }
 "#;
 
-/// A silo whose one file is larger than the controller stores in a spec (256 KiB).
+/// A silo whose one file is larger than the controller stores per file (256 KiB).
 const TOO_BIG: &str = r#"
 Silo "s" {
   name = "too-big"
@@ -319,7 +319,7 @@ Silo "s" {
 }
 "#;
 
-/// Size of `big.bin`: 300 KiB, above the controller's spec limit.
+/// Size of `big.bin`: 300 KiB, above the controller's per-file limit.
 const TOO_BIG_FILE_BYTES: usize = 300 * 1024;
 
 /// A silo no lab host can run: its placement names a host that does not exist.
@@ -404,13 +404,11 @@ fn cluster_errors_are_one_line() {
             "error: silo sleeper-a[3] not found; silo sleeper-a has 1 instance: sleeper-a[0]",
         ),
         Case::new(
-            "silo above the controller's spec limit",
+            "file above the controller's per-file limit",
             &["up", text(&too_big)],
             EXIT_USER_ERROR,
             format!(
-                "error: controller {controller}: silo too-big: its spec with file contents is {} bytes, above the controller's limit of 262144; put large files into an image (`base = \"img://NAME\"`) or a `bind` instead of `file` blocks",
-                // The file plus 61 bytes of protobuf for the rest of this spec.
-                TOO_BIG_FILE_BYTES + 61
+                "error: controller {controller}: silo too-big: file /big.bin is {TOO_BIG_FILE_BYTES} bytes, above the controller's limit of 262144 bytes per file; put large files into an image (`base = \"img://NAME\"`) or a `bind` instead of `file` blocks",
             ),
         ),
         Case::new(
