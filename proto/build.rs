@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "colex/v1/agent.proto",
         "colex/v1/raft.proto",
         "colex/v1/members.proto",
+        "colex/v1/security.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure().compile_fds(descriptors)?;

@@ -387,6 +387,8 @@ pub enum Command {
     /// Set the cluster network that host subnets are allocated from. Accepted while no network
     /// is set and no host has registered, and again with the same network.
     SetClusterNetwork { network: ClusterNetwork },
+    /// A change to the cluster's authority, tokens, enrollment window or certificates.
+    Security(crate::security_state::SecurityCommand),
     /// `commands` in order, committed as one log entry: a batch of the leader's placer, which
     /// planned each command against the state plus the commands before it in the batch. Log
     /// entries written before batches existed carry one command each.
@@ -433,6 +435,8 @@ pub enum Response {
     Rejected { reason: String },
     /// The responses of a [`Command::Batch`], one per command in its order.
     Batched { responses: Vec<Response> },
+    /// A [`Command::Security`] was applied.
+    SecurityApplied,
 }
 
 /// A row of the state that an applied command changed, so storage can
@@ -444,6 +448,8 @@ pub enum Change {
     Host(String),
     /// The cluster network.
     Network,
+    /// The security state.
+    Security,
 }
 
 /// The whole replicated state.
@@ -456,6 +462,9 @@ pub struct ClusterState {
     /// Cluster network set at bootstrap, or `None` for the default.
     #[serde(default)]
     pub network: Option<ClusterNetwork>,
+    /// The authority, tokens, certificates and revocations.
+    #[serde(default)]
+    pub security: crate::security_state::SecurityState,
     /// Time of the command being applied, from its [`Command::Stamped`] wrapper, for the events
     /// it appends; 0 outside `apply` and for unstamped commands.
     #[serde(skip)]
@@ -511,6 +520,10 @@ impl ClusterState {
             } => self.move_instances(from, moves, *host_lost),
             Command::RemoveHost { name } => self.remove_host(name),
             Command::SetClusterNetwork { network } => self.set_cluster_network(*network),
+            Command::Security(command) => match self.security.apply(command) {
+                crate::security_state::SecurityOutcome::Applied => (Response::SecurityApplied, vec![Change::Security]),
+                crate::security_state::SecurityOutcome::Rejected(reason) => (Response::Rejected { reason }, Vec::new()),
+            },
             Command::Batch { commands } => {
                 let mut responses = Vec::with_capacity(commands.len());
                 let mut changes = Vec::new();
@@ -932,6 +945,11 @@ impl ClusterState {
             return (Response::Stale, Vec::new());
         }
         let mut changes = vec![Change::Host(name.to_owned())];
+        // The removed host's certificate stops working: a new agent under this name joins
+        // with a token and may bring another key.
+        if self.security.revoke_holder(colex_proto::pki::Role::Agent.as_str(), name) {
+            changes.push(Change::Security);
+        }
         let keys: Vec<String> = self.silos_on(name).map(SiloRecord::key).collect();
         let reason = format!("host {name} removed");
         let mut pending = 0_u32;

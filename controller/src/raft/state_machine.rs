@@ -231,6 +231,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut changed_silos = Vec::new();
         let mut changed_hosts = Vec::new();
         let mut network_changed = false;
+        let mut security_changed = false;
         let mut last_applied = self.last_applied;
         let mut last_membership = None;
 
@@ -245,6 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             Change::Silo(name) => changed_silos.push(name),
                             Change::Host(name) => changed_hosts.push(name),
                             Change::Network => network_changed = true,
+                            Change::Security => security_changed = true,
                         }
                     }
                     responses.push(response);
@@ -267,6 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_applied,
             last_membership: last_membership.clone(),
             network: if network_changed { self.working.network } else { None },
+            security: security_changed.then(|| self.working.security.clone()),
             ..AppliedWrites::default()
         };
         let committed = match self.encode_rows(&changed_silos, &changed_hosts, &mut writes) {
@@ -279,6 +282,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if network_changed {
                 self.working.network = self.shared.read().await.network;
             }
+            if security_changed {
+                self.working.security = self.shared.read().await.security.clone();
+            }
             return Err(error.into_write_error());
         }
 
@@ -288,6 +294,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         if network_changed {
             self.shared.write().await.network = self.working.network;
+        }
+        if security_changed {
+            self.shared.write().await.security = self.working.security.clone();
         }
         self.publish(&changed_silos, &changed_hosts).await;
         Ok(responses)
