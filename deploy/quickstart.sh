@@ -109,8 +109,38 @@ mkdir -p "$WORK_DIR"
   >"$WORK_DIR/controller.log" 2>&1 &
 echo $! >"$WORK_DIR/controller.pid"
 
+# Every connection is mutual TLS. A new cluster writes an enrollment key, valid for 35 s, to
+# its data dir: enroll root's CLI with it (certificate files in ~/.config/colex). A resumed
+# cluster opens no window, and an enrolled CLI needs none.
+echo "waiting for the controller" >&2
+enrolled=false
+for ((i = 0; i < SETTLE_SECONDS * 5; i++)); do
+  if cli list >/dev/null 2>&1; then
+    enrolled=true
+    break
+  fi
+  if [[ -f $WORK_DIR/controller/enrollment.key ]] &&
+    cli enroll --name root --key-file "$WORK_DIR/controller/enrollment.key" >/dev/null 2>&1; then
+    echo "enrolled root as admin; certificate files are in ~/.config/colex" >&2
+    enrolled=true
+    break
+  fi
+  sleep 0.2
+done
+if [[ $enrolled != true ]]; then
+  echo "the CLI could not enroll within $SETTLE_SECONDS s: $(cli list 2>&1 >/dev/null)" >&2
+  echo "delete $WORK_DIR for a new cluster, or ask an admin for \`colex-cli enroll --reopen\`; see $WORK_DIR/controller.log" >&2
+  exit 1
+fi
+
+# A host without a certificate joins with a join token, passed in the environment so that it
+# does not show in the process list.
+agent_token=
+if [[ ! -f $WORK_DIR/agent/agent.crt ]]; then
+  agent_token=$(cli tokens create --role agent --ttl 10m 2>/dev/null)
+fi
 host_name=$(hostname)
-"$BIN_DIR/colex-agent" --join "$CONTROLLER_ADDR" --name "$host_name" --state-dir "$WORK_DIR/agent" \
+COLEX_TOKEN=$agent_token "$BIN_DIR/colex-agent" --join "$CONTROLLER_ADDR" --name "$host_name" --state-dir "$WORK_DIR/agent" \
   >"$WORK_DIR/agent.log" 2>&1 &
 echo $! >"$WORK_DIR/agent.pid"
 

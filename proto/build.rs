@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "colex/v1/raft.proto",
         "colex/v1/members.proto",
         "colex/v1/blobs.proto",
+        "colex/v1/security.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure().compile_fds(descriptors)?;

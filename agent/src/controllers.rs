@@ -4,12 +4,13 @@
 //! hold a session with it count as live. A follower rejects a new session, because registering
 //! the host is a Raft write that only the leader can make.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use colex_proto as proto;
 use colex_proto::addresses::{root_cause, split_addresses};
 use colex_proto::members_client::MembersClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Time allowed to open the connection to one controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -18,6 +19,16 @@ const LEADER_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Interval of HTTP/2 keepalive pings, so a dead controller is noticed while no message flows.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// TLS settings of every connection to a controller: `Some` once the agent has its host
+/// certificate, never set with `--insecure`.
+static CONTROLLER_TLS: OnceLock<ClientTlsConfig> = OnceLock::new();
+
+/// Makes every later connection to a controller use mutual TLS with `tls`. A second call
+/// keeps the first settings.
+pub fn use_tls(tls: ClientTlsConfig) {
+    let _ = CONTROLLER_TLS.set(tls);
+}
 
 /// Errors of choosing a controller.
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +83,13 @@ pub async fn connect(addresses: &str) -> Result<(Channel, String), ConnectError>
 
 /// Opens a connection to the controller at `address`; the error is its innermost cause.
 async fn open(address: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|error| format!("invalid address: {error}; use HOST:PORT"))?;
+    let endpoint = match CONTROLLER_TLS.get() {
+        Some(tls) => Endpoint::from_shared(format!("https://{address}"))
+            .and_then(|endpoint| endpoint.tls_config(tls.clone()))
+            .map_err(|error| format!("invalid address: {error}; use HOST:PORT"))?,
+        None => Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|error| format!("invalid address: {error}; use HOST:PORT"))?,
+    };
     endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

@@ -1,5 +1,7 @@
 //! colex-agent: runs the silos the controller assigns to this host.
 
+mod credentials;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -44,6 +46,16 @@ struct Args {
     /// offers; see docs/agent-config.md. Without it the host offers only the busybox image.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Join token (`colex-cli tokens create --role agent`) for a host without a certificate in
+    /// its state folder, or whose certificate was revoked. A restart with a valid certificate
+    /// needs none.
+    #[arg(long, env = "COLEX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Connect in plain text without a certificate, to a controller started with --insecure.
+    #[arg(long, env = "COLEX_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    insecure: bool,
 }
 
 /// First argument that runs [`teardown`] instead of the agent.
@@ -152,6 +164,8 @@ fn main() -> anyhow::Result<()> {
         Some(path) => colex_agent::config::load(path)?,
         None => colex_agent::config::AgentSettings::default(),
     };
+    let token = args.token.clone().filter(|token| !token.trim().is_empty());
+    let insecure = args.insecure;
     let config = AgentConfig {
         controller: args.join,
         host_name,
@@ -166,6 +180,12 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     runtime.block_on(async move {
+        if insecure {
+            tracing::warn!("--insecure: connecting to the controllers in plain text without a certificate");
+        } else {
+            let credentials = credentials::obtain(&config.state_dir, &config.host_name, &config.controller, token.as_deref()).await?;
+            colex_agent::controllers::use_tls(credentials.client_config());
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;

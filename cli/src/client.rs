@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use colex_proto as proto;
 use colex_proto::addresses::root_cause;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Time allowed to open the TCP connection to the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -25,6 +26,69 @@ static STALE_READS: AtomicBool = AtomicBool::new(false);
 /// Makes every later `list` request a stale read, served by the controller it reaches.
 pub fn use_stale_reads() {
     STALE_READS.store(true, Ordering::Relaxed);
+}
+
+/// Transport of every connection to a controller, set once by `main` before any request.
+/// Without it, connections are plain text, as under `--insecure`.
+static TRANSPORT: OnceLock<Transport> = OnceLock::new();
+
+/// TLS settings of every connection.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    pub tls: ClientTlsConfig,
+    /// Whether `tls` carries this user's certificate; false before enrollment, when the CLI
+    /// can only report that it needs one.
+    pub enrolled: bool,
+    /// Folder the certificate files are read from, for messages.
+    pub config_dir: String,
+}
+
+/// Makes every later connection use `transport`.
+pub fn use_transport(transport: Transport) {
+    let _ = TRANSPORT.set(transport);
+}
+
+/// Returns an endpoint for `address` (HOST:PORT) with the transport `main` chose.
+fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
+    match TRANSPORT.get() {
+        Some(transport) => Endpoint::from_shared(format!("https://{address}"))?.tls_config(transport.tls.clone()),
+        None => Endpoint::from_shared(format!("http://{address}")),
+    }
+}
+
+/// Returns the message for a connection that failed in the TLS handshake, or `None` when
+/// `cause` is no TLS failure.
+fn tls_failure_message(address: &str, cause: &str) -> Option<String> {
+    let transport = TRANSPORT.get()?;
+    let lower = cause.to_ascii_lowercase();
+    let server_rejected = lower.contains("alert");
+    let server_unverified = lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("invalid peer");
+    if !server_rejected && !server_unverified {
+        return None;
+    }
+    if !transport.enrolled {
+        return Some(format!(
+            "this user is not enrolled (no certificate in {}); run `colex-cli --serv {address} enroll` with the key from the controller's data folder, or pass --insecure for a controller started with --insecure",
+            transport.config_dir
+        ));
+    }
+    if server_rejected {
+        let reason = if lower.contains("expired") {
+            "the certificate has expired"
+        } else if lower.contains("unknownca") || lower.contains("unknown ca") || lower.contains("badcertificate") {
+            "the certificate was not issued by this cluster's authority"
+        } else {
+            "the controller did not accept the certificate"
+        };
+        return Some(format!(
+            "controller {address} rejected this client's certificate from {}: {reason} ({cause}); enroll again with `colex-cli enroll`",
+            transport.config_dir
+        ));
+    }
+    Some(format!(
+        "cannot verify controller {address} with the cluster authority in {} ({cause}); it belongs to another cluster, or this user enrolled with another one",
+        transport.config_dir
+    ))
 }
 
 /// Exit code for mistakes in the command or the silo file.
@@ -79,7 +143,11 @@ impl CliError {
     pub fn from_status(address: &str, status: &tonic::Status) -> Self {
         let message = format!("controller {address}: {}", status.message());
         match status.code() {
-            tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => Self::user(message),
+            tonic::Code::InvalidArgument
+            | tonic::Code::NotFound
+            | tonic::Code::AlreadyExists
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated => Self::user(message),
             tonic::Code::Unavailable if status.message().contains("tcp connect") || status.message().is_empty() => {
                 Self::cluster(unreachable_message(address, status.message()))
             }
@@ -141,7 +209,7 @@ impl Controller {
     }
 
     async fn connect_with(address: &str, request_timeout: Option<Duration>) -> Result<Self, ConnectFailure> {
-        let mut endpoint = Channel::from_shared(format!("http://{address}")).map_err(|error| ConnectFailure {
+        let mut endpoint = endpoint(address).map_err(|error| ConnectFailure {
             cause: format!("{address} (invalid: {error})"),
             error: CliError::user(format!("invalid controller address {address:?} ({error}); use HOST:PORT, e.g. 127.0.0.1:7069")),
         })?;
@@ -154,15 +222,22 @@ impl Controller {
             .await
             .map_err(|error| {
                 let cause = root_cause(&error);
+                let error = match tls_failure_message(address, &cause) {
+                    Some(message) => CliError::user(message),
+                    None => CliError::cluster(unreachable_message(address, &cause)),
+                };
                 ConnectFailure {
-                    error: CliError::cluster(unreachable_message(address, &cause)),
+                    error,
                     cause: format!("{address} ({cause})"),
                 }
             })?;
         probe(&channel).await.map_err(|cause| ConnectFailure {
-            error: CliError::cluster(format!(
-                "controller {address} {cause}; check that colex-controller runs there or pass another address with --serv or COLEX_SERV"
-            )),
+            error: match tls_failure_message(address, &cause) {
+                Some(message) => CliError::user(message),
+                None => CliError::cluster(format!(
+                    "controller {address} {cause}; check that colex-controller runs there or pass another address with --serv or COLEX_SERV"
+                )),
+            },
             cause: format!("{address} ({cause})"),
         })?;
         let client = proto::client_client::ClientClient::new(channel.clone())
@@ -219,6 +294,9 @@ async fn probe(channel: &Channel) -> Result<(), String> {
         {
             Ok(())
         }
+        // A TLS alert from the controller ends the first request, not the connection: it
+        // rejected the client's certificate after the handshake.
+        Ok(Err(status)) if root_cause(&status).contains("alert") => Err(root_cause(&status)),
         Ok(Err(status)) => Err(format!("did not respond as a colex controller ({})", status.message())),
         Err(_) => Err(format!("did not respond within {} s", PROBE_TIMEOUT.as_secs())),
     }

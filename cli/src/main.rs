@@ -6,12 +6,14 @@ mod colour;
 mod commands;
 mod completions;
 mod controllers;
+mod credentials;
 mod exec;
 mod merged_logs;
 mod hosts;
 mod list_filter;
 mod output;
 mod partial;
+mod security;
 mod silo_names;
 mod status;
 mod table;
@@ -48,6 +50,14 @@ struct Cli {
     /// When to colour the state words of tables.
     #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t)]
     color: ColorChoice,
+
+    /// Connect in plain text without a certificate, to a controller started with --insecure.
+    #[arg(long, global = true, env = "COLEX_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    insecure: bool,
+
+    /// Folder of this user's certificate files; defaults to ~/.config/colex.
+    #[arg(long, global = true, value_name = "DIR", env = "COLEX_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -168,11 +178,93 @@ enum Command {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Get this user's certificate with an enrollment key, or (--reopen, admins) open a new
+    /// enrollment window and print its key.
+    Enroll {
+        /// Role to enroll with, admin or reader; defaults to the role the window was opened for.
+        /// With --reopen: the role the new window grants (default reader).
+        #[arg(long, value_name = "ROLE")]
+        role: Option<String>,
+        /// User name the certificate carries; defaults to $USER.
+        #[arg(long, value_name = "USER")]
+        name: Option<String>,
+        /// File with the enrollment key; without it the key is read from the terminal or stdin.
+        #[arg(long, value_name = "FILE", conflicts_with = "reopen")]
+        key_file: Option<PathBuf>,
+        /// Open a new enrollment window (admins only) and print its key.
+        #[arg(long)]
+        reopen: bool,
+        /// With --reopen: seconds the window stays open; 0 for the controller's
+        /// --enrollment-window.
+        #[arg(long, value_name = "SECS", default_value_t = 0, requires = "reopen")]
+        window: u32,
+    },
+    /// Create, list or revoke join tokens of agents and controllers (admins only).
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
+    },
+    /// List enrolled users or remove one (admins only).
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
     /// Print a shell completion script, e.g. `colex-cli completions bash > /etc/bash_completion.d/colex-cli`.
     Completions {
         /// Shell to complete in.
         shell: Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensAction {
+    /// Create a join token and print it; it is shown only this once.
+    Create {
+        /// agent or controller.
+        #[arg(long, value_name = "ROLE")]
+        role: String,
+        /// Validity, such as 90s, 30m, 1h or 7d.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+    },
+    /// List the tokens: id, role, expiry and state, never the secret.
+    List,
+    /// Revoke a token, so no new host or controller can join with it.
+    Revoke {
+        /// Token id, as `tokens list` shows it.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersAction {
+    /// List the enrolled users and the state of their certificates.
+    List,
+    /// Revoke a user's certificate; the user must enroll again.
+    Remove {
+        /// User name, as `users list` shows it.
+        name: String,
+    },
+}
+
+/// Parses a token validity (`90s`, `30m`, `1h`, `7d`, or plain seconds) into seconds.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (number, unit_secs) = match text.char_indices().last() {
+        Some((index, 's')) => (&text[..index], 1),
+        Some((index, 'm')) => (&text[..index], 60),
+        Some((index, 'h')) => (&text[..index], 3600),
+        Some((index, 'd')) => (&text[..index], 86_400),
+        _ => (text, 1),
+    };
+    let count: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}; use a number with s, m, h or d, such as 1h"))?;
+    if count == 0 {
+        return Err(format!("invalid duration {text:?}; it must be more than 0"));
+    }
+    count
+        .checked_mul(unit_secs)
+        .ok_or_else(|| format!("invalid duration {text:?}; it is too long"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,6 +345,12 @@ fn report_args_error(error: &clap::Error, args: &[OsString]) -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     colour::init(cli.color);
+    let config_dir = credentials::config_dir(cli.config_dir.as_deref())?;
+    if cli.insecure {
+        eprintln!("warning: --insecure: connecting in plain text without a certificate");
+    } else if needs_controller(&cli.command) {
+        client::use_transport(credentials::load_transport(&config_dir)?);
+    }
     match cli.command {
         Command::Up { file, wait, detach } => commands::up(&cli.serv, &file, Duration::from_secs(wait), detach).await,
         Command::Down { file, names, wait } => {
@@ -296,6 +394,21 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             action: Some(HostsAction::Remove { host, force }),
             ..
         } => hosts::remove(&cli.serv, &host, force).await,
+        Command::Enroll { reopen: true, role, window, .. } => security::reopen(&cli.serv, role.as_deref(), window).await,
+        Command::Enroll {
+            role, name, key_file, ..
+        } => security::enroll(&cli.serv, &config_dir, role.as_deref(), name.as_deref(), key_file.as_deref()).await,
+        Command::Tokens {
+            action: TokensAction::Create { role, ttl },
+        } => security::create_token(&cli.serv, &role, ttl).await,
+        Command::Tokens { action: TokensAction::List } => security::list_tokens(&cli.serv).await,
+        Command::Tokens {
+            action: TokensAction::Revoke { id },
+        } => security::revoke_token(&cli.serv, &id).await,
+        Command::Users { action: UsersAction::List } => security::list_users(&cli.serv).await,
+        Command::Users {
+            action: UsersAction::Remove { name },
+        } => security::remove_user(&cli.serv, &name).await,
         Command::Validate { files, output } => validate::run(&files, output),
         Command::Completions { shell } => completions::print(shell, Cli::command(), BIN_NAME),
         Command::Status { name, output } => status::run(&cli.serv, &name, output).await,
@@ -314,6 +427,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             };
             exec::run(&cli.serv, options).await
         }
+    }
+}
+
+/// Returns whether `command` connects with the user's certificate: every command but the
+/// local ones and enrollment, which verifies the controller by the key's fingerprint.
+fn needs_controller(command: &Command) -> bool {
+    match command {
+        Command::Validate { .. } | Command::Completions { .. } => false,
+        Command::Enroll { reopen, .. } => *reopen,
+        _ => true,
     }
 }
 
@@ -467,6 +590,32 @@ mod tests {
         assert!(matches!(cli.map(|cli| cli.color), Ok(ColorChoice::Never)));
         let cli = Cli::try_parse_from(strings(&["colex-cli", "list"]));
         assert!(matches!(cli.map(|cli| cli.color), Ok(ColorChoice::Auto)));
+    }
+
+    #[test]
+    fn token_ttl_parses_units() {
+        assert_eq!(parse_ttl("90s"), Ok(90));
+        assert_eq!(parse_ttl("30m"), Ok(1800));
+        assert_eq!(parse_ttl("1h"), Ok(3600));
+        assert_eq!(parse_ttl("7d"), Ok(604_800));
+        assert_eq!(parse_ttl("120"), Ok(120));
+        assert!(parse_ttl("0h").is_err());
+        assert!(parse_ttl("h").is_err());
+        assert!(parse_ttl("1w").is_err());
+    }
+
+    #[test]
+    fn enroll_and_tokens_parse() {
+        let cli = Cli::try_parse_from(strings(&["colex-cli", "enroll", "--role", "reader", "--name", "rita"]));
+        assert!(matches!(
+            cli.map(|cli| cli.command),
+            Ok(Command::Enroll { reopen: false, role: Some(role), .. }) if role == "reader"
+        ));
+        let cli = Cli::try_parse_from(strings(&["colex-cli", "tokens", "create", "--role", "agent", "--ttl", "2h"]));
+        assert!(matches!(
+            cli.map(|cli| cli.command),
+            Ok(Command::Tokens { action: TokensAction::Create { ttl: 7200, .. } })
+        ));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! the hosts whose agents hold a session with it.
 
 mod api;
+mod auth;
 mod blobs;
+mod bootstrap_tls;
 mod events;
 mod id_hash;
 mod liveness;
@@ -12,9 +14,13 @@ mod placer;
 mod raft;
 mod relocation;
 mod scheduler;
+mod security_service;
+mod security_state;
 mod sessions;
 mod spec_bytes;
 mod state;
+mod tls;
+mod tls_server;
 mod usage;
 mod view;
 
@@ -22,6 +28,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::os::unix::fs::PermissionsExt;
 
 use anyhow::Context;
 use clap::Parser;
@@ -44,6 +52,8 @@ use crate::sessions::Sessions;
 /// are noticed even when no message flows.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Permissions of the data folder: owner only.
+const DATA_DIR_MODE: u32 = 0o700;
 
 #[derive(Debug, Parser)]
 #[command(name = "colex-controller", version, about = "The colex controller: stores silos and schedules them onto hosts")]
@@ -98,6 +108,20 @@ struct Args {
     /// Every controller keeps all contents in memory and in its snapshots.
     #[arg(long, value_name = "BYTES", default_value_t = blobs::DEFAULT_MAX_TOTAL_CONTENT_BYTES, env = "COLEX_MAX_FILE_CONTENT_BYTES")]
     max_file_content_bytes: u64,
+    /// Serve and connect in plain text, without certificates: anyone who reaches the port
+    /// controls the cluster. For benchmarks and trials only.
+    #[arg(long, env = "COLEX_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    insecure: bool,
+
+    /// Seconds the enrollment key made at --bootstrap, or by `colex-cli enroll --reopen`
+    /// without --window, stays valid.
+    #[arg(long, value_name = "SECS", default_value_t = 35, value_parser = clap::value_parser!(u64).range(1..))]
+    enrollment_window: u64,
+
+    /// Join token (`colex-cli tokens create --role controller`) of a controller that starts
+    /// with --join and has no certificate yet.
+    #[arg(long, env = "COLEX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -125,6 +149,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let network = state::ClusterNetwork::parse(&args.cluster_cidr, args.host_prefix)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data folder {}", args.data_dir.display()))?;
+    // The folder contains the controller's key and, in the Raft state, the authority's key.
+    std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(DATA_DIR_MODE))
+        .with_context(|| format!("cannot make data folder {} private", args.data_dir.display()))?;
     let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.to_string());
 
     // Bind before starting Raft so a taken port fails fast with a clear message.
@@ -135,6 +162,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
+
+    if args.insecure {
+        tracing::warn!("--insecure: serving and connecting in plain text without certificates; anyone who reaches {} controls the cluster", args.listen);
+    }
+    // Credentials before Raft starts, so that a joining controller requests its node id over TLS.
+    let mut credentials = if args.insecure {
+        None
+    } else {
+        bootstrap_tls::load_or_join(&args.data_dir, &args.join, args.token.as_deref(), &advertise).await?
+    };
+    if let Some(credentials) = &credentials {
+        tls::use_peer_tls(credentials);
+    }
 
     let start = if args.bootstrap {
         StartMode::Bootstrap
@@ -150,6 +190,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.bootstrap {
         // Before the server accepts agents, so no host gets a subnet of another network.
         set_cluster_network(&node, network).await?;
+    }
+    if !args.insecure && credentials.is_none() {
+        if !args.bootstrap {
+            anyhow::bail!(
+                "{} has no controller certificate ({}); start a new cluster with --bootstrap, join one with --join and --token, or run with --insecure",
+                args.data_dir.display(),
+                tls::CERT_FILE
+            );
+        }
+        let created = bootstrap_tls::create_authority(&node, &args.data_dir).await?;
+        tls::use_peer_tls(&created);
+        credentials = Some(created);
+        let window = Duration::from_secs(args.enrollment_window);
+        bootstrap_tls::open_first_enrollment(&node, &args.data_dir, window).await?;
     }
 
     let sessions = Sessions::with_liveness(Liveness::new(Duration::from_millis(args.host_ttl_ms)));
@@ -178,13 +232,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
 
-    // tonic ignores its own TCP_NODELAY default for a listener it did not bind, so it is set
-    // here. With Nagle's algorithm on, a small response frame written while an earlier one is
-    // unacknowledged waits for the peer's delayed ACK, about 40 ms on Linux.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let verifier = match &credentials {
+        Some(credentials) => Some(tls_server::ChainVerifier::new(&credentials.authority_pem)?),
+        None => None,
+    };
+    let security = security_service::SecurityService::server(
+        node.clone(),
+        args.data_dir.clone(),
+        Duration::from_secs(args.enrollment_window),
+    );
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(auth::AuthLayer::new(node.state.clone(), verifier))
         .add_service(client)
         .add_service(exec)
         .add_service(agent)
@@ -192,14 +252,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .add_service(watch)
         .add_service(raft::raft_service(&node))
         .add_service(MembersService::server(node.clone()))
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown_signal().await;
-            // Agent sessions are endless streams: end them so the server
-            // can finish its graceful shutdown.
-            let _ = stopping_tx.send(true);
-        })
-        .await
-        .context("gRPC server failed")?;
+        .add_service(security);
+    let stopped = async move {
+        shutdown_signal().await;
+        // Agent sessions are endless streams: end them so the server
+        // can finish its graceful shutdown.
+        let _ = stopping_tx.send(true);
+    };
+    match &credentials {
+        Some(credentials) => {
+            let acceptor = tls_server::acceptor(credentials).context("invalid TLS settings from the certificate files")?;
+            router
+                .serve_with_incoming_shutdown(tls_server::incoming(listener, acceptor), stopped)
+                .await
+        }
+        None => {
+            // tonic ignores its own TCP_NODELAY default for a listener it did not bind, so it
+            // is set here. With Nagle's algorithm on, a small response frame written while an
+            // earlier one is unacknowledged waits for the peer's delayed ACK, about 40 ms on
+            // Linux.
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+    }
+    .context("gRPC server failed")?;
 
     tracing::info!("controller stopping");
     node.shutdown().await.context("Raft did not shut down cleanly")?;

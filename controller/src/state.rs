@@ -388,6 +388,8 @@ pub enum Command {
     /// Set the cluster network that host subnets are allocated from. Accepted while no network
     /// is set and no host has registered, and again with the same network.
     SetClusterNetwork { network: ClusterNetwork },
+    /// A change to the cluster's authority, tokens, enrollment window or certificates.
+    Security(crate::security_state::SecurityCommand),
     /// `commands` in order, committed as one log entry: a batch of the leader's placer, which
     /// planned each command against the state plus the commands before it in the batch. Log
     /// entries written before batches existed carry one command each.
@@ -441,6 +443,8 @@ pub enum Response {
     FileContentsStored { added: u32 },
     /// The responses of a [`Command::Batch`], one per command in its order.
     Batched { responses: Vec<Response> },
+    /// A [`Command::Security`] was applied.
+    SecurityApplied,
 }
 
 /// A row of the state that an applied command changed, so storage can
@@ -457,6 +461,8 @@ pub enum Change {
     /// Only the users of the stored file content with this SHA-256 (hex) changed. They are
     /// derived from the silo records, so no row changes.
     FileContentUsers(String),
+    /// The security state.
+    Security,
 }
 
 /// The whole replicated state.
@@ -473,6 +479,9 @@ pub struct ClusterState {
     /// before contents were stored apart decode with none, and their specs carry the bytes.
     #[serde(default)]
     pub file_contents: BTreeMap<String, StoredContent>,
+    /// The authority, tokens, certificates and revocations.
+    #[serde(default)]
+    pub security: crate::security_state::SecurityState,
     /// Time of the command being applied, from its [`Command::Stamped`] wrapper, for the events
     /// it appends; 0 outside `apply` and for unstamped commands.
     #[serde(skip)]
@@ -536,6 +545,10 @@ impl ClusterState {
             } => self.move_instances(from, moves, *host_lost),
             Command::RemoveHost { name } => self.remove_host(name),
             Command::SetClusterNetwork { network } => self.set_cluster_network(*network),
+            Command::Security(command) => match self.security.apply(command) {
+                crate::security_state::SecurityOutcome::Applied => (Response::SecurityApplied, vec![Change::Security]),
+                crate::security_state::SecurityOutcome::Rejected(reason) => (Response::Rejected { reason }, Vec::new()),
+            },
             Command::Batch { commands } => {
                 let mut responses = Vec::with_capacity(commands.len());
                 let mut changes = Vec::new();
@@ -1064,6 +1077,11 @@ impl ClusterState {
             return (Response::Stale, Vec::new());
         }
         let mut changes = vec![Change::Host(name.to_owned())];
+        // The removed host's certificate stops working: a new agent under this name joins
+        // with a token and may bring another key.
+        if self.security.revoke_holder(colex_proto::pki::Role::Agent.as_str(), name) {
+            changes.push(Change::Security);
+        }
         let keys: Vec<String> = self.silos_on(name).map(SiloRecord::key).collect();
         let reason = format!("host {name} removed");
         let mut pending = 0_u32;

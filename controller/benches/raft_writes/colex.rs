@@ -161,6 +161,8 @@ impl ColexCluster {
             .arg(&controller.address)
             .arg("--data-dir")
             .arg(&controller.data_dir)
+            // Plain text: the benchmark clients and fake hosts have no certificates.
+            .arg("--insecure")
             .args(mode);
         controller.process = Some(Daemon::spawn(command, &controller.log_path)?);
         Ok(())

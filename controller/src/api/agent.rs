@@ -75,6 +75,7 @@ impl proto::agent_server::Agent for AgentService {
         &self,
         request: Request<Streaming<proto::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request.extensions().get::<colex_proto::pki::PeerIdentity>().cloned();
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(proto::AgentMessage {
@@ -86,6 +87,7 @@ impl proto::agent_server::Agent for AgentService {
             return Err(Status::invalid_argument("Hello has an empty host name; start the agent with --name HOST"));
         }
 
+        crate::auth::check_agent_name(peer.as_ref(), &hello.name)?;
         check_wireguard(&hello)?;
 
         let host = hello.name.clone();

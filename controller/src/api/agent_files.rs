@@ -34,7 +34,10 @@ impl proto::agent_files_server::AgentFiles for AgentFilesService {
         &self,
         request: Request<proto::FetchFileContentRequest>,
     ) -> Result<Response<proto::FetchFileContentResponse>, Status> {
+        // An agent fetches only for the host its certificate names.
+        let peer = request.extensions().get::<colex_proto::pki::PeerIdentity>().cloned();
         let request = request.into_inner();
+        crate::auth::check_agent_name(peer.as_ref(), &request.host)?;
         if request.sha256.len() != SHA256_BYTES {
             return Err(Status::invalid_argument(format!(
                 "invalid sha256 of {} bytes in FetchFileContent; send the 32 bytes of FileEntry.content_sha256",

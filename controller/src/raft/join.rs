@@ -6,7 +6,6 @@ use std::time::Duration;
 use colex_proto as proto;
 use colex_proto::members_client::MembersClient;
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
 
 use super::NodeId;
 
@@ -70,7 +69,7 @@ pub async fn request_node_id(addresses: &[String], advertise_addr: &str) -> Resu
 
 /// Sends one Join request to `addr`.
 async fn ask(addr: &str, advertise_addr: &str) -> Result<NodeId, tonic::Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = crate::tls::peer_endpoint(addr)
         .map_err(|error| tonic::Status::invalid_argument(format!("invalid address {addr:?}: {error}; use HOST:PORT")))?
         .connect_timeout(JOIN_CONNECT_TIMEOUT);
     let channel = endpoint

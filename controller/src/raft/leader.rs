@@ -14,7 +14,7 @@ use std::time::Duration;
 use colex_proto::FORWARDED_BY_HEADER;
 use tokio::time::Instant;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::{NodeId, TypeConfig};
@@ -196,7 +196,7 @@ impl LeaderRoute {
 /// Builds a channel to a controller at `addr` (HOST:PORT) that connects on first use and
 /// reconnects after a failure.
 pub fn connect_lazy(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+    let endpoint = crate::tls::peer_endpoint(addr)?
         .connect_timeout(LEADER_CONNECT_TIMEOUT)
         .tcp_nodelay(true);
     Ok(endpoint.connect_lazy())

@@ -21,7 +21,7 @@ use openraft::raft::{
 use openraft::{RaftNetwork, RaftNetworkFactory};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{Node, NodeId, TypeConfig};
 
@@ -111,13 +111,8 @@ impl NetworkFactory {
 
 /// Builds a channel that connects on first use and reconnects after a failure.
 fn connect_lazy(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    // NOTE: plain HTTP/2, so peer traffic is not yet authenticated or encrypted.
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(uri)?
+    // Mutual TLS once the controller has its certificate; plain HTTP/2 under --insecure.
+    let endpoint = crate::tls::peer_endpoint(addr)?
         .connect_timeout(PEER_CONNECT_TIMEOUT)
         .tcp_nodelay(true);
     Ok(endpoint.connect_lazy())

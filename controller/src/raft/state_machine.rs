@@ -254,6 +254,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Contents whose row changed, and all contents whose record changed.
         let mut written_contents = Vec::new();
         let mut changed_contents = Vec::new();
+        let mut security_changed = false;
         let mut last_applied = self.last_applied;
         let mut last_membership = None;
 
@@ -273,6 +274,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 changed_contents.push(hash);
                             }
                             Change::FileContentUsers(hash) => changed_contents.push(hash),
+                            Change::Security => security_changed = true,
                         }
                     }
                     responses.push(response);
@@ -299,6 +301,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_applied,
             last_membership: last_membership.clone(),
             network: if network_changed { self.working.network } else { None },
+            security: security_changed.then(|| self.working.security.clone()),
             ..AppliedWrites::default()
         };
         let encoded = self
@@ -314,6 +317,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if network_changed {
                 self.working.network = self.shared.read().await.network;
             }
+            if security_changed {
+                self.working.security = self.shared.read().await.security.clone();
+            }
             return Err(error.into_write_error());
         }
 
@@ -323,6 +329,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         if network_changed {
             self.shared.write().await.network = self.working.network;
+        }
+        if security_changed {
+            self.shared.write().await.security = self.working.security.clone();
         }
         self.publish(&changed_silos, &changed_hosts, &changed_contents).await;
         Ok(responses)

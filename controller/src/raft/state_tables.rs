@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::state_machine::StateMachineError;
 use super::{Node, NodeId};
 use crate::blobs::StoredContent;
+use crate::security_state::SecurityState;
 use crate::state::{ClusterNetwork, ClusterState, HostRecord, SiloRecord};
 
 pub(super) const SILOS_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("silos");
@@ -28,6 +29,8 @@ const LAST_MEMBERSHIP_KEY: &str = "last_membership";
 const SNAPSHOT_META_KEY: &str = "snapshot_meta";
 /// `ClusterNetwork` set at bootstrap; absent for the default network.
 const CLUSTER_NETWORK_KEY: &str = "cluster_network";
+/// `SecurityState`: authority, tokens, certificates and revocations; absent before any.
+const SECURITY_KEY: &str = "security";
 /// Data of the current snapshot: a JSON-encoded `SnapshotContent`.
 const SNAPSHOT_DATA_KEY: &str = "snapshot_data";
 
@@ -65,6 +68,8 @@ pub(super) struct AppliedWrites {
     pub last_membership: Option<StoredMembership<NodeId, Node>>,
     /// `Some` when the applied entries set the cluster network.
     pub network: Option<ClusterNetwork>,
+    /// `Some` when the applied entries changed the security state.
+    pub security: Option<SecurityState>,
 }
 
 /// Creates the tables so later read transactions find them.
@@ -116,6 +121,7 @@ pub(super) fn read_stored_state(
     let last_applied = read_meta(&meta, LAST_APPLIED_KEY)?.flatten();
     let last_membership = read_meta(&meta, LAST_MEMBERSHIP_KEY)?.unwrap_or_default();
     state.network = read_meta(&meta, CLUSTER_NETWORK_KEY)?;
+    state.security = read_meta(&meta, SECURITY_KEY)?.unwrap_or_default();
 
     Ok(StoredState {
         state,
@@ -153,6 +159,9 @@ pub(super) fn write_applied(
     }
     if let Some(network) = &writes.network {
         write_meta(&mut meta, CLUSTER_NETWORK_KEY, network)?;
+    }
+    if let Some(security) = &writes.security {
+        write_meta(&mut meta, SECURITY_KEY, security)?;
     }
     Ok(())
 }
@@ -208,6 +217,7 @@ pub(super) fn write_installed(
             meta_table.remove(CLUSTER_NETWORK_KEY).map_err(redb::Error::from)?;
         }
     }
+    write_meta(&mut meta_table, SECURITY_KEY, &state.security)?;
     write_snapshot(&mut meta_table, meta, data)
 }
 

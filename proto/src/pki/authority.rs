@@ -245,6 +245,30 @@ pub fn certificate_request(identity: &str) -> Result<(String, String), PkiError>
     Ok((request_pem, key.serialize_pem()))
 }
 
+/// Returns the SHA-256 of the public key in a certificate request (PEM), in lower-case hex.
+/// The cluster identifies an agent by it, so a host name stays with the key that first took it.
+pub fn request_key_fingerprint(request_pem: &str) -> Result<String, PkiError> {
+    use rcgen::PublicKeyData;
+
+    let request = CertificateSigningRequestParams::from_pem(request_pem).map_err(|source| PkiError::ReadPem {
+        what: "certificate request",
+        source,
+    })?;
+    Ok(super::sha256_hex(request.public_key.der_bytes()))
+}
+
+/// Returns the SHA-256 of the public key of a private key in PEM, in lower-case hex: the same
+/// value [`request_key_fingerprint`] returns for a request made with that key.
+pub fn key_fingerprint(key_pem: &str) -> Result<String, PkiError> {
+    use rcgen::PublicKeyData;
+
+    let key = KeyPair::from_pem(key_pem).map_err(|source| PkiError::ReadPem {
+        what: "private key",
+        source,
+    })?;
+    Ok(super::sha256_hex(key.der_bytes()))
+}
+
 fn distinguished_name(common_name: &str) -> DistinguishedName {
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "colex");

@@ -11,11 +11,17 @@
 //! print placeholders in their `Debug` output.
 
 mod authority;
+mod enrollment;
+mod join;
 mod peer;
+mod pin;
 mod role;
 mod token;
 
-pub use authority::{certificate_request, CertificateAuthority, IssuedCertificate, Validity};
+pub use authority::{certificate_request, key_fingerprint, request_key_fingerprint, CertificateAuthority, IssuedCertificate, Validity};
+pub use enrollment::{secret_matches_digest, EnrollmentKey, ENROLLMENT_KEY_PREFIX};
+pub use join::{enroll, join_with_token, JoinError, JoinedCredentials};
+pub use pin::{der_to_pem, fetch_pinned_authority};
 pub use peer::{peer_identity, PeerIdentity};
 pub use role::{Role, MAX_IDENTITY_BYTES};
 pub use token::{JoinToken, TOKEN_PREFIX};
@@ -55,6 +61,10 @@ pub enum PkiError {
     NoIdentity,
     #[error("join token {shown} is malformed: {problem}; ask an admin for a new one with `colex-cli tokens create`")]
     BadToken { shown: String, problem: &'static str },
+    #[error("enrollment key is malformed: {problem}; copy it again from the controller's data folder or ask an admin for `colex-cli enroll --reopen`")]
+    BadEnrollmentKey { problem: &'static str },
+    #[error("cannot verify the controller at {address}: {problem}")]
+    Pin { address: String, problem: String },
     #[error("could not read random bytes from the system")]
     Random,
 }

@@ -20,6 +20,13 @@ pub struct PeerIdentity {
 }
 
 impl PeerIdentity {
+    /// Reads the identity from a certificate in PEM, such as a client's own certificate file.
+    pub fn from_pem(pem: &str) -> Result<PeerIdentity, PkiError> {
+        let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .map_err(|error| PkiError::ParseCertificate(error.to_string()))?;
+        PeerIdentity::from_der(&block.contents)
+    }
+
     /// Reads the identity from a certificate in DER that the TLS layer already verified
     /// against the cluster's authority. The certificate must carry exactly one colex identity.
     pub fn from_der(der: &[u8]) -> Result<PeerIdentity, PkiError> {

@@ -90,6 +90,11 @@ impl JoinToken {
         &self.id
     }
 
+    /// Returns the secret, which the joining agent or controller sends to the cluster.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
     /// Returns the SHA-256 of the secret in lower-case hex, which is what the cluster stores.
     pub fn secret_digest(&self) -> String {
         sha256_hex(self.secret.as_bytes())
@@ -124,7 +129,7 @@ impl fmt::Debug for JoinToken {
     }
 }
 
-fn is_lower_hex(text: &str, len: usize) -> bool {
+pub(crate) fn is_lower_hex(text: &str, len: usize) -> bool {
     text.len() == len && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 

@@ -229,6 +229,7 @@ fn colex_up(lab: &Lab, serial: usize) -> anyhow::Result<ColexRun> {
         .arg(&cli)
         .args(["--serv", &serv, "up"])
         .arg(&file)
+        .envs(lab.cli_env())
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot start {}", cli.display()))?;

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod mesh_tools;
 pub mod process;
 pub mod table;
+pub mod tls_lab;
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -300,9 +301,14 @@ impl Lab {
         } else {
             args.extend(["--join", first.as_str()]);
         }
+        let tls_args = self.controller_tls_args(index)?;
+        args.extend(tls_args.iter().map(String::as_str));
         let log_name = if index == 0 { "controller.log".to_owned() } else { format!("controller{index}.log") };
         let daemon = Daemon::spawn_in_netns(&host.netns, &self.bins.join("colex-controller"), &args, &self.dir.path().join(log_name))?;
         self.controllers[index] = Some(daemon);
+        if index == 0 {
+            self.enroll_lab_cli()?;
+        }
         self.wait_for_controller(index)
     }
 
@@ -376,14 +382,12 @@ impl Lab {
         let controller = self.controller_addresses();
         let state_dir = host.state_dir.display().to_string();
         let log = self.dir.path().join(format!("agent-h{}.log", index + 1));
-        Daemon::spawn_in_netns(
-            &host.netns,
-            &self.bins.join("colex-agent"),
-            &[
-                "--join", &controller, "--name", &host.name, "--state-dir", &state_dir, "--bridge", &host.bridge,
-            ],
-            &log,
-        )
+        let mut args = vec![
+            "--join", &controller, "--name", &host.name, "--state-dir", &state_dir, "--bridge", &host.bridge,
+        ];
+        let tls_args = self.agent_tls_args()?;
+        args.extend(tls_args.iter().map(String::as_str));
+        Daemon::spawn_in_netns(&host.netns, &self.bins.join("colex-agent"), &args, &log)
     }
 
     /// Waits until controller `index` serves a read from its own state.
@@ -450,6 +454,8 @@ impl Lab {
     /// Runs colex-cli with `--serv serv` in the controller host's namespace.
     pub fn cli_with_serv(&self, serv: &str, args: &[&str]) -> anyhow::Result<CommandOutput> {
         let mut full = vec!["--serv", serv];
+        let tls_args = self.cli_tls_args();
+        full.extend(tls_args.iter().map(String::as_str));
         full.extend_from_slice(args);
         let cli = self.bins.join("colex-cli");
         process::run_in_netns(&self.controller_host.netns, &cli.display().to_string(), &full, process::CLI_TIMEOUT)
@@ -506,6 +512,7 @@ impl Lab {
             .arg("--")
             .arg(&cli)
             .args(["--serv", serv.as_str()])
+            .args(self.cli_tls_args())
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())

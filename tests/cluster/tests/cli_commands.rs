@@ -171,6 +171,7 @@ fn cli_in_terminal(lab: &Lab, args: &[&str], no_color: bool) -> CommandOutput {
             "/dev/null",
         ])
         .env_remove("NO_COLOR")
+        .envs(lab.cli_env())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

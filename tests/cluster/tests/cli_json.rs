@@ -126,6 +126,7 @@ fn list_with_env_serv(lab: &Lab, serv: &str) -> CommandOutput {
         .arg(lab.bins.join("colex-cli"))
         .args(["list", "--output", "json"])
         .env("COLEX_SERV", serv)
+        .envs(lab.cli_env())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

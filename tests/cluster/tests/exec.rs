@@ -75,7 +75,8 @@ fn cli_command_with_serv(lab: &Lab, serv: &str, args: &[&str]) -> Command {
         .arg("--")
         .arg(lab.bins.join("colex-cli"))
         .args(["--serv", serv])
-        .args(args);
+        .args(args)
+        .envs(lab.cli_env());
     command
 }
 
