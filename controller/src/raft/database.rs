@@ -47,13 +47,27 @@ where
     tokio::task::spawn_blocking(work).await?
 }
 
-/// Begins a write transaction whose commit is on disk when `commit()` returns.
+/// Begins a write transaction whose commit is on disk when `commit()` returns. The commit also
+/// makes every earlier commit of the file durable, including those of [`begin_volatile_write`].
 ///
 /// Only one write transaction per file exists at a time: redb's `begin_write` blocks until the
 /// previous one has committed or aborted, so writes to one file are serialized.
 pub(super) fn begin_durable_write(database: &Database) -> Result<WriteTransaction, redb::Error> {
+    begin_write(database, Durability::Immediate)
+}
+
+/// Begins a write transaction whose commit is visible to later transactions at once but reaches
+/// the disk only with the next durable commit of the same file. A crash loses it.
+pub(super) fn begin_volatile_write(database: &Database) -> Result<WriteTransaction, redb::Error> {
+    begin_write(database, Durability::None)
+}
+
+fn begin_write(
+    database: &Database,
+    durability: Durability,
+) -> Result<WriteTransaction, redb::Error> {
     let mut transaction = database.begin_write()?;
-    transaction.set_durability(Durability::Immediate)?;
+    transaction.set_durability(durability)?;
     Ok(transaction)
 }
 

@@ -1,15 +1,30 @@
-//! The Raft log and vote, stored in the redb file `raft-log.redb`.
+//! The Raft log and vote: the entries in the append-only file `raft-log.entries`
+//! (`log_file`), the vote and the last purged log id in the redb file `raft-log.redb`.
 //!
-//! Every write is one redb write transaction with `Durability::Immediate`, run on the blocking
-//! pool and awaited before the method returns. openraft calls the `RaftLogStorage` methods one
-//! at a time on the single store it owns, because they take `&mut self`. Since each method
-//! returns only after its commit, a later vote or log write never reaches the disk before an
-//! earlier one.
+//! Every write is synced before the method returns: an append or a truncation of the entries
+//! file, or a redb write transaction with `Durability::Immediate` for a vote or a purge. All of them run on
+//! the blocking pool. openraft calls the `RaftLogStorage` methods one at a time on the single
+//! store it owns, because they take `&mut self`. Since each method returns only after its sync,
+//! a later vote or log write never reaches the disk before an earlier one.
+//!
+//! The store also records the last committed log id that openraft reports, so that a restarted
+//! node applies the committed entries again at once (see `state_machine`). It is written into
+//! the headers of the next append instead of with a sync of its own, because openraft reports it
+//! between two appends and waits for `save_committed` before it applies. The recorded value can
+//! therefore lag behind the real one by one append, and the entries after it are applied once
+//! the leader reports them committed again.
+//!
+//! Data folders of builds that kept the entries in the `log` table of `raft-log.redb` are
+//! moved to the entries file when the store opens: the file is written and synced first, then
+//! the table is emptied.
+//!
+//! NOTE: a build from before the entries file, started on a data folder that was moved, finds
+//! an empty log and cannot serve as a member. Going back to such a build is not supported.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -20,10 +35,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::database::{self, begin_durable_write, run_blocking};
+use super::log_file::{self, LogFile, LogFileError, Record};
+use super::recent_entries::RecentEntries;
 use super::{NodeId, TypeConfig};
 
-/// Log entries by index, each the JSON encoding of an `openraft::Entry<TypeConfig>`.
+/// Log entries by index, each the JSON encoding of an `openraft::Entry<TypeConfig>`, as builds
+/// before the entries file kept them. Read only to move them into the entries file.
 const LOG_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Extension that turns the path of `raft-log.redb` into that of the entries file.
+const ENTRIES_FILE_EXTENSION: &str = "entries";
 /// Single values of the log store by name, JSON-encoded.
 const META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// `Vote<NodeId>` last saved by `save_vote`.
@@ -42,6 +62,8 @@ pub enum LogStoreError {
     },
     #[error("raft log database operation failed")]
     Database(#[from] redb::Error),
+    #[error("raft log entries file operation failed")]
+    File(#[from] LogFileError),
     #[error("failed to encode {what} as JSON")]
     Encode {
         what: &'static str,
@@ -68,17 +90,25 @@ impl LogStoreError {
     }
 }
 
-/// The Raft log and vote on one redb file.
+/// The Raft log and vote on the entries file and one redb file.
 ///
-/// Clones share the file. openraft hands clones to its replication tasks as log readers, which
-/// only read. Every write goes through the one store openraft owns.
+/// Clones share the files and the recent entries. openraft hands clones to its replication
+/// tasks as log readers, which only read. Every write goes through the one store openraft owns.
 #[derive(Debug, Clone)]
 pub struct LogStore {
     database: Arc<Database>,
+    entries: Arc<Mutex<LogFile>>,
+    /// The newest entries, which serve most reads without reading the file. Changed only after
+    /// a sync that added entries and before one that removes them, so it never contains an
+    /// entry the file lacks.
+    recent: Arc<Mutex<RecentEntries>>,
+    /// The committed log id from `save_committed`, written with the next append.
+    committed: Option<LogId<NodeId>>,
 }
 
 impl LogStore {
-    /// Opens or creates the log database at `path` and creates its tables.
+    /// Opens or creates the log database at `path` and the entries file beside it, and moves
+    /// the entries of an earlier build from the database into the file.
     pub async fn open(path: &Path) -> Result<LogStore, LogStoreError> {
         let database = database::open(path)
             .await
@@ -87,10 +117,11 @@ impl LogStore {
                 source,
             })?;
         let database = Arc::new(database);
+        let entries_path = path.with_extension(ENTRIES_FILE_EXTENSION);
 
-        let for_tables = Arc::clone(&database);
-        run_blocking(move || -> Result<(), LogStoreError> {
-            let transaction = begin_durable_write(&for_tables)?;
+        let for_open = Arc::clone(&database);
+        let entries = run_blocking(move || -> Result<LogFile, LogStoreError> {
+            let transaction = begin_durable_write(&for_open)?;
             transaction
                 .open_table(LOG_TABLE)
                 .map_err(redb::Error::from)?;
@@ -98,11 +129,21 @@ impl LogStore {
                 .open_table(META_TABLE)
                 .map_err(redb::Error::from)?;
             transaction.commit().map_err(redb::Error::from)?;
-            Ok(())
+
+            move_table_entries(&for_open, &entries_path)?;
+            let last_purged: Option<LogId<NodeId>> =
+                read_meta_blocking(&for_open, LAST_PURGED_KEY)?;
+            let entries = LogFile::open(&entries_path, last_purged.map(|log_id| log_id.index))?;
+            Ok(entries)
         })
         .await?;
 
-        Ok(LogStore { database })
+        Ok(LogStore {
+            database,
+            entries: Arc::new(Mutex::new(entries)),
+            recent: Arc::default(),
+            committed: None,
+        })
     }
 
     /// Returns a handle that upgrades while any clone of this store still has the file open.
@@ -110,24 +151,22 @@ impl LogStore {
         Arc::downgrade(&self.database)
     }
 
+    /// Locks the recent entries. A panic while they were locked can have left them half
+    /// changed, so a poisoned lock is emptied, which makes every read use the file.
+    fn recent(&self) -> MutexGuard<'_, RecentEntries> {
+        self.recent.lock().unwrap_or_else(|poisoned| {
+            let mut recent = poisoned.into_inner();
+            recent.clear();
+            recent
+        })
+    }
+
     async fn read_meta<T>(&self, key: &'static str) -> Result<Option<T>, LogStoreError>
     where
         T: DeserializeOwned + Send + 'static,
     {
         let database = Arc::clone(&self.database);
-        run_blocking(move || {
-            let transaction = database.begin_read().map_err(redb::Error::from)?;
-            let table = transaction
-                .open_table(META_TABLE)
-                .map_err(redb::Error::from)?;
-            let Some(value) = table.get(key).map_err(redb::Error::from)? else {
-                return Ok(None);
-            };
-            let decoded = serde_json::from_slice(value.value())
-                .map_err(|source| LogStoreError::Decode { what: key, source })?;
-            Ok(Some(decoded))
-        })
-        .await
+        run_blocking(move || read_meta_blocking(&database, key)).await
     }
 
     async fn write_meta<T: Serialize>(
@@ -159,53 +198,54 @@ impl LogStore {
         start: Bound<u64>,
         end: Bound<u64>,
     ) -> Result<Vec<Entry<TypeConfig>>, LogStoreError> {
-        let database = Arc::clone(&self.database);
+        let entries = Arc::clone(&self.entries);
         run_blocking(move || {
-            let transaction = database.begin_read().map_err(redb::Error::from)?;
-            let table = transaction
-                .open_table(LOG_TABLE)
-                .map_err(redb::Error::from)?;
-            let mut entries = Vec::new();
-            for row in table.range((start, end)).map_err(redb::Error::from)? {
-                let (_index, value) = row.map_err(redb::Error::from)?;
-                entries.push(decode_entry(value.value())?);
+            let file = lock_file(&entries);
+            let mut read = Vec::new();
+            for index in file.indexes((start, end)) {
+                if let Some(payload) = file.read(index)? {
+                    read.push(decode_entry(&payload)?);
+                }
             }
-            Ok(entries)
+            Ok(read)
+        })
+        .await
+    }
+
+    /// Returns the log id of entry `index` when the file keeps it.
+    async fn log_id_at(&self, index: Option<u64>) -> Result<Option<LogId<NodeId>>, LogStoreError> {
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        let entries = Arc::clone(&self.entries);
+        run_blocking(move || {
+            let payload = lock_file(&entries).read(index)?;
+            payload
+                .map(|payload| decode_entry(&payload).map(|entry| entry.log_id))
+                .transpose()
         })
         .await
     }
 
     async fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, LogStoreError> {
-        let database = Arc::clone(&self.database);
-        run_blocking(move || {
-            let transaction = database.begin_read().map_err(redb::Error::from)?;
-            let table = transaction
-                .open_table(LOG_TABLE)
-                .map_err(redb::Error::from)?;
-            let last = match table.last().map_err(redb::Error::from)? {
-                Some((_index, value)) => Some(decode_entry(value.value())?.log_id),
-                None => None,
-            };
-            Ok(last)
-        })
-        .await
+        let last = lock_file(&self.entries).last_index();
+        self.log_id_at(last).await
     }
 
+    /// Appends `rows` to the entries file, with the committed index when known, and returns
+    /// once they are synced.
     async fn write_entries(&self, rows: Vec<(u64, Vec<u8>)>) -> Result<(), LogStoreError> {
-        let database = Arc::clone(&self.database);
+        let committed_index = self.committed.map(|log_id| log_id.index);
+        let entries = Arc::clone(&self.entries);
         run_blocking(move || -> Result<(), LogStoreError> {
-            let transaction = begin_durable_write(&database)?;
-            {
-                let mut table = transaction
-                    .open_table(LOG_TABLE)
-                    .map_err(redb::Error::from)?;
-                for (index, encoded) in &rows {
-                    table
-                        .insert(*index, encoded.as_slice())
-                        .map_err(redb::Error::from)?;
-                }
-            }
-            transaction.commit().map_err(redb::Error::from)?;
+            let records: Vec<Record<'_>> = rows
+                .iter()
+                .map(|(index, payload)| Record {
+                    index: *index,
+                    payload,
+                })
+                .collect();
+            lock_file(&entries).append(&records, committed_index)?;
             Ok(())
         })
         .await
@@ -213,52 +253,100 @@ impl LogStore {
 
     /// Deletes the entries with index `since` and above.
     async fn delete_since(&self, since: u64) -> Result<(), LogStoreError> {
-        let database = Arc::clone(&self.database);
+        let entries = Arc::clone(&self.entries);
         run_blocking(move || -> Result<(), LogStoreError> {
-            let transaction = begin_durable_write(&database)?;
-            {
-                let mut table = transaction
-                    .open_table(LOG_TABLE)
-                    .map_err(redb::Error::from)?;
-                table
-                    .retain_in(since.., |_, _| false)
-                    .map_err(redb::Error::from)?;
-            }
-            transaction.commit().map_err(redb::Error::from)?;
+            lock_file(&entries).truncate(since)?;
             Ok(())
         })
         .await
     }
 
-    /// Records `upto` as the last purged log id and deletes the entries up to it, inclusive.
+    /// Records `upto` as the last purged log id, then drops the entries up to it, inclusive.
     ///
-    /// Both changes are in one transaction, so the stored `last_purged` is never behind the
-    /// deleted entries: it is durable no later than the deletion, as openraft requires.
+    /// `last_purged` is durable before the entries go, as openraft requires, and a restart
+    /// skips the entries up to it that the file still contains.
     async fn delete_upto(&self, upto: LogId<NodeId>) -> Result<(), LogStoreError> {
-        let encoded = serde_json::to_vec(&upto).map_err(|source| LogStoreError::Encode {
-            what: LAST_PURGED_KEY,
-            source,
-        })?;
-        let database = Arc::clone(&self.database);
+        self.write_meta(LAST_PURGED_KEY, &upto).await?;
+        let entries = Arc::clone(&self.entries);
         run_blocking(move || -> Result<(), LogStoreError> {
-            let transaction = begin_durable_write(&database)?;
-            {
-                let mut meta = transaction
-                    .open_table(META_TABLE)
-                    .map_err(redb::Error::from)?;
-                meta.insert(LAST_PURGED_KEY, encoded.as_slice())
-                    .map_err(redb::Error::from)?;
-                let mut log = transaction
-                    .open_table(LOG_TABLE)
-                    .map_err(redb::Error::from)?;
-                log.retain_in(..=upto.index, |_, _| false)
-                    .map_err(redb::Error::from)?;
-            }
-            transaction.commit().map_err(redb::Error::from)?;
+            lock_file(&entries).purge(upto.index)?;
             Ok(())
         })
         .await
     }
+}
+
+/// Locks the entries file. Its methods change their state only after their IO succeeded, so
+/// the state behind a poisoned lock is still whole.
+fn lock_file(entries: &Mutex<LogFile>) -> MutexGuard<'_, LogFile> {
+    entries.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read_meta_blocking<T: DeserializeOwned>(
+    database: &Database,
+    key: &'static str,
+) -> Result<Option<T>, LogStoreError> {
+    let transaction = database.begin_read().map_err(redb::Error::from)?;
+    let table = transaction
+        .open_table(META_TABLE)
+        .map_err(redb::Error::from)?;
+    let Some(value) = table.get(key).map_err(redb::Error::from)? else {
+        return Ok(None);
+    };
+    let decoded = serde_json::from_slice(value.value())
+        .map_err(|source| LogStoreError::Decode { what: key, source })?;
+    Ok(Some(decoded))
+}
+
+/// Moves the entries that an earlier build kept in the `log` table into the entries file at
+/// `entries_path`, and empties the table. The file is complete and synced before the table is
+/// emptied, so a crash in between leaves the entries in the file, which is then used.
+fn move_table_entries(database: &Database, entries_path: &Path) -> Result<(), LogStoreError> {
+    let rows: Vec<(u64, Vec<u8>)> = {
+        let transaction = database.begin_read().map_err(redb::Error::from)?;
+        let table = transaction
+            .open_table(LOG_TABLE)
+            .map_err(redb::Error::from)?;
+        let mut rows = Vec::new();
+        for row in table.iter().map_err(redb::Error::from)? {
+            let (index, value) = row.map_err(redb::Error::from)?;
+            rows.push((index.value(), value.value().to_vec()));
+        }
+        rows
+    };
+    if rows.is_empty() {
+        return Ok(());
+    }
+
+    let file_has_entries =
+        entries_path.exists() && LogFile::open(entries_path, None)?.last_index().is_some();
+    if file_has_entries {
+        tracing::info!(path = %entries_path.display(), "raft log entries were already moved to the entries file");
+    } else {
+        let records: Vec<Record<'_>> = rows
+            .iter()
+            .map(|(index, payload)| Record {
+                index: *index,
+                payload,
+            })
+            .collect();
+        log_file::write_new_file(entries_path, &records, None)?;
+        tracing::info!(
+            path = %entries_path.display(),
+            entries = rows.len(),
+            "moved raft log entries from the database to the entries file"
+        );
+    }
+
+    let transaction = begin_durable_write(database)?;
+    {
+        let mut table = transaction
+            .open_table(LOG_TABLE)
+            .map_err(redb::Error::from)?;
+        table.retain(|_, _| false).map_err(redb::Error::from)?;
+    }
+    transaction.commit().map_err(redb::Error::from)?;
+    Ok(())
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, LogStoreError> {
@@ -275,6 +363,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
         let start = range.start_bound().cloned();
         let end = range.end_bound().cloned();
+        if let Some(entries) = self.recent().get(start, end) {
+            return Ok(entries);
+        }
         self.read_entries(start, end)
             .await
             .map_err(LogStoreError::into_read_error)
@@ -317,12 +408,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|error| StorageIOError::read_vote(AnyError::new(&error)).into())
     }
 
-    /// Writes `entries` in one transaction and reports them flushed once it has committed.
+    /// Keeps `committed` for the next append to write. openraft 0.9.25 calls this before it
+    /// applies the newly committed entries, and the state machine does not sync every apply, so
+    /// the stored value lets a restarted node apply them again before it hears from a leader.
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.committed = committed;
+        Ok(())
+    }
+
+    /// Returns the committed log id saved last: the one not yet written when there is one,
+    /// otherwise the highest one in the entries file, if that entry is still kept.
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        if self.committed.is_none() {
+            let index = lock_file(&self.entries).committed_index();
+            self.committed = self
+                .log_id_at(index)
+                .await
+                .map_err(LogStoreError::into_read_error)?;
+        }
+        Ok(self.committed)
+    }
+
+    /// Appends `entries` to the entries file with one write and reports them flushed once they
+    /// are synced.
     ///
     /// Order matters. `callback.log_io_completed(Ok(()))` reports the entries as durable, after
     /// which a leader counts them towards the commit quorum and a follower acknowledges them. So
-    /// it runs only after `commit()` has returned, and a crash before the commit loses only
-    /// entries that were never reported.
+    /// it runs only after the sync has returned, and a crash before the sync loses only entries
+    /// that were never reported.
     async fn append<I>(
         &mut self,
         entries: I,
@@ -333,6 +449,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut rows = Vec::new();
+        let mut appended = Vec::new();
         for entry in entries {
             let encoded = serde_json::to_vec(&entry).map_err(|source| {
                 LogStoreError::Encode {
@@ -342,10 +459,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .into_write_error()
             })?;
             rows.push((entry.log_id.index, encoded));
+            appended.push(entry);
         }
+        let sizes: Vec<usize> = rows.iter().map(|(_, encoded)| encoded.len()).collect();
 
         match self.write_entries(rows).await {
             Ok(()) => {
+                self.recent().append(appended.into_iter().zip(sizes));
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -359,6 +479,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         tracing::debug!(%log_id, "truncating raft log");
+        self.recent().truncate(log_id.index);
         self.delete_since(log_id.index)
             .await
             .map_err(LogStoreError::into_write_error)
@@ -366,6 +487,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         tracing::debug!(%log_id, "purging raft log");
+        self.recent().purge(log_id.index);
         self.delete_upto(log_id)
             .await
             .map_err(LogStoreError::into_write_error)

@@ -1,9 +1,12 @@
 //! Replication of the cluster state with openraft 0.9 (storage-v2 API).
 //!
-//! - [`log_store`]: the Raft log and vote in `raft-log.redb`.
+//! - [`log_store`]: the Raft log entries in the append-only file `raft-log.entries`
+//!   (`log_file`), the vote in `raft-log.redb`, and the newest entries also in memory
+//!   (`recent_entries`).
 //! - [`state_machine`]: the applied [`ClusterState`](crate::state::ClusterState) rows, the last
 //!   applied log id, the membership and the current snapshot in `state.redb` (tables in
-//!   `state_tables`, snapshot content and builder in `snapshot`).
+//!   `state_tables`, snapshot content and builder in `snapshot`, the thread that commits
+//!   applies in `state_writer`).
 //! - [`network`] and [`service`]: the client and server sides of the gRPC `Raft` service, whose
 //!   payloads are the JSON encoding of openraft's request and response types.
 //! - [`node`]: [`RaftNode`], the handle the rest of the controller uses.
@@ -12,17 +15,22 @@
 //! - [`leader`]: forwarding requests that only the leader serves.
 
 mod database;
+mod log_file;
 pub mod join;
 pub mod leader;
 pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod node;
+mod recent_entries;
 pub mod service;
 mod snapshot;
 pub mod state_machine;
 mod state_tables;
+mod state_writer;
 
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod membership_tests;
 #[cfg(test)]

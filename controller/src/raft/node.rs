@@ -21,7 +21,8 @@ use super::state_machine::{StateMachineError, StateMachineStore};
 use super::{Node, NodeId, TypeConfig};
 use crate::state::{ClusterState, Command, Response};
 
-/// File holding the Raft log and vote.
+/// File holding the Raft vote and the last purged log id. The log entries are in
+/// `raft-log.entries` beside it.
 pub const LOG_FILE_NAME: &str = "raft-log.redb";
 /// File holding the applied state, the membership and the current snapshot.
 pub const STATE_FILE_NAME: &str = "state.redb";

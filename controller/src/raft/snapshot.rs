@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::database::{begin_durable_write, run_blocking};
 use super::state_machine::StateMachineError;
 use super::state_tables;
+use super::state_writer::StateWriter;
 use super::{Node, NodeId, TypeConfig};
 use crate::state::ClusterState;
 
@@ -38,16 +39,25 @@ impl SnapshotContent {
 /// tables as of one commit while apply goes on.
 pub struct SnapshotBuilder {
     database: Arc<Database>,
+    /// The state machine's writer thread, waited for so the snapshot contains every entry
+    /// applied before the build began.
+    writer: StateWriter,
 }
 
 impl SnapshotBuilder {
-    pub(super) fn new(database: Arc<Database>) -> SnapshotBuilder {
-        SnapshotBuilder { database }
+    pub(super) fn new(database: Arc<Database>, writer: StateWriter) -> SnapshotBuilder {
+        SnapshotBuilder { database, writer }
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// Waits for the writer thread, then serializes the tables and commits the result durably
+    /// as the current snapshot. That commit also syncs every unsynced apply before it, which
+    /// openraft relies on when it purges the log up to the snapshot.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        self.writer.flush().await.map_err(|error| {
+            StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&error)))
+        })?;
         let database = Arc::clone(&self.database);
         let (meta, data) = run_blocking(move || build(&database))
             .await

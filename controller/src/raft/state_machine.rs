@@ -1,13 +1,24 @@
 //! The Raft state machine: the applied [`ClusterState`], stored in the redb file `state.redb`.
 //!
-//! `apply` persists before it returns. Each batch of entries is one `Durability::Immediate`
-//! transaction that writes the changed rows, the last applied log id and the membership, so
-//! recovery does not need a snapshot. The current snapshot is stored anyway, so a restarted
-//! leader can send it without building a new one.
+//! Each batch of entries is one transaction that writes the changed rows, the last applied log
+//! id and the membership together. `apply` updates the in-memory state and leaves the commit to
+//! the writer thread (`state_writer`), and most of these commits are not synced
+//! (`Durability::None`). Only entries that are already committed in the Raft log reach `apply`,
+//! so a crash can lose the rows but never the entries. On start, openraft 0.9.25 applies the
+//! entries after the last applied log id on disk again (`get_initial_state`), up to the
+//! committed log id that the log store records, and the rest once the leader reports them
+//! committed.
 //!
-//! The in-memory copy that the API reads ([`StateMachineStore::shared_state`]) is updated only
-//! after that transaction has committed. Commands are first applied to a private working copy,
-//! so API readers never see a row that a crash could still take back.
+//! That is safe only while the log still contains every entry after the last applied log id on
+//! disk. openraft 0.9.25 purges the log only up to the last log id of the current snapshot, and
+//! building or installing a snapshot first waits for the writer thread and then commits durably,
+//! which also syncs the applies before it. Every [`DURABLE_APPLY_EVERY_ENTRIES`] entries an
+//! apply commits durably too, which bounds the entries applied again after a crash and lets redb
+//! free the pages of the unsynced commits.
+//!
+//! The in-memory copy that the API reads ([`StateMachineStore::shared_state`]) is updated after
+//! the rows were encoded and handed to the writer. Commands are first applied to a private
+//! working copy, so API readers never see a row whose encoding failed.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -23,8 +34,14 @@ use tokio::sync::{watch, RwLock};
 use super::database::{self, begin_durable_write, run_blocking};
 use super::snapshot::{self, SnapshotBuilder, SnapshotContent};
 use super::state_tables::{self, AppliedWrites, StoredState};
+use super::state_writer::StateWriter;
 use super::{Node, NodeId, TypeConfig};
 use crate::state::{Change, ClusterState, Response};
+
+/// Applied entries after which an apply commits durably instead of leaving its commit to the
+/// next durable one. A crash makes openraft apply at most about this many entries again on
+/// start, and redb keeps the pages that unsynced commits free until a durable commit.
+const DURABLE_APPLY_EVERY_ENTRIES: u64 = 1000;
 
 /// Errors of the state machine store.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +75,12 @@ pub enum StateMachineError {
     },
     #[error("snapshot meta is stored without its data")]
     MissingSnapshotData,
+    #[error("failed to start the state machine writer thread")]
+    StartWriter(#[source] std::io::Error),
+    #[error("the state machine writer stopped after a failed commit: {message}")]
+    WriterFailed { message: String },
+    #[error("the state machine writer thread is gone")]
+    WriterStopped,
     #[error("blocking state machine task failed")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -75,12 +98,16 @@ impl StateMachineError {
 /// The state machine on one redb file.
 pub struct StateMachineStore {
     database: Arc<Database>,
-    /// The state as of `last_applied`. It equals the tables after every commit and is ahead of
-    /// them only while an apply is writing, which rolls it back if the write fails.
+    /// Commits the rows of each apply, in order, after `apply` has returned.
+    writer: StateWriter,
+    /// The state as of `last_applied`. It is ahead of the tables while the writer has commits
+    /// queued. An apply whose rows cannot be encoded or queued rolls it back.
     working: ClusterState,
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, Node>,
-    /// The copy the API reads. Updated after each commit, under its write lock, taken alone.
+    /// Entries applied since the last durable commit of `state.redb`.
+    applied_since_durable: u64,
+    /// The copy the API reads. Updated after each apply, under its write lock, taken alone.
     shared: Arc<RwLock<ClusterState>>,
     /// Index of the last applied entry, sent after `shared` was updated and its lock released.
     applied_sender: watch::Sender<u64>,
@@ -117,12 +144,15 @@ impl StateMachineStore {
         );
 
         let (applied_sender, _) = watch::channel(applied_index(stored.last_applied));
+        let writer = StateWriter::start(Arc::clone(&database))?;
         Ok(StateMachineStore {
             database,
+            writer,
             shared: Arc::new(RwLock::new(stored.state.clone())),
             working: stored.state,
             last_applied: stored.last_applied,
             last_membership: stored.last_membership,
+            applied_since_durable: 0,
             applied_sender,
         })
     }
@@ -217,17 +247,6 @@ impl StateMachineStore {
         }
         Ok(())
     }
-
-    async fn commit_writes(&self, writes: AppliedWrites) -> Result<(), StateMachineError> {
-        let database = Arc::clone(&self.database);
-        run_blocking(move || -> Result<(), StateMachineError> {
-            let transaction = begin_durable_write(&database)?;
-            state_tables::write_applied(&transaction, &writes)?;
-            transaction.commit().map_err(redb::Error::from)?;
-            Ok(())
-        })
-        .await
-    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -239,14 +258,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((self.last_applied, self.last_membership.clone()))
     }
 
-    /// Applies `entries` to the working copy, commits the changed rows with the new last applied
-    /// log id and membership in one transaction, and only then updates the shared state and the
-    /// applied index.
+    /// Applies `entries` to the working copy, hands the changed rows with the new last applied
+    /// log id and membership to the writer thread as one transaction, and then updates the
+    /// shared state and the applied index. The commit is synced only every
+    /// [`DURABLE_APPLY_EVERY_ENTRIES`] entries.
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        // A failed commit stops the writer, and the rows it lost would be missing from later
+        // commits, so nothing more is applied.
+        self.writer
+            .check()
+            .map_err(StateMachineError::into_write_error)?;
         let mut responses = Vec::new();
         let mut changed_silos = Vec::new();
         let mut changed_hosts = Vec::new();
@@ -257,9 +282,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut security_changed = false;
         let mut last_applied = self.last_applied;
         let mut last_membership = None;
+        let mut entry_count: u64 = 0;
 
         for entry in entries {
             last_applied = Some(entry.log_id);
+            entry_count += 1;
             match entry.payload {
                 EntryPayload::Blank => responses.push(Response::Empty),
                 EntryPayload::Normal(command) => {
@@ -304,14 +331,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             security: security_changed.then(|| self.working.security.clone()),
             ..AppliedWrites::default()
         };
+        let applied_since_durable = self.applied_since_durable.saturating_add(entry_count);
+        let durable = applied_since_durable >= DURABLE_APPLY_EVERY_ENTRIES;
         let encoded = self
             .encode_rows(&changed_silos, &changed_hosts, &mut writes)
             .and_then(|()| self.encode_content_rows(&written_contents, &mut writes));
-        let committed = match encoded {
-            Ok(()) => self.commit_writes(writes).await,
+        let submitted = match encoded {
+            Ok(()) => self.writer.submit(writes, durable),
             Err(error) => Err(error),
         };
-        if let Err(error) = committed {
+        if let Err(error) = submitted {
             tracing::error!(%error, ?last_applied, "failed to persist applied entries");
             self.roll_back(&changed_silos, &changed_hosts, &changed_contents).await;
             if network_changed {
@@ -323,6 +352,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Err(error.into_write_error());
         }
 
+        self.applied_since_durable = if durable { 0 } else { applied_since_durable };
         self.last_applied = last_applied;
         if let Some(membership) = last_membership {
             self.last_membership = membership;
@@ -338,7 +368,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder::new(Arc::clone(&self.database))
+        SnapshotBuilder::new(Arc::clone(&self.database), self.writer.clone())
     }
 
     async fn begin_receiving_snapshot(
@@ -359,6 +389,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|error| snapshot::read_error(meta, &error))?;
         let mut state = content.state;
         state.rebuild_content_users();
+        // An apply committed after the snapshot would write older rows over it.
+        self.writer
+            .flush()
+            .await
+            .map_err(|error| snapshot::write_error(meta, &error))?;
 
         let database = Arc::clone(&self.database);
         let for_write = (state.clone(), meta.clone());
@@ -381,6 +416,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         );
 
         self.working = state.clone();
+        self.applied_since_durable = 0;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         *self.shared.write().await = state;

@@ -236,3 +236,56 @@ async fn log_and_vote_survive_reopen() {
         EntryPayload::Normal(register_host("host-a"))
     );
 }
+
+/// A `raft-log.redb` of a build that kept the entries in its `log` table opens with every entry
+/// moved into the entries file, and the table empty.
+#[tokio::test]
+async fn table_entries_move_to_entries_file() {
+    use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
+
+    const OLD_LOG_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join(LOG_FILE_NAME);
+    {
+        let database = redb::Database::create(&path).expect("create old database");
+        let transaction = database.begin_write().expect("begin write");
+        {
+            let mut table = transaction.open_table(OLD_LOG_TABLE).expect("open table");
+            for entry in [
+                membership_entry(0),
+                command_entry(1, register_host("host-a")),
+            ] {
+                let encoded = serde_json::to_vec(&entry).expect("encode entry");
+                table
+                    .insert(entry.log_id.index, encoded.as_slice())
+                    .expect("insert entry");
+            }
+        }
+        transaction.commit().expect("commit old entries");
+    }
+
+    for open in ["first open", "second open"] {
+        let mut log_store = LogStore::open(&path).await.expect(open);
+        let log_state = log_store.get_log_state().await.expect("log state");
+        assert_eq!(log_state.last_log_id, Some(log_id(1)), "{open}");
+        let entries = log_store
+            .try_get_log_entries(0..10)
+            .await
+            .expect("read entries");
+        assert_eq!(entries.len(), 2, "{open}");
+        assert_eq!(
+            entries[1].payload,
+            EntryPayload::Normal(register_host("host-a")),
+            "{open}"
+        );
+    }
+
+    let database = redb::Database::open(&path).expect("open database");
+    let transaction = database.begin_read().expect("begin read");
+    let table = transaction.open_table(OLD_LOG_TABLE).expect("open table");
+    assert_eq!(
+        table.len().expect("table length"),
+        0,
+        "entries left in the table"
+    );
+}
