@@ -199,16 +199,12 @@ fn record_intent(
     mark("lease");
     failpoint(inner, "after-lease")?;
 
-    // Plain calls: four small local operations cost less than a trip to the blocking pool.
-    for dir in [
-        paths.dir.clone(),
-        paths.upper(),
-        paths.work(),
-        paths.rootfs(),
-    ] {
-        std::fs::create_dir_all(&dir)
-            .map_err(|source| RuntimeError::CreateDir { path: dir, source })?;
-    }
+    // Plain calls: small local operations cost less than a trip to the blocking pool. Only the
+    // dir the record needs: the network setup waits for the record, the layer dirs do not.
+    std::fs::create_dir_all(&paths.dir).map_err(|source| RuntimeError::CreateDir {
+        path: paths.dir.clone(),
+        source,
+    })?;
     undo.push(UndoStep::RemoveSiloDir);
     // Silo root (an unprivileged host uid with user namespaces) looks up `rootfs` in the silo
     // dir while PID 1 mounts, so others may search it but not list it.
@@ -256,6 +252,11 @@ async fn prepare_host(
     plan: &SiloPlan,
     address: Ipv4Addr,
 ) -> Result<(), RuntimeError> {
+    // The overlay's dirs, which PID 1 mounts and the files go into. The silo dir exists, and
+    // its undo removes these with it.
+    for dir in [paths.upper(), paths.work(), paths.rootfs()] {
+        std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::CreateDir { path: dir, source })?;
+    }
     place_files(paths, silo_id, spec, plan, address, inner.cfg.gateway(), inner.cfg.id_map).await?;
     mark("files");
     failpoint(inner, "after-files")?;

@@ -587,6 +587,13 @@ impl Drop for Lab {
                 eprintln!("lab {}: controller did not stop cleanly: {error:#}", self.run_id);
             }
         }
+        // Every process has written its last line now. A test that failed already is not
+        // failed twice.
+        let leaked = if tls_lab::insecure() || std::thread::panicking() {
+            Vec::new()
+        } else {
+            self.leaked_secrets()
+        };
 
         // Whatever the agents left: silo processes, cgroups and mounts.
         for host in self.hosts.clone() {
@@ -601,6 +608,8 @@ impl Drop for Lab {
                 eprintln!("lab {}: {error:#}", self.run_id);
             }
         }
+        // After the clean-up, so the failed check leaves nothing behind.
+        assert!(leaked.is_empty(), "lab {} wrote secrets into its logs: {}", self.run_id, leaked.join("; "));
     }
 }
 

@@ -123,6 +123,65 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Returns a description of each secret of this lab that one of its log files contains.
+    /// The secrets are those of its join tokens and enrollment key, and the bodies of its
+    /// private key files. Every lab runs this check when it is dropped, so the logs of the
+    /// whole cluster test suite are searched.
+    pub fn leaked_secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<(String, String)> = Vec::new();
+        let mut key_files = vec![self.cli_config_dir().join("user.key")];
+        for role in ["agent", "controller"] {
+            let path = self.dir.path().join(format!("{role}.token"));
+            if let Ok(token) = fs::read_to_string(&path) {
+                if let Some(secret) = token.trim().rsplit('.').next() {
+                    secrets.push((format!("{role} token secret"), secret.to_owned()));
+                }
+            }
+        }
+        for host in &self.controller_hosts {
+            if let Ok(key) = fs::read_to_string(host.state_dir.join(ENROLLMENT_KEY_FILE)) {
+                if let Some(secret) = key.trim().rsplit('.').next() {
+                    secrets.push(("enrollment key secret".to_owned(), secret.to_owned()));
+                }
+            }
+            key_files.push(host.state_dir.join("controller.key"));
+        }
+        for host in &self.hosts {
+            key_files.push(host.state_dir.join("agent.key"));
+        }
+        for path in key_files {
+            if let Ok(pem) = fs::read_to_string(&path) {
+                // The base64 body; the BEGIN and END lines are no secret.
+                let body: String = pem.lines().filter(|line| !line.starts_with("-----")).collect();
+                secrets.push((format!("private key {}", path.display()), body));
+            }
+        }
+        // A secret this short would match by chance; none of the real ones is.
+        secrets.retain(|(_, secret)| secret.len() >= MIN_SECRET_CHARS);
+
+        let mut leaked = Vec::new();
+        let Ok(entries) = fs::read_dir(self.dir.path()) else {
+            return leaked;
+        };
+        for path in entries.flatten().map(|entry| entry.path()) {
+            if !path.extension().is_some_and(|extension| extension == "log") {
+                continue;
+            }
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            for (what, secret) in &secrets {
+                if text.contains(secret.as_str()) {
+                    leaked.push(format!("{} contains the {what}", path.display()));
+                }
+            }
+        }
+        leaked
+    }
+}
+
+/// Shortest secret [`Lab::leaked_secrets`] searches for, in characters.
+const MIN_SECRET_CHARS: usize = 16;
+
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
