@@ -94,14 +94,17 @@ fn lock_failure(failure: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Op
     failure.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Runs the jobs in order until every sender is gone.
+/// Runs the jobs in order until every sender is gone, then makes the last commit durable.
 fn run(database: &Database, receiver: &mpsc::Receiver<Job>, failure: &Mutex<Option<String>>) {
+    // Whether a commit since the last synced one is not synced yet.
+    let mut volatile_commits = false;
     while let Ok(job) = receiver.recv() {
         match job {
             Job::Apply { writes, durable } => {
                 if lock_failure(failure).is_some() {
                     continue;
                 }
+                volatile_commits = !durable;
                 if let Err(error) = commit(database, &writes, durable) {
                     tracing::error!(
                         %error,
@@ -121,6 +124,17 @@ fn run(database: &Database, receiver: &mpsc::Receiver<Job>, failure: &Mutex<Opti
                 // The caller may have stopped waiting.
                 let _ = reply.send(result);
             }
+        }
+    }
+
+    // The state machine is gone, as at a controller's shutdown. An empty synced commit makes
+    // the unsynced ones before it durable, so the next start applies nothing again and tools
+    // that read the file see the whole state.
+    if volatile_commits && lock_failure(failure).is_none() {
+        let synced = begin_durable_write(database)
+            .and_then(|transaction| transaction.commit().map_err(redb::Error::from));
+        if let Err(error) = synced {
+            tracing::warn!(%error, "failed to sync the state at shutdown; the next start applies the last entries again");
         }
     }
 }
