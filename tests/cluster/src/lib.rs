@@ -13,6 +13,7 @@
 
 pub mod ledger;
 pub mod mesh_tools;
+pub mod page_silo;
 pub mod process;
 pub mod table;
 pub mod tls_lab;

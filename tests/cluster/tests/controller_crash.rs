@@ -15,37 +15,6 @@ const BURSTS: usize = 3;
 /// Time one `up` of a burst gets to return.
 const UP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Returns the silo file of a busybox httpd silo named `name` that serves its own name.
-fn silo_file(name: &str) -> String {
-    format!(
-        r#"
-Silo "{name}" {{
-  name = "{name}"
-
-  binary {{
-    path = "/bin/httpd"
-    args = ["-f", "-p", "80", "-h", "/www"]
-  }}
-
-  file "page" {{
-    path      = "{name}.html"
-    silo_path = "/www/index.html"
-  }}
-}}
-"#
-    )
-}
-
-/// Writes the silo file and page of silo `name` and returns the silo file's path.
-fn write_silo(lab: &Lab, name: &str) -> String {
-    lab.write_file(&format!("{name}.html"), &format!("page of {name}\n"))
-        .expect("write page");
-    lab.write_file(&format!("{name}.hcl"), &silo_file(name))
-        .expect("write silo file")
-        .display()
-        .to_string()
-}
-
 /// Waits until `child` exits or `timeout` passes, and kills it on timeout. Returns whether it
 /// succeeded and its stderr.
 fn wait_for_cli(mut child: Child, timeout: Duration) -> (bool, String) {
@@ -97,7 +66,7 @@ fn sigkill_of_every_controller_keeps_acknowledged_ups() {
         let mut running = Vec::new();
         for slot in 0..BURST_SIZE {
             let name = format!("crash{burst}x{slot}");
-            let file = write_silo(&lab, &name);
+            let file = lab.write_page_silo(&name);
             let child = lab.spawn_cli(&["up", &file]).expect("colex-cli up starts");
             running.push((name, child));
         }

@@ -13,36 +13,6 @@ use colex_cluster_tests::{bin_dir, process, require_root, Lab};
 /// random election timeout (200 to 400 ms) before they start an election. The
 /// rest is margin for a loaded machine.
 const NEW_LEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Returns the silo file of a busybox httpd silo named `name` that serves a page with its
-/// own name.
-fn silo_file(name: &str) -> String {
-    format!(
-        r#"
-Silo "{name}" {{
-  name = "{name}"
-
-  binary {{
-    path = "/bin/httpd"
-    args = ["-f", "-p", "80", "-h", "/www"]
-  }}
-
-  file "page" {{
-    path      = "{name}.html"
-    silo_path = "/www/index.html"
-  }}
-}}
-"#
-    )
-}
-
-/// Writes the silo file and page of silo `name`; returns the silo file's path.
-fn write_silo(lab: &Lab, name: &str) -> String {
-    lab.write_file(&format!("{name}.html"), &format!("page of {name}\n")).expect("write page");
-    lab.write_file(&format!("{name}.hcl"), &silo_file(name))
-        .expect("write silo file")
-        .display()
-        .to_string()
-}
 
 /// Returns the rows of `colex-cli controllers` run against every controller.
 fn controllers(lab: &Lab) -> anyhow::Result<Vec<Row>> {
@@ -107,7 +77,7 @@ fn three_controllers_survive_leader_loss() {
 
     // `up` sent to a follower is forwarded to the leader.
     let follower = (leader + 1) % 3;
-    let first_file = write_silo(&lab, "first");
+    let first_file = lab.write_page_silo("first");
     let up = lab.cli_at(follower, &["up", &first_file]).expect("up runs");
     assert!(up.success(), "up through follower {follower} failed: {}\n{}", up.stderr, lab.logs());
     for index in 0..3 {
@@ -159,7 +129,7 @@ fn three_controllers_survive_leader_loss() {
     // goes up through a surviving controller.
     wait_for_host_up(&lab);
     let survivor = (0..3).find(|index| *index != leader).expect("a surviving controller");
-    let second_file = write_silo(&lab, "second");
+    let second_file = lab.write_page_silo("second");
     let up = lab.cli_at(survivor, &["up", &second_file]).expect("up runs");
     assert!(up.success(), "up after the leader's loss failed: {}\n{}", up.stderr, lab.logs());
     for index in (0..3).filter(|index| *index != leader) {
