@@ -1,5 +1,5 @@
-//! A silo file that many cluster tests share: a busybox httpd silo that serves a page with its
-//! own name, so a fetch tells which silo answered.
+//! A silo file the controller tests share: a busybox httpd silo that serves a page with its own
+//! name, so each fetch shows which silo answered.
 
 use crate::Lab;
 
