@@ -19,7 +19,7 @@ use super::files;
 use super::init::SIGNAL_EXIT_CODE_BASE;
 use super::launch::Helper;
 use super::names::{self, validate_silo_id};
-use super::network::{NetworkError, SiloInterface};
+use super::network::SiloInterface;
 use super::pidfd::{self, PidFd};
 use super::protocol::HelperJob;
 use super::removal::{forget_slot, remove_leftover};
@@ -520,29 +520,18 @@ async fn start_helper(
         mark("cgroup_joined");
         Ok::<(), RuntimeError>(())
     };
-    // A task of its own: the host work does its small file writes on the calling thread,
-    // which would hold up the network setup if both shared this task.
-    let netlink = inner.netlink.clone();
-    let host_veth = record.host_veth.clone();
-    let bridge = inner.cfg.bridge.clone();
-    let mut network_task = AbortOnDrop(tokio::spawn(step_clock::within(async move {
-        let result = netlink
-            .setup_silo_network(&host_veth, &bridge, init_pid, interface)
+    let network = async {
+        let result = inner
+            .netlink
+            .setup_silo_network(&record.host_veth, &inner.cfg.bridge, init_pid, interface)
             .await;
         mark("network_ready");
         result
-    })));
-    let network = async {
-        match (&mut network_task.0).await {
-            Ok(result) => result.map_err(RuntimeError::from),
-            // The task panicked; what it made is named in the record, so the undo removes it.
-            Err(_) => Err(RuntimeError::from(NetworkError::NetnsThreadLost { pid: init_pid })),
-        }
     };
     // Both run to their end before either error is returned, so the caller's undo never races
     // a step that is still making an object.
     let (host, network) = tokio::join!(host, network);
-    if let Err(err) = host.and(network) {
+    if let Err(err) = host.and(network.map_err(RuntimeError::from)) {
         // A PID 1 that failed has sent its report before it exited.
         return match helper.reported_failure(FAILURE_REPORT_WAIT).await {
             Some(reported) => Err(launch_error(reported)),
@@ -559,17 +548,6 @@ async fn start_helper(
     mark("exec_reported");
     failpoint(inner, "after-release")?;
     Ok(init)
-}
-
-/// A spawned task that is aborted when its handle is dropped, so a start whose future is
-/// dropped leaves no network setup running behind it.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        // A no-op once the task has finished.
-        self.0.abort();
-    }
 }
 
 /// The helper process of a running silo: a child of this agent, or the helper of an earlier

@@ -3,18 +3,17 @@
 //! log (target `colex_agent::runtime::step_clock`) without a profiler. The start latency
 //! benchmark reads the same events.
 
+use std::cell::RefCell;
 use std::fmt;
-use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::time::{clock_gettime, ClockId};
 use tracing::debug;
 
 tokio::task_local! {
-    /// The clock of the start that runs in this task. A task the start spawns gets the same
-    /// clock through [`within`]; a step on a plain thread is marked once its result arrives.
-    static CLOCK: Arc<StepClock>;
+    /// The clock of the start that runs in this task. A step that runs on another thread is
+    /// marked by the start's task once that step's result arrives.
+    static CLOCK: StepClock;
 }
 
 /// Marks of one start: each step's name and its end, counted from the start request.
@@ -23,7 +22,7 @@ pub(super) struct StepClock {
     started: Instant,
     /// `CLOCK_MONOTONIC` at `started`, in nanoseconds, to place steps of other processes.
     started_ns: u64,
-    marks: Mutex<Vec<(&'static str, Duration)>>,
+    marks: RefCell<Vec<(&'static str, Duration)>>,
 }
 
 impl StepClock {
@@ -31,23 +30,15 @@ impl StepClock {
         StepClock {
             started: Instant::now(),
             started_ns: monotonic_ns(),
-            marks: Mutex::new(Vec::with_capacity(16)),
+            marks: RefCell::new(Vec::with_capacity(16)),
         }
-    }
-}
-
-impl StepClock {
-    fn push(&self, step: &'static str, elapsed: Duration) {
-        // A mark is a plain push, so a panic elsewhere cannot leave the list half written.
-        let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
-        marks.push((step, elapsed));
     }
 }
 
 impl fmt::Display for StepClock {
     /// `step=MICROS` pairs in the order of the marks, e.g. `lease=310 files=720`.
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
+        let marks = self.marks.borrow();
         for (position, (step, elapsed)) in marks.iter().enumerate() {
             if position > 0 {
                 formatter.write_str(" ")?;
@@ -59,9 +50,9 @@ impl fmt::Display for StepClock {
 }
 
 /// Runs `start` with a fresh clock and logs its marks for `silo_id` once it returns.
-pub(super) async fn timed<T>(silo_id: &str, start: impl Future<Output = T>) -> T {
+pub(super) async fn timed<T>(silo_id: &str, start: impl std::future::Future<Output = T>) -> T {
     CLOCK
-        .scope(Arc::new(StepClock::new()), async {
+        .scope(StepClock::new(), async {
             let result = start.await;
             CLOCK.with(
                 |clock| debug!(silo = silo_id, steps = %clock, "silo start steps in microseconds"),
@@ -79,7 +70,7 @@ pub(super) fn mark_at(step: &'static str, at_ns: u64) {
     }
     let _ = CLOCK.try_with(|clock| {
         let elapsed = Duration::from_nanos(at_ns.saturating_sub(clock.started_ns));
-        clock.push(step, elapsed);
+        clock.marks.borrow_mut().push((step, elapsed));
     });
 }
 
@@ -97,18 +88,7 @@ pub(super) fn monotonic_ns() -> u64 {
 /// Marks the end of `step` in the current start. Outside a timed start it does nothing.
 pub(super) fn mark(step: &'static str) {
     let _ = CLOCK.try_with(|clock| {
-        clock.push(step, clock.started.elapsed());
+        let elapsed = clock.started.elapsed();
+        clock.marks.borrow_mut().push((step, elapsed));
     });
-}
-
-/// Returns `work` bound to the current start's clock, for a task the start spawns, so the
-/// task's marks count too. Outside a timed start the work runs unmarked.
-pub(super) fn within<T>(work: impl Future<Output = T>) -> impl Future<Output = T> {
-    let clock = CLOCK.try_with(Arc::clone).ok();
-    async move {
-        match clock {
-            Some(clock) => CLOCK.scope(clock, work).await,
-            None => work.await,
-        }
-    }
 }
