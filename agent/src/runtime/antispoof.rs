@@ -182,21 +182,44 @@ struct ProgramLoad {
 /// Loads the program for `address` into the kernel and returns its file descriptor.
 fn load_program(address: Ipv4Addr) -> Result<OwnedFd, AntispoofError> {
     let instructions = program(address);
+    // Without a log first: the verifier then formats no text, which every start would pay for.
+    // Only a failed load runs again with the log, for the error message.
+    match bpf_prog_load(&instructions, None) {
+        Ok(fd) => Ok(fd),
+        Err(_) => {
+            let mut log = vec![0u8; VERIFIER_LOG_BYTES];
+            let source = match bpf_prog_load(&instructions, Some(&mut log)) {
+                // A load that fails once and then succeeds has its program all the same.
+                Ok(fd) => return Ok(fd),
+                Err(source) => source,
+            };
+            let end = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
+            let log = String::from_utf8_lossy(&log[..end]).trim().to_owned();
+            Err(AntispoofError::Load { source, log })
+        }
+    }
+}
+
+/// Runs `BPF_PROG_LOAD` for `instructions`, with the verifier's log in `log` when given.
+fn bpf_prog_load(instructions: &[Instruction], log: Option<&mut [u8]>) -> Result<OwnedFd, std::io::Error> {
     let license = c"GPL";
-    let mut log = vec![0u8; VERIFIER_LOG_BYTES];
     // The kernel keeps at most 15 bytes of a program name and a NUL.
     let mut name = [0u8; 16];
     let name_bytes = &PROGRAM_NAME.as_bytes()[..PROGRAM_NAME.len().min(15)];
     name[..name_bytes.len()].copy_from_slice(name_bytes);
+    let (log_level, log_size, log_buf) = match log {
+        Some(log) => (1, log.len() as u32, log.as_mut_ptr() as u64),
+        None => (0, 0, 0),
+    };
 
     let attributes = ProgramLoad {
         prog_type: BPF_PROG_TYPE_SCHED_CLS,
         insn_cnt: instructions.len() as u32,
         insns: instructions.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_level,
+        log_size,
+        log_buf,
         kern_version: 0,
         prog_flags: 0,
         prog_name: name,
@@ -212,12 +235,8 @@ fn load_program(address: Ipv4Addr) -> Result<OwnedFd, AntispoofError> {
             std::mem::size_of::<ProgramLoad>(),
         )
     };
-
     if fd < 0 {
-        let source = std::io::Error::last_os_error();
-        let end = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
-        let log = String::from_utf8_lossy(&log[..end]).trim().to_owned();
-        return Err(AntispoofError::Load { source, log });
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: the kernel returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
