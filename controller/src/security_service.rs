@@ -182,22 +182,29 @@ impl Security for SecurityService {
         {
             return Ok(response);
         }
+
         let request = request.into_inner();
         let window = self.node.state.read().await.security.enrollment.clone();
-        let window = window.ok_or_else(|| {
-            Status::unauthenticated("no enrollment window is open; ask an admin to run `colex-cli enroll --reopen`")
-        })?;
+        let Some(window) = window else {
+            tracing::warn!(name = %request.name, "enrollment rejected: no window is open");
+            return Err(Status::unauthenticated(
+                "no enrollment window is open; ask an admin to run `colex-cli enroll --reopen`",
+            ));
+        };
         if window.expires_unix < now_unix() {
+            tracing::warn!(name = %request.name, expired_unix = window.expires_unix, "enrollment rejected: the window closed");
             return Err(Status::unauthenticated(format!(
                 "the enrollment window closed at {}; ask an admin to run `colex-cli enroll --reopen`",
                 show_time(window.expires_unix)
             )));
         }
         if !secret_matches_digest(&request.secret, &window.secret_digest) {
+            tracing::warn!(name = %request.name, "enrollment rejected: the key does not match the open window");
             return Err(Status::unauthenticated(
                 "the enrollment key does not match the open window; use the newest key (`colex-cli enroll --reopen` replaces the key)",
             ));
         }
+
         let window_role = parse_role(&window.role, &[Role::Admin, Role::Reader], "an enrollment window")?;
         let role = if request.role.is_empty() {
             window_role
@@ -205,6 +212,7 @@ impl Security for SecurityService {
             parse_role(&request.role, &[Role::Admin, Role::Reader], "enrollment")?
         };
         if role == Role::Admin && window_role == Role::Reader {
+            tracing::warn!(name = %request.name, "enrollment rejected: admin requested from a reader window");
             return Err(Status::permission_denied(
                 "this enrollment window is open for readers only; enroll with --role reader or ask an admin for `colex-cli enroll --reopen --role admin`",
             ));
@@ -315,6 +323,7 @@ impl Security for SecurityService {
         {
             return Ok(response);
         }
+
         let request = request.into_inner();
         let role = parse_role(&request.role, &[Role::Agent, Role::Controller], "a join token")?;
         let ttl = match request.ttl_secs {
@@ -323,6 +332,7 @@ impl Security for SecurityService {
         };
         let fingerprint = self.authority().await?.fingerprint();
         let token = JoinToken::generate(&fingerprint).map_err(|error| Status::internal(error.to_string()))?;
+
         let expires_unix = now_unix().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
         let record = TokenRecord {
             role: role.as_str().to_owned(),

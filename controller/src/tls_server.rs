@@ -2,9 +2,10 @@
 //!
 //! The handshake requests a certificate from every client but accepts any, or none, as long as
 //! the client proves that it has the certificate's private key. The authorization layer
-//! ([`crate::auth`]) checks the chain against the cluster authority on every call, so a client
-//! with a foreign, expired or revoked certificate gets a gRPC status that names the cause,
-//! instead of a TLS alert that clients report as a bare transport error.
+//! ([`crate::auth`]) checks the chain against the cluster authority on every call. So a client
+//! with a foreign, expired or revoked certificate gets a gRPC status that names the cause. A
+//! rejected handshake would give it only a TLS alert, which clients report as a bare transport
+//! error.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -4,11 +4,15 @@
 //!
 //! A spare is a helper in the agent's cgroup whose PID 1 exists already. That PID 1 was cloned
 //! into new pid, mount, UTS, IPC, network and (unless the agent runs silos without them) user
-//! namespaces, has its id maps written, and blocks until the job arrives. Its namespaces hold
-//! nothing yet: no link besides loopback, no mount of its own. The helper blocks on its stdin and exits on EOF,
-//! killing its PID 1, so a spare ends with the agent, also when the agent is killed. PID 1
-//! copied the host's mount table at the clone; mounts the host makes later reach it through
-//! shared propagation, as they reach every new mount namespace.
+//! namespaces, has its id maps written, and blocks until the job arrives. Its namespaces contain
+//! nothing yet: no link besides loopback, no mount of its own. The helper blocks on its stdin
+//! and exits on EOF, killing its PID 1, so a spare ends with the agent, also when the agent is
+//! killed.
+//!
+//! PID 1 copied the host's mount table at the clone. Where the host's mounts are shared (the
+//! systemd default), mounts the host makes later reach PID 1 through propagation.
+//! NOTE: on a host whose mounts are private, a silo started from a spare misses the host
+//! mounts made after that spare was cloned, such as a bind source mounted later.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

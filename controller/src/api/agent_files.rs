@@ -2,8 +2,8 @@
 //! SHA-256.
 //!
 //! The caller names its host. The controller serves a content only while that host has an agent
-//! session with it and a silo instance placed on that host uses the content. Agents call
-//! the controller that holds their session, which is the leader.
+//! session with it and a silo instance placed on that host uses the content. Agents call the
+//! controller of their session, which is the leader.
 
 use colex_proto as proto;
 use tonic::{Request, Response, Status};

@@ -1,5 +1,5 @@
 //! A silo file the controller tests share: a busybox httpd silo that serves a page with its own
-//! name, so each fetch shows which silo answered.
+//! name, so each fetch shows which silo served it.
 
 use crate::Lab;
 

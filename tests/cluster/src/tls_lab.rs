@@ -165,7 +165,7 @@ impl Lab {
             return leaked;
         };
         for path in entries.flatten().map(|entry| entry.path()) {
-            if !path.extension().is_some_and(|extension| extension == "log") {
+            if path.extension().is_none_or(|extension| extension != "log") {
                 continue;
             }
             let text = fs::read_to_string(&path).unwrap_or_default();
