@@ -234,21 +234,23 @@ impl LogStore {
 
     /// Appends `rows` to the entries file, with the committed index when known, and returns
     /// once they are synced.
-    async fn write_entries(&self, rows: Vec<(u64, Vec<u8>)>) -> Result<(), LogStoreError> {
+    ///
+    /// This blocks the calling thread for the write and its sync (about 0.2 ms) instead of
+    /// moving them to tokio's blocking pool. openraft's core task waits for the append before
+    /// it does anything else, so nothing is gained by freeing its thread, while the hand-over
+    /// to a pool thread and back cost two thread wake-ups per append on the leader and again
+    /// on each follower. The other worker thread keeps serving meanwhile.
+    fn write_entries(&self, rows: Vec<(u64, Vec<u8>)>) -> Result<(), LogStoreError> {
         let committed_index = self.committed.map(|log_id| log_id.index);
-        let entries = Arc::clone(&self.entries);
-        run_blocking(move || -> Result<(), LogStoreError> {
-            let records: Vec<Record<'_>> = rows
-                .iter()
-                .map(|(index, payload)| Record {
-                    index: *index,
-                    payload,
-                })
-                .collect();
-            lock_file(&entries).append(&records, committed_index)?;
-            Ok(())
-        })
-        .await
+        let records: Vec<Record<'_>> = rows
+            .iter()
+            .map(|(index, payload)| Record {
+                index: *index,
+                payload,
+            })
+            .collect();
+        lock_file(&self.entries).append(&records, committed_index)?;
+        Ok(())
     }
 
     /// Deletes the entries with index `since` and above.
@@ -463,7 +465,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let sizes: Vec<usize> = rows.iter().map(|(_, encoded)| encoded.len()).collect();
 
-        match self.write_entries(rows).await {
+        match self.write_entries(rows) {
             Ok(()) => {
                 self.recent().append(appended.into_iter().zip(sizes));
                 callback.log_io_completed(Ok(()));
