@@ -157,7 +157,13 @@ impl LocalSilos {
     /// Compares the controller's assignments with the local silos: returns
     /// the operations to run, and marks the silos they touch.
     pub fn reconcile(&mut self, assignments: &proto::Assignments) -> Vec<Operation> {
-        let assigned: BTreeSet<&str> = assignments.silos.iter().map(|silo| silo.silo_id.as_str()).collect();
+        let assignments: Vec<&proto::Assignment> = assignments.silos.iter().collect();
+        self.reconcile_set(&assignments)
+    }
+
+    /// Like [`LocalSilos::reconcile`], for a set the caller keeps in another shape.
+    pub fn reconcile_set(&mut self, assignments: &[&proto::Assignment]) -> Vec<Operation> {
+        let assigned: BTreeSet<&str> = assignments.iter().map(|silo| silo.silo_id.as_str()).collect();
         let mut operations = Vec::new();
 
         for silo in self.silos.values_mut() {
@@ -177,7 +183,7 @@ impl LocalSilos {
             }
         }
 
-        for assignment in &assignments.silos {
+        for assignment in assignments {
             let Some(spec) = assignment.spec.clone() else {
                 tracing::warn!(silo_id = %assignment.silo_id, "assignment without spec ignored");
                 continue;

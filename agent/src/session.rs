@@ -11,7 +11,7 @@
 //! first assignments then keep or remove them and never start a second copy.
 //! Nothing is started or stopped before those assignments.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -307,6 +307,7 @@ impl Agent {
             wireguard_public_key,
             wireguard_endpoint,
             wireguard_backend,
+            assignment_changes: true,
         };
         if outbound.send(agent_message(AgentKind::Hello(hello))).await.is_err() {
             return SessionEnd::Lost("outbound queue closed".to_owned());
@@ -352,6 +353,27 @@ impl Agent {
         end
     }
 
+    /// Starts and removes silos so the local ones match `assigned`, and reports the silos that
+    /// entered STARTING or STOPPING at once.
+    async fn apply_assignments(
+        &mut self,
+        assigned: &BTreeMap<String, proto::Assignment>,
+        outbound: &mpsc::Sender<proto::AgentMessage>,
+    ) -> Result<(), SessionEnd> {
+        let assignments: Vec<&proto::Assignment> = assigned.values().collect();
+        let operations = self.silos.reconcile_set(&assignments);
+        for operation in self.removal_gate.admit(operations) {
+            self.launch(operation);
+        }
+        self.prune_contents();
+        for status in self.silos.statuses() {
+            if outbound.send(agent_message(AgentKind::Status(status))).await.is_err() {
+                return Err(SessionEnd::Lost("outbound queue closed".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
     async fn session_loop(
         &mut self,
         inbound: &mut tonic::Streaming<proto::ControllerMessage>,
@@ -363,22 +385,34 @@ impl Agent {
         // Contains the task that reads and sends the current usage report, at most one. Dropping
         // the set when the session ends aborts it.
         let mut usage_report: JoinSet<()> = JoinSet::new();
+        // The set of this session's controller, by silo id: the last Assignments with the
+        // AssignmentChanges after it applied. The controller sends the whole set first.
+        let mut assigned: BTreeMap<String, proto::Assignment> = BTreeMap::new();
         loop {
             tokio::select! {
                 _ = self.shutdown.changed() => return SessionEnd::Shutdown,
                 message = inbound.message() => match message {
                     Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::Assignments(assignments)) })) => {
                         tracing::info!(silos = assignments.silos.len(), "assignments received");
-                        let operations = self.silos.reconcile(&assignments);
-                        for operation in self.removal_gate.admit(operations) {
-                            self.launch(operation);
+                        assigned = assignments.silos.into_iter().map(|assignment| (assignment.silo_id.clone(), assignment)).collect();
+                        if let Err(end) = self.apply_assignments(&assigned, outbound).await {
+                            return end;
                         }
-                        self.prune_contents();
-                        // Silos entering STARTING or STOPPING are reported at once.
-                        for status in self.silos.statuses() {
-                            if outbound.send(agent_message(AgentKind::Status(status))).await.is_err() {
-                                return SessionEnd::Lost("outbound queue closed".to_owned());
-                            }
+                    }
+                    Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::AssignmentChanges(changes)) })) => {
+                        tracing::info!(
+                            upserted = changes.upserted.len(),
+                            removed = changes.removed_silo_ids.len(),
+                            "assignment changes received"
+                        );
+                        for id in &changes.removed_silo_ids {
+                            assigned.remove(id);
+                        }
+                        for assignment in changes.upserted {
+                            assigned.insert(assignment.silo_id.clone(), assignment);
+                        }
+                        if let Err(end) = self.apply_assignments(&assigned, outbound).await {
+                            return end;
                         }
                     }
                     Ok(Some(proto::ControllerMessage { kind: Some(ControllerKind::Peers(peers)) })) => {

@@ -373,32 +373,29 @@ pub fn place_instances(
     PlacementRound::new(state, live_hosts, &mut cache).place(spec, requests, replaced)
 }
 
-/// Reservations of stored specs by their protobuf bytes, so that a placement round does not
-/// decode every stored spec again. Entries stay valid forever, because a spec's bytes decide its
-/// reservation.
+/// Reservations of stored specs by silo id, so that a placement round neither decodes every
+/// stored spec again nor hashes its bytes. An id names one spec: every replacement of an
+/// instance gets a new id. The spec's length is kept beside the reservation as a check.
 #[derive(Debug, Default)]
 pub struct ReservationCache {
-    by_spec: HashMap<Vec<u8>, Reservation>,
-    /// Sum of the lengths of the keys of `by_spec`.
-    key_bytes: usize,
+    by_id: HashMap<String, (usize, Reservation)>,
 }
 
-/// Spec bytes a [`ReservationCache`] keeps before it starts over. Specs with files can be
-/// 256 KiB each, so the limit is on bytes rather than entries.
-const RESERVATION_CACHE_MAX_BYTES: usize = 64 << 20;
+/// Ids a [`ReservationCache`] keeps before it starts over, about 100 bytes each.
+const RESERVATION_CACHE_MAX_IDS: usize = 1 << 20;
 
 impl ReservationCache {
     fn reservation_of(&mut self, record: &SiloRecord) -> Reservation {
-        if let Some(reservation) = self.by_spec.get(record.spec.as_slice()) {
-            return *reservation;
+        if let Some((spec_len, reservation)) = self.by_id.get(record.id.as_str()) {
+            if *spec_len == record.spec.len() {
+                return *reservation;
+            }
         }
         let reservation = decoded_reservation(record);
-        if self.key_bytes.saturating_add(record.spec.len()) > RESERVATION_CACHE_MAX_BYTES {
-            self.by_spec.clear();
-            self.key_bytes = 0;
+        if self.by_id.len() >= RESERVATION_CACHE_MAX_IDS {
+            self.by_id.clear();
         }
-        self.key_bytes += record.spec.len();
-        self.by_spec.insert(record.spec.clone(), reservation);
+        self.by_id.insert(record.id.clone(), (record.spec.len(), reservation));
         reservation
     }
 }

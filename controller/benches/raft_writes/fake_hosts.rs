@@ -109,6 +109,8 @@ async fn run_session(name: &str, address: &str) -> anyhow::Result<()> {
         cpus: HOST_CPUS,
         memory_bytes: HOST_MEMORY_BYTES,
         images: vec!["busybox".to_owned()],
+        // As the real agent does: after the first set, only what changed.
+        assignment_changes: true,
         ..proto::Hello::default()
     };
     outbound

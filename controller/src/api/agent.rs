@@ -130,6 +130,7 @@ impl proto::agent_server::Agent for AgentService {
             node: self.node.clone(),
             host: host.clone(),
             cpus: hello.cpus,
+            assignment_changes: hello.assignment_changes,
             logs: self.logs.clone(),
             execs: self.execs.clone(),
             sessions: self.sessions.clone(),
@@ -175,6 +176,8 @@ struct Session {
     /// CPU count from the agent's Hello. CPU percents of the host's silos are shares of all of
     /// them.
     cpus: u32,
+    /// The agent applies `AssignmentChanges` after the session's first `Assignments`.
+    assignment_changes: bool,
     logs: LogRouter,
     execs: ExecRouter,
     /// The registry this session is in, for its usage store and for waking the pending
@@ -237,24 +240,42 @@ impl Session {
                 }
             }
 
-            // The whole set goes out whenever it changes, so after a reconnect the first
-            // message alone lists what the agent must run, and it stops everything else.
+            // The whole set goes out first, so after a reconnect the first message alone lists
+            // what the agent must run, and it stops everything else. Later an agent that
+            // applies changes gets only what changed, so a change costs bytes for the changed
+            // silos and not for all of the host's; an older agent gets the whole set again.
             // An instance's id and generation decide its assignment, so comparing them is
             // enough to tell whether the set changed.
             let assigned = view.assigned_to(&self.host);
             if last_assigned.as_ref().is_none_or(|last| !Arc::ptr_eq(last, &assigned) && **last != *assigned) {
-                let assignments = {
+                let kind = {
                     let state = self.node.state.read().await;
-                    session_view::assignments(&state, &self.host, &assigned, &mut sent)
+                    if self.assignment_changes && last_assigned.is_some() {
+                        session_view::assignment_changes(&state, &self.host, &assigned, &mut sent)
+                            .map(ControllerKind::AssignmentChanges)
+                    } else {
+                        Some(ControllerKind::Assignments(session_view::assignments(&state, &self.host, &assigned, &mut sent)))
+                    }
                 };
                 last_assigned = Some(assigned);
                 // Debug, because a busy leader sends every host new assignments many times a second.
-                tracing::debug!(host = %self.host, silos = assignments.silos.len(), "sending assignments");
-                let message = proto::ControllerMessage {
-                    kind: Some(ControllerKind::Assignments(assignments)),
-                };
-                if outbound.send(Ok(message)).await.is_err() {
-                    return "the agent closed the stream".to_owned();
+                match &kind {
+                    Some(ControllerKind::AssignmentChanges(changes)) => tracing::debug!(
+                        host = %self.host,
+                        upserted = changes.upserted.len(),
+                        removed = changes.removed_silo_ids.len(),
+                        "sending assignment changes"
+                    ),
+                    Some(ControllerKind::Assignments(assignments)) => {
+                        tracing::debug!(host = %self.host, silos = assignments.silos.len(), "sending assignments")
+                    }
+                    _ => {}
+                }
+                if let Some(kind) = kind {
+                    let message = proto::ControllerMessage { kind: Some(kind) };
+                    if outbound.send(Ok(message)).await.is_err() {
+                        return "the agent closed the stream".to_owned();
+                    }
                 }
             }
 

@@ -45,21 +45,36 @@ impl SessionView {
     /// can tell an unchanged part by pointer.
     fn build(state: &ClusterState, usage: &UsageStore, applied: u64, previous: Option<&SessionView>) -> SessionView {
         let built_at = Instant::now();
-        let mut assigned: IdMap<&str, Vec<AssignedInstance>> = IdMap::default();
+        // Borrowed first: most changes touch one host, and the other hosts keep the list of
+        // the previous view without a copy of their keys and ids.
+        let mut borrowed: IdMap<&str, Vec<(&str, &SiloRecord)>> = IdMap::default();
         for (key, record) in state.silos.iter().filter(|(_, record)| is_assigned(record)) {
-            assigned.entry(record.host.as_str()).or_default().push(AssignedInstance {
-                key: key.clone(),
-                id: record.id.clone(),
-                generation: record.generation,
-            });
+            borrowed.entry(record.host.as_str()).or_default().push((key.as_str(), record));
         }
-        let assigned = assigned
+        let assigned = borrowed
             .into_iter()
             .map(|(host, instances)| {
                 let kept = previous
                     .and_then(|previous| previous.assigned.get(host))
-                    .filter(|earlier| earlier.as_slice() == instances.as_slice());
-                let instances = kept.map_or_else(|| Arc::new(instances), Arc::clone);
+                    .filter(|earlier| {
+                        earlier.len() == instances.len()
+                            && earlier.iter().zip(&instances).all(|(earlier, (key, record))| {
+                                earlier.generation == record.generation && earlier.id == record.id && earlier.key == *key
+                            })
+                    });
+                let instances = match kept {
+                    Some(earlier) => Arc::clone(earlier),
+                    None => Arc::new(
+                        instances
+                            .into_iter()
+                            .map(|(key, record)| AssignedInstance {
+                                key: key.to_owned(),
+                                id: record.id.clone(),
+                                generation: record.generation,
+                            })
+                            .collect(),
+                    ),
+                };
                 (host.to_owned(), instances)
             })
             .collect();
@@ -172,6 +187,55 @@ pub fn assignments(
     proto::Assignments { silos }
 }
 
+/// Returns what changed between the assignments in `sent` and the instances `assigned` of
+/// `host`, and updates `sent` to match: the instances whose id and generation `sent` lacks,
+/// built from the records of `state` as [`assignments`] does, and the ids that left. Only the
+/// new instances are copied, so a change costs a pass over the host's ids and not a copy of
+/// every spec. Returns `None` when nothing changed.
+pub fn assignment_changes(
+    state: &ClusterState,
+    host: &str,
+    assigned: &[AssignedInstance],
+    sent: &mut SentAssignments,
+) -> Option<proto::AssignmentChanges> {
+    let mut upserted = Vec::new();
+    for instance in assigned {
+        let known = sent
+            .get(&instance.id)
+            .is_some_and(|assignment| assignment.generation == instance.generation);
+        if known {
+            continue;
+        }
+        let record = state
+            .silos
+            .get(&instance.key)
+            .filter(|record| record.host == host && record.id == instance.id && is_assigned(record));
+        let Some(assignment) = record.and_then(|record| view::assignments_of(std::iter::once(record)).silos.pop()) else {
+            continue;
+        };
+        upserted.push(assignment.clone());
+        sent.insert(instance.id.clone(), Arc::new(assignment));
+    }
+
+    let kept: std::collections::HashSet<&str> = assigned.iter().map(|instance| instance.id.as_str()).collect();
+    let mut removed_silo_ids = Vec::new();
+    sent.retain(|id, _| {
+        let keep = kept.contains(id.as_str());
+        if !keep {
+            removed_silo_ids.push(id.clone());
+        }
+        keep
+    });
+
+    if upserted.is_empty() && removed_silo_ids.is_empty() {
+        return None;
+    }
+    Some(proto::AssignmentChanges {
+        upserted,
+        removed_silo_ids,
+    })
+}
+
 /// Returns the mesh peer entry of every host that reported a WireGuard key, in name order.
 /// Hosts that are down stay peers, so their silos are reachable again as soon as they return.
 pub fn all_mesh_peers(state: &ClusterState) -> Vec<proto::Peer> {
@@ -265,6 +329,36 @@ mod tests {
         let second = assignments(&state, "a", &view.assigned_to("a"), &mut sent);
         assert_eq!(second, view::assignments(&state, "a"));
         assert!(Arc::ptr_eq(&kept, &sent[&first.silos[0].silo_id]), "web was not decoded again");
+        assert_eq!(sent.len(), 2);
+    }
+
+    #[test]
+    fn changes_rebuild_the_full_set() {
+        let by_id = |silos: Vec<proto::Assignment>| -> std::collections::BTreeMap<String, proto::Assignment> {
+            silos.into_iter().map(|assignment| (assignment.silo_id.clone(), assignment)).collect()
+        };
+        let mut state = ClusterState::default();
+        register(&mut state, "a");
+        put(&mut state, "web", &["a"]);
+        put(&mut state, "db", &["a"]);
+        let first = SessionView::build(&state, &UsageStore::default(), 1, None);
+        let mut sent = SentAssignments::default();
+        let mut agent = by_id(assignments(&state, "a", &first.assigned_to("a"), &mut sent).silos);
+        assert_eq!(agent.len(), 2);
+        assert!(assignment_changes(&state, "a", &first.assigned_to("a"), &mut sent).is_none());
+
+        // One silo comes and one goes: the changes carry only those two.
+        put(&mut state, "cache", &["a"]);
+        state.apply(&Command::StopSilo { name: "web".to_owned() });
+        let second = SessionView::build(&state, &UsageStore::default(), 2, Some(&first));
+        let changes = assignment_changes(&state, "a", &second.assigned_to("a"), &mut sent).expect("a change");
+        assert_eq!(changes.upserted.len(), 1);
+        assert_eq!(changes.removed_silo_ids.len(), 1);
+        for id in &changes.removed_silo_ids {
+            agent.remove(id);
+        }
+        agent.extend(by_id(changes.upserted));
+        assert_eq!(agent, by_id(view::assignments(&state, "a").silos));
         assert_eq!(sent.len(), 2);
     }
 
