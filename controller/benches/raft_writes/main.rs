@@ -53,6 +53,8 @@ const WARMUP_WRITES: usize = 20;
 const CLIENTS: usize = 64;
 /// Length of the saturated run of each side.
 const SATURATION_DURATION: Duration = Duration::from_secs(5);
+/// Requests of each kind in the round trips without a write.
+const ROUND_TRIPS: usize = 300;
 /// Default number of failover rounds of each side.
 const DEFAULT_FAILOVERS: usize = 20;
 /// colex's sequential p50 may be at most this multiple of etcd's.
@@ -163,6 +165,23 @@ async fn measure(
         verdict(ratio <= TARGET_LATENCY_RATIO),
         colex_summary.p99.as_secs_f64() / etcd_summary.p99.as_secs_f64()
     );
+    // The first and the last 100 writes: a write must not get slower as silos accumulate.
+    let tail = writes.min(100);
+    println!(
+        "  first and last {tail} writes, p50: colex {} and {}, etcd {} and {}",
+        p50_of(&colex_latencies[..tail])?,
+        p50_of(&colex_latencies[colex_latencies.len() - tail..])?,
+        p50_of(&etcd_latencies[..tail])?,
+        p50_of(&etcd_latencies[etcd_latencies.len() - tail..])?,
+    );
+    let round_trips = workload::round_trips(colex, colex_leader, etcd, etcd_leader, ROUND_TRIPS).await?;
+    println!(
+        "  round trips without a write ({ROUND_TRIPS} each), p50: colex unchanged Up {}, colex Status with its \
+         read barrier {}, etcd Status {}",
+        p50_of(&round_trips.colex_unchanged_up)?,
+        p50_of(&round_trips.colex_status)?,
+        p50_of(&round_trips.etcd_status)?,
+    );
     println!("  load average: {}", load_average());
 
     println!();
@@ -225,6 +244,11 @@ async fn measure(
     );
     println!("  load average: {}", load_average());
     Ok(())
+}
+
+/// Returns the median of `samples` in milliseconds, as text.
+fn p50_of(samples: &[Duration]) -> anyhow::Result<String> {
+    Ok(millis(Summary::of(samples).context("no samples")?.p50))
 }
 
 /// Resolves with the signal's name on SIGINT or SIGTERM.

@@ -56,6 +56,51 @@ impl Writer {
     }
 }
 
+/// Latencies of requests that write nothing, sent to each leader one after another.
+pub struct RoundTrips {
+    /// `Up` of a silo stored before with the same spec, which the leader answers as unchanged
+    /// without a Raft write: the request path of a write without its log append and commit.
+    pub colex_unchanged_up: Vec<Duration>,
+    /// `Status` of that silo, which the leader serves after a read barrier: one heartbeat
+    /// round to the followers, without a log append.
+    pub colex_status: Vec<Duration>,
+    /// etcd's `Status`, served by the member without Raft.
+    pub etcd_status: Vec<Duration>,
+}
+
+/// Times `count` requests of each kind in [`RoundTrips`]. Silo `w5` must exist, so this runs
+/// after the sequential writes.
+pub async fn round_trips(
+    colex: &ColexCluster,
+    colex_leader: usize,
+    etcd: &EtcdCluster,
+    etcd_leader: usize,
+    count: usize,
+) -> anyhow::Result<RoundTrips> {
+    let mut client = colex.own_client(colex_leader).await?;
+    let mut etcd_client = etcd.own_client(etcd_leader).await?;
+    let mut trips = RoundTrips {
+        colex_unchanged_up: Vec::with_capacity(count),
+        colex_status: Vec::with_capacity(count),
+        etcd_status: Vec::with_capacity(count),
+    };
+    for _ in 0..count {
+        let started = Instant::now();
+        colex::up(&mut client, "w5".to_owned()).await.context("unchanged Up failed")?;
+        trips.colex_unchanged_up.push(started.elapsed());
+        let started = Instant::now();
+        client
+            .status(colex_proto::StatusRequest { name: "w5".to_owned() })
+            .await
+            .context("colex Status failed")?;
+        trips.colex_status.push(started.elapsed());
+        let started = Instant::now();
+        etcd_client.status().await.context("etcd Status failed")?;
+        trips.etcd_status.push(started.elapsed());
+    }
+    Ok(trips)
+}
+
 /// Writes `warmup` records untimed, then `count` records one after another, and returns the
 /// latency of each timed write.
 pub async fn sequential(writer: &mut Writer, keys: &AtomicU64, warmup: usize, count: usize) -> anyhow::Result<Vec<Duration>> {

@@ -34,6 +34,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// First bytes of the file. The last byte is the format version.
 const MAGIC: [u8; 8] = *b"cxraft\x00\x01";
@@ -94,7 +95,8 @@ pub(super) struct Record<'a> {
 #[derive(Debug)]
 pub(super) struct LogFile {
     path: PathBuf,
-    file: File,
+    /// Shared with the thread that syncs the leader's appends (`log_sync`).
+    file: Arc<File>,
     slots: BTreeMap<u64, Slot>,
     /// Where the next record starts: the end of the last record.
     end: u64,
@@ -129,7 +131,7 @@ impl LogFile {
             write_magic(&file, path)?;
             return Ok(LogFile {
                 path: path.to_owned(),
-                file,
+                file: Arc::new(file),
                 slots: BTreeMap::new(),
                 end: MAGIC_BYTES,
                 allocated: MAGIC_BYTES,
@@ -140,7 +142,7 @@ impl LogFile {
 
         let mut log_file = LogFile {
             path: path.to_owned(),
-            file,
+            file: Arc::new(file),
             slots: BTreeMap::new(),
             end: MAGIC_BYTES,
             allocated: length,
@@ -208,6 +210,18 @@ impl LogFile {
         Ok(())
     }
 
+    /// Returns the open file, for a sync on another thread.
+    pub fn handle(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    /// Syncs everything written so far.
+    pub fn sync(&self) -> Result<(), LogFileError> {
+        self.file
+            .sync_data()
+            .map_err(|source| io_error("sync", &self.path, source))
+    }
+
     /// Returns where the next record starts.
     #[cfg(test)]
     fn records_end(&self) -> u64 {
@@ -217,7 +231,7 @@ impl LogFile {
     /// Reads every record, fills `slots` and returns the length of the valid part.
     fn scan(&mut self, length: u64, purged_upto: Option<u64>) -> Result<u64, LogFileError> {
         let path = self.path.clone();
-        let mut reader = BufReader::with_capacity(1024 * 1024, &self.file);
+        let mut reader = BufReader::with_capacity(1024 * 1024, &*self.file);
         let mut magic = [0u8; 8];
         reader
             .read_exact(&mut magic)
@@ -294,11 +308,12 @@ impl LogFile {
     }
 
     /// Appends `records`, which must continue the kept entries, and returns once they are
-    /// synced. `committed_index` is stored in each header.
+    /// written and, with `sync`, synced. `committed_index` is stored in each header.
     pub fn append(
         &mut self,
         records: &[Record<'_>],
         committed_index: Option<u64>,
+        sync: bool,
     ) -> Result<(), LogFileError> {
         let mut buffer = Vec::new();
         let mut new_slots = Vec::with_capacity(records.len());
@@ -334,9 +349,11 @@ impl LogFile {
         self.file
             .write_all_at(&buffer, self.end)
             .map_err(|source| io_error("append to", &self.path, source))?;
-        self.file
-            .sync_data()
-            .map_err(|source| io_error("sync", &self.path, source))?;
+        if sync {
+            self.file
+                .sync_data()
+                .map_err(|source| io_error("sync", &self.path, source))?;
+        }
         self.end += buffer.len() as u64;
         self.slots.extend(new_slots);
         if let Some(committed) = committed_index {
@@ -585,9 +602,9 @@ mod tests {
         let path = dir.path().join("raft-log.entries");
         {
             let mut log = LogFile::open(&path, None).expect("create");
-            log.append(&[record(1, b"one"), record(2, b"two")], None)
+            log.append(&[record(1, b"one"), record(2, b"two")], None, true)
                 .expect("append");
-            log.append(&[record(3, b"three")], Some(2)).expect("append");
+            log.append(&[record(3, b"three")], Some(2), true).expect("append");
         }
         let log = LogFile::open(&path, None).expect("reopen");
         assert_eq!(log.indexes(..), vec![1, 2, 3]);
@@ -601,7 +618,7 @@ mod tests {
         let path = dir.path().join("raft-log.entries");
         {
             let mut log = LogFile::open(&path, None).expect("create");
-            log.append(&[record(1, b"one"), record(2, b"two")], None)
+            log.append(&[record(1, b"one"), record(2, b"two")], None, true)
                 .expect("append");
         }
         let synced_length = LogFile::open(&path, None).expect("reopen").records_end();
@@ -618,7 +635,7 @@ mod tests {
             std::fs::metadata(&path).expect("metadata").len(),
             synced_length
         );
-        log.append(&[record(3, b"three")], None)
+        log.append(&[record(3, b"three")], None, true)
             .expect("append after the cut");
         drop(log);
         let log = LogFile::open(&path, None).expect("reopen again");
@@ -631,7 +648,7 @@ mod tests {
         let path = dir.path().join("raft-log.entries");
         {
             let mut log = LogFile::open(&path, None).expect("create");
-            log.append(&[record(1, b"one"), record(2, b"two")], None)
+            log.append(&[record(1, b"one"), record(2, b"two")], None, true)
                 .expect("append");
         }
         let length = LogFile::open(&path, None).expect("reopen").records_end();
@@ -650,7 +667,7 @@ mod tests {
         let file_length = || std::fs::metadata(&path).expect("metadata").len();
         {
             let mut log = LogFile::open(&path, None).expect("create");
-            log.append(&[record(1, b"one")], None).expect("append");
+            log.append(&[record(1, b"one")], None, true).expect("append");
             assert_eq!(file_length(), PREALLOCATE_BYTES);
             assert!(log.records_end() < PREALLOCATE_BYTES);
         }
@@ -660,8 +677,8 @@ mod tests {
         let mut log = LogFile::open(&path, None).expect("reopen");
         assert_eq!(file_length(), PREALLOCATE_BYTES);
         let large = vec![b'x'; PREALLOCATE_BYTES as usize];
-        log.append(&[record(2, &large)], None).expect("append a large record");
-        log.append(&[record(3, b"three")], None).expect("append");
+        log.append(&[record(2, &large)], None, true).expect("append a large record");
+        log.append(&[record(3, b"three")], None, true).expect("append");
         assert_eq!(file_length(), 2 * PREALLOCATE_BYTES);
         drop(log);
 
@@ -683,13 +700,13 @@ mod tests {
                 .enumerate()
                 .map(|(position, payload)| record(position as u64 + 1, payload))
                 .collect();
-            log.append(&records, None).expect("append");
+            log.append(&records, None, true).expect("append");
             log.truncate(5).expect("truncate");
             log.purge(2).expect("purge");
             assert_eq!(log.indexes(..), vec![3, 4]);
-            log.append(&[record(5, b"new")], None)
+            log.append(&[record(5, b"new")], None, true)
                 .expect("append after truncate");
-            let not_next = log.append(&[record(9, b"gap")], None);
+            let not_next = log.append(&[record(9, b"gap")], None, true);
             assert!(
                 matches!(not_next, Err(LogFileError::NotNext { .. })),
                 "{not_next:?}"
@@ -708,12 +725,12 @@ mod tests {
         let path = dir.path().join("raft-log.entries");
         {
             let mut log = LogFile::open(&path, None).expect("create");
-            log.append(&[record(1, b"one"), record(2, b"two")], None)
+            log.append(&[record(1, b"one"), record(2, b"two")], None, true)
                 .expect("append");
             // A snapshot up to entry 10 was installed, so the whole log is purged and the
             // next entry is 11.
             log.purge(10).expect("purge");
-            log.append(&[record(11, b"eleven")], None)
+            log.append(&[record(11, b"eleven")], None, true)
                 .expect("append after the snapshot");
         }
         let log = LogFile::open(&path, Some(10)).expect("reopen");
@@ -726,7 +743,7 @@ mod tests {
         let path = dir.path().join("raft-log.entries");
         std::fs::write(&path, &MAGIC[..3]).expect("write a short header");
         let mut log = LogFile::open(&path, None).expect("open");
-        log.append(&[record(1, b"one")], None).expect("append");
+        log.append(&[record(1, b"one")], None, true).expect("append");
         drop(log);
         let log = LogFile::open(&path, None).expect("reopen");
         assert_eq!(log.indexes(..), vec![1]);
@@ -740,6 +757,7 @@ mod tests {
         log.append(
             &[record(1, b"one"), record(2, b"two"), record(3, b"three")],
             Some(2),
+            true,
         )
         .expect("append");
         log.purge(1).expect("purge");

@@ -1,11 +1,16 @@
 //! The Raft log and vote: the entries in the append-only file `raft-log.entries`
 //! (`log_file`), the vote and the last purged log id in the redb file `raft-log.redb`.
 //!
-//! Every write is synced before the method returns: an append or a truncation of the entries
-//! file, or a redb write transaction with `Durability::Immediate` for a vote or a purge. All of them run on
-//! the blocking pool. openraft calls the `RaftLogStorage` methods one at a time on the single
-//! store it owns, because they take `&mut self`. Since each method returns only after its sync,
-//! a later vote or log write never reaches the disk before an earlier one.
+//! Every write is synced before the method returns, with one exception: an append or a
+//! truncation of the entries file, or a redb write transaction with `Durability::Immediate` for
+//! a vote or a purge. The exception is the leader's append of its own entries, which returns
+//! once written and is synced by the thread of `log_sync`, so that the leader's sync overlaps
+//! the replication; `log_sync` explains why that loses no acknowledged write. Appends run on
+//! the calling thread, votes and purges on the blocking pool. openraft calls the
+//! `RaftLogStorage` methods one at a time on the single store it owns, because they take
+//! `&mut self`. A vote is synced before the next log write. Every sync of the entries file
+//! covers all writes before it, and opening the file keeps the records only up to the first
+//! damaged one, so no entry survives a crash without the entries before it.
 //!
 //! The store also records the last committed log id that openraft reports, so that a restarted
 //! node applies the committed entries again at once (see `state_machine`). It is written into
@@ -36,6 +41,7 @@ use serde::Serialize;
 
 use super::database::{self, begin_durable_write, run_blocking};
 use super::log_file::{self, LogFile, LogFileError, Record};
+use super::log_sync::{LogSync, SyncThread};
 use super::recent_entries::RecentEntries;
 use super::{NodeId, TypeConfig};
 
@@ -78,6 +84,8 @@ pub enum LogStoreError {
     },
     #[error("blocking raft log task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("failed to start the raft log sync thread")]
+    SyncThread(#[source] std::io::Error),
 }
 
 impl LogStoreError {
@@ -104,6 +112,14 @@ pub struct LogStore {
     recent: Arc<Mutex<RecentEntries>>,
     /// The committed log id from `save_committed`, written with the next append.
     committed: Option<LogId<NodeId>>,
+    /// This controller's id once [`LogStore::for_node`] set it. Only then are the appends
+    /// of its own entries as leader reported before their sync.
+    node_id: Option<NodeId>,
+    /// The vote saved or read last.
+    vote: Option<Vote<NodeId>>,
+    /// The durable part of the log, and the thread that syncs the leader's appends.
+    sync: LogSync,
+    _sync_thread: Arc<SyncThread>,
 }
 
 impl LogStore {
@@ -138,12 +154,52 @@ impl LogStore {
         })
         .await?;
 
-        Ok(LogStore {
+        // What an earlier run wrote may still be only in the page cache. One sync here lets
+        // everything in the file count as durable.
+        let entries = Arc::new(Mutex::new(entries));
+        let file = Arc::clone(&entries);
+        run_blocking(move || lock_file(&file).sync().map_err(LogStoreError::from)).await?;
+        let (sync, sync_thread) = LogSync::start(None).map_err(LogStoreError::SyncThread)?;
+        let store = LogStore {
             database,
-            entries: Arc::new(Mutex::new(entries)),
+            entries,
             recent: Arc::default(),
             committed: None,
-        })
+            node_id: None,
+            vote: None,
+            sync,
+            _sync_thread: Arc::new(sync_thread),
+        };
+        if let Some(last) = store.last_log_id().await? {
+            store.sync.synced(last);
+        }
+        Ok(store)
+    }
+
+    /// Lets controller `id` report its own appends as leader before they are synced; see
+    /// [`super::log_sync`]. The state machine and the network must then use [`Self::sync`].
+    pub fn for_node(mut self, id: NodeId) -> LogStore {
+        self.node_id = Some(id);
+        self
+    }
+
+    /// Returns the handle on the durable part of the log.
+    pub fn sync(&self) -> LogSync {
+        self.sync.clone()
+    }
+
+    /// Returns true when `entries` are this controller's own, appended as the leader of the
+    /// saved vote. openraft saves a newer leader's vote before it appends that leader's
+    /// entries, so a follower's append never passes this.
+    fn own_leader_entries(&self, entries: &[Entry<TypeConfig>]) -> bool {
+        let (Some(node_id), Some(vote)) = (self.node_id, self.vote) else {
+            return false;
+        };
+        vote.is_committed()
+            && vote.leader_id().voted_for() == Some(node_id)
+            && entries
+                .iter()
+                .all(|entry| entry.log_id.leader_id == *vote.leader_id())
     }
 
     /// Returns a handle that upgrades while any clone of this store still has the file open.
@@ -240,7 +296,7 @@ impl LogStore {
     /// it does anything else, so nothing is gained by freeing its thread, while the hand-over
     /// to a pool thread and back cost two thread wake-ups per append on the leader and again
     /// on each follower. The other worker thread keeps serving meanwhile.
-    fn write_entries(&self, rows: Vec<(u64, Vec<u8>)>) -> Result<(), LogStoreError> {
+    fn write_entries(&self, rows: Vec<(u64, Vec<u8>)>, sync: bool) -> Result<Arc<std::fs::File>, LogStoreError> {
         let committed_index = self.committed.map(|log_id| log_id.index);
         let records: Vec<Record<'_>> = rows
             .iter()
@@ -249,8 +305,9 @@ impl LogStore {
                 payload,
             })
             .collect();
-        lock_file(&self.entries).append(&records, committed_index)?;
-        Ok(())
+        let mut file = lock_file(&self.entries);
+        file.append(&records, committed_index, sync)?;
+        Ok(file.handle())
     }
 
     /// Deletes the entries with index `since` and above.
@@ -401,13 +458,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.write_meta(VOTE_KEY, vote)
             .await
-            .map_err(|error| StorageIOError::write_vote(AnyError::new(&error)).into())
+            .map_err(|error| StorageIOError::write_vote(AnyError::new(&error)))?;
+        self.vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.read_meta(VOTE_KEY)
+        let vote = self
+            .read_meta(VOTE_KEY)
             .await
-            .map_err(|error| StorageIOError::read_vote(AnyError::new(&error)).into())
+            .map_err(|error| StorageIOError::read_vote(AnyError::new(&error)))?;
+        self.vote = vote;
+        Ok(vote)
     }
 
     /// Keeps `committed` for the next append to write. openraft 0.9.25 calls this before it
@@ -434,13 +496,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.committed)
     }
 
-    /// Appends `entries` to the entries file with one write and reports them flushed once they
-    /// are synced.
+    /// Appends `entries` to the entries file with one write and reports them flushed.
     ///
-    /// Order matters. `callback.log_io_completed(Ok(()))` reports the entries as durable, after
-    /// which a leader counts them towards the commit quorum and a follower acknowledges them. So
-    /// it runs only after the sync has returned, and a crash before the sync loses only entries
-    /// that were never reported.
+    /// Order matters. `callback.log_io_completed(Ok(()))` reports the entries as flushed, after
+    /// which a leader counts them towards the commit quorum and replicates them, and a follower
+    /// acknowledges them. A follower's append therefore reports only after its sync, so a
+    /// crash before the sync loses only entries that were never acknowledged. The leader's
+    /// own append reports once written and is synced by the [`LogSync`] thread meanwhile;
+    /// nothing applies its entries before that sync (see [`super::log_sync`]).
     async fn append<I>(
         &mut self,
         entries: I,
@@ -463,11 +526,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             rows.push((entry.log_id.index, encoded));
             appended.push(entry);
         }
+        let Some(last) = appended.last().map(|entry| entry.log_id) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
         let sizes: Vec<usize> = rows.iter().map(|(_, encoded)| encoded.len()).collect();
+        let sync_later = self.own_leader_entries(&appended);
 
-        match self.write_entries(rows) {
-            Ok(()) => {
+        match self.write_entries(rows, !sync_later) {
+            Ok(file) => {
                 self.recent().append(appended.into_iter().zip(sizes));
+                if sync_later {
+                    self.sync.written(last, file);
+                } else {
+                    self.sync.synced(last);
+                }
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -484,7 +557,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.recent().truncate(log_id.index);
         self.delete_since(log_id.index)
             .await
-            .map_err(LogStoreError::into_write_error)
+            .map_err(LogStoreError::into_write_error)?;
+        let kept = self
+            .last_log_id()
+            .await
+            .map_err(LogStoreError::into_read_error)?;
+        self.sync.truncated(kept);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

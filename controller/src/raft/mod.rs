@@ -19,6 +19,7 @@ mod log_file;
 pub mod join;
 pub mod leader;
 pub mod log_store;
+pub mod log_sync;
 pub mod membership;
 pub mod network;
 pub mod node;

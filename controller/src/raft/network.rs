@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::log_sync::LogSync;
 use super::{Node, NodeId, TypeConfig};
 
 /// Time allowed for the TCP (and later TLS) connection to a peer. openraft sends each vote
@@ -69,6 +70,9 @@ pub enum PeerError {
 #[derive(Debug, Default)]
 pub struct NetworkFactory {
     channels: HashMap<NodeId, PeerChannel>,
+    /// The durable part of this controller's log, when it reports its appends as leader
+    /// before their sync.
+    log_sync: Option<LogSync>,
 }
 
 /// The channel to one peer, or why none could be built from its address.
@@ -81,6 +85,13 @@ struct PeerChannel {
 impl NetworkFactory {
     pub fn new() -> NetworkFactory {
         NetworkFactory::default()
+    }
+
+    /// Tells followers no commit index beyond the entries `log_sync` reports durable, so no
+    /// follower applies an entry before the leader has synced it; see `log_sync`.
+    pub fn with_log_sync(mut self, log_sync: LogSync) -> NetworkFactory {
+        self.log_sync = Some(log_sync);
+        self
     }
 
     /// Returns the channel to `target`, making a new one when the peer is new or its address
@@ -132,6 +143,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: peer.addr,
             client,
+            log_sync: self.log_sync.clone(),
         }
     }
 }
@@ -161,6 +173,7 @@ pub struct PeerNetwork {
     addr: String,
     /// The client, or the message of the error that prevented building its channel.
     client: Result<RaftClient<Channel>, String>,
+    log_sync: Option<LogSync>,
 }
 
 impl PeerNetwork {
@@ -251,9 +264,12 @@ impl PeerNetwork {
 impl RaftNetwork<TypeConfig> for PeerNetwork {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        if let Some(log_sync) = &self.log_sync {
+            rpc.leader_commit = log_sync.clamp_commit(rpc.leader_commit);
+        }
         self.call(Rpc::AppendEntries, &rpc, &option).await
     }
 

@@ -214,18 +214,24 @@ impl RaftNode {
             }
         };
 
+        // The leader replicates its appends while it syncs them; the state machine and the
+        // followers' commit index wait for that sync (see `log_sync`).
         let log_store = LogStore::open(&data_dir.join(LOG_FILE_NAME))
             .await
-            .map_err(RaftError::OpenLog)?;
+            .map_err(RaftError::OpenLog)?
+            .for_node(id);
+        let log_sync = log_store.sync();
         let state_machine = StateMachineStore::open(&data_dir.join(STATE_FILE_NAME))
             .await
-            .map_err(RaftError::OpenStateMachine)?;
+            .map_err(RaftError::OpenStateMachine)?
+            .wait_for_log(log_sync.clone());
         let state = state_machine.shared_state();
         let applied = state_machine.subscribe_applied();
         let databases = [log_store.database_handle(), state_machine.database_handle()];
 
         let config = Arc::new(raft_config().map_err(RaftError::Config)?);
-        let raft = openraft::Raft::new(id, config, NetworkFactory::new(), log_store, state_machine)
+        let network = NetworkFactory::new().with_log_sync(log_sync);
+        let raft = openraft::Raft::new(id, config, network, log_store, state_machine)
             .await
             .map_err(RaftError::Start)?;
         let node = RaftNode {

@@ -32,6 +32,7 @@ use redb::{Database, ReadableDatabase};
 use tokio::sync::{watch, RwLock};
 
 use super::database::{self, begin_durable_write, run_blocking};
+use super::log_sync::{LogSync, LogSyncError};
 use super::snapshot::{self, SnapshotBuilder, SnapshotContent};
 use super::state_tables::{self, AppliedWrites, StoredState};
 use super::state_writer::StateWriter;
@@ -81,6 +82,8 @@ pub enum StateMachineError {
     WriterFailed { message: String },
     #[error("the state machine writer thread is gone")]
     WriterStopped,
+    #[error("the raft log entries to apply are not on disk")]
+    LogSync(#[source] LogSyncError),
     #[error("blocking state machine task failed")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -111,6 +114,9 @@ pub struct StateMachineStore {
     shared: Arc<RwLock<ClusterState>>,
     /// Index of the last applied entry, sent after `shared` was updated and its lock released.
     applied_sender: watch::Sender<u64>,
+    /// The durable part of this controller's log. Set, entries are applied only once they
+    /// are on this controller's disk, because the leader replicates before its own sync.
+    log_sync: Option<LogSync>,
 }
 
 impl StateMachineStore {
@@ -154,7 +160,14 @@ impl StateMachineStore {
             last_membership: stored.last_membership,
             applied_since_durable: 0,
             applied_sender,
+            log_sync: None,
         })
+    }
+
+    /// Applies entries only once `log_sync` reports them on disk.
+    pub fn wait_for_log(mut self, log_sync: LogSync) -> StateMachineStore {
+        self.log_sync = Some(log_sync);
+        self
     }
 
     /// Returns the in-memory state that is updated after each apply.
@@ -272,6 +285,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.writer
             .check()
             .map_err(StateMachineError::into_write_error)?;
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if let (Some(log_sync), Some(last)) = (&self.log_sync, entries.last()) {
+            log_sync
+                .wait_durable(last.log_id.index)
+                .await
+                .map_err(|error| StateMachineError::LogSync(error).into_write_error())?;
+        }
         let mut responses = Vec::new();
         let mut changed_silos = Vec::new();
         let mut changed_hosts = Vec::new();

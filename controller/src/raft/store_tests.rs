@@ -34,10 +34,74 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbStor
     }
 }
 
+/// The same with the log store of controller 1, which reports its own appends as leader
+/// before their sync. The suite applies entries that it never appended, so its state machine
+/// does not wait for the log.
+struct LeaderStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for LeaderStoreBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+        let (dir, log_store, state_machine) = RedbStoreBuilder.build().await?;
+        Ok((dir, log_store.for_node(1), state_machine))
+    }
+}
+
 #[test]
 fn conformance_suite_passes() {
     // The suite starts its own tokio runtime for each case, so this is a plain test.
     Suite::test_all(RedbStoreBuilder).expect("openraft storage conformance suite");
+    Suite::test_all(LeaderStoreBuilder).expect("openraft storage conformance suite, leader store");
+}
+
+#[tokio::test]
+async fn own_appends_as_leader_are_synced_after_their_report() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut log_store = LogStore::open(&dir.path().join(LOG_FILE_NAME))
+        .await
+        .expect("open log store")
+        .for_node(1);
+    let sync = log_store.sync();
+
+    // As leader of term 1, the append is reported before its sync, which follows.
+    log_store.save_vote(&Vote::new_committed(1, 1)).await.expect("save vote");
+    log_store
+        .blocking_append([membership_entry(0), command_entry(1, register_host("host-a"))])
+        .await
+        .expect("append as leader");
+    sync.wait_durable(1).await.expect("synced by the thread");
+
+    // As follower of controller 2 in term 2, the append is synced before it returns.
+    log_store.save_vote(&Vote::new_committed(2, 2)).await.expect("save vote");
+    let from_leader = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(2, 2), 2),
+        payload: EntryPayload::Normal(register_host("host-b")),
+    };
+    log_store.blocking_append([from_leader]).await.expect("append as follower");
+    assert_eq!(sync.durable().map(|log_id| log_id.index), Some(2));
+    let later = LogId::new(CommittedLeaderId::new(2, 2), 9);
+    assert_eq!(sync.clamp_commit(Some(later)), sync.durable());
+}
+
+#[tokio::test]
+async fn entries_are_applied_only_once_durable() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (sync, _thread) = super::log_sync::LogSync::start(None).expect("start the sync thread");
+    let mut state_machine = open_state_machine(dir.path()).await.wait_for_log(sync.clone());
+    let applied = state_machine.subscribe_applied();
+
+    let applying = tokio::spawn(async move {
+        state_machine
+            .apply([command_entry(1, register_host("host-a"))])
+            .await
+            .map(|_| state_machine)
+    });
+    tokio::task::yield_now().await;
+    assert!(!applying.is_finished(), "applied before the entry was durable");
+    assert_eq!(*applied.borrow(), 0);
+
+    sync.synced(log_id(1));
+    applying.await.expect("apply task").expect("apply");
+    assert_eq!(*applied.borrow(), 1);
 }
 
 fn log_id(index: u64) -> LogId<NodeId> {
