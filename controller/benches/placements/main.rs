@@ -231,7 +231,7 @@ async fn measure(cluster: &ColexCluster, hosts: &SimHosts, knobs: Knobs) -> anyh
         println!("    {failure}");
     }
     println!(
-        "  sent to agents: {assignment_messages} Assignments messages, {:.1} MB ({:.0} bytes per instance); \
+        "  sent to agents: {assignment_messages} Assignments and AssignmentChanges messages, {:.1} MB ({:.0} bytes per instance); \
          {:.1} MB of messages in all",
         assignment_bytes as f64 / 1e6,
         assignment_bytes as f64 / knobs.instances() as f64,

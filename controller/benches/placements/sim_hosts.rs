@@ -1,6 +1,7 @@
 //! Simulated hosts: agent sessions that send Hello and heartbeats, read their assignments and
 //! count them, but run nothing.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,9 +34,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Counters of the messages the simulated hosts received, summed over all of them.
 #[derive(Debug, Default)]
 pub struct Received {
-    /// Sum over the hosts of the silo count in each host's latest `Assignments`.
+    /// Sum over the hosts of the silo count that each host's assignments add up to.
     pub assigned: AtomicI64,
-    /// Protobuf bytes of every `Assignments` message.
+    /// Protobuf bytes of every `Assignments` and `AssignmentChanges` message.
     pub assignment_bytes: AtomicU64,
     pub assignment_messages: AtomicU64,
     /// Protobuf bytes of every message from the controllers.
@@ -123,6 +124,7 @@ async fn run_session(name: &str, address: &str, received: &Received) -> anyhow::
         cpus: HOST_CPUS,
         memory_bytes: HOST_MEMORY_BYTES,
         images: vec!["busybox".to_owned()],
+        assignment_changes: true,
         ..proto::Hello::default()
     };
     outbound
@@ -135,8 +137,10 @@ async fn run_session(name: &str, address: &str, received: &Received) -> anyhow::
         .with_context(|| format!("controller {address} rejected the session"))?
         .into_inner();
 
-    // The silo count of the latest assignments this session received, so a new session
-    // replaces the host's share of the sum instead of adding to it.
+    // The silo ids this session's assignments add up to, so a new session replaces the
+    // host's share of the sum instead of adding to it. The controller sends the whole set
+    // first and then only the changes, as the real agent asks in its Hello.
+    let mut ids: HashSet<String> = HashSet::new();
     let mut assigned: i64 = 0;
     let mut heartbeats = tokio::time::interval(HEARTBEAT_INTERVAL);
     let ended = loop {
@@ -149,13 +153,23 @@ async fn run_session(name: &str, address: &str, received: &Received) -> anyhow::
                 };
                 let bytes = u64::try_from(message.encoded_len()).unwrap_or(u64::MAX);
                 received.total_bytes.fetch_add(bytes, Ordering::Relaxed);
-                if let Some(ControllerKind::Assignments(assignments)) = message.kind {
-                    received.assignment_bytes.fetch_add(bytes, Ordering::Relaxed);
-                    received.assignment_messages.fetch_add(1, Ordering::Relaxed);
-                    let now = i64::try_from(assignments.silos.len()).unwrap_or(i64::MAX);
-                    received.assigned.fetch_add(now - assigned, Ordering::Relaxed);
-                    assigned = now;
+                match message.kind {
+                    Some(ControllerKind::Assignments(assignments)) => {
+                        ids = assignments.silos.into_iter().map(|silo| silo.silo_id).collect();
+                    }
+                    Some(ControllerKind::AssignmentChanges(changes)) => {
+                        for id in &changes.removed_silo_ids {
+                            ids.remove(id);
+                        }
+                        ids.extend(changes.upserted.into_iter().map(|silo| silo.silo_id));
+                    }
+                    _ => continue,
                 }
+                received.assignment_bytes.fetch_add(bytes, Ordering::Relaxed);
+                received.assignment_messages.fetch_add(1, Ordering::Relaxed);
+                let now = i64::try_from(ids.len()).unwrap_or(i64::MAX);
+                received.assigned.fetch_add(now - assigned, Ordering::Relaxed);
+                assigned = now;
             }
             _ = heartbeats.tick() => {
                 if outbound.send(message(AgentKind::Heartbeat(proto::Heartbeat {}))).await.is_err() {
