@@ -139,7 +139,7 @@ async fn run_session(name: &str, address: &str, received: &Received) -> anyhow::
 
     // The silo ids this session's assignments add up to, so a new session replaces the
     // host's share of the sum instead of adding to it. The controller sends the whole set
-    // first and then only the changes, as the real agent asks in its Hello.
+    // first and then only the changes, as the real agent requests in its Hello.
     let mut ids: HashSet<String> = HashSet::new();
     let mut assigned: i64 = 0;
     let mut heartbeats = tokio::time::interval(HEARTBEAT_INTERVAL);

@@ -58,7 +58,7 @@ impl Writer {
 
 /// Latencies of requests that write nothing, sent to each leader one after another.
 pub struct RoundTrips {
-    /// `Up` of a silo stored before with the same spec, which the leader answers as unchanged
+    /// `Up` of a silo stored before with the same spec, which the leader returns as unchanged
     /// without a Raft write: the request path of a write without its log append and commit.
     pub colex_unchanged_up: Vec<Duration>,
     /// `Status` of that silo, which the leader serves after a read barrier: one heartbeat

@@ -243,7 +243,7 @@ impl Session {
             // The whole set goes out first, so after a reconnect the first message alone lists
             // what the agent must run, and it stops everything else. Later an agent that
             // applies changes gets only what changed, so a change costs bytes for the changed
-            // silos and not for all of the host's; an older agent gets the whole set again.
+            // silos and not for all of the host's. An older agent gets the whole set again.
             // An instance's id and generation decide its assignment, so comparing them is
             // enough to tell whether the set changed.
             let assigned = view.assigned_to(&self.host);

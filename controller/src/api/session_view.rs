@@ -188,8 +188,9 @@ pub fn assignments(
 }
 
 /// Returns what changed between the assignments in `sent` and the instances `assigned` of
-/// `host`, and updates `sent` to match: the instances whose id and generation `sent` lacks,
-/// built from the records of `state` as [`assignments`] does, and the ids that left. Only the
+/// `host`, and updates `sent` to match. The changes are the instances whose id and generation
+/// `sent` lacks, built from the records of `state` as [`assignments`] does, and the ids that
+/// left. Only the
 /// new instances are copied, so a change costs a pass over the host's ids and not a copy of
 /// every spec. Returns `None` when nothing changed.
 pub fn assignment_changes(

@@ -18,8 +18,8 @@
 //! off the acknowledged records after it. Telling the two cases apart would need a marker of
 //! the last synced record.
 //!
-//! The file is extended in steps of [`PREALLOCATE_BYTES`] of zeros ahead of the records, so
-//! an append overwrites bytes that are already on disk and its `fdatasync` does not have to
+//! The file is extended in steps of [`PREALLOCATE_BYTES`] of zeros ahead of the records. So
+//! an append overwrites bytes that are already on disk, and its `fdatasync` does not have to
 //! write a new file size and block map as well. With three controllers on one disk this made
 //! each sync about a quarter cheaper (0.25 ms against 0.34 ms, p50). The zeros after the last
 //! record do not form a record, because a zero header fails its checksum, so opening stops
@@ -98,7 +98,7 @@ pub(super) struct LogFile {
     /// Shared with the thread that syncs the leader's appends (`log_sync`).
     file: Arc<File>,
     slots: BTreeMap<u64, Slot>,
-    /// Where the next record starts: the end of the last record.
+    /// Offset of the next record: the end of the last record.
     end: u64,
     /// Length of the file. The bytes from `end` to here are zeros written ahead.
     allocated: u64,
@@ -189,7 +189,7 @@ impl LogFile {
         Ok(true)
     }
 
-    /// Writes zeros after the file's end until it holds at least `needed` bytes, rounded up
+    /// Writes zeros after the file's end until it contains at least `needed` bytes, rounded up
     /// to whole steps of [`PREALLOCATE_BYTES`]. The caller's next sync makes them durable.
     fn preallocate(&mut self, needed: u64) -> Result<(), LogFileError> {
         if needed <= self.allocated {

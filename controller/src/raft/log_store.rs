@@ -4,8 +4,8 @@
 //! Every write is synced before the method returns, with one exception: an append or a
 //! truncation of the entries file, or a redb write transaction with `Durability::Immediate` for
 //! a vote or a purge. The exception is the leader's append of its own entries, which returns
-//! once written and is synced by the thread of `log_sync`, so that the leader's sync overlaps
-//! the replication; `log_sync` explains why that loses no acknowledged write. Appends run on
+//! once written and is synced by the thread of `log_sync`. So the leader's sync overlaps the
+//! replication, and `log_sync` explains why that loses no acknowledged write. Appends run on
 //! the calling thread, votes and purges on the blocking pool. openraft calls the
 //! `RaftLogStorage` methods one at a time on the single store it owns, because they take
 //! `&mut self`. A vote is synced before the next log write. Every sync of the entries file
@@ -293,9 +293,8 @@ impl LogStore {
     ///
     /// This blocks the calling thread for the write and its sync (about 0.2 ms) instead of
     /// moving them to tokio's blocking pool. openraft's core task waits for the append before
-    /// it does anything else, so nothing is gained by freeing its thread, while the hand-over
-    /// to a pool thread and back cost two thread wake-ups per append on the leader and again
-    /// on each follower. The other worker thread keeps serving meanwhile.
+    /// it does anything else, so nothing is gained by freeing its thread. The hand-over to a
+    /// pool thread and back cost two thread wake-ups per append on every controller. The other worker thread keeps serving meanwhile.
     fn write_entries(&self, rows: Vec<(u64, Vec<u8>)>, sync: bool) -> Result<Arc<std::fs::File>, LogStoreError> {
         let committed_index = self.committed.map(|log_id| log_id.index);
         let records: Vec<Record<'_>> = rows

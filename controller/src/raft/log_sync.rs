@@ -8,8 +8,8 @@
 //! an entry as committed while the leader's copy is only in the page cache, so nothing acts on
 //! an entry before the leader has synced it too:
 //!
-//! - the state machine applies an entry, which is what answers its client, only once it is
-//!   durable here ([`LogSync::wait_durable`]);
+//! - the state machine applies an entry, which sends its client the response, only once it
+//!   is durable here ([`LogSync::wait_durable`]);
 //! - the leader tells followers a commit index no higher than its own last durable entry
 //!   ([`LogSync::clamp_commit`], in the network), so no follower applies it earlier.
 //!
@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use super::NodeId;
 
-/// What the syncing thread and the appends share.
+/// State shared by the syncing thread and the appends.
 #[derive(Debug)]
 struct Shared {
     state: Mutex<SyncState>,
@@ -52,7 +52,7 @@ struct SyncState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Durable {
     Upto(Option<LogId<NodeId>>),
-    /// A sync failed. What the file holds is unknown from then on, so nothing more counts as
+    /// A sync failed. What the file contains is unknown from then on, so nothing more counts as
     /// durable and every wait fails.
     Failed(String),
 }
@@ -112,7 +112,7 @@ impl LogSync {
 
     /// Queues a sync of `file`, to which entries up to `last` were written. A sync that is
     /// already running covers only what was written before it started, so the thread syncs
-    /// again for these; writes that arrive meanwhile share that next sync.
+    /// again for these. Writes that arrive meanwhile share that next sync.
     pub fn written(&self, last: LogId<NodeId>, file: Arc<File>) {
         lock(&self.shared.state).pending = Some((last, file));
         self.shared.wake.notify_one();

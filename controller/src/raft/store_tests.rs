@@ -54,7 +54,7 @@ fn conformance_suite_passes() {
 }
 
 #[tokio::test]
-async fn own_appends_as_leader_are_synced_after_their_report() {
+async fn leader_appends_sync_after_report() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut log_store = LogStore::open(&dir.path().join(LOG_FILE_NAME))
         .await
