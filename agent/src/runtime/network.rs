@@ -435,6 +435,10 @@ impl Netlink {
                     source,
                 })?;
             mark("antispoof");
+            // Like the silo end, the host end makes no IPv6 addresses: its duplicate address
+            // probes, router solicitations and MLD reports would go through the bridge to
+            // every running silo, so each start would make work for all of them.
+            self.no_ipv6_addresses(host_index, host_veth).await?;
             self.set_up(host_index, host_veth).await?;
             let _ = host_up_tx.send(());
             Ok::<(), NetworkError>(())
