@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{debug, warn};
 
-use super::helper::{set_nice, SPARE_NICE};
 use super::launch::{Helper, LaunchError};
 use super::protocol::HelperJob;
 use super::userns::IdMap;
@@ -56,8 +55,8 @@ impl SpareHelpers {
             position.map(|position| spares.remove(position))
         };
         if let Some(mut helper) = spare {
-            // A spare runs at the lowest priority until it has a job ([`SPARE_NICE`]), and one
-            // taken early may still be cloning its PID 1. The helper raises PID 1 itself.
+            // A spare runs at the lowest priority until it has a job (`helper::SPARE_NICE`), and
+            // one taken early may still be cloning its PID 1. The helper raises PID 1 itself.
             helper.raise_priority();
             match helper.send_job(job).await {
                 Ok(()) => return Ok(helper),
@@ -83,34 +82,32 @@ impl SpareHelpers {
             return;
         }
         let exe = exe.to_path_buf();
-        // A thread of its own at the lowest priority, and not a runtime worker: `posix_spawn`
-        // blocks its thread until the helper has exec'd (about 1.4 ms on the reference
-        // machine), and the helper inherits the thread's nice value, so its exec and the clone
-        // of its PID 1 take only CPU time that starts leave idle. A `tokio::process::Child`
-        // needs the runtime's context.
-        let runtime = tokio::runtime::Handle::current();
-        let spawned = std::thread::Builder::new()
-            .name("colex-spares".to_string())
-            .spawn(move || {
-                let _context = runtime.enter();
-                lower_thread_priority();
-                while !shared.closed.load(Ordering::SeqCst) && shared.lock().len() < SPARES {
-                    // Spawned outside the lock, so a start that takes a spare does not wait
-                    // for this spawn.
-                    match Helper::spawn_idle(&exe, id_map) {
-                        Ok(helper) => shared.lock().push(helper),
-                        Err(err) => {
-                            warn!(error = %err, "failed to spawn a spare helper; the next start spawns its own");
-                            break;
-                        }
+        tokio::spawn(async move {
+            while !shared.closed.load(Ordering::SeqCst) && shared.lock().len() < SPARES {
+                // Spawned outside the lock, so a start that takes a spare does not wait for this
+                // spawn. On the blocking pool, because `posix_spawn` blocks its thread until the
+                // helper has exec'd (about 1.4 ms on the reference machine), and a runtime worker
+                // blocked that long delays the tasks of the start that runs meanwhile.
+                let spawn_exe = exe.clone();
+                let spawned =
+                    tokio::task::spawn_blocking(move || Helper::spawn_idle(&spawn_exe, id_map)).await;
+                let spawned = match spawned {
+                    Ok(spawned) => spawned,
+                    Err(err) => {
+                        warn!(error = %err, "the task that spawns a spare helper failed; the next start spawns its own");
+                        break;
+                    }
+                };
+                match spawned {
+                    Ok(helper) => shared.lock().push(helper),
+                    Err(err) => {
+                        warn!(error = %err, "failed to spawn a spare helper; the next start spawns its own");
+                        break;
                     }
                 }
-                shared.refilling.store(false, Ordering::SeqCst);
-            });
-        if let Err(err) = spawned {
-            warn!(error = %err, "failed to start the thread that spawns spare helpers; the next start spawns its own");
-            self.inner.refilling.store(false, Ordering::SeqCst);
-        }
+            }
+            shared.refilling.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Returns the pids of the spares, for the agent's diagnostics and tests.
@@ -126,15 +123,6 @@ impl SpareHelpers {
             debug!(helper_pid = helper.pid(), "discarding a spare helper");
             helper.abort().await;
         }
-    }
-}
-
-/// Gives the calling thread the spares' nice value. Linux keeps the nice value per thread, so
-/// this leaves the agent's other threads alone.
-fn lower_thread_priority() {
-    let thread_id = nix::unistd::gettid().as_raw();
-    if let Err(err) = set_nice(thread_id, SPARE_NICE) {
-        warn!(error = %err, "failed to lower the priority of the thread that spawns spare helpers");
     }
 }
 
