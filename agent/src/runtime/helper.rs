@@ -44,10 +44,9 @@ const PIPE_READ_BYTES: usize = 64 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Poll interval while the kernel offers no pidfd to wait on, in milliseconds.
 const NO_PIDFD_POLL_MILLIS: libc::c_int = 100;
-/// Nice value of a spare helper and its PID 1 until the job arrives; the agent spawns spares
-/// from a thread with this value (module `spare`). A spare is made while the next start runs,
-/// and on two cores its exec and the clone into new namespaces took CPU time from that start.
-/// At the lowest priority the spare gets the CPU time that starts leave idle.
+/// Nice value of a helper and its PID 1 until the job arrives. A spare is made while the next
+/// start runs, and on two cores the clone of its PID 1 into new namespaces took CPU time from
+/// that start. At the lowest priority the spare gets the CPU time that starts leave idle.
 pub(super) const SPARE_NICE: libc::c_int = 19;
 /// Nice value of a helper and its PID 1 once the job arrived: the default.
 pub(super) const JOB_NICE: libc::c_int = 0;
@@ -135,6 +134,10 @@ fn run(id_map: Option<IdMap>) -> Result<(), HelperError> {
     if let Err(errno) = nix::unistd::setsid() {
         eprintln!("colex silo helper: setsid failed: {errno}");
     }
+    // Before the clone, so PID 1 inherits the nice value. Raised again once the job arrives.
+    if let Err(err) = set_nice(0, SPARE_NICE) {
+        eprintln!("colex silo helper: failed to lower the spare's priority: {err}");
+    }
 
     let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|source| HelperError::Pipe { source });
     let (job_read, job_write) = pipe()?;
@@ -184,8 +187,9 @@ fn run(id_map: Option<IdMap>) -> Result<(), HelperError> {
         return Err(abort_init(init_pid, mismatch));
     }
     // The silo's start waits for this process and PID 1 from here on. The agent raised this
-    // process when it took the spare, but PID 1 may have been cloned before that. Raising a
-    // nice value needs CAP_SYS_NICE, which the helper has as the agent's child.
+    // process already when it took the spare, but this process may have lowered itself after
+    // that, and PID 1 may have been cloned before. Raising a nice value needs CAP_SYS_NICE,
+    // which the helper has as the agent's child.
     for pid in [0, init_pid.as_raw()] {
         if let Err(err) = set_nice(pid, JOB_NICE) {
             eprintln!("colex silo helper: failed to restore the priority of pid {pid}: {err}");
