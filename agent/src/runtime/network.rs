@@ -393,10 +393,10 @@ impl Netlink {
     ///
     /// The host end gets its anti-spoofing filter while it is still down, and goes up before
     /// the silo end does. On a link that is up, adding the ingress qdisc deactivates the link
-    /// and waits for an expedited RCU grace period with the RTNL lock held, and so does the
-    /// link lookup while the link has an unhandled carrier-off event (`linkwatch_sync_dev`).
-    /// On a down link neither waits. The silo end goes up last, so its own `dev_open` sees
-    /// the carrier and activates its queue before the program can send.
+    /// and waits for an expedited RCU grace period with the RTNL lock held. So does a lookup of
+    /// the link while it has an unhandled carrier-off event (`linkwatch_sync_dev`). On a down
+    /// link neither waits. The silo end goes up last, so its own `dev_open` sees the carrier
+    /// and activates its queue before the program can send.
     pub async fn setup_silo_network(
         &self,
         host_veth: &str,
@@ -544,9 +544,9 @@ impl Netlink {
     ) -> Result<(), NetworkError> {
         let index = self.require_index(&interface.peer).await?;
         self.no_ipv6_addresses(index, &interface.peer).await?;
-        // A peer created as `eth0`, as the runtime does, needs no rename: a rename waits for an
-        // RCU grace period. The kernel applies a new name before new flags, so the request
-        // that sets the link up below could rename it too, but the rename must not wait.
+        // A peer created as `eth0`, as the runtime does, needs no rename, which would wait for
+        // an RCU grace period. Another name is changed in a request of its own, because the
+        // link goes up only after the host end.
         if interface.peer != SILO_IFNAME {
             self.handle
                 .link()

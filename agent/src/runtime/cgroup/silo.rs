@@ -106,9 +106,9 @@ impl SiloCgroup {
     /// Moves process `pid` into every dir of the silo, the membership dir first, so that
     /// killing the silo reaches the process even when a later move fails.
     ///
-    /// All moves run in one trip to tokio's blocking pool: a move can wait for an RCU grace
-    /// period in the kernel (several ms after an idle time), and a trip per hierarchy cost a
-    /// thread hand-off each way per hierarchy.
+    /// All moves run in one trip to tokio's blocking pool. A move can wait for an RCU grace
+    /// period in the kernel (several ms after an idle time), so it must not block a runtime
+    /// worker, and a trip per hierarchy cost two thread hand-offs per hierarchy.
     pub async fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
         let paths: Vec<PathBuf> = self
             .membership_first()
