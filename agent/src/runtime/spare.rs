@@ -67,6 +67,8 @@ impl SpareHelpers {
             }
         }
         let mut helper = Helper::spawn_idle(exe, job.id_map)?;
+        // The helper may lower itself after this call, before its clone. It raises itself and
+        // PID 1 again once it has the job.
         helper.raise_priority();
         if let Err(err) = helper.send_job(job).await {
             helper.abort().await;
