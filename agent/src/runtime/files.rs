@@ -42,6 +42,8 @@ pub enum FilesError {
     RootPath { path: String },
     #[error("silo path {path:?} contains a NUL byte")]
     NulByte { path: String },
+    #[error("silo path {path:?} is not a file directly in /etc")]
+    NotInEtc { path: String },
     #[error("failed to open dir {path}: {source}")]
     OpenRoot { path: PathBuf, source: Errno },
     #[error("failed to create dir {component:?} of silo path {path:?}: {source}")]
@@ -173,11 +175,51 @@ pub fn write_silo_file(
     owner: Option<Owner>,
 ) -> Result<(), FilesError> {
     let (dir, file_name) = open_parent(root, silo_path, owner)?;
+    write_file_at(&dir, file_name, silo_path, content, mode, owner)
+}
+
+/// Writes the files `files`, each a `/etc` path below `root` (the upper dir) and its content,
+/// with `mode` and `owner` as [`write_silo_file`] does. It opens `/etc` once for all of them
+/// instead of once per file, which saves five system calls per file after the first.
+pub fn write_silo_etc_files(
+    root: &Path,
+    files: &[(&str, &[u8])],
+    mode: u32,
+    owner: Option<Owner>,
+) -> Result<(), FilesError> {
+    let Some((first_path, _)) = files.first() else {
+        return Ok(());
+    };
+    let (dir, _) = open_parent(root, first_path, owner)?;
+    for (silo_path, content) in files {
+        let file_name = silo_path
+            .strip_prefix(ETC_DIR)
+            .filter(|name| !matches!(*name, "" | "." | "..") && !name.contains('/'))
+            .ok_or_else(|| FilesError::NotInEtc {
+                path: silo_path.to_string(),
+            })?;
+        write_file_at(&dir, file_name, silo_path, content, mode, owner)?;
+    }
+    Ok(())
+}
+
+/// Parent dir of the files [`write_silo_etc_files`] writes, with the separator after it.
+const ETC_DIR: &str = "/etc/";
+
+/// Writes `content` to `file_name` in the open dir `dir`, which is `silo_path` in the silo.
+fn write_file_at(
+    dir: &OwnedFd,
+    file_name: &str,
+    silo_path: &str,
+    content: &[u8],
+    mode: u32,
+    owner: Option<Owner>,
+) -> Result<(), FilesError> {
     let mode = Mode::from_bits_truncate(effective_mode(mode));
     let file_flags =
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd =
-        openat(&dir, file_name, file_flags, mode).map_err(|source| FilesError::CreateFile {
+        openat(dir, file_name, file_flags, mode).map_err(|source| FilesError::CreateFile {
             path: silo_path.to_string(),
             source,
         })?;
@@ -451,6 +493,24 @@ mod tests {
         assert_eq!(std::fs::read(&path).expect("read back"), b"new");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o7777;
         assert_eq!(mode, 0o755);
+    }
+
+    #[test]
+    fn etc_files_share_one_dir() {
+        let root = tempfile::tempdir().expect("create temp dir");
+        let files: [(&str, &[u8]); 2] = [("/etc/hostname", b"web\n"), ("/etc/hosts", b"hosts")];
+        write_silo_etc_files(root.path(), &files, 0o644, None).expect("write");
+        for (silo_path, content) in files {
+            let path = root.path().join(&silo_path[1..]);
+            assert_eq!(std::fs::read(&path).expect("read back"), content, "{silo_path}");
+            let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o644, "{silo_path}");
+        }
+
+        let nested: [(&str, &[u8]); 2] = [("/etc/hosts", b"x"), ("/etc/app/conf", b"y")];
+        let err = write_silo_etc_files(root.path(), &nested, 0o644, None).expect_err("nested path");
+        assert!(matches!(err, FilesError::NotInEtc { .. }), "{err}");
+        assert!(!root.path().join("etc/app").exists(), "no dir is made for a rejected path");
     }
 
     #[test]

@@ -44,6 +44,12 @@ const PIPE_READ_BYTES: usize = 64 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Poll interval while the kernel offers no pidfd to wait on, in milliseconds.
 const NO_PIDFD_POLL_MILLIS: libc::c_int = 100;
+/// Nice value of a helper and its PID 1 until the job arrives. A spare is made while the next
+/// start runs, and on two cores the clone of its PID 1 into new namespaces took CPU time from
+/// that start. At the lowest priority the spare gets the CPU time that starts leave idle.
+pub(super) const SPARE_NICE: libc::c_int = 19;
+/// Nice value of a helper and its PID 1 once the job arrived: the default.
+pub(super) const JOB_NICE: libc::c_int = 0;
 
 /// Errors of the helper process.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +134,10 @@ fn run(id_map: Option<IdMap>) -> Result<(), HelperError> {
     if let Err(errno) = nix::unistd::setsid() {
         eprintln!("colex silo helper: setsid failed: {errno}");
     }
+    // Before the clone, so PID 1 inherits the nice value. Raised again once the job arrives.
+    if let Err(err) = set_nice(0, SPARE_NICE) {
+        eprintln!("colex silo helper: failed to lower the spare's priority: {err}");
+    }
 
     let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|source| HelperError::Pipe { source });
     let (job_read, job_write) = pipe()?;
@@ -176,6 +186,15 @@ fn run(id_map: Option<IdMap>) -> Result<(), HelperError> {
         };
         return Err(abort_init(init_pid, mismatch));
     }
+    // The silo's start waits for this process and PID 1 from here on. The agent raised this
+    // process already when it took the spare, but this process may have lowered itself after
+    // that, and PID 1 may have been cloned before. Raising a nice value needs CAP_SYS_NICE,
+    // which the helper has as the agent's child.
+    for pid in [0, init_pid.as_raw()] {
+        if let Err(err) = set_nice(pid, JOB_NICE) {
+            eprintln!("colex silo helper: failed to restore the priority of pid {pid}: {err}");
+        }
+    }
     // PID 1 reads the job to EOF, so closing the write end ends it.
     if let Err(source) = write_all(&job_write, &line) {
         return Err(abort_init(init_pid, HelperError::PassJob { source }));
@@ -195,20 +214,22 @@ fn run(id_map: Option<IdMap>) -> Result<(), HelperError> {
     }
 
     // The agent sends "mount" once the silo dir contains the silo's files, or closes stdin to
-    // abort. The logs live in the silo dir, so they are opened only now.
+    // abort. PID 1's root build is on the start's critical path, so PID 1 gets the byte before
+    // this process opens the logs. The logs live in the silo dir, so they are opened only now,
+    // and the program cannot write to them before "go".
     if !read_line_exact(stdin.as_fd(), MOUNT_LINE) {
         let _ = kill(init_pid, Signal::SIGKILL);
         let _ = wait_for_exit(init_pid);
         return Ok(());
     }
+    let _ = nix::unistd::write(&sync_write, &[init::MOUNT_BYTE]);
+    drop(sync_write);
     let logs = redirect_stderr(&job.helper_log)
         .and_then(|()| Ok((open_log(&job.stdout_log)?, open_log(&job.stderr_log)?)));
     let (mut stdout_log, mut stderr_log) = match logs {
         Ok(logs) => logs,
         Err(err) => return Err(abort_init(init_pid, err)),
     };
-    let _ = nix::unistd::write(&sync_write, &[init::MOUNT_BYTE]);
-    drop(sync_write);
     // PID 1 reads "go" from its copy of stdin, or EOF when the agent aborts the start. From
     // here on the helper only supervises.
 
@@ -224,6 +245,18 @@ fn run(id_map: Option<IdMap>) -> Result<(), HelperError> {
     ];
     let exit_code = supervise(init_pid, &mut outputs)?;
     write_json_atomic(&job.exit_file, &ExitRecord { exit_code })?;
+    Ok(())
+}
+
+/// Sets the nice value of thread `pid` (0: the calling thread) to `nice`. Linux keeps the nice
+/// value per thread, so a process id names its main thread only.
+pub(super) fn set_nice(pid: libc::pid_t, nice: libc::c_int) -> Result<(), io::Error> {
+    let who = libc::id_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: setpriority takes plain integers and touches no memory of this process.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) };
+    if result == -1 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 

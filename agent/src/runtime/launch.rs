@@ -121,6 +121,18 @@ impl Helper {
         self.send_line(&line).await
     }
 
+    /// Gives the helper the default priority that a spare gives up while it waits for a job.
+    /// A failure only costs speed, so it is logged.
+    pub fn raise_priority(&self) {
+        // Pid 0 would name the agent itself.
+        let Ok(pid @ 1..) = libc::pid_t::try_from(self.pid) else {
+            return;
+        };
+        if let Err(err) = super::helper::set_nice(pid, super::helper::JOB_NICE) {
+            tracing::warn!(helper_pid = self.pid, error = %err, "failed to restore the priority of a helper");
+        }
+    }
+
     /// Returns the helper's pid.
     pub fn pid(&self) -> u32 {
         self.pid

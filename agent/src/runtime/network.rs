@@ -114,7 +114,7 @@ pub enum NetworkError {
     NetnsThread { pid: u32, source: io::Error },
     #[error("the netlink thread for pid {pid} ended without a result")]
     NetnsThreadLost { pid: u32 },
-    #[error("failed to rename {from} to {to} and set it up: {source}")]
+    #[error("failed to rename {from} to {to}: {source}")]
     RenameLink {
         from: String,
         to: String,
@@ -317,7 +317,7 @@ impl Netlink {
     }
 
     /// Creates the veth pair of a silo in one request: `name` in this namespace, attached to
-    /// `bridge` and up, and `peer` inside the network namespace of process `pid`, down.
+    /// `bridge`, and `peer` inside the network namespace of process `pid`, both down.
     /// A leftover link called `name` is deleted and the request sent once more: it can only be
     /// an earlier copy of this silo's veth, because the name is derived from the silo id.
     async fn create_silo_veth(
@@ -355,6 +355,7 @@ impl Netlink {
 
 /// Builds the RTM_NEWLINK message of [`Netlink::create_silo_veth`]. The kernel creates the
 /// peer in the namespace its message names (`IFLA_NET_NS_PID`), so it never exists in ours.
+/// Both ends start down: see [`Netlink::setup_silo_network`] for why.
 fn silo_veth_message(name: &str, peer: &str, bridge_index: u32, pid: u32) -> LinkMessage {
     let mut peer_message = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer.to_string())
@@ -366,7 +367,6 @@ fn silo_veth_message(name: &str, peer: &str, bridge_index: u32, pid: u32) -> Lin
         .name(name.to_string())
         .mtu(SILO_MTU_BYTES)
         .controller(bridge_index)
-        .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
         .build();
     with_one_queue(&mut message);
@@ -390,6 +390,13 @@ impl Netlink {
     /// The work inside the silo's namespace runs on a thread of its own. It starts first and
     /// brings loopback up while this namespace creates the pair, which saves that time on
     /// every start.
+    ///
+    /// The host end gets its anti-spoofing filter while it is still down, and goes up before
+    /// the silo end does. On a link that is up, adding the ingress qdisc deactivates the link
+    /// and waits for an expedited RCU grace period with the RTNL lock held. So does a lookup of
+    /// the link while it has an unhandled carrier-off event (`linkwatch_sync_dev`). On a down
+    /// link neither waits. The silo end goes up last, so its own `dev_open` sees the carrier
+    /// and activates its queue before the program can send.
     pub async fn setup_silo_network(
         &self,
         host_veth: &str,
@@ -400,25 +407,24 @@ impl Netlink {
         let peer = interface.peer.clone();
         let address = interface.address;
         let (veth_created_tx, veth_created_rx) = oneshot::channel();
+        let (host_up_tx, host_up_rx) = oneshot::channel();
         let (result_tx, result_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("netns-{pid}"))
             .spawn(move || {
                 // This thread ends after this call, so its namespace switch affects no other work.
-                let result = configure_on_this_thread(pid, &interface, veth_created_rx);
+                let result = configure_on_this_thread(pid, &interface, veth_created_rx, host_up_rx);
                 let _ = result_tx.send(result);
             })
             .map_err(|source| NetworkError::NetnsThread { pid, source })?;
 
-        // On failure the sender is dropped, which makes the thread stop after loopback.
+        // On failure the senders are dropped, which makes the thread stop early.
         self.create_silo_veth(host_veth, &peer, bridge, pid).await?;
         mark("veth_created");
         let _ = veth_created_tx.send(());
 
-        // The filter goes on while the thread configures the silo's end. No process of the silo
-        // can send before this call returns: PID 1 waits for "go", which the runtime sends only
-        // after this. Until then the only sender in the silo's namespace is its kernel, which
-        // uses the silo's own address and, with no IPv6 addresses on the link, stays silent.
+        // The filter goes on while the thread configures the silo's end, and before any link of
+        // the pair is up, so no packet of the silo passes unchecked.
         let filtered = async {
             let host_index = self.require_index(host_veth).await?;
             antispoof::install(&self.handle, host_index, address)
@@ -429,6 +435,12 @@ impl Netlink {
                     source,
                 })?;
             mark("antispoof");
+            // Like the silo end, the host end makes no IPv6 addresses: its duplicate address
+            // probes, router solicitations and MLD reports would go through the bridge to
+            // every running silo, so each start would make work for all of them.
+            self.no_ipv6_addresses(host_index, host_veth).await?;
+            self.set_up(host_index, host_veth).await?;
+            let _ = host_up_tx.send(());
             Ok::<(), NetworkError>(())
         };
         let configured = async {
@@ -442,14 +454,28 @@ impl Netlink {
         filtered?;
         configured
     }
+
+    /// Sets link `index` (`name`) up.
+    async fn set_up(&self, index: u32, name: &str) -> Result<(), NetworkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|source| NetworkError::SetUp {
+                name: name.to_string(),
+                source,
+            })
+    }
 }
 
-/// Enters the network namespace of process `pid` and configures it, the silo end of the veth
-/// pair once `veth_created` fires.
+/// Enters the network namespace of process `pid` and configures it: the silo end of the veth
+/// pair once `veth_created` fires, and sets that end up once `host_up` fires.
 fn configure_on_this_thread(
     pid: u32,
     interface: &SiloInterface,
     veth_created: oneshot::Receiver<()>,
+    host_up: oneshot::Receiver<()>,
 ) -> Result<(), NetworkError> {
     let enter_error = |source| NetworkError::EnterNetns { pid, source };
     let netns = File::open(format!("/proc/{pid}/ns/net")).map_err(enter_error)?;
@@ -466,7 +492,7 @@ fn configure_on_this_thread(
             // The pair was not created, and the caller returns that error, not this result.
             return Ok(());
         }
-        netlink.configure_silo_interface(interface).await
+        netlink.configure_silo_interface(interface, host_up).await
     })
 }
 
@@ -508,31 +534,32 @@ impl Netlink {
         }
     }
 
-    /// Renames the silo end of the veth pair to `eth0`, sets it up, gives it its address and
-    /// adds the default route.
+    /// Renames the silo end of the veth pair to `eth0`, gives it its address, sets it up once
+    /// `host_up` fires and adds the default route. Returns early without an error when the
+    /// caller drops `host_up`: the caller's own error then explains the failed start.
     async fn configure_silo_interface(
         &self,
         interface: &SiloInterface,
+        host_up: oneshot::Receiver<()>,
     ) -> Result<(), NetworkError> {
         let index = self.require_index(&interface.peer).await?;
         self.no_ipv6_addresses(index, &interface.peer).await?;
-        // A peer created as `eth0`, as the runtime does, only needs to go up: a rename waits
-        // for an RCU grace period. Another name is renamed, and the kernel applies a new name
-        // before new flags, so one request renames the link and sets it up.
-        let mut change = LinkUnspec::new_with_index(index).up();
+        // A peer created as `eth0`, as the runtime does, needs no rename, which would wait for
+        // an RCU grace period. Another name is changed in a request of its own, because the
+        // link goes up only after the host end.
         if interface.peer != SILO_IFNAME {
-            change = change.name(SILO_IFNAME);
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).name(SILO_IFNAME).build())
+                .execute()
+                .await
+                .map_err(|source| NetworkError::RenameLink {
+                    from: interface.peer.clone(),
+                    to: SILO_IFNAME.to_string(),
+                    source,
+                })?;
         }
-        self.handle
-            .link()
-            .set(change.build())
-            .execute()
-            .await
-            .map_err(|source| NetworkError::RenameLink {
-                from: interface.peer.clone(),
-                to: SILO_IFNAME.to_string(),
-                source,
-            })?;
+        // On a down link: the kernel adds the address's routes when the link goes up.
         self.handle
             .address()
             .add(index, IpAddr::V4(interface.address), interface.prefix_len)
@@ -544,6 +571,11 @@ impl Netlink {
                 prefix_len: interface.prefix_len,
                 source,
             })?;
+
+        if host_up.await.is_err() {
+            return Ok(());
+        }
+        self.set_up(index, SILO_IFNAME).await?;
 
         // The gateway is reachable only once the link is up with its address.
         let route = RouteMessageBuilder::<Ipv4Addr>::new()

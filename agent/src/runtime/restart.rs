@@ -130,7 +130,7 @@ async fn relaunch(
     let host_veth = record.host_veth.clone();
     let launched = match inner.spare.take(&inner.cfg.helper_exe, &job).await {
         // The files and the cgroup are still there from the first start.
-        Ok(helper) => launch(inner, &paths, record, helper, std::future::ready(Ok(()))).await,
+        Ok(helper) => launch(inner, &paths, record, helper, std::future::ready(Ok(())), std::future::ready(Ok(()))).await,
         Err(source) => Err(RuntimeError::Launch {
             silo_id: silo_id.clone(),
             source,

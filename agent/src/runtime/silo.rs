@@ -170,8 +170,9 @@ async fn setup_steps(
     match record_intent(inner, undo, &paths, silo_id, generation, plan) {
         Ok(record) => {
             let address = record.address;
-            let host_work = prepare_host(inner, undo, &paths, silo_id, spec, plan, address);
-            launch(inner, &paths, record, helper, host_work).await
+            let files_work = place_host_files(inner, &paths, silo_id, spec, plan, address);
+            let host_work = prepare_host(inner, undo, silo_id, plan, address);
+            launch(inner, &paths, record, helper, files_work, host_work).await
         }
         Err(err) => {
             // Closing the helper's stdin and killing it ends PID 1 (it has PDEATHSIG set).
@@ -241,26 +242,34 @@ fn record_intent(
     Ok(record)
 }
 
-/// Makes the rest of what the silo needs on the host before its PID 1 may mount: files,
-/// cgroups and NAT. Runs while the network is set up.
-async fn prepare_host(
+/// Makes what PID 1 mounts: the overlay's dirs and the silo's files in the upper dir. The silo
+/// dir exists, and its undo removes these with it, so this step pushes no undo of its own.
+async fn place_host_files(
     inner: &Inner,
-    undo: &mut UndoStack,
     paths: &SiloPaths,
     silo_id: &str,
     spec: &SiloSpec,
     plan: &SiloPlan,
     address: Ipv4Addr,
 ) -> Result<(), RuntimeError> {
-    // The overlay's dirs, which PID 1 mounts and the files go into. The silo dir exists, and
-    // its undo removes these with it.
     for dir in [paths.upper(), paths.work(), paths.rootfs()] {
         std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::CreateDir { path: dir, source })?;
     }
     place_files(paths, silo_id, spec, plan, address, inner.cfg.gateway(), inner.cfg.id_map).await?;
     mark("files");
     failpoint(inner, "after-files")?;
+    Ok(())
+}
 
+/// Makes the rest of what the silo needs on the host before its PID 1 may run the program:
+/// cgroups and NAT. Runs while PID 1 builds its root and the network is set up.
+async fn prepare_host(
+    inner: &Inner,
+    undo: &mut UndoStack,
+    silo_id: &str,
+    plan: &SiloPlan,
+    address: Ipv4Addr,
+) -> Result<(), RuntimeError> {
     // Pushed first: a failed create can leave dirs in some hierarchies.
     undo.push(UndoStep::RemoveCgroup {
         path: inner.host_cgroup.join(silo_id),
@@ -321,13 +330,15 @@ fn with_metadata_endpoint(env: &[String], endpoint: &str) -> Vec<String> {
 }
 
 /// Takes a helper that has its job to "program exec'd": sets up the silo's network once its
-/// PID 1 exists, then starts the task that waits for the helper. On failure the helper and its
-/// PID 1 are gone; the veth pair and the objects the caller made stay for its undo.
+/// PID 1 exists, then starts the task that waits for the helper. `files_work` makes what PID 1
+/// mounts, and `host_work` what must exist before the program runs. On failure the helper and
+/// its PID 1 are gone; the veth pair and the objects the caller made stay for its undo.
 pub(super) async fn launch(
     inner: &Inner,
     paths: &SiloPaths,
     mut record: SiloRecord,
     mut helper: Helper,
+    files_work: impl Future<Output = Result<(), RuntimeError>>,
     host_work: impl Future<Output = Result<(), RuntimeError>>,
 ) -> Result<RunningSilo, RuntimeError> {
     let silo_id = record.silo_id.clone();
@@ -346,7 +357,7 @@ pub(super) async fn launch(
         prefix_len: inner.network.prefix_len(),
         gateway: inner.cfg.gateway(),
     };
-    let started = match start_helper(inner, &mut helper, &mut record, peer_interface, host_work).await {
+    let started = match start_helper(inner, &mut helper, &mut record, peer_interface, files_work, host_work).await {
         Ok(init) => {
             record.started = true;
             let written = state::write_json_atomic(&paths.record(), &record);
@@ -407,6 +418,9 @@ pub(super) fn exit_template(silo_id: &str, generation: u64) -> SiloExit {
 /// Mode of a silo's dir: search for others, so silo root can reach its `rootfs` mount point.
 const SILO_DIR_MODE: u32 = 0o711;
 
+/// Mode of the generated `/etc` files.
+const GENERATED_FILE_MODE: u32 = 0o644;
+
 /// Total size of the spec's file contents up to which the files are written on the calling
 /// thread. While PID 1's clone keeps the other core busy, a trip to tokio's blocking pool costs
 /// 0.5 to 0.8 ms on the reference machine. Writing a few KiB costs far less.
@@ -444,17 +458,15 @@ async fn place_files(
                 })?;
             }
         }
-        files::write_silo_file(
-            &upper,
-            "/etc/hostname",
-            format!("{}\n", plan.name).as_bytes(),
-            0o644,
-            owner,
-        )?;
+        let hostname = format!("{}\n", plan.name);
         let hosts = files::hosts_file(&plan.name, address, &network.hosts)?;
-        files::write_silo_file(&upper, "/etc/hosts", hosts.as_bytes(), 0o644, owner)?;
         let resolv_conf = files::silo_resolv_conf(plan.resolv_conf.as_deref(), resolver);
-        files::write_silo_file(&upper, "/etc/resolv.conf", resolv_conf.as_bytes(), 0o644, owner)?;
+        let generated: [(&str, &[u8]); 3] = [
+            ("/etc/hostname", hostname.as_bytes()),
+            ("/etc/hosts", hosts.as_bytes()),
+            ("/etc/resolv.conf", resolv_conf.as_bytes()),
+        ];
+        files::write_silo_etc_files(&upper, &generated, GENERATED_FILE_MODE, owner)?;
         for entry in &entries {
             files::place_entry(&upper, entry, owner)?;
         }
@@ -472,14 +484,15 @@ async fn place_files(
     })
 }
 
-/// Takes the helper from "job sent" to "program exec'd": the host work (`host_work`, what the
-/// caller still has to make before PID 1 may mount), the mount, the cgroup, the network, and
-/// the release.
+/// Takes the helper from "job sent" to "program exec'd": the files PID 1 mounts
+/// (`files_work`), the mount, the rest of the host work (`host_work`), the cgroup, the
+/// network, and the release.
 async fn start_helper(
     inner: &Inner,
     helper: &mut Helper,
     record: &mut SiloRecord,
     interface: SiloInterface,
+    files_work: impl Future<Output = Result<(), RuntimeError>>,
     host_work: impl Future<Output = Result<(), RuntimeError>>,
 ) -> Result<Option<PidFd>, RuntimeError> {
     let silo_id = record.silo_id.clone();
@@ -509,13 +522,16 @@ async fn start_helper(
 
     // Two independent lines of work, so they run at the same time. The network needs only
     // PID 1's namespace. The host work makes the files that PID 1 mounts and the cgroups that
-    // PID 1 moves into. That move can wait for an RCU grace period in the kernel (several ms
-    // after an idle time), and the network setup and the root build overlap it.
+    // PID 1 moves into. PID 1's root build is the longest step after the files, so "mount"
+    // goes out before the cgroups are made. The move into the cgroups can wait for an RCU grace
+    // period in the kernel (several ms after an idle time), and the network setup and the root
+    // build overlap it.
     let silo_cgroup = inner.cgroups.silo(&record.silo_id);
     let host = async {
-        host_work.await?;
+        files_work.await?;
         helper.prepare().await.map_err(launch_error)?;
         mark("mount_sent");
+        host_work.await?;
         silo_cgroup.add_process(init_pid).await?;
         mark("cgroup_joined");
         Ok::<(), RuntimeError>(())

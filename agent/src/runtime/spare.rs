@@ -55,6 +55,9 @@ impl SpareHelpers {
             position.map(|position| spares.remove(position))
         };
         if let Some(mut helper) = spare {
+            // A spare runs at the lowest priority until it has a job (`helper::SPARE_NICE`), and
+            // one taken early may still be cloning its PID 1. The helper raises PID 1 itself.
+            helper.raise_priority();
             match helper.send_job(job).await {
                 Ok(()) => return Ok(helper),
                 Err(err) => {
@@ -64,6 +67,9 @@ impl SpareHelpers {
             }
         }
         let mut helper = Helper::spawn_idle(exe, job.id_map)?;
+        // The helper may lower itself after this call, before its clone. It raises itself and
+        // PID 1 again once it has the job.
+        helper.raise_priority();
         if let Err(err) = helper.send_job(job).await {
             helper.abort().await;
             return Err(err);
@@ -80,8 +86,21 @@ impl SpareHelpers {
         let exe = exe.to_path_buf();
         tokio::spawn(async move {
             while !shared.closed.load(Ordering::SeqCst) && shared.lock().len() < SPARES {
-                // Spawned outside the lock, so a start that takes a spare does not wait for this spawn.
-                match Helper::spawn_idle(&exe, id_map) {
+                // Spawned outside the lock, so a start that takes a spare does not wait for this
+                // spawn. On the blocking pool, because `posix_spawn` blocks its thread until the
+                // helper has exec'd (about 1.4 ms on the reference machine), and a runtime worker
+                // blocked that long delays the tasks of the start that runs meanwhile.
+                let spawn_exe = exe.clone();
+                let spawned =
+                    tokio::task::spawn_blocking(move || Helper::spawn_idle(&spawn_exe, id_map)).await;
+                let spawned = match spawned {
+                    Ok(spawned) => spawned,
+                    Err(err) => {
+                        warn!(error = %err, "the task that spawns a spare helper failed; the next start spawns its own");
+                        break;
+                    }
+                };
+                match spawned {
                     Ok(helper) => shared.lock().push(helper),
                     Err(err) => {
                         warn!(error = %err, "failed to spawn a spare helper; the next start spawns its own");

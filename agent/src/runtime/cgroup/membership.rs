@@ -27,15 +27,15 @@ const KILL_ROUNDS_MAX: usize = 50;
 /// Pause between two SIGKILL rounds, so children forked during a round show up in the next.
 const KILL_ROUND_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Moves process `pid` into the cgroup `path`.
-pub async fn add_process(path: &Path, pid: u32) -> Result<(), CgroupError> {
-    tokio::fs::write(path.join(PROCS_FILE), pid.to_string())
-        .await
-        .map_err(|source| CgroupError::AddProcess {
+/// Moves process `pid` into the cgroup `path`, blocking the calling thread.
+pub fn add_process_blocking(path: &Path, pid: u32) -> Result<(), CgroupError> {
+    std::fs::write(path.join(PROCS_FILE), pid.to_string()).map_err(|source| {
+        CgroupError::AddProcess {
             path: path.to_path_buf(),
             pid,
             source,
-        })
+        }
+    })
 }
 
 /// Returns the pids listed in the cgroup `path`. A missing cgroup has none.

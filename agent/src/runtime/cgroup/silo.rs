@@ -105,11 +105,30 @@ impl SiloCgroup {
 
     /// Moves process `pid` into every dir of the silo, the membership dir first, so that
     /// killing the silo reaches the process even when a later move fails.
+    ///
+    /// All moves run in one trip to tokio's blocking pool. A move can wait for an RCU grace
+    /// period in the kernel (several ms after an idle time), so it must not block a runtime
+    /// worker, and a trip per hierarchy cost two thread hand-offs per hierarchy.
     pub async fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
-        for dir in self.membership_first() {
-            membership::add_process(&dir.path, pid).await?;
+        let paths: Vec<PathBuf> = self
+            .membership_first()
+            .into_iter()
+            .map(|dir| dir.path.clone())
+            .collect();
+        let moved = tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .try_for_each(|path| membership::add_process_blocking(path, pid))
+        })
+        .await;
+        match moved {
+            Ok(result) => result,
+            Err(join_error) => Err(CgroupError::AddProcess {
+                path: self.membership_dir().to_path_buf(),
+                pid,
+                source: io::Error::other(join_error),
+            }),
         }
-        Ok(())
     }
 
     /// Kills every process of the silo, waits up to `wait` for each dir to empty, and removes
