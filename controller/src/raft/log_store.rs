@@ -1,11 +1,11 @@
 //! The Raft log and vote: the entries in the append-only file `raft-log.entries`
 //! (`log_file`), the vote and the last purged log id in the redb file `raft-log.redb`.
 //!
-//! Every write is synced before the method returns, with one exception: an append or a
-//! truncation of the entries file, or a redb write transaction with `Durability::Immediate` for
-//! a vote or a purge. The exception is the leader's append of its own entries, which returns
-//! once written and is synced by the thread of `log_sync`. So the leader's sync overlaps the
-//! replication, and `log_sync` explains why that loses no acknowledged write. Appends run on
+//! Every write is synced before the method returns: an append or a truncation of the entries
+//! file, and a redb write transaction with `Durability::Immediate` for a vote or a purge. The
+//! one exception is the leader's append of its own entries, which returns once written and is
+//! synced by the thread of `log_sync`. So the leader's sync overlaps the replication, and
+//! `log_sync` explains why that loses no acknowledged write. Appends run on
 //! the calling thread, votes and purges on the blocking pool. openraft calls the
 //! `RaftLogStorage` methods one at a time on the single store it owns, because they take
 //! `&mut self`. A vote is synced before the next log write. Every sync of the entries file
@@ -294,16 +294,11 @@ impl LogStore {
     /// This blocks the calling thread for the write and its sync (about 0.2 ms) instead of
     /// moving them to tokio's blocking pool. openraft's core task waits for the append before
     /// it does anything else, so nothing is gained by freeing its thread. The hand-over to a
-    /// pool thread and back cost two thread wake-ups per append on every controller. The other worker thread keeps serving meanwhile.
+    /// pool thread and back cost two thread wake-ups per append on every controller. The
+    /// other worker thread keeps serving meanwhile.
     fn write_entries(&self, rows: Vec<(u64, Vec<u8>)>, sync: bool) -> Result<Arc<std::fs::File>, LogStoreError> {
         let committed_index = self.committed.map(|log_id| log_id.index);
-        let records: Vec<Record<'_>> = rows
-            .iter()
-            .map(|(index, payload)| Record {
-                index: *index,
-                payload,
-            })
-            .collect();
+        let records = records_of(&rows);
         let mut file = lock_file(&self.entries);
         file.append(&records, committed_index, sync)?;
         Ok(file.handle())
@@ -332,6 +327,16 @@ impl LogStore {
         })
         .await
     }
+}
+
+/// Borrows `(index, JSON)` rows as log file records.
+fn records_of(rows: &[(u64, Vec<u8>)]) -> Vec<Record<'_>> {
+    rows.iter()
+        .map(|(index, payload)| Record {
+            index: *index,
+            payload,
+        })
+        .collect()
 }
 
 /// Locks the entries file. Its methods change their state only after their IO succeeded, so
@@ -381,13 +386,7 @@ fn move_table_entries(database: &Database, entries_path: &Path) -> Result<(), Lo
     if file_has_entries {
         tracing::info!(path = %entries_path.display(), "raft log entries were already moved to the entries file");
     } else {
-        let records: Vec<Record<'_>> = rows
-            .iter()
-            .map(|(index, payload)| Record {
-                index: *index,
-                payload,
-            })
-            .collect();
+        let records = records_of(&rows);
         log_file::write_new_file(entries_path, &records, None)?;
         tracing::info!(
             path = %entries_path.display(),
