@@ -381,7 +381,7 @@ pub struct ReservationCache {
     by_id: HashMap<String, (usize, Reservation)>,
 }
 
-/// Ids a [`ReservationCache`] keeps before it starts over, about 100 bytes each.
+/// Ids a [`ReservationCache`] keeps before it starts over, an estimated 100 bytes each.
 const RESERVATION_CACHE_MAX_IDS: usize = 1 << 20;
 
 impl ReservationCache {

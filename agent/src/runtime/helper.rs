@@ -251,9 +251,9 @@ fn run(id_map: Option<IdMap>) -> Result<(), HelperError> {
 /// Sets the nice value of thread `pid` (0: the calling thread) to `nice`. Linux keeps the nice
 /// value per thread, so a process id names its main thread only.
 pub(super) fn set_nice(pid: libc::pid_t, nice: libc::c_int) -> Result<(), io::Error> {
-    let who = libc::id_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let target = libc::id_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: setpriority takes plain integers and touches no memory of this process.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) };
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, target, nice) };
     if result == -1 {
         return Err(io::Error::last_os_error());
     }

@@ -395,7 +395,7 @@ impl Netlink {
     /// the silo end does. On a link that is up, adding the ingress qdisc deactivates the link
     /// and waits for an expedited RCU grace period with the RTNL lock held. So does a lookup of
     /// the link while it has an unhandled carrier-off event (`linkwatch_sync_dev`). On a down
-    /// link neither waits. The silo end goes up last, so its own `dev_open` sees the carrier
+    /// link neither waits. The silo end goes up last, so its own `dev_open` finds the carrier on
     /// and activates its queue before the program can send.
     pub async fn setup_silo_network(
         &self,
@@ -435,7 +435,7 @@ impl Netlink {
                     source,
                 })?;
             mark("antispoof");
-            // Like the silo end, the host end makes no IPv6 addresses: its duplicate address
+            // Like the silo end, the host end makes no IPv6 addresses. Its duplicate address
             // probes, router solicitations and MLD reports would go through the bridge to
             // every running silo, so each start would make work for all of them.
             self.no_ipv6_addresses(host_index, host_veth).await?;
@@ -536,7 +536,7 @@ impl Netlink {
 
     /// Renames the silo end of the veth pair to `eth0`, gives it its address, sets it up once
     /// `host_up` fires and adds the default route. Returns early without an error when the
-    /// caller drops `host_up`: the caller's own error then explains the failed start.
+    /// caller drops `host_up`, because the caller's own error then explains the failed start.
     async fn configure_silo_interface(
         &self,
         interface: &SiloInterface,

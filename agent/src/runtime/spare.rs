@@ -88,7 +88,7 @@ impl SpareHelpers {
             while !shared.closed.load(Ordering::SeqCst) && shared.lock().len() < SPARES {
                 // Spawned outside the lock, so a start that takes a spare does not wait for this
                 // spawn. On the blocking pool, because `posix_spawn` blocks its thread until the
-                // helper has exec'd (about 1.4 ms on the reference machine), and a runtime worker
+                // helper has exec'd (about 1.4 ms in a trace on a 2-core virtual machine), and a runtime worker
                 // blocked that long delays the tasks of the start that runs meanwhile.
                 let spawn_exe = exe.clone();
                 let spawned =

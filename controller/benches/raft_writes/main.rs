@@ -11,7 +11,9 @@
 //! etcd: three members started together with etcd's default timing. Each write is one put of a
 //! new key whose value is the bytes of the same one-silo spec.
 //!
-//! Sequential and saturated writes go to the leader on both sides. Each failover round sends
+//! Sequential and saturated writes go to the leader on both sides. After the sequential writes
+//! the benchmark also times requests that write nothing: an `Up` of an unchanged silo and a
+//! `Status` on colex, and etcd's `Status`, as the part of a write that is not Raft. Each failover round sends
 //! SIGKILL to the leader, then probe writes through the survivors until one succeeds. The
 //! killed member is restarted, and the next round waits until it has caught up.
 //!

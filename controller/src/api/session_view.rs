@@ -54,7 +54,7 @@ impl SessionView {
         let assigned = borrowed
             .into_iter()
             .map(|(host, instances)| {
-                let kept = previous
+                let unchanged = previous
                     .and_then(|previous| previous.assigned.get(host))
                     .filter(|earlier| {
                         earlier.len() == instances.len()
@@ -62,7 +62,7 @@ impl SessionView {
                                 earlier.generation == record.generation && earlier.id == record.id && earlier.key == *key
                             })
                     });
-                let instances = match kept {
+                let instances = match unchanged {
                     Some(earlier) => Arc::clone(earlier),
                     None => Arc::new(
                         instances
@@ -218,10 +218,10 @@ pub fn assignment_changes(
         sent.insert(instance.id.clone(), Arc::new(assignment));
     }
 
-    let kept: std::collections::HashSet<&str> = assigned.iter().map(|instance| instance.id.as_str()).collect();
+    let assigned_ids: std::collections::HashSet<&str> = assigned.iter().map(|instance| instance.id.as_str()).collect();
     let mut removed_silo_ids = Vec::new();
     sent.retain(|id, _| {
-        let keep = kept.contains(id.as_str());
+        let keep = assigned_ids.contains(id.as_str());
         if !keep {
             removed_silo_ids.push(id.clone());
         }

@@ -556,11 +556,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.delete_since(log_id.index)
             .await
             .map_err(LogStoreError::into_write_error)?;
-        let kept = self
+        let last_kept = self
             .last_log_id()
             .await
             .map_err(LogStoreError::into_read_error)?;
-        self.sync.truncated(kept);
+        self.sync.truncated(last_kept);
         Ok(())
     }
 

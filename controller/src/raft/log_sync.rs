@@ -10,7 +10,7 @@
 //!
 //! - the state machine applies an entry, which sends its client the response, only once it
 //!   is durable here ([`LogSync::wait_durable`]);
-//! - the leader tells followers a commit index no higher than its own last durable entry
+//! - the leader sends followers a commit index no higher than its own last durable entry
 //!   ([`LogSync::clamp_commit`], in the network), so no follower applies it earlier.
 //!
 //! An entry is thus on the disks of a majority before any controller applies it. If the leader
@@ -193,7 +193,7 @@ fn sync_loop(shared: &Shared) {
                 Ok(()) if state.epoch == epoch => publish(shared, last),
                 Ok(()) => {}
                 Err(error) => {
-                    tracing::error!(%error, log_id = %last, "syncing the raft log failed; no later entry is applied");
+                    tracing::error!(%error, log_id = %last, "syncing the raft log failed, so this controller applies no later entry; restart it once the disk works");
                     shared.durable.send_replace(Durable::Failed(error.to_string()));
                     return;
                 }
