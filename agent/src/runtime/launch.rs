@@ -162,11 +162,16 @@ impl Helper {
         self.send_line(&format!("{MOUNT_LINE}\n")).await
     }
 
-    /// Lets the silo's PID 1 start the program, then waits until it reports that the program
-    /// was exec'd. Returns when PID 1 reached its steps before the program.
-    pub async fn release(&mut self, timeout: Duration) -> Result<InitSteps, LaunchError> {
+    /// Lets the silo's PID 1 start the program. [`Helper::wait_started`] then waits for the
+    /// outcome.
+    pub async fn release(&mut self) -> Result<(), LaunchError> {
+        self.send_line(&format!("{GO_LINE}\n")).await
+    }
+
+    /// Waits until PID 1 reports that the program was exec'd, after [`Helper::release`].
+    /// Returns when PID 1 reached its steps before the program.
+    pub async fn wait_started(&mut self, timeout: Duration) -> Result<InitSteps, LaunchError> {
         const EXPECTED: &str = "the program start";
-        self.send_line(&format!("{GO_LINE}\n")).await?;
         match self.next_report(EXPECTED, timeout).await? {
             HelperReport::Started { steps } => Ok(steps),
             HelperReport::Failed { message } => Err(LaunchError::SiloFailed { message }),

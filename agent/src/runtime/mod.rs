@@ -160,7 +160,7 @@ pub enum RuntimeError {
         silo_id: String,
         source: LaunchError,
     },
-    #[error("a blocking task of the runtime panicked: {0}")]
+    #[error("a task of the runtime panicked or was cancelled: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("silo {silo_id} not found on this host")]
     NotFound { silo_id: String },

@@ -11,7 +11,7 @@ use colex_proto::{Interface, SiloSpec};
 use tracing::{info, warn};
 
 use super::names::{self, validate_silo_id};
-use super::silo::{helper_job, launch, RunningSilo};
+use super::silo::{helper_job, launch, NewCgroup, RunningSilo};
 use super::sources::{self, SiloSources};
 use super::spec;
 use super::state::{self, SiloPaths};
@@ -130,7 +130,7 @@ async fn relaunch(
     let host_veth = record.host_veth.clone();
     let launched = match inner.spare.take(&inner.cfg.helper_exe, &job).await {
         // The files and the cgroup are still there from the first start.
-        Ok(helper) => launch(inner, &paths, record, helper, std::future::ready(Ok(())), std::future::ready(Ok(()))).await,
+        Ok(helper) => launch(inner, &paths, record, helper, NewCgroup::Exists, std::future::ready(Ok(())), std::future::ready(Ok(()))).await,
         Err(source) => Err(RuntimeError::Launch {
             silo_id: silo_id.clone(),
             source,

@@ -170,9 +170,15 @@ async fn setup_steps(
     match record_intent(inner, undo, &paths, silo_id, generation, plan) {
         Ok(record) => {
             let address = record.address;
+            // Pushed before the cgroup is made: a failed create can leave dirs in some
+            // hierarchies.
+            undo.push(UndoStep::RemoveCgroup {
+                path: inner.host_cgroup.join(silo_id),
+            });
+            let limits = inner.cgroups.limits(plan.cpu_percent, plan.memory_bytes);
             let files_work = place_host_files(inner, &paths, silo_id, spec, plan, address);
             let host_work = prepare_host(inner, undo, silo_id, plan, address);
-            launch(inner, &paths, record, helper, files_work, host_work).await
+            launch(inner, &paths, record, helper, NewCgroup::Create(limits), files_work, host_work).await
         }
         Err(err) => {
             // Closing the helper's stdin and killing it ends PID 1 (it has PDEATHSIG set).
@@ -261,8 +267,8 @@ async fn place_host_files(
     Ok(())
 }
 
-/// Makes the rest of what the silo needs on the host before its PID 1 may run the program:
-/// cgroups and NAT. Runs while PID 1 builds its root and the network is set up.
+/// Makes the rest of what the silo needs on the host before its PID 1 may run the program
+/// besides the cgroup: NAT. Runs while PID 1 builds its root and the network is set up.
 async fn prepare_host(
     inner: &Inner,
     undo: &mut UndoStack,
@@ -270,15 +276,6 @@ async fn prepare_host(
     plan: &SiloPlan,
     address: Ipv4Addr,
 ) -> Result<(), RuntimeError> {
-    // Pushed first: a failed create can leave dirs in some hierarchies.
-    undo.push(UndoStep::RemoveCgroup {
-        path: inner.host_cgroup.join(silo_id),
-    });
-    let limits = inner.cgroups.limits(plan.cpu_percent, plan.memory_bytes);
-    inner.cgroups.silo(silo_id).create(&limits).await?;
-    mark("cgroup_dirs");
-    failpoint(inner, "after-cgroup")?;
-
     if plan.internet_access {
         iptables::enable_ip_forward().await?;
         undo.push(UndoStep::RemoveMasquerade { address });
@@ -338,6 +335,7 @@ pub(super) async fn launch(
     paths: &SiloPaths,
     mut record: SiloRecord,
     mut helper: Helper,
+    cgroup: NewCgroup,
     files_work: impl Future<Output = Result<(), RuntimeError>>,
     host_work: impl Future<Output = Result<(), RuntimeError>>,
 ) -> Result<RunningSilo, RuntimeError> {
@@ -357,18 +355,10 @@ pub(super) async fn launch(
         prefix_len: inner.network.prefix_len(),
         gateway: inner.cfg.gateway(),
     };
-    let started = match start_helper(inner, &mut helper, &mut record, peer_interface, files_work, host_work).await {
-        Ok(init) => {
-            record.started = true;
-            let written = state::write_json_atomic(&paths.record(), &record);
-            mark("record_updated");
-            match written {
-                Ok(()) => failpoint(inner, "after-started")
-                    .map(|()| init)
-                    .map_err(RuntimeError::from),
-                Err(err) => Err(RuntimeError::from(err)),
-            }
-        }
+    let started = match start_helper(inner, paths, &mut helper, &mut record, peer_interface, cgroup, files_work, host_work).await {
+        Ok(init) => failpoint(inner, "after-started")
+            .map(|()| init)
+            .map_err(RuntimeError::from),
         Err(err) => Err(err),
     };
     let init = match started {
@@ -405,6 +395,18 @@ pub(super) async fn launch(
     })
 }
 
+/// What [`launch`] does about the silo's cgroup before it moves PID 1 into it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum NewCgroup {
+    /// Create it with these limits: a new silo.
+    Create(cgroup::Limits),
+    /// It exists with its limits: a restart in place.
+    Exists,
+}
+
+/// Mode of a silo's dir: search for others, so silo root can reach its `rootfs` mount point.
+const SILO_DIR_MODE: u32 = 0o711;
+
 /// Returns the [`SiloExit`] of a silo, with an exit code the waiting task fills in.
 pub(super) fn exit_template(silo_id: &str, generation: u64) -> SiloExit {
     SiloExit {
@@ -415,8 +417,6 @@ pub(super) fn exit_template(silo_id: &str, generation: u64) -> SiloExit {
     }
 }
 
-/// Mode of a silo's dir: search for others, so silo root can reach its `rootfs` mount point.
-const SILO_DIR_MODE: u32 = 0o711;
 
 /// Mode of the generated `/etc` files.
 const GENERATED_FILE_MODE: u32 = 0o644;
@@ -486,12 +486,15 @@ async fn place_files(
 
 /// Takes the helper from "job sent" to "program exec'd": the files PID 1 mounts
 /// (`files_work`), the mount, the rest of the host work (`host_work`), the cgroup, the
-/// network, and the release.
+/// network, the release, and the record that says the silo started.
+#[allow(clippy::too_many_arguments)]
 async fn start_helper(
     inner: &Inner,
+    paths: &SiloPaths,
     helper: &mut Helper,
     record: &mut SiloRecord,
     interface: SiloInterface,
+    cgroup: NewCgroup,
     files_work: impl Future<Output = Result<(), RuntimeError>>,
     host_work: impl Future<Output = Result<(), RuntimeError>>,
 ) -> Result<Option<PidFd>, RuntimeError> {
@@ -520,34 +523,60 @@ async fn start_helper(
     mark("cloned");
     failpoint(inner, "after-clone")?;
 
-    // Two independent lines of work, so they run at the same time. The network needs only
-    // PID 1's namespace. The host work makes the files that PID 1 mounts and the cgroups that
-    // PID 1 moves into. PID 1's root build is the longest step after the files, so "mount"
-    // goes out before the cgroups are made. The move into the cgroups can wait for an RCU grace
-    // period in the kernel (several ms after an idle time), and the network setup and the root
-    // build overlap it.
+    // Three independent lines of work, so they run at the same time. The cgroup and the
+    // network need only PID 1, and each runs as a task of its own: the files below are
+    // written on this task's thread without yielding, and in one task the other lines would
+    // start only after them. PID 1 builds its root as soon as the files exist. The move into
+    // the cgroups can wait for an RCU grace period in the kernel (several ms after an idle
+    // time), which the rest overlaps.
     let silo_cgroup = inner.cgroups.silo(&record.silo_id);
+    let cgroup_task = step_clock::spawn_marked(async move {
+        if let NewCgroup::Create(limits) = cgroup {
+            silo_cgroup.create(&limits).await?;
+            mark("cgroup_dirs");
+        }
+        silo_cgroup.add_process(init_pid).await?;
+        mark("cgroup_joined");
+        Ok::<(), cgroup::CgroupError>(())
+    });
     let host = async {
         files_work.await?;
         helper.prepare().await.map_err(launch_error)?;
         mark("mount_sent");
-        host_work.await?;
-        silo_cgroup.add_process(init_pid).await?;
-        mark("cgroup_joined");
+        host_work.await
+    };
+    let cgroup = async {
+        let (joined, marks) = cgroup_task.await?;
+        step_clock::merge(marks);
+        joined?;
+        failpoint(inner, "after-cgroup")?;
         Ok::<(), RuntimeError>(())
     };
-    let network = async {
-        let result = inner
-            .netlink
-            .setup_silo_network(&record.host_veth, &inner.cfg.bridge, init_pid, interface)
+    // A task of its own: the host work writes files and cgroup limits on this task's thread
+    // without yielding, and in one task the network setup would start only after them.
+    let netlink = inner.netlink.clone();
+    let host_veth = record.host_veth.clone();
+    let bridge = inner.cfg.bridge.clone();
+    let network_task = step_clock::spawn_marked(async move {
+        let result = netlink
+            .setup_silo_network(&host_veth, &bridge, init_pid, interface)
             .await;
         mark("network_ready");
         result
+    });
+    let network = async {
+        match network_task.await {
+            Ok((result, marks)) => {
+                step_clock::merge(marks);
+                result.map_err(RuntimeError::from)
+            }
+            Err(err) => Err(RuntimeError::Join(err)),
+        }
     };
-    // Both run to their end before either error is returned, so the caller's undo never races
-    // a step that is still making an object.
-    let (host, network) = tokio::join!(host, network);
-    if let Err(err) = host.and(network.map_err(RuntimeError::from)) {
+    // All run to their end before any error is returned, so the caller's undo never races a
+    // step that is still making an object.
+    let (host, network, cgroup) = tokio::join!(host, network, cgroup);
+    if let Err(err) = host.and(network).and(cgroup) {
         // A PID 1 that failed has sent its report before it exited.
         return match helper.reported_failure(FAILURE_REPORT_WAIT).await {
             Some(reported) => Err(launch_error(reported)),
@@ -556,7 +585,21 @@ async fn start_helper(
     }
     failpoint(inner, "after-network")?;
 
-    let init_steps = helper.release(EXEC_TIMEOUT).await.map_err(launch_error)?;
+    if let Err(err) = helper.release().await {
+        // PID 1 checks the program before "go" and exits on failure, which can close the pipe
+        // before "go" is written; its report names the reason.
+        return match helper.reported_failure(FAILURE_REPORT_WAIT).await {
+            Some(reported) => Err(launch_error(reported)),
+            None => Err(launch_error(err)),
+        };
+    }
+    // Written while PID 1 forks and execs the program. Should the exec fail, the caller's undo
+    // removes the silo dir with this record; should the agent die first, the next one adopts
+    // the helper, which records the program's exit either way.
+    record.started = true;
+    state::write_json_atomic(&paths.record(), record)?;
+    mark("record_updated");
+    let init_steps = helper.wait_started(EXEC_TIMEOUT).await.map_err(launch_error)?;
     step_clock::mark_at("init_prepared", init_steps.prepared_ns);
     step_clock::mark_at("go_read", init_steps.go_read_ns);
     step_clock::mark_at("forked", init_steps.forked_ns);

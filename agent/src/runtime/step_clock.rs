@@ -62,6 +62,43 @@ pub(super) async fn timed<T>(silo_id: &str, start: impl std::future::Future<Outp
         .await
 }
 
+/// Marks of steps that ran in a task of their own, in the order they were made.
+pub(super) type TaskMarks = Vec<(&'static str, Duration)>;
+
+/// Spawns `work` as a task of its own, which marks its steps on the clock of the current start
+/// (if any). Await the handle and pass the marks to [`merge`], so they join this start's log.
+pub(super) fn spawn_marked<F>(work: F) -> tokio::task::JoinHandle<(F::Output, TaskMarks)>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let clock = CLOCK
+        .try_with(|clock| StepClock {
+            started: clock.started,
+            started_ns: clock.started_ns,
+            marks: RefCell::new(Vec::with_capacity(4)),
+        })
+        .ok();
+    tokio::spawn(async move {
+        match clock {
+            Some(clock) => {
+                CLOCK
+                    .scope(clock, async {
+                        let output = work.await;
+                        (output, CLOCK.with(|clock| clock.marks.take()))
+                    })
+                    .await
+            }
+            None => (work.await, Vec::new()),
+        }
+    })
+}
+
+/// Adds the marks a task of [`spawn_marked`] made to the current start's clock.
+pub(super) fn merge(marks: TaskMarks) {
+    let _ = CLOCK.try_with(|clock| clock.marks.borrow_mut().extend(marks));
+}
+
 /// Marks the end of `step` of another process, which read `CLOCK_MONOTONIC` as `at_ns`
 /// nanoseconds. Does nothing for a zero time, or outside a timed start.
 pub(super) fn mark_at(step: &'static str, at_ns: u64) {

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 pub use host::HostCgroups;
 pub use membership::{kill_all, pids, wait_empty};
+pub use limits::Limits;
 pub use silo::SiloCgroup;
 
 /// Errors of cgroup handling.
