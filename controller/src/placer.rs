@@ -152,6 +152,7 @@ impl Pending {
 async fn run(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>, mut receiver: mpsc::Receiver<Job>) {
     let mut waiting: VecDeque<Pending> = VecDeque::new();
     let mut cache = ReservationCache::default();
+    let mut stored_ids = StoredIds::default();
     let mut pending_due_at = Instant::now() + PLACEMENT_RETRY_INTERVAL;
     loop {
         if waiting.is_empty() {
@@ -184,7 +185,7 @@ async fn run(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>, mut 
 
         let batch = take_batch(&mut waiting);
         let guard = placement.lock().await;
-        run_batch(&node, &sessions, &mut cache, &mut waiting, &batch).await;
+        run_batch(&node, &sessions, &mut cache, &mut stored_ids, &mut waiting, &batch).await;
         drop(guard);
 
         // Reply to the finished requests. Failed ones got their error already, and a request
@@ -203,6 +204,18 @@ async fn run(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>, mut 
             }
         }
         waiting = still_waiting;
+
+        // While no request waits, sum the reservations and collect the stored silo ids for
+        // the next one, which then plans without walking every stored record. The yield first
+        // lets the tasks that carry the answers just sent run before this walk.
+        if waiting.is_empty() && receiver.is_empty() {
+            tokio::task::yield_now().await;
+            let live = sessions.live_hosts();
+            let state = node.state.read().await;
+            let applied = *node.applied.borrow();
+            cache.prepare(&state, applied, &live);
+            stored_ids.prepare(&state, applied);
+        }
     }
 }
 
@@ -251,6 +264,7 @@ async fn run_batch(
     node: &RaftNode,
     sessions: &Sessions,
     cache: &mut ReservationCache,
+    stored_ids: &mut StoredIds,
     waiting: &mut VecDeque<Pending>,
     batch: &[Slot],
 ) {
@@ -259,8 +273,11 @@ async fn run_batch(
     let mut planned = Vec::new();
     {
         let state = node.state.read().await;
-        let mut round = PlacementRound::new(&state, &live, cache);
-        let mut ids = SiloIds::of(&state);
+        // Read under the state's lock, so it is the index of this state or one below it.
+        let applied = *node.applied.borrow();
+        let mut round = PlacementRound::at_applied(&state, applied, &live, cache);
+        stored_ids.prepare(&state, applied);
+        let mut ids = SiloIds::of(&stored_ids.ids);
         // Contents that an earlier command of this entry stores.
         let mut carried: BTreeSet<String> = BTreeSet::new();
         for &(request, item_index) in batch {
@@ -412,16 +429,39 @@ fn silos_below_count(state: &ClusterState, name: &str, count: u32) -> Vec<proto:
         .collect()
 }
 
+/// The ids of the stored silo records as of one applied log index, kept between batches so
+/// that a batch on an unchanged state does not walk every record (about 30 µs at 500 silos).
+#[derive(Default)]
+struct StoredIds {
+    /// Applied index of the state the ids were collected from; `None` before the first time.
+    /// As with the reservation sums, a state read under its lock with the same index is the
+    /// same state.
+    applied: Option<u64>,
+    ids: IdSet<String>,
+}
+
+impl StoredIds {
+    /// Collects the ids of `state`, as of the applied index `applied`, unless they are there.
+    fn prepare(&mut self, state: &ClusterState, applied: u64) {
+        if self.applied == Some(applied) {
+            return;
+        }
+        self.ids.clear();
+        self.ids.extend(state.silos.values().map(|record| record.id.clone()));
+        self.applied = Some(applied);
+    }
+}
+
 /// The silo ids in use: the stored ones and those drawn for the batch being built.
 struct SiloIds<'a> {
-    stored: IdSet<&'a str>,
+    stored: &'a IdSet<String>,
     drawn: BTreeSet<String>,
 }
 
 impl<'a> SiloIds<'a> {
-    fn of(state: &'a ClusterState) -> Self {
+    fn of(stored: &'a IdSet<String>) -> Self {
         SiloIds {
-            stored: state.silos.values().map(|record| record.id.as_str()).collect(),
+            stored,
             drawn: BTreeSet::new(),
         }
     }
@@ -430,7 +470,7 @@ impl<'a> SiloIds<'a> {
     fn draw(&mut self) -> String {
         loop {
             let id = crate::api::client::new_silo_id();
-            if !self.stored.contains(id.as_str()) && self.drawn.insert(id.clone()) {
+            if !self.stored.contains(&id) && self.drawn.insert(id.clone()) {
                 return id;
             }
         }
