@@ -204,14 +204,15 @@ async fn run(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>, mut 
             }
         }
         waiting = still_waiting;
-        // Logged after the answers, since writing the lines took about 30 µs per request.
+        // Logged after the responses went out, since writing the lines took about 30 µs per
+        // request in the write benchmark.
         for (name, instances) in &placed {
             log_placements(name, instances);
         }
 
         // While no request waits, sum the reservations and collect the stored silo ids for
         // the next one, which then plans without walking every stored record. The yield first
-        // lets the tasks that carry the answers just sent run before this walk.
+        // lets the tasks that carry the responses just sent run before this walk.
         if waiting.is_empty() && receiver.is_empty() {
             tokio::task::yield_now().await;
             let live = sessions.live_hosts();
@@ -264,7 +265,7 @@ struct Planned {
 
 /// Plans every item of `batch` against the state and the items before it, commits the changes
 /// as one entry, and stores each item's outcome, or its request's error, in `waiting`. Returns
-/// the instances of each stored silo, for the caller to log once it has answered.
+/// the instances of each stored silo, for the caller to log after it has sent the responses.
 async fn run_batch(
     node: &RaftNode,
     sessions: &Sessions,
@@ -380,7 +381,8 @@ async fn run_batch(
         let item = &waiting[request].items[item_index];
         let name = item.name.clone();
         let count = item.count;
-        // Committed, so logged whatever happens below.
+        // The entry is committed, so its placements are logged even when a step below fails
+        // the request.
         placed.push((name.clone(), planned.instances));
         if !planned.stopping.is_empty() {
             tracing::info!(silo = %name, count, stopping = ?planned.stopping, "instances above count stopping");
@@ -438,7 +440,8 @@ fn silos_below_count(state: &ClusterState, name: &str, count: u32) -> Vec<proto:
 }
 
 /// The ids of the stored silo records as of one applied log index, kept between batches so
-/// that a batch on an unchanged state does not walk every record (about 30 µs at 500 silos).
+/// that a batch on an unchanged state does not walk every record (about 30 µs at 500 silos in
+/// the write benchmark).
 #[derive(Default)]
 struct StoredIds {
     /// Applied index of the state the ids were collected from; `None` before the first time.

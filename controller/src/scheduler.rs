@@ -383,7 +383,7 @@ pub struct ReservationCache {
     totals: Option<HostTotals>,
 }
 
-/// What the placed instances reserve on each live host, summed over every stored record,
+/// Reservations of the placed instances on each live host, summed over every stored record,
 /// for the state as of one applied log index.
 #[derive(Debug)]
 struct HostTotals {
