@@ -152,7 +152,6 @@ impl Pending {
 async fn run(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>, mut receiver: mpsc::Receiver<Job>) {
     let mut waiting: VecDeque<Pending> = VecDeque::new();
     let mut cache = ReservationCache::default();
-    let mut stored_ids = StoredIds::default();
     let mut pending_due_at = Instant::now() + PLACEMENT_RETRY_INTERVAL;
     loop {
         if waiting.is_empty() {
@@ -185,7 +184,7 @@ async fn run(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>, mut 
 
         let batch = take_batch(&mut waiting);
         let guard = placement.lock().await;
-        let placed = run_batch(&node, &sessions, &mut cache, &mut stored_ids, &mut waiting, &batch).await;
+        run_batch(&node, &sessions, &mut cache, &mut waiting, &batch).await;
         drop(guard);
 
         // Reply to the finished requests. Failed ones got their error already, and a request
@@ -204,23 +203,6 @@ async fn run(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>, mut 
             }
         }
         waiting = still_waiting;
-        // Logged after the responses went out, since writing the lines took about 30 µs per
-        // request in the write benchmark.
-        for (name, instances) in &placed {
-            log_placements(name, instances);
-        }
-
-        // While no request waits, sum the reservations and collect the stored silo ids for
-        // the next one, which then plans without walking every stored record. The yield first
-        // lets the tasks that carry the responses just sent run before this walk.
-        if waiting.is_empty() && receiver.is_empty() {
-            tokio::task::yield_now().await;
-            let live = sessions.live_hosts();
-            let state = node.state.read().await;
-            let applied = *node.applied.borrow();
-            cache.prepare(&state, applied, &live);
-            stored_ids.prepare(&state, applied);
-        }
     }
 }
 
@@ -264,26 +246,21 @@ struct Planned {
 }
 
 /// Plans every item of `batch` against the state and the items before it, commits the changes
-/// as one entry, and stores each item's outcome, or its request's error, in `waiting`. Returns
-/// the instances of each stored silo, for the caller to log after it has sent the responses.
+/// as one entry, and stores each item's outcome, or its request's error, in `waiting`.
 async fn run_batch(
     node: &RaftNode,
     sessions: &Sessions,
     cache: &mut ReservationCache,
-    stored_ids: &mut StoredIds,
     waiting: &mut VecDeque<Pending>,
     batch: &[Slot],
-) -> Vec<(String, Vec<InstanceUpdate>)> {
+) {
     let live = sessions.live_hosts();
     let mut commands = Vec::new();
     let mut planned = Vec::new();
     {
         let state = node.state.read().await;
-        // Read under the state's lock, so it is the index of this state or one below it.
-        let applied = *node.applied.borrow();
-        let mut round = PlacementRound::at_applied(&state, applied, &live, cache);
-        stored_ids.prepare(&state, applied);
-        let mut ids = SiloIds::of(&stored_ids.ids);
+        let mut round = PlacementRound::new(&state, &live, cache);
+        let mut ids = SiloIds::of(&state);
         // Contents that an earlier command of this entry stores.
         let mut carried: BTreeSet<String> = BTreeSet::new();
         for &(request, item_index) in batch {
@@ -346,7 +323,7 @@ async fn run_batch(
         }
     }
     if commands.is_empty() {
-        return Vec::new();
+        return;
     }
 
     let silo_count = planned.len();
@@ -365,12 +342,11 @@ async fn run_batch(
             for planned in &planned {
                 waiting[planned.slot.0].fail(status.clone());
             }
-            return Vec::new();
+            return;
         }
     };
     tracing::debug!(silos = silo_count, "placement batch committed");
 
-    let mut placed = Vec::with_capacity(planned.len());
     for planned in planned {
         let (request, item_index) = planned.slot;
         if let Some(Response::Rejected { reason }) = responses.get(planned.command_index) {
@@ -381,9 +357,7 @@ async fn run_batch(
         let item = &waiting[request].items[item_index];
         let name = item.name.clone();
         let count = item.count;
-        // The entry is committed, so its placements are logged even when a step below fails
-        // the request.
-        placed.push((name.clone(), planned.instances));
+        log_placements(&name, &planned.instances);
         if !planned.stopping.is_empty() {
             tracing::info!(silo = %name, count, stopping = ?planned.stopping, "instances above count stopping");
             sessions.wake_placement();
@@ -407,7 +381,6 @@ async fn run_batch(
             unchanged: false,
         });
     }
-    placed
 }
 
 /// Logs the instances of silo `name` that a batch placed in one line, as INDEX:ID@HOST, and each
@@ -439,40 +412,16 @@ fn silos_below_count(state: &ClusterState, name: &str, count: u32) -> Vec<proto:
         .collect()
 }
 
-/// The ids of the stored silo records as of one applied log index, kept between batches so
-/// that a batch on an unchanged state does not walk every record (about 30 µs at 500 silos in
-/// the write benchmark).
-#[derive(Default)]
-struct StoredIds {
-    /// Applied index of the state the ids were collected from; `None` before the first time.
-    /// As with the reservation sums, a state read under its lock with the same index is the
-    /// same state.
-    applied: Option<u64>,
-    ids: IdSet<String>,
-}
-
-impl StoredIds {
-    /// Collects the ids of `state`, as of the applied index `applied`, unless they are there.
-    fn prepare(&mut self, state: &ClusterState, applied: u64) {
-        if self.applied == Some(applied) {
-            return;
-        }
-        self.ids.clear();
-        self.ids.extend(state.silos.values().map(|record| record.id.clone()));
-        self.applied = Some(applied);
-    }
-}
-
 /// The silo ids in use: the stored ones and those drawn for the batch being built.
 struct SiloIds<'a> {
-    stored: &'a IdSet<String>,
+    stored: IdSet<&'a str>,
     drawn: BTreeSet<String>,
 }
 
 impl<'a> SiloIds<'a> {
-    fn of(stored: &'a IdSet<String>) -> Self {
+    fn of(state: &'a ClusterState) -> Self {
         SiloIds {
-            stored,
+            stored: state.silos.values().map(|record| record.id.as_str()).collect(),
             drawn: BTreeSet::new(),
         }
     }
@@ -481,7 +430,7 @@ impl<'a> SiloIds<'a> {
     fn draw(&mut self) -> String {
         loop {
             let id = crate::api::client::new_silo_id();
-            if !self.stored.contains(&id) && self.drawn.insert(id.clone()) {
+            if !self.stored.contains(id.as_str()) && self.drawn.insert(id.clone()) {
                 return id;
             }
         }

@@ -379,22 +379,6 @@ pub fn place_instances(
 #[derive(Debug, Default)]
 pub struct ReservationCache {
     by_id: HashMap<String, (usize, Reservation)>,
-    /// The per-host sums of the last round, for the next round while the state is unchanged.
-    totals: Option<HostTotals>,
-}
-
-/// Reservations of the placed instances on each live host, summed over every stored record,
-/// for the state as of one applied log index.
-#[derive(Debug)]
-struct HostTotals {
-    /// The applied index of the state that was summed. The shared state changes only in an
-    /// apply or a snapshot install, and each announces a higher index after the change, so a
-    /// state read under its lock together with the same index is the same state.
-    applied: u64,
-    /// The live hosts the sums are for.
-    live: BTreeSet<String>,
-    /// Sums in the order of the live hosts that the state contains, `same_silo` 0.
-    reserved: Vec<Reserved>,
 }
 
 /// Ids a [`ReservationCache`] keeps before it starts over, an estimated 100 bytes each.
@@ -414,65 +398,6 @@ impl ReservationCache {
         self.by_id.insert(record.id.clone(), (record.spec.len(), reservation));
         reservation
     }
-}
-
-impl ReservationCache {
-    /// Sums the reservations of `state`, as of the applied index `applied`, for the next
-    /// [`PlacementRound::at_applied`], unless the sums for that index and `live_hosts` are
-    /// there already. The placer calls it while no request waits, so a request that finds the
-    /// state unchanged does not wait for the sums.
-    pub fn prepare(&mut self, state: &ClusterState, applied: u64, live_hosts: &BTreeSet<String>) {
-        if self
-            .totals
-            .as_ref()
-            .is_some_and(|totals| totals.applied == applied && totals.live == *live_hosts)
-        {
-            return;
-        }
-        let (live, positions) = live_positions(state, live_hosts);
-        let reserved = sum_reserved(state, &live, &positions, self);
-        self.totals = Some(HostTotals {
-            applied,
-            live: live_hosts.clone(),
-            reserved,
-        });
-    }
-}
-
-/// Returns the records of the `live_hosts` that `state` contains, and each one's position.
-fn live_positions<'a>(
-    state: &'a ClusterState,
-    live_hosts: &BTreeSet<String>,
-) -> (Vec<&'a HostRecord>, IdMap<&'a str, usize>) {
-    let live: Vec<&HostRecord> = live_hosts.iter().filter_map(|name| state.hosts.get(name)).collect();
-    let positions: IdMap<&str, usize> = live
-        .iter()
-        .enumerate()
-        .map(|(position, host)| (host.name.as_str(), position))
-        .collect();
-    (live, positions)
-}
-
-/// Sums what the placed instances of `state` reserve on each host of `live`, decoding only
-/// the specs that `cache` does not have yet.
-fn sum_reserved(
-    state: &ClusterState,
-    live: &[&HostRecord],
-    positions: &IdMap<&str, usize>,
-    cache: &mut ReservationCache,
-) -> Vec<Reserved> {
-    let mut reserved = vec![Reserved::default(); live.len()];
-    for record in state.silos.values().filter(|record| reserves_capacity(record)) {
-        let Some(&position) = positions.get(record.host.as_str()) else {
-            continue;
-        };
-        let reservation = cache.reservation_of(record);
-        let on_host = &mut reserved[position];
-        on_host.cpu_percent += reservation.cpu_percent;
-        on_host.memory_bytes += reservation.memory_bytes;
-        on_host.silos += 1;
-    }
-    reserved
 }
 
 /// Decodes the reservation of a stored record's spec.
@@ -515,40 +440,26 @@ impl<'a> PlacementRound<'a> {
     /// Sums what the placed instances of `state` reserve on each of the `live_hosts` that
     /// `state` contains, decoding only the specs that `cache` does not have yet.
     pub fn new(state: &'a ClusterState, live_hosts: &BTreeSet<String>, cache: &mut ReservationCache) -> Self {
-        let (live, positions) = live_positions(state, live_hosts);
-        let reserved = sum_reserved(state, &live, &positions, cache);
-        PlacementRound::with_reserved(state, live, positions, reserved)
-    }
-
-    /// Like [`PlacementRound::new`] for `state` as of the applied index `applied`, read under
-    /// the same lock. It reuses the sums of [`ReservationCache::prepare`] or of the last round
-    /// when they are for the same index and live hosts. Summing walks every stored record,
-    /// which took about 0.1 ms at 500 silos, on the way of every `up`.
-    pub fn at_applied(
-        state: &'a ClusterState,
-        applied: u64,
-        live_hosts: &BTreeSet<String>,
-        cache: &mut ReservationCache,
-    ) -> Self {
-        let (live, positions) = live_positions(state, live_hosts);
-        let reserved = match cache.totals.take() {
-            Some(totals) if totals.applied == applied && totals.live == *live_hosts => totals.reserved,
-            _ => sum_reserved(state, &live, &positions, cache),
-        };
-        cache.totals = Some(HostTotals {
-            applied,
-            live: live_hosts.clone(),
-            reserved: reserved.clone(),
-        });
-        PlacementRound::with_reserved(state, live, positions, reserved)
-    }
-
-    fn with_reserved(
-        state: &'a ClusterState,
-        live: Vec<&'a HostRecord>,
-        positions: IdMap<&'a str, usize>,
-        reserved: Vec<Reserved>,
-    ) -> Self {
+        let live: Vec<&HostRecord> = live_hosts
+            .iter()
+            .filter_map(|name| state.hosts.get(name))
+            .collect();
+        let positions: IdMap<&str, usize> = live
+            .iter()
+            .enumerate()
+            .map(|(position, host)| (host.name.as_str(), position))
+            .collect();
+        let mut reserved = vec![Reserved::default(); live.len()];
+        for record in state.silos.values().filter(|record| reserves_capacity(record)) {
+            let Some(&position) = positions.get(record.host.as_str()) else {
+                continue;
+            };
+            let reservation = cache.reservation_of(record);
+            let on_host = &mut reserved[position];
+            on_host.cpu_percent += reservation.cpu_percent;
+            on_host.memory_bytes += reservation.memory_bytes;
+            on_host.silos += 1;
+        }
         PlacementRound {
             state,
             live,
@@ -1784,38 +1695,6 @@ mod tests {
         let reason = reason(third);
         assert!(reason.contains("a: 40% CPU free, needs 60%"), "{reason}");
         assert!(reason.contains("b: 40% CPU free, needs 60%"), "{reason}");
-    }
-
-    #[test]
-    fn round_sums_again_when_the_applied_index_changes() {
-        let mut state = state_with_hosts(&["a", "b"]);
-        let hosts = live(&["a", "b"]);
-        let mut cache = ReservationCache::default();
-        cache.prepare(&state, 1, &hosts);
-
-        // The sums prepared at index 1 are reused for index 1, so the silo that was stored
-        // without a new index does not count.
-        put_web_instances(&mut state, &["a"], 70);
-        let mut round = PlacementRound::at_applied(&state, 1, &hosts, &mut cache);
-        let placed = round.place(&named_with_cpu("db", 60), &requests(0..1), &BTreeSet::new());
-        assert_eq!(hosts_of(placed.expect("known strategy")), ["a"]);
-
-        // At index 2 the stored web instance on host a counts: 30% is left there.
-        let mut round = PlacementRound::at_applied(&state, 2, &hosts, &mut cache);
-        let placed = round.place(&named_with_cpu("db", 60), &requests(0..1), &BTreeSet::new());
-        assert_eq!(hosts_of(placed.expect("known strategy")), ["b"]);
-    }
-
-    #[test]
-    fn round_sums_again_when_live_hosts_change() {
-        let mut state = state_with_hosts(&["a", "b"]);
-        put_web_instances(&mut state, &["a"], 70);
-        let mut cache = ReservationCache::default();
-        cache.prepare(&state, 1, &live(&["a"]));
-
-        let mut round = PlacementRound::at_applied(&state, 1, &live(&["a", "b"]), &mut cache);
-        let placed = round.place(&named_with_cpu("db", 60), &requests(0..1), &BTreeSet::new());
-        assert_eq!(hosts_of(placed.expect("known strategy")), ["b"], "host a has 30% left");
     }
 
     #[test]
