@@ -205,12 +205,22 @@ impl Session {
         // Only the leader tracks live hosts and places silos, so once another controller leads,
         // the session ends and the agent reconnects to that leader. No known leader (an
         // election in progress) keeps the session.
+        //
+        // The server metrics change only with the vote, the server state, the leader or the
+        // membership. openraft 0.9.25 sends its full metrics on every turn of its core loop,
+        // several times per write, and a wait on those woke every session and copied the
+        // metrics each time while the write's client waited.
         let id = self.node.id;
-        let wait = self.node.raft.wait(None);
-        let demoted = wait.metrics(
-            move |metrics| metrics.current_leader.is_some_and(|leader| leader != id),
-            "another controller leads",
-        );
+        let mut server_metrics = self.node.raft.server_metrics();
+        let demoted = async move {
+            // The channel closes when Raft stops, which ends the session with no leader named.
+            let leader = server_metrics
+                .wait_for(|metrics| metrics.current_leader.is_some_and(|leader| leader != id))
+                .await
+                .ok()
+                .and_then(|metrics| metrics.current_leader);
+            leader
+        };
         tokio::pin!(demoted);
         // The names carry the silos' latest network counters, which change without a Raft
         // write. The loop also runs on this interval, so a list whose counters changed goes out
@@ -311,8 +321,7 @@ impl Session {
                 _ = replaced.changed() => return "a newer session of the same host replaced it".to_owned(),
                 _ = stopping.changed() => return "the controller is stopping".to_owned(),
                 _ = outbound.closed() => return "the agent closed the stream".to_owned(),
-                demoted_by = &mut demoted => {
-                    let leader = demoted_by.ok().and_then(|metrics| metrics.current_leader);
+                leader = &mut demoted => {
                     return format!("this controller no longer leads (leader {leader:?}); the agent reconnects to the leader");
                 }
                 message = tokio::time::timeout(SESSION_IDLE_TIMEOUT, inbound.message()) => {
