@@ -95,7 +95,7 @@ async fn relaunch(
     record.started = false;
     record.restarts = restarts;
     // Unstarted until the new program runs: an agent crash in between removes the silo.
-    state::write_json_atomic(&paths.record(), &record)?;
+    state::rewrite_json_in_place(&paths.record(), &record)?;
     match tokio::fs::remove_file(paths.exit()).await {
         Err(err) if err.kind() != io::ErrorKind::NotFound => {
             return Err(RuntimeError::RemoveFile {

@@ -395,7 +395,8 @@ pub(super) async fn launch(
     })
 }
 
-/// What [`launch`] does about the silo's cgroup before it moves PID 1 into it.
+/// The state of the silo's cgroup when [`launch`] starts: whether it must be created before
+/// PID 1 moves into it.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum NewCgroup {
     /// Create it with these limits: a new silo.
@@ -486,7 +487,7 @@ async fn place_files(
 
 /// Takes the helper from "job sent" to "program exec'd": the files PID 1 mounts
 /// (`files_work`), the mount, the rest of the host work (`host_work`), the cgroup, the
-/// network, the release, and the record that says the silo started.
+/// network, the release, and the record update that marks the silo started.
 #[allow(clippy::too_many_arguments)]
 async fn start_helper(
     inner: &Inner,
@@ -524,9 +525,9 @@ async fn start_helper(
     failpoint(inner, "after-clone")?;
 
     // Three independent lines of work, so they run at the same time. The cgroup and the
-    // network need only PID 1, and each runs as a task of its own: the files below are
-    // written on this task's thread without yielding, and in one task the other lines would
-    // start only after them. PID 1 builds its root as soon as the files exist. The move into
+    // network need only PID 1, and each runs as a task of its own. This task writes the files
+    // below with plain calls that do not yield, so in this task the other lines would start
+    // only after them. PID 1 builds its root as soon as the files exist. The move into
     // the cgroups can wait for an RCU grace period in the kernel (several ms after an idle
     // time), which the rest overlaps.
     let silo_cgroup = inner.cgroups.silo(&record.silo_id);
@@ -552,8 +553,6 @@ async fn start_helper(
         failpoint(inner, "after-cgroup")?;
         Ok::<(), RuntimeError>(())
     };
-    // A task of its own: the host work writes files and cgroup limits on this task's thread
-    // without yielding, and in one task the network setup would start only after them.
     let netlink = inner.netlink.clone();
     let host_veth = record.host_veth.clone();
     let bridge = inner.cfg.bridge.clone();
@@ -587,17 +586,17 @@ async fn start_helper(
 
     if let Err(err) = helper.release().await {
         // PID 1 checks the program before "go" and exits on failure, which can close the pipe
-        // before "go" is written; its report names the reason.
+        // before "go" is written. Its report names the reason.
         return match helper.reported_failure(FAILURE_REPORT_WAIT).await {
             Some(reported) => Err(launch_error(reported)),
             None => Err(launch_error(err)),
         };
     }
     // Written while PID 1 forks and execs the program. Should the exec fail, the caller's undo
-    // removes the silo dir with this record; should the agent die first, the next one adopts
+    // removes the silo dir with this record. Should the agent die first, the next agent adopts
     // the helper, which records the program's exit either way.
     record.started = true;
-    state::write_json_atomic(&paths.record(), record)?;
+    state::rewrite_json_in_place(&paths.record(), record)?;
     mark("record_updated");
     let init_steps = helper.wait_started(EXEC_TIMEOUT).await.map_err(launch_error)?;
     step_clock::mark_at("init_prepared", init_steps.prepared_ns);
