@@ -169,7 +169,7 @@ impl Helper {
     }
 
     /// Waits until PID 1 reports that the program was exec'd, after [`Helper::release`].
-    /// Returns when PID 1 reached its steps before the program.
+    /// Returns the times at which PID 1 finished its steps before the program.
     pub async fn wait_started(&mut self, timeout: Duration) -> Result<InitSteps, LaunchError> {
         const EXPECTED: &str = "the program start";
         match self.next_report(EXPECTED, timeout).await? {

@@ -170,7 +170,7 @@ async fn setup_steps(
     match record_intent(inner, undo, &paths, silo_id, generation, plan) {
         Ok(record) => {
             let address = record.address;
-            // Pushed before the cgroup is made: a failed create can leave dirs in some
+            // Pushed before the cgroup is made, because a failed create can leave dirs in some
             // hierarchies.
             undo.push(UndoStep::RemoveCgroup {
                 path: inner.host_cgroup.join(silo_id),
@@ -267,8 +267,8 @@ async fn place_host_files(
     Ok(())
 }
 
-/// Makes the rest of what the silo needs on the host before its PID 1 may run the program
-/// besides the cgroup: NAT. Runs while PID 1 builds its root and the network is set up.
+/// Adds the silo's NAT rule when its plan has internet access. Runs while PID 1 builds its
+/// root and the network and the cgroup are set up.
 async fn prepare_host(
     inner: &Inner,
     undo: &mut UndoStack,
@@ -395,13 +395,13 @@ pub(super) async fn launch(
     })
 }
 
-/// The state of the silo's cgroup when [`launch`] starts: whether it must be created before
-/// PID 1 moves into it.
+/// State of the silo's cgroup when [`launch`] starts, which decides whether it is created
+/// before PID 1 moves into it.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum NewCgroup {
-    /// Create it with these limits: a new silo.
+    /// A new silo, whose cgroup is created with these limits.
     Create(cgroup::Limits),
-    /// It exists with its limits: a restart in place.
+    /// A restart in place, whose cgroup exists with its limits.
     Exists,
 }
 
@@ -517,19 +517,20 @@ async fn start_helper(
             None
         }
     };
-    // Recorded with the started flag once the program runs. Until the agent sends "go", the
+    // Recorded with the started flag once PID 1 is released. Until the agent sends "go", the
     // helper kills PID 1 when the agent's end of its stdin closes, so a crash before that
     // leaves no process that the record would need to name.
     record.init_pid = Some(init_pid);
     mark("cloned");
     failpoint(inner, "after-clone")?;
 
-    // Three independent lines of work, so they run at the same time. The cgroup and the
-    // network need only PID 1, and each runs as a task of its own. This task writes the files
-    // below with plain calls that do not yield, so in this task the other lines would start
-    // only after them. PID 1 builds its root as soon as the files exist. The move into
-    // the cgroups can wait for an RCU grace period in the kernel (several ms after an idle
-    // time), which the rest overlaps.
+    // Three independent lines of work run at the same time. The cgroup and the network need
+    // only PID 1 and run as tasks of their own, because this task writes the files with plain
+    // calls that do not yield. PID 1 builds its root as soon as the files exist. The move into
+    // the cgroups can wait for an RCU grace period (several ms after an idle time), which the
+    // rest overlaps.
+    // NOTE: if the caller drops this future, the two tasks still run to their end, and no
+    // undo follows them.
     let silo_cgroup = inner.cgroups.silo(&record.silo_id);
     let cgroup_task = step_clock::spawn_marked(async move {
         if let NewCgroup::Create(limits) = cgroup {

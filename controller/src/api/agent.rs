@@ -208,18 +208,17 @@ impl Session {
         //
         // The server metrics change only with the vote, the server state, the leader or the
         // membership. openraft 0.9.25 sends its full metrics on every turn of its core loop,
-        // several times per write, and a wait on those woke every session and copied the
-        // metrics each time while the write's client waited.
+        // several times per write. A wait on those woke every session and copied the metrics
+        // each time while the write's client waited.
         let id = self.node.id;
         let mut server_metrics = self.node.raft.server_metrics();
         let demoted = async move {
             // The channel closes when Raft stops, which ends the session with no leader named.
-            let leader = server_metrics
+            server_metrics
                 .wait_for(|metrics| metrics.current_leader.is_some_and(|leader| leader != id))
                 .await
                 .ok()
-                .and_then(|metrics| metrics.current_leader);
-            leader
+                .and_then(|metrics| metrics.current_leader)
         };
         tokio::pin!(demoted);
         // The names carry the silos' latest network counters, which change without a Raft
