@@ -29,6 +29,11 @@ struct Args {
     #[arg(long)]
     state_dir: Option<PathBuf>,
 
+    /// Folder for the silos' runtime records and address leases, best on tmpfs; defaults to
+    /// /run/colex/agent/HOST, or to STATE_DIR/run when --state-dir is given.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+
     /// Bridge that connects this host's silos.
     #[arg(long, default_value = "colex0")]
     bridge: String,
@@ -80,6 +85,10 @@ struct TeardownArgs {
     #[arg(long)]
     state_dir: Option<PathBuf>,
 
+    /// The agent's run folder; defaults as the agent's does.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+
     /// Bridge the agent's silos were attached to.
     #[arg(long, default_value = "colex0")]
     bridge: String,
@@ -89,13 +98,12 @@ struct TeardownArgs {
 /// process's network namespace.
 fn teardown(args: TeardownArgs) -> anyhow::Result<()> {
     let host_name = host_name_or_system(args.name)?;
-    let state_dir = args
-        .state_dir
-        .unwrap_or_else(|| PathBuf::from("/var/lib/colex/agent").join(&host_name));
+    let (state_dir, run_dir) = agent_dirs(&host_name, args.state_dir, args.run_dir);
     remove_mesh_leftovers(&state_dir)?;
     let helper_exe = helper_exe()?;
     let subnet = TEARDOWN_SUBNET.parse().context("invalid teardown subnet literal")?;
-    let config = colex_agent::runtime::RuntimeConfig::new(host_name.clone(), state_dir, args.bridge, subnet, helper_exe);
+    let mut config = colex_agent::runtime::RuntimeConfig::new(host_name.clone(), state_dir, args.bridge, subnet, helper_exe);
+    config.run_dir = run_dir;
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     runtime
         .block_on(colex_agent::runtime::Runtime::teardown(config))
@@ -113,6 +121,23 @@ fn remove_mesh_leftovers(state_dir: &std::path::Path) -> anyhow::Result<()> {
     let name = colex_agent::mesh::host_mesh::interface_name(&state_dir);
     colex_agent::mesh::device::remove_leftover(&name)
         .with_context(|| format!("cannot remove the mesh device {name}; stop the agent before its teardown"))
+}
+
+/// Returns the state dir and the run dir of host `host_name`. A given state dir without a run
+/// dir keeps both in one place, as tests and one-machine setups want. The defaults follow the
+/// file system hierarchy, where /run is a tmpfs.
+fn agent_dirs(host_name: &str, state_dir: Option<PathBuf>, run_dir: Option<PathBuf>) -> (PathBuf, PathBuf) {
+    match (state_dir, run_dir) {
+        (Some(state_dir), Some(run_dir)) => (state_dir, run_dir),
+        (Some(state_dir), None) => {
+            let run_dir = state_dir.join(colex_agent::runtime::DEFAULT_RUN_DIR_NAME);
+            (state_dir, run_dir)
+        }
+        (None, run_dir) => (
+            PathBuf::from("/var/lib/colex/agent").join(host_name),
+            run_dir.unwrap_or_else(|| PathBuf::from("/run/colex/agent").join(host_name)),
+        ),
+    }
 }
 
 fn host_name_or_system(name: Option<String>) -> anyhow::Result<String> {
@@ -156,9 +181,7 @@ fn main() -> anyhow::Result<()> {
             .to_string_lossy()
             .into_owned(),
     };
-    let state_dir = args
-        .state_dir
-        .unwrap_or_else(|| PathBuf::from("/var/lib/colex/agent").join(&host_name));
+    let (state_dir, run_dir) = agent_dirs(&host_name, args.state_dir, args.run_dir);
     let helper_exe = helper_exe()?;
     let settings = match &args.config {
         Some(path) => colex_agent::config::load(path)?,
@@ -171,6 +194,7 @@ fn main() -> anyhow::Result<()> {
         host_name,
         address: args.address,
         state_dir,
+        run_dir,
         bridge: args.bridge,
         helper_exe,
         busybox: args.busybox,

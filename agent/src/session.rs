@@ -60,6 +60,8 @@ pub struct AgentConfig {
     /// Address reported to the controller; detected when `None`.
     pub address: Option<String>,
     pub state_dir: PathBuf,
+    /// Dir of the silos' records and leases; see [`RuntimeConfig::run_dir`].
+    pub run_dir: PathBuf,
     pub bridge: String,
     pub helper_exe: PathBuf,
     pub busybox: PathBuf,
@@ -614,6 +616,7 @@ impl Agent {
             subnet.parse()?,
             self.config.helper_exe.clone(),
         );
+        config.run_dir = self.config.run_dir.clone();
         config.busybox = self.config.busybox.clone();
         config.images = self.config.settings.images.clone();
         config.binds = self.config.settings.binds.clone();

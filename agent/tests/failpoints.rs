@@ -111,8 +111,11 @@ impl Snapshot {
             silo_rules: silo_rules(),
             silo_cgroups,
             mounts: mounts_below(&host.cfg.state_dir),
-            leases: dir_entries(&host.cfg.state_dir.join("leases")),
-            silo_dirs: dir_entries(&host.cfg.state_dir.join("silos")),
+            leases: dir_entries(&host.leases_dir()),
+            silo_dirs: [&host.cfg.state_dir, &host.cfg.run_dir]
+                .iter()
+                .flat_map(|base| dir_entries(&base.join("silos")))
+                .collect(),
         }
     }
 }

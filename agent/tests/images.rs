@@ -29,7 +29,7 @@ const IMAGE_MARKER: &str = "made by the tar crate\n";
 /// Asserts that a failed start created nothing: no silo dir, lease or veth.
 fn assert_nothing_created(host: &TestHost, silo_id: &str) {
     assert!(
-        !host.silo_dir(silo_id).exists(),
+        host.silo_dirs_gone(silo_id),
         "silo dir of {silo_id} exists"
     );
     assert!(host.leases().is_empty(), "leases left: {:?}", host.leases());
@@ -186,7 +186,7 @@ fn tarball_image_runs_a_silo() {
                     .remove_silo(silo_id, KILL_TIMEOUT)
                     .await
                     .expect("remove silo");
-                assert!(!host.silo_dir(silo_id).exists());
+                assert!(host.silo_dirs_gone(silo_id));
             }
             runtime.shutdown().await.expect("shutdown");
         });

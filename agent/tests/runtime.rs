@@ -82,27 +82,29 @@ fn assert_silo_gone(host: &TestHost, silo_id: &str) {
     assert!(rules.is_empty(), "NAT rules of {silo_id} left: {rules:?}");
     let cgroup = host.cgroup_dir().join(silo_id);
     assert!(!cgroup.exists(), "cgroup {} still exists", cgroup.display());
-    let silo_dir = host.silo_dir(silo_id);
-    assert!(
-        !silo_dir.exists(),
-        "silo dir {} still exists",
-        silo_dir.display()
-    );
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-    let silo_dir_text = silo_dir.to_string_lossy().into_owned();
-    assert!(
-        !mountinfo.contains(&silo_dir_text),
-        "a mount below {silo_dir_text} is left"
-    );
-    let silos_dir = host.cfg.state_dir.join("silos");
-    let leftovers: Vec<_> = std::fs::read_dir(silos_dir)
-        .expect("list silos dir")
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(leftovers.is_empty(), "silos dir not empty: {leftovers:?}");
+    for base in [&host.cfg.state_dir, &host.cfg.run_dir] {
+        let silos_dir = base.join("silos");
+        let silo_dir = silos_dir.join(silo_id);
+        assert!(
+            !silo_dir.exists(),
+            "silo dir {} still exists",
+            silo_dir.display()
+        );
+        let silo_dir_text = silo_dir.to_string_lossy().into_owned();
+        assert!(
+            !mountinfo.contains(&silo_dir_text),
+            "a mount below {silo_dir_text} is left"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&silos_dir)
+            .expect("list silos dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(leftovers.is_empty(), "{} not empty: {leftovers:?}", silos_dir.display());
+    }
     for lease in host.leases() {
-        let owner = std::fs::read_to_string(host.cfg.state_dir.join("leases").join(&lease))
+        let owner = std::fs::read_to_string(host.leases_dir().join(&lease))
             .unwrap_or_default();
         assert_ne!(owner.trim(), silo_id, "lease {lease} of {silo_id} left");
     }
@@ -161,6 +163,53 @@ fn httpd_serves_placed_file() {
                 !chains.contains("colex-masq"),
                 "iptables chain left: {chains}"
             );
+        });
+    });
+}
+
+/// Records and leases live in the run dir, here on tmpfs apart from the state dir as with the
+/// agent's defaults; the files of a silo without a record (a reboot emptied the run dir) are
+/// removed when the runtime starts.
+#[test]
+fn run_dir_apart_from_state_dir() {
+    if !has_root("run_dir_apart_from_state_dir") {
+        return;
+    }
+    in_netns(|| {
+        let mut host = TestHost::new("colex-runtime-test", "cxt", SUBNET);
+        let run_dir = tempfile::Builder::new()
+            .prefix("cx-run-")
+            .tempdir_in("/dev/shm")
+            .expect("create run dir on tmpfs");
+        host.cfg.run_dir = run_dir.path().to_path_buf();
+        let orphan_id = random_hex();
+        let orphan_layer = host.silo_dir(&orphan_id).join("upper/etc");
+        std::fs::create_dir_all(&orphan_layer).expect("create the files of a lost silo");
+        std::fs::write(orphan_layer.join("hostname"), b"lost\n").expect("write a file of it");
+
+        block_on(async {
+            let (runtime, _exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            assert!(host.silo_dirs_gone(&orphan_id), "files of a silo without a record left");
+
+            let silo_id = random_hex();
+            runtime
+                .run_silo(&silo_id, 1, &spec("apart", "/bin/sleep", &["1000"]))
+                .await
+                .expect("run silo");
+            assert!(host.record_path(&silo_id).starts_with(run_dir.path()));
+            assert!(host.record_path(&silo_id).is_file(), "record not in the run dir");
+            assert!(!host.silo_dir(&silo_id).join("silo.json").exists(), "record in the state dir");
+            assert!(host.silo_dir(&silo_id).join(STDOUT_LOG_FILE).is_file(), "log not in the state dir");
+            assert_eq!(host.leases(), ["10.69.1.2"], "lease not in the run dir");
+
+            runtime
+                .remove_silo(&silo_id, KILL_TIMEOUT)
+                .await
+                .expect("remove silo");
+            assert_silo_gone(&host, &silo_id);
+            runtime.shutdown().await.expect("shutdown");
         });
     });
 }
@@ -657,7 +706,7 @@ fn start_adopts_live_silos_and_cleans_the_rest() {
         let init_pid_before = record_field(&host, &silo_id, "init_pid");
         // A lost record: that silo cannot be adopted, and its objects are still found through
         // names derived from the id.
-        std::fs::remove_file(host.silo_dir(&unrecorded_id).join("silo.json"))
+        std::fs::remove_file(host.record_path(&unrecorded_id))
             .expect("delete record");
 
         // Second agent: adopts the recorded silo as it runs and removes the other one.
@@ -702,7 +751,7 @@ fn start_adopts_live_silos_and_cleans_the_rest() {
 /// Reads a number from the record of silo `silo_id`.
 fn record_field(host: &TestHost, silo_id: &str, field: &str) -> i64 {
     let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(host.silo_dir(silo_id).join("silo.json")).expect("read record"),
+        &std::fs::read(host.record_path(silo_id)).expect("read record"),
     )
     .expect("parse record");
     record[field]
@@ -719,7 +768,7 @@ fn assert_silo_gone_but_others(host: &TestHost, silo_id: &str) {
         "NAT rule of {silo_id} left"
     );
     assert!(!host.cgroup_dir().join(silo_id).exists(), "cgroup of {silo_id} left");
-    assert!(!host.silo_dir(silo_id).exists(), "dir of {silo_id} left");
+    assert!(host.silo_dirs_gone(silo_id), "dir of {silo_id} left");
 }
 
 #[test]
@@ -740,7 +789,7 @@ fn helper_death_ends_silo() {
                 .expect("run silo");
 
             let record: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(host.silo_dir(&silo_id).join("silo.json")).expect("read record"),
+                &std::fs::read(host.record_path(&silo_id)).expect("read record"),
             )
             .expect("parse record");
             let helper_pid = record["helper_pid"].as_i64().expect("helper pid recorded");

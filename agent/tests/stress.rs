@@ -103,16 +103,11 @@ fn assert_silo_objects(host: &TestHost, running: usize) {
             host_dir.display()
         );
     }
-    assert_eq!(
-        dir_entries(&host.cfg.state_dir.join("leases")).len(),
-        running,
-        "leases"
-    );
-    assert_eq!(
-        dir_entries(&host.cfg.state_dir.join("silos")).len(),
-        running,
-        "silo dirs"
-    );
+    assert_eq!(dir_entries(&host.leases_dir()).len(), running, "leases");
+    for base in [&host.cfg.state_dir, &host.cfg.run_dir] {
+        let silos_dir = base.join("silos");
+        assert_eq!(dir_entries(&silos_dir).len(), running, "silo dirs in {}", silos_dir.display());
+    }
 }
 
 /// Asserts that no silo left anything on the host: veths, bridge ports, MASQUERADE rules of
@@ -141,10 +136,12 @@ fn assert_no_silo_left(host: &TestHost) {
         "mounts below the state dir left: {mounts:?}"
     );
 
-    let leases = dir_entries(&host.cfg.state_dir.join("leases"));
+    let leases = dir_entries(&host.leases_dir());
     assert!(leases.is_empty(), "leases left: {leases:?}");
-    let silo_dirs = dir_entries(&host.cfg.state_dir.join("silos"));
-    assert!(silo_dirs.is_empty(), "silo dirs left: {silo_dirs:?}");
+    for base in [&host.cfg.state_dir, &host.cfg.run_dir] {
+        let silo_dirs = dir_entries(&base.join("silos"));
+        assert!(silo_dirs.is_empty(), "silo dirs left in {}: {silo_dirs:?}", base.display());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ fn silo_root_is_host_uid_100000() {
                 .remove_silo(&silo_id, KILL_TIMEOUT)
                 .await
                 .expect("remove silo");
-            assert!(!host.silo_dir(&silo_id).exists(), "silo dir left");
+            assert!(host.silo_dirs_gone(&silo_id), "silo dir left");
             runtime.shutdown().await.expect("shutdown");
 
             assert_eq!(host_uids, "100000\t100000\t100000\t100000");

@@ -27,11 +27,13 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the cleanup guard waits for a killed cgroup to become empty.
 const GUARD_KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// An agent's configuration with a fresh state dir, removed on drop.
+/// An agent's configuration with a fresh state dir, and a run dir on tmpfs as the agent's
+/// default /run/colex is on a systemd host. Both are removed on drop.
 #[derive(Debug)]
 pub struct BenchHost {
     pub cfg: RuntimeConfig,
     _state_dir: tempfile::TempDir,
+    _run_dir: tempfile::TempDir,
 }
 
 impl BenchHost {
@@ -50,10 +52,16 @@ impl BenchHost {
             subnet,
             HELPER_EXE,
         );
+        let run_dir = tempfile::Builder::new()
+            .prefix("cxbench-run")
+            .tempdir_in(crate::RUN_DIR_PARENT)
+            .context("failed to create the run dir")?;
+        cfg.run_dir = run_dir.path().to_path_buf();
         cfg.set_user_namespaces(user_namespaces);
         Ok(BenchHost {
             cfg,
             _state_dir: state_dir,
+            _run_dir: run_dir,
         })
     }
 

@@ -84,12 +84,14 @@ pub fn version(tools: &Tools) -> String {
         .unwrap_or_else(|| "crun (version unknown)".to_string())
 }
 
-/// An OCI bundle with a copy of the root file system, and crun's state dir. Both are removed
-/// on drop.
+/// An OCI bundle with a copy of the root file system, and crun's state dir on tmpfs. Both are
+/// removed on drop.
 #[derive(Debug)]
 pub struct CrunBench {
     tools: Tools,
     dir: tempfile::TempDir,
+    /// crun's `--root`, on the same kind of file system as colex's run dir.
+    state_dir: tempfile::TempDir,
     /// Container ids are `<id_prefix>-<n>`; crun names the container's cgroups after them.
     id_prefix: String,
     next_index: usize,
@@ -109,13 +111,17 @@ impl CrunBench {
             .prefix("cxcrun")
             .tempdir()
             .context("failed to create the crun bundle dir")?;
+        let state_dir = tempfile::Builder::new()
+            .prefix("cxcrun-state")
+            .tempdir_in(crate::RUN_DIR_PARENT)
+            .context("failed to create crun's state dir")?;
         let bench = CrunBench {
             tools,
             dir,
+            state_dir,
             id_prefix,
             next_index: 0,
         };
-        fs::create_dir(bench.state_dir()).context("failed to create crun's state dir")?;
 
         // A copy, because crun creates the mount points of its default mounts in the root.
         let copy = Command::new("cp")
@@ -159,7 +165,7 @@ impl CrunBench {
     }
 
     fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("crun-state")
+        self.state_dir.path().to_path_buf()
     }
 
     /// Runs the container `count` times in one child process in a private mount namespace,

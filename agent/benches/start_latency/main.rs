@@ -18,6 +18,10 @@
 //! same namespaces (pid, mount, UTS, IPC, network) and no network setup, program `/bin/true`,
 //! from spawning crun to its exit (module `crun`).
 //!
+//! Both runtimes keep their runtime state on tmpfs ([`RUN_DIR_PARENT`]), as in /run on a
+//! systemd host: colex its run dir with the silos' records and leases, crun its `--root`. The
+//! silos' writable layers and logs and crun's bundle stay in the temp dir (`TMPDIR`).
+//!
 //! Both sides are measured in two pacings. Isolated runs: the host idles for
 //! [`ISOLATION_PAUSE`] before each timed run, and each silo is removed before the pause.
 //! Back-to-back runs: colex starts a block of silos one after another and removes them after
@@ -56,6 +60,9 @@ const BLOCKS: usize = 4;
 /// Idle time before each isolated run. On the reference machine, crun's p50 stops growing
 /// with the pause from about 30 ms on: 22 ms after 30 ms, 24 ms after 100 ms.
 const ISOLATION_PAUSE: Duration = Duration::from_millis(100);
+/// Parent of colex's run dir and crun's state dir: a tmpfs, as /run is on a systemd host. The
+/// state dir, the silos' writable layers and crun's bundle stay in the temp dir.
+const RUN_DIR_PARENT: &str = "/dev/shm";
 /// colex's p50 may be at most this share of crun's p50.
 const TARGET_RATIO: f64 = 0.75;
 /// Tokio worker threads of the measured runtime: one per core of the 2-core reference machine,
@@ -127,6 +134,11 @@ fn run() -> anyhow::Result<()> {
     println!(
         "crun: `crun run` of /bin/true from spawning crun to its exit (create, start, exit, \
          delete), same root file system and namespaces, no network setup"
+    );
+    println!(
+        "runtime state on tmpfs ({RUN_DIR_PARENT}) on both sides: colex's records and leases, \
+         crun's --root; colex's writable layers and crun's bundle in {}",
+        std::env::temp_dir().display()
     );
 
     let started = Instant::now();

@@ -50,7 +50,7 @@ pub(super) async fn adopt_or_remove(
     inner: &Inner,
     silo_id: &str,
 ) -> Result<Option<AdoptedSilo>, RuntimeError> {
-    let paths = SiloPaths::new(&inner.silos_dir, silo_id);
+    let paths = inner.silo_dirs.paths(silo_id);
     let verdict = {
         let paths = paths.clone();
         tokio::task::spawn_blocking(move || judge(&paths)).await?

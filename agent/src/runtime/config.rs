@@ -24,6 +24,8 @@ pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
 
 /// TCP port of the metadata service on the bridge address unless the agent config sets another.
 pub const DEFAULT_METADATA_PORT: u16 = 17832;
+/// Name of the run dir inside the state dir when the caller chooses none.
+pub const DEFAULT_RUN_DIR_NAME: &str = "run";
 /// Smallest pids limit: the silo's PID 1 and its program.
 pub const MIN_PIDS_LIMIT: u64 = 2;
 
@@ -33,8 +35,15 @@ pub struct RuntimeConfig {
     /// Name of the host, which scopes everything outside the agent's network namespace (the
     /// cgroup directory `colex-<host_name>`; the state dir is chosen by the caller).
     pub host_name: String,
-    /// Directory the runtime owns, e.g. `/var/lib/colex/agent/<host>`.
+    /// Directory the runtime owns, e.g. `/var/lib/colex/agent/<host>`: images, the silos'
+    /// writable layers and their logs.
     pub state_dir: PathBuf,
+    /// Directory of the silos' runtime records (intent, start, exit) and address leases, e.g.
+    /// `/run/colex/agent/<host>`. They describe processes, mounts and links that end with the
+    /// machine, so the directory belongs on tmpfs: a start writes several small files there,
+    /// which cost milliseconds on a disk file system. [`RuntimeConfig::new`] puts it in the
+    /// state dir.
+    pub run_dir: PathBuf,
     /// Name of the bridge the silos' veths attach to, e.g. `colex0`.
     pub bridge: String,
     /// The host's silo subnet. The bridge gets its first host address, silos the following ones.
@@ -113,9 +122,11 @@ impl RuntimeConfig {
         subnet: Ipv4Net,
         helper_exe: impl Into<PathBuf>,
     ) -> Self {
+        let state_dir = state_dir.into();
         RuntimeConfig {
             host_name: host_name.into(),
-            state_dir: state_dir.into(),
+            run_dir: state_dir.join(DEFAULT_RUN_DIR_NAME),
+            state_dir,
             bridge: bridge.into(),
             subnet,
             helper_exe: helper_exe.into(),
@@ -139,6 +150,7 @@ impl RuntimeConfig {
             });
         }
         check_absolute("state dir", &self.state_dir)?;
+        check_absolute("run dir", &self.run_dir)?;
         check_absolute("helper executable", &self.helper_exe)?;
         check_absolute("busybox", &self.busybox)?;
         for (name, path) in &self.images {
@@ -324,6 +336,13 @@ mod tests {
         assert!(matches!(
             cfg.validate(),
             Err(ConfigError::RelativePath { .. })
+        ));
+
+        let mut cfg = config();
+        cfg.run_dir = PathBuf::from("run");
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::RelativePath { what: "run dir", .. })
         ));
 
         let mut cfg = config();

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use super::exec_helper::{ExecJob, ExecReport, EXEC_HELPER_ARG, REPORT_FD};
 use super::names;
 use super::spec::DEFAULT_PATH_ENV;
-use super::state::{self, SiloPaths, SiloRecord};
+use super::state::{self, SiloRecord};
 use super::Runtime;
 
 /// Bytes read from the command's output at a time.
@@ -190,7 +190,7 @@ impl Runtime {
 
     /// Returns the pid of the silo's PID 1, if the silo runs on this host.
     fn running_init_pid(&self, silo_id: &str) -> Result<u32, ExecError> {
-        let paths = SiloPaths::new(&self.inner.silos_dir, silo_id);
+        let paths = self.inner.silo_dirs.paths(silo_id);
         if !paths.record().exists() {
             return Err(ExecError::NotFound {
                 silo_id: silo_id.to_owned(),

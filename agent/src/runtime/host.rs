@@ -12,12 +12,15 @@ use tracing::{info, warn};
 use super::config::RuntimeConfig;
 use super::lease::Leases;
 use super::network::Netlink;
-use super::state::{self, TRASH_PREFIX};
+use super::state::{self, SiloDirs, TRASH_PREFIX};
 use super::teardown::{remove_dir_all, CGROUP_KILL_WAIT};
 use super::{
-    adopt, cgroup, image, iptables, names, removal, Inner, Runtime, RuntimeError, SiloExit,
+    adopt, cgroup, image, iptables, names, removal, teardown, Inner, Runtime, RuntimeError, SiloExit,
     EXIT_CHANNEL_CAPACITY,
 };
+
+/// Name of the leases dir inside the run dir.
+pub const LEASES_DIR_NAME: &str = "leases";
 
 /// Time each silo gets to stop after SIGTERM when the runtime shuts down.
 pub const SHUTDOWN_KILL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,10 +30,10 @@ pub async fn start(
     cfg: RuntimeConfig,
 ) -> Result<(Runtime, mpsc::Receiver<SiloExit>), RuntimeError> {
     cfg.validate()?;
-    let silos_dir = cfg.state_dir.join("silos");
-    let leases_dir = cfg.state_dir.join("leases");
+    let silo_dirs = SiloDirs::new(&cfg.run_dir, &cfg.state_dir);
+    let leases_dir = cfg.run_dir.join(LEASES_DIR_NAME);
     let images_dir = cfg.state_dir.join("images");
-    for dir in [&cfg.state_dir, &silos_dir, &leases_dir, &images_dir] {
+    for dir in [&cfg.state_dir, &cfg.run_dir, &silo_dirs.records, &silo_dirs.files, &leases_dir, &images_dir] {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|source| RuntimeError::CreateDir {
@@ -68,7 +71,7 @@ pub async fn start(
         leases: Leases::new(leases_dir, network),
         cfg,
         network,
-        silos_dir,
+        silo_dirs,
         images,
         host_cgroup,
         cgroups,
@@ -93,14 +96,15 @@ pub async fn start(
 /// Adopts the silos an earlier run of the agent left running or exited, and removes the rest
 /// of what it left: half-created silos, cgroups without a record, stale NAT rules and leases.
 async fn adopt_earlier_silos(inner: &Inner) -> Result<(), RuntimeError> {
+    let dirs = &inner.silo_dirs;
     let mut adopted = Vec::new();
-    for name in state::list_dir(&inner.silos_dir)? {
+    for name in state::list_dir(&dirs.records)? {
         if name.starts_with(TRASH_PREFIX) {
-            remove_dir_all(inner.silos_dir.join(&name)).await?;
+            remove_dir_all(dirs.records.join(&name)).await?;
             continue;
         }
         if names::validate_silo_id(&name).is_err() {
-            warn!(entry = %name, dir = %inner.silos_dir.display(), "ignoring unexpected entry in silos dir");
+            warn!(entry = %name, dir = %dirs.records.display(), "ignoring unexpected entry in silos dir");
             continue;
         }
         match adopt::adopt_or_remove(inner, &name).await {
@@ -108,6 +112,17 @@ async fn adopt_earlier_silos(inner: &Inner) -> Result<(), RuntimeError> {
             Ok(None) => {}
             // The record stays, so the next start or a remove_silo retries.
             Err(err) => warn!(silo = %name, error = %err, "failed to remove leftover silo"),
+        }
+    }
+
+    // Files without a record dir: a removal cut short between the two dirs, or a reboot that
+    // emptied a run dir on tmpfs. Their kernel objects are gone or handled below.
+    for name in state::list_dir(&dirs.files)? {
+        if name.starts_with(TRASH_PREFIX) {
+            remove_dir_all(dirs.files.join(&name)).await?;
+        } else if names::validate_silo_id(&name).is_ok() && !dirs.records.join(&name).exists() {
+            info!(silo = %name, "removing the files of a silo without a record");
+            teardown::remove_silo_dir(&dirs.files, &name).await?;
         }
     }
 
@@ -138,12 +153,7 @@ async fn adopt_earlier_silos(inner: &Inner) -> Result<(), RuntimeError> {
     }
 
     for (address, owner) in inner.leases.list()? {
-        if !inner
-            .silos_dir
-            .join(&owner)
-            .join(state::RECORD_FILE)
-            .exists()
-        {
+        if !has_record(inner, &owner) {
             inner.leases.release(address, &owner)?;
         }
     }
@@ -162,20 +172,16 @@ async fn adopted_record(inner: &Inner, silo_id: &str) -> Option<state::SiloRecor
 }
 
 fn has_record(inner: &Inner, silo_id: &str) -> bool {
-    inner
-        .silos_dir
-        .join(silo_id)
-        .join(state::RECORD_FILE)
-        .exists()
+    inner.silo_dirs.paths(silo_id).record().exists()
 }
 
 /// Implements [`Runtime::teardown`]: builds the runtime's view of the host without creating
 /// the bridge, chain or image, then removes everything as [`shutdown`] does.
 pub async fn teardown(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
     cfg.validate()?;
-    let silos_dir = cfg.state_dir.join("silos");
-    let leases_dir = cfg.state_dir.join("leases");
-    for dir in [&silos_dir, &leases_dir] {
+    let silo_dirs = SiloDirs::new(&cfg.run_dir, &cfg.state_dir);
+    let leases_dir = cfg.run_dir.join(LEASES_DIR_NAME);
+    for dir in [&silo_dirs.records, &silo_dirs.files, &leases_dir] {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|source| RuntimeError::CreateDir {
@@ -194,7 +200,7 @@ pub async fn teardown(cfg: RuntimeConfig) -> Result<(), RuntimeError> {
         images: image::ImageStore::unprepared(&cfg.state_dir.join("images")),
         cfg,
         network,
-        silos_dir,
+        silo_dirs,
         host_cgroup,
         cgroups,
         netlink: Netlink::connect()?,
@@ -230,18 +236,23 @@ pub async fn shutdown(runtime: &Runtime) -> Result<(), RuntimeError> {
             first_error.get_or_insert(err);
         }
     }
-    // Records whose removal failed earlier.
-    for name in state::list_dir(&inner.silos_dir)? {
-        let result = if name.starts_with(TRASH_PREFIX) {
-            remove_dir_all(inner.silos_dir.join(&name)).await
-        } else if names::validate_silo_id(&name).is_ok() {
-            removal::remove_leftover(inner, &name).await
-        } else {
-            Ok(())
-        };
-        if let Err(err) = result {
-            warn!(entry = %name, error = %err, "failed to remove silo dir at shutdown");
-            first_error.get_or_insert(err);
+    // Records whose removal failed earlier, then files without a record.
+    let dirs = &inner.silo_dirs;
+    for (silos_dir, is_record_dir) in [(&dirs.records, true), (&dirs.files, false)] {
+        for name in state::list_dir(silos_dir)? {
+            let result = if name.starts_with(TRASH_PREFIX) {
+                remove_dir_all(silos_dir.join(&name)).await
+            } else if names::validate_silo_id(&name).is_err() {
+                Ok(())
+            } else if is_record_dir {
+                removal::remove_leftover(inner, &name).await
+            } else {
+                teardown::remove_silo_dir(silos_dir, &name).await
+            };
+            if let Err(err) = result {
+                warn!(entry = %name, error = %err, "failed to remove silo dir at shutdown");
+                first_error.get_or_insert(err);
+            }
         }
     }
 

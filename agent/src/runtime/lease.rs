@@ -1,4 +1,4 @@
-//! IPv4 address leases of silos, persisted as one file per address in the state dir.
+//! IPv4 address leases of silos, persisted as one file per address in the run dir.
 //!
 //! A lease file is named after the address and contains the silo id. Creating it with
 //! `O_EXCL` makes the allocation atomic, and the file outlives an agent crash, so an address is

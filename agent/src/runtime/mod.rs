@@ -71,7 +71,7 @@ use tokio::sync::mpsc;
 pub use adopt::AdoptedSilo;
 pub use binds::{is_bind_id, BindError, BindSource, MAX_BIND_ID_BYTES};
 pub use cgroup::CgroupError;
-pub use config::{ConfigError, RuntimeConfig, DEFAULT_BUSYBOX_PATH, DEFAULT_METADATA_PORT, DEFAULT_PIDS_LIMIT};
+pub use config::{ConfigError, RuntimeConfig, DEFAULT_BUSYBOX_PATH, DEFAULT_METADATA_PORT, DEFAULT_PIDS_LIMIT, DEFAULT_RUN_DIR_NAME};
 pub use failpoint::{FailpointReached, FAILPOINTS};
 pub use files::FilesError;
 pub use exec::{ExecInput, ExecOutput, ExecRequest};
@@ -195,7 +195,7 @@ struct Inner {
     cfg: RuntimeConfig,
     /// The configured subnet with its host bits cleared.
     network: Ipv4Net,
-    silos_dir: PathBuf,
+    silo_dirs: state::SiloDirs,
     /// The host's images, whose cache dirs are the silos' overlayfs lower dirs.
     images: image::ImageStore,
     /// `<mount>/colex-<host>` in the hierarchy that tracks the silos' processes:
@@ -313,7 +313,7 @@ impl Runtime {
         sink: &mpsc::Sender<Vec<u8>>,
     ) -> Result<(), RuntimeError> {
         names::validate_silo_id(silo_id)?;
-        let paths = state::SiloPaths::new(&self.inner.silos_dir, silo_id);
+        let paths = self.inner.silo_dirs.paths(silo_id);
         if !tokio::fs::try_exists(&paths.record()).await.unwrap_or(false) {
             return Err(RuntimeError::NotFound {
                 silo_id: silo_id.to_string(),
@@ -347,10 +347,16 @@ impl Runtime {
         self.inner.spare.pids()
     }
 
-    /// Returns the dir of silo `silo_id`, which contains [`STDOUT_LOG_FILE`], [`STDERR_LOG_FILE`]
-    /// and [`HELPER_LOG_FILE`] while the silo exists.
+    /// Returns the dir of silo `silo_id` in the state dir, which contains [`STDOUT_LOG_FILE`],
+    /// [`STDERR_LOG_FILE`] and [`HELPER_LOG_FILE`] while the silo exists.
     pub fn silo_dir(&self, silo_id: &str) -> PathBuf {
-        self.inner.silos_dir.join(silo_id)
+        self.inner.silo_dirs.paths(silo_id).dir
+    }
+
+    /// Returns the dir of silo `silo_id` in the run dir, which contains its record while the
+    /// silo exists.
+    pub fn silo_record_dir(&self, silo_id: &str) -> PathBuf {
+        self.inner.silo_dirs.paths(silo_id).run
     }
 
     /// Returns the cgroup dir that contains the cgroups of this host's silos in the hierarchy

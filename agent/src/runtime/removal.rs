@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::names::{self, validate_silo_id};
 use super::silo::{RunningSilo, HELPER_EXIT_WAIT};
-use super::state::{self, SiloPaths, SiloRecord};
+use super::state::{self, SiloRecord};
 use super::teardown::{UndoStack, CGROUP_KILL_WAIT};
 use super::init::SIGNAL_EXIT_CODE_BASE;
 use super::{cgroup, Inner, Runtime, RuntimeError};
@@ -60,8 +60,8 @@ pub async fn remove(
     }
 
     // A record on disk without a slot: an earlier agent's silo, or a removal that failed.
-    let paths = SiloPaths::new(&inner.silos_dir, silo_id);
-    if tokio::fs::try_exists(&paths.dir).await.unwrap_or(true) {
+    let paths = inner.silo_dirs.paths(silo_id);
+    if paths.exist() {
         remove_leftover(inner, silo_id).await?;
     }
     info!(silo = silo_id, exit_code = ?report.exit_code, how = %report.message, "silo removed");
@@ -190,7 +190,7 @@ fn signal_by_pid(pid: Option<u32>, signal: Signal) -> std::io::Result<()> {
 /// Removes a silo that this process does not track, from its record. A missing or unreadable
 /// record still leads to removing every object whose name derives from the silo id.
 pub async fn remove_leftover(inner: &Inner, silo_id: &str) -> Result<(), RuntimeError> {
-    let paths = SiloPaths::new(&inner.silos_dir, silo_id);
+    let paths = inner.silo_dirs.paths(silo_id);
     let record = match state::read_json::<SiloRecord>(&paths.record()) {
         Ok(record) => Some(record),
         Err(err) => {

@@ -14,7 +14,7 @@ use super::names::{self, validate_silo_id};
 use super::silo::{helper_job, launch, NewCgroup, RunningSilo};
 use super::sources::{self, SiloSources};
 use super::spec;
-use super::state::{self, SiloPaths};
+use super::state;
 use super::teardown::CGROUP_KILL_WAIT;
 use super::{cgroup, Inner, Runtime, RuntimeError};
 
@@ -87,7 +87,7 @@ async fn relaunch(
     restarts: u32,
 ) -> Result<RunningSilo, RuntimeError> {
     let silo_id = exited.record.silo_id.clone();
-    let paths = SiloPaths::new(&inner.silos_dir, &silo_id);
+    let paths = inner.silo_dirs.paths(&silo_id);
     let mut record = exited.record.clone();
     record.helper_pid = None;
     record.init_pid = None;

@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::future::Future;
 use std::sync::Arc;
@@ -125,8 +126,8 @@ async fn setup(
     sources: &SiloSources,
 ) -> Result<RunningSilo, RuntimeError> {
     // A record without a slot is a leftover of a failed removal: finish that first.
-    let paths = SiloPaths::new(&inner.silos_dir, silo_id);
-    if tokio::fs::try_exists(&paths.dir).await.unwrap_or(true) {
+    let paths = inner.silo_dirs.paths(silo_id);
+    if paths.exist() {
         remove_leftover(inner, silo_id).await?;
     }
 
@@ -155,7 +156,7 @@ async fn setup_steps(
     plan: &SiloPlan,
     sources: &SiloSources,
 ) -> Result<RunningSilo, RuntimeError> {
-    let paths = SiloPaths::new(&inner.silos_dir, silo_id);
+    let paths = inner.silo_dirs.paths(silo_id);
     let job = helper_job(&paths, silo_id, plan, sources, inner.cfg.id_map, &inner.cfg.metadata_endpoint());
     let helper = inner
         .spare
@@ -208,19 +209,9 @@ fn record_intent(
 
     // Plain calls: small local operations cost less than a trip to the blocking pool. Only the
     // dir the record needs: the network setup waits for the record, the layer dirs do not.
-    std::fs::create_dir_all(&paths.dir).map_err(|source| RuntimeError::CreateDir {
-        path: paths.dir.clone(),
-        source,
-    })?;
+    // The undo removes both of the silo's dirs.
     undo.push(UndoStep::RemoveSiloDir);
-    // Silo root (an unprivileged host uid with user namespaces) looks up `rootfs` in the silo
-    // dir while PID 1 mounts, so others may search it but not list it.
-    std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(SILO_DIR_MODE)).map_err(
-        |source| RuntimeError::CreateDir {
-            path: paths.dir.clone(),
-            source,
-        },
-    )?;
+    create_silo_dir(&paths.run)?;
     let record = SiloRecord {
         silo_id: silo_id.to_string(),
         generation,
@@ -248,6 +239,19 @@ fn record_intent(
     Ok(record)
 }
 
+/// Creates one of a silo's two dirs. Silo root (an unprivileged host uid with user namespaces)
+/// looks up `rootfs`, `upper` and `work` in them while PID 1 mounts, so others may search them
+/// but not list them.
+#[allow(clippy::result_large_err)]
+fn create_silo_dir(dir: &Path) -> Result<(), RuntimeError> {
+    let create_error = |source| RuntimeError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(create_error)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(SILO_DIR_MODE)).map_err(create_error)
+}
+
 /// Makes what PID 1 mounts: the overlay's dirs and the silo's files in the upper dir. The silo
 /// dir exists, and its undo removes these with it, so this step pushes no undo of its own.
 async fn place_host_files(
@@ -258,6 +262,7 @@ async fn place_host_files(
     plan: &SiloPlan,
     address: Ipv4Addr,
 ) -> Result<(), RuntimeError> {
+    create_silo_dir(&paths.dir)?;
     for dir in [paths.upper(), paths.work(), paths.rootfs()] {
         std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::CreateDir { path: dir, source })?;
     }

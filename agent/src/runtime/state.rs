@@ -1,10 +1,15 @@
 //! On-disk intent records: what a silo has or may have created, so that a restarted agent can
 //! remove it.
 //!
-//! Layout of `<state_dir>/silos/<id>/`: `silo.json` (the [`SiloRecord`]), `exit.json` (the
-//! [`ExitRecord`] that the helper writes), `stdout.log` and `stderr.log` with their rotated
-//! predecessors `stdout.log.1` and `stderr.log.1`, `helper.log`, and the overlayfs dirs
-//! `upper/`, `work/` and `rootfs/`.
+//! Each silo has two dirs of the same name. `<run_dir>/silos/<id>/` holds `silo.json` (the
+//! [`SiloRecord`]), `exit.json` (the [`ExitRecord`] that the helper writes) and the mount point
+//! `rootfs/`: small files a start writes, which end with the machine as its processes do.
+//! `<state_dir>/silos/<id>/` holds what may outlive a reboot or grow large: `stdout.log` and
+//! `stderr.log` with their rotated predecessors `stdout.log.1` and `stderr.log.1`,
+//! `helper.log`, and the overlayfs dirs `upper/` and `work/`.
+//!
+//! The record dir is made first and removed last, so a silo with files in the state dir and no
+//! record is a leftover: of a removal cut short, or of a reboot that emptied a tmpfs run dir.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -91,26 +96,48 @@ pub enum LogStreamKind {
     Stderr,
 }
 
+/// The two dirs that hold one dir per silo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiloDirs {
+    /// `<run_dir>/silos`: records and mount points.
+    pub records: PathBuf,
+    /// `<state_dir>/silos`: logs and writable layers.
+    pub files: PathBuf,
+}
+
+impl SiloDirs {
+    pub fn new(run_dir: &Path, state_dir: &Path) -> Self {
+        SiloDirs {
+            records: run_dir.join("silos"),
+            files: state_dir.join("silos"),
+        }
+    }
+
+    /// Returns the paths of silo `silo_id`.
+    pub fn paths(&self, silo_id: &str) -> SiloPaths {
+        SiloPaths {
+            run: self.records.join(silo_id),
+            dir: self.files.join(silo_id),
+        }
+    }
+}
+
 /// Paths of one silo's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiloPaths {
+    /// The silo's dir in the run dir: records and the root's mount point.
+    pub run: PathBuf,
+    /// The silo's dir in the state dir: logs and the writable layer.
     pub dir: PathBuf,
 }
 
 impl SiloPaths {
-    /// Returns the paths of silo `silo_id` under `silos_dir`.
-    pub fn new(silos_dir: &Path, silo_id: &str) -> Self {
-        SiloPaths {
-            dir: silos_dir.join(silo_id),
-        }
-    }
-
     pub fn record(&self) -> PathBuf {
-        self.dir.join(RECORD_FILE)
+        self.run.join(RECORD_FILE)
     }
 
     pub fn exit(&self) -> PathBuf {
-        self.dir.join(EXIT_FILE)
+        self.run.join(EXIT_FILE)
     }
 
     pub fn stdout_log(&self) -> PathBuf {
@@ -145,7 +172,16 @@ impl SiloPaths {
 
     /// Mount point of the silo's root file system inside its mount namespace.
     pub fn rootfs(&self) -> PathBuf {
-        self.dir.join("rootfs")
+        self.run.join("rootfs")
+    }
+
+    /// Tells whether either of the silo's dirs exists. An error counts as existing, so the
+    /// caller removes what may be there. Two `stat` calls cost less than a trip to the blocking
+    /// pool.
+    pub fn exist(&self) -> bool {
+        [&self.run, &self.dir]
+            .iter()
+            .any(|dir| dir.try_exists().unwrap_or(true))
     }
 }
 
@@ -323,16 +359,19 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_under_silo_dir() {
-        let paths = SiloPaths::new(Path::new("/state/silos"), "3938a44e");
+    fn records_are_in_the_run_dir_and_files_in_the_state_dir() {
+        let paths = SiloDirs::new(Path::new("/run/cx"), Path::new("/state")).paths("3938a44e");
         assert_eq!(
             paths.record(),
-            PathBuf::from("/state/silos/3938a44e/silo.json")
+            PathBuf::from("/run/cx/silos/3938a44e/silo.json")
         );
+        assert_eq!(paths.exit(), PathBuf::from("/run/cx/silos/3938a44e/exit.json"));
+        assert_eq!(paths.rootfs(), PathBuf::from("/run/cx/silos/3938a44e/rootfs"));
         assert_eq!(
             paths.stdout_log(),
             PathBuf::from("/state/silos/3938a44e/stdout.log")
         );
         assert_eq!(paths.upper(), PathBuf::from("/state/silos/3938a44e/upper"));
+        assert_eq!(paths.work(), PathBuf::from("/state/silos/3938a44e/work"));
     }
 }

@@ -8,7 +8,7 @@ use tracing::debug;
 
 use super::names::{validate_silo_id, SILO_IFNAME};
 use super::pidfd;
-use super::state::{self, SiloPaths, SiloRecord};
+use super::state::{self, SiloRecord};
 use super::{cgroup, Runtime, RuntimeError};
 
 /// Usage of one silo at the time of the call. Counters (CPU time, bytes) grow from the silo's
@@ -48,7 +48,7 @@ pub async fn collect(runtime: &Runtime, silo_id: &str) -> Result<SiloStats, Runt
     // Every process of the silo shares its network namespace. PID 1 is read first because it
     // lives as long as the silo.
     let pids = cgroup::pids(silo_cgroup.membership_dir()).await?;
-    let record_path = SiloPaths::new(&inner.silos_dir, silo_id).record();
+    let record_path = inner.silo_dirs.paths(silo_id).record();
     let init_pid =
         tokio::task::spawn_blocking(move || state::read_json::<SiloRecord>(&record_path))
             .await?

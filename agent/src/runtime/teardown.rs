@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
-use super::state::{SiloPaths, TRASH_PREFIX};
+use super::state::{SiloDirs, TRASH_PREFIX};
 use super::{iptables, Inner, RuntimeError};
 
 /// How long the processes of a cgroup may take to die after `cgroup.kill`.
@@ -116,7 +116,7 @@ impl UndoStack {
 async fn run_step(inner: &Inner, silo_id: &str, step: &UndoStep) -> Result<(), RuntimeError> {
     match step {
         UndoStep::ReleaseLease { address } => Ok(inner.leases.release(*address, silo_id)?),
-        UndoStep::RemoveSiloDir => remove_silo_dir(&inner.silos_dir, silo_id).await,
+        UndoStep::RemoveSiloDir => remove_silo_dirs(&inner.silo_dirs, silo_id).await,
         // `path` is the membership dir; the silo has a dir in every hierarchy.
         UndoStep::RemoveCgroup { .. } => Ok(inner
             .cgroups
@@ -130,10 +130,17 @@ async fn run_step(inner: &Inner, silo_id: &str, step: &UndoStep) -> Result<(), R
     }
 }
 
-/// Removes a silo dir by renaming it to a trash name first, so a crash in the middle never
-/// leaves a half-deleted dir that looks like a silo.
+/// Removes both dirs of a silo: its files first and its record dir last, so a silo whose record
+/// is gone has no dirs left either, unless the removal was cut short (see [`super::state`]).
+pub async fn remove_silo_dirs(dirs: &SiloDirs, silo_id: &str) -> Result<(), RuntimeError> {
+    remove_silo_dir(&dirs.files, silo_id).await?;
+    remove_silo_dir(&dirs.records, silo_id).await
+}
+
+/// Removes the dir `silo_id` in `silos_dir` by renaming it to a trash name first, so a crash
+/// in the middle never leaves a half-deleted dir that looks like a silo.
 pub async fn remove_silo_dir(silos_dir: &Path, silo_id: &str) -> Result<(), RuntimeError> {
-    let dir = SiloPaths::new(silos_dir, silo_id).dir;
+    let dir = silos_dir.join(silo_id);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_nanos())
@@ -200,19 +207,18 @@ mod tests {
 
     #[tokio::test]
     async fn silo_dir_removal_leaves_no_trash() {
-        let silos = tempfile::tempdir().expect("create temp dir");
-        let dir = silos.path().join("3938a44e");
-        std::fs::create_dir_all(dir.join("upper/www")).expect("create silo dir");
-        std::fs::write(dir.join("silo.json"), b"{}").expect("write record");
+        let base = tempfile::tempdir().expect("create temp dir");
+        let dirs = SiloDirs::new(&base.path().join("run"), base.path());
+        let paths = dirs.paths("3938a44e");
+        std::fs::create_dir_all(paths.upper().join("www")).expect("create silo dir");
+        std::fs::create_dir_all(&paths.run).expect("create record dir");
+        std::fs::write(paths.record(), b"{}").expect("write record");
 
-        remove_silo_dir(silos.path(), "3938a44e")
-            .await
-            .expect("remove");
-        assert!(std::fs::read_dir(silos.path())
-            .expect("list")
-            .next()
-            .is_none());
-        remove_silo_dir(silos.path(), "3938a44e")
+        remove_silo_dirs(&dirs, "3938a44e").await.expect("remove");
+        for silos in [&dirs.records, &dirs.files] {
+            assert!(std::fs::read_dir(silos).expect("list").next().is_none());
+        }
+        remove_silo_dirs(&dirs, "3938a44e")
             .await
             .expect("remove again");
     }

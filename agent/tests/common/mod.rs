@@ -94,13 +94,28 @@ impl TestHost {
         self.cfg.state_dir.join("images")
     }
 
+    /// Returns the silo's dir in the state dir: logs and writable layer.
     pub fn silo_dir(&self, silo_id: &str) -> PathBuf {
         self.cfg.state_dir.join("silos").join(silo_id)
     }
 
+    /// Returns the path of the silo's record in the run dir.
+    pub fn record_path(&self, silo_id: &str) -> PathBuf {
+        self.cfg.run_dir.join("silos").join(silo_id).join("silo.json")
+    }
+
+    /// Whether neither of the silo's dirs (state dir and run dir) exists.
+    pub fn silo_dirs_gone(&self, silo_id: &str) -> bool {
+        !self.silo_dir(silo_id).exists() && !self.cfg.run_dir.join("silos").join(silo_id).exists()
+    }
+
     /// Returns the sorted names of the lease files.
     pub fn leases(&self) -> Vec<String> {
-        list_names(&self.cfg.state_dir.join("leases"))
+        list_names(&self.leases_dir())
+    }
+
+    pub fn leases_dir(&self) -> PathBuf {
+        self.cfg.run_dir.join("leases")
     }
 
     /// Returns the host's cgroup dir in the cgroup2 hierarchy.
@@ -377,7 +392,7 @@ pub fn wait_for_stdout(host: &TestHost, silo_id: &str, marker: &str) -> String {
 /// Returns the host pid of the program of silo `silo_id`: the child of its PID 1.
 pub fn program_pid(host: &TestHost, silo_id: &str) -> u32 {
     let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(host.silo_dir(silo_id).join("silo.json")).expect("read record"),
+        &std::fs::read(host.record_path(silo_id)).expect("read record"),
     )
     .expect("parse record");
     let init_pid = record["init_pid"].as_u64().expect("init_pid in the record");

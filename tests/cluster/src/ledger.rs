@@ -44,7 +44,8 @@ impl Ledger {
             .map(|root| list_dir(&root.join(format!("colex-{}", host.name)), true))
             .unwrap_or_default();
         let mounts = mounts_below(&host.state_dir);
-        let silo_dirs = list_dir(&host.state_dir.join("silos"), false);
+        let mut silo_dirs = list_dir(&host.state_dir.join("silos"), false);
+        silo_dirs.extend(list_dir(&host.run_dir().join("silos"), false));
         Ok(Ledger {
             links,
             iptables,

@@ -104,6 +104,12 @@ pub struct Host {
 pub const SERVER_START_GRACE: Duration = Duration::from_secs(5);
 
 impl Host {
+    /// The agent's run folder, with the silos' records and leases: the agent's default for a
+    /// given `--state-dir`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.state_dir.join("run")
+    }
+
     /// Runs a command inside this host's network namespace.
     pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<CommandOutput> {
         process::run_in_netns(&self.netns, program, args, process::COMMAND_TIMEOUT)

@@ -16,7 +16,7 @@ const CONCURRENT_SILOS: usize = 50;
 
 /// Returns the names in the agent's lease folder: one file per leased address.
 fn leases(host: &Host) -> BTreeSet<String> {
-    let dir = host.state_dir.join("leases");
+    let dir = host.run_dir().join("leases");
     std::fs::read_dir(&dir)
         .map(|entries| {
             entries

@@ -100,9 +100,9 @@ struct SiloOnHost {
 }
 
 /// Returns the started silos that `host`'s agent records, from the `silo.json` files in its
-/// state folder.
+/// run folder.
 fn recorded_silos(host: &Host) -> Vec<SiloOnHost> {
-    let Ok(entries) = std::fs::read_dir(host.state_dir.join("silos")) else {
+    let Ok(entries) = std::fs::read_dir(host.run_dir().join("silos")) else {
         return Vec::new();
     };
     let mut silos = Vec::new();

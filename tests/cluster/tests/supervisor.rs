@@ -16,7 +16,7 @@ fn list_rows(lab: &Lab) -> anyhow::Result<Vec<Row>> {
 
 /// Reads the pid of the silo's PID 1 from its record in the agent's state folder.
 fn init_pid(host: &Host, silo_id: &str) -> u32 {
-    let path = host.state_dir.join("silos").join(silo_id).join("silo.json");
+    let path = host.run_dir().join("silos").join(silo_id).join("silo.json");
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("read silo record")).expect("parse silo record");
     let pid = record["init_pid"].as_u64().expect("init_pid recorded");
@@ -73,8 +73,8 @@ fn agent_sigkill_keeps_silo_and_pid() {
     assert_eq!(rows[0]["RESTARTS"], "0");
     assert_eq!(init_pid(&host, &silo_id), pid, "same PID 1 in the record");
     assert_eq!(start_ticks(pid), Some(ticks), "same PID 1 process, never a second copy");
-    let silo_dirs = std::fs::read_dir(host.state_dir.join("silos")).expect("silos dir").count();
-    assert_eq!(silo_dirs, 1, "one silo on the host");
+    let record_dirs = std::fs::read_dir(host.run_dir().join("silos")).expect("silos dir").count();
+    assert_eq!(record_dirs, 1, "one silo on the host");
 
     let down = lab.cli(&["down", "--name", "sleeper"]).expect("down runs");
     assert!(down.success(), "down failed: {}\n{}", down.stderr, lab.logs());
