@@ -11,6 +11,8 @@ use colex_proto::{Binary, SiloSpec};
 use futures::TryStreamExt;
 use rtnetlink::LinkUnspec;
 
+use crate::cpu::CpuTicks;
+
 /// The agent binary, whose `silo-helper` mode supervises each silo.
 const HELPER_EXE: &str = env!("CARGO_BIN_EXE_colex-silo-helper");
 
@@ -187,6 +189,8 @@ impl SiloIds {
 pub struct StartSample {
     pub start: Duration,
     pub removal: Duration,
+    /// CPU ticks of the whole machine during the start.
+    pub cpu: CpuTicks,
 }
 
 /// Spacing of the starts of a block.
@@ -215,11 +219,13 @@ pub async fn measure_block(
             tokio::time::sleep(pause).await;
         }
         let silo_id = ids.next_id();
+        let ticks = CpuTicks::now();
         let started = Instant::now();
         let interfaces = runtime.run_silo(&silo_id, 1, &spec).await;
         let start = started.elapsed();
+        let cpu = CpuTicks::now().since(ticks);
         interfaces.with_context(|| format!("failed to start silo {silo_id}"))?;
-        running.push((silo_id, start));
+        running.push((silo_id, start, cpu));
         if pacing != Pacing::BackToBack {
             samples.extend(remove_all(runtime, &mut running).await?);
         }
@@ -231,10 +237,10 @@ pub async fn measure_block(
 /// Removes the silos of `running`, in start order, and returns their samples.
 async fn remove_all(
     runtime: &Runtime,
-    running: &mut Vec<(String, Duration)>,
+    running: &mut Vec<(String, Duration, CpuTicks)>,
 ) -> anyhow::Result<Vec<StartSample>> {
     let mut samples = Vec::with_capacity(running.len());
-    for (silo_id, start) in running.drain(..) {
+    for (silo_id, start, cpu) in running.drain(..) {
         let removing = Instant::now();
         runtime
             .remove_silo(&silo_id, KILL_TIMEOUT)
@@ -243,6 +249,7 @@ async fn remove_all(
         samples.push(StartSample {
             start,
             removal: removing.elapsed(),
+            cpu,
         });
     }
     Ok(samples)

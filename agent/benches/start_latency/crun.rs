@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use crate::cpu::CpuTicks;
+
 /// First argument that makes the benchmark binary run a block of crun runs.
 pub const LOOP_ARG: &str = "--crun-loop";
 
@@ -170,7 +172,11 @@ impl CrunBench {
 
     /// Runs the container `count` times in one child process in a private mount namespace,
     /// sleeping for `pause` before each run, and returns the time of each run.
-    pub fn run_block(&mut self, count: usize, pause: Duration) -> anyhow::Result<Vec<Duration>> {
+    pub fn run_block(
+        &mut self,
+        count: usize,
+        pause: Duration,
+    ) -> anyhow::Result<Vec<(Duration, CpuTicks)>> {
         let first = self.next_index;
         self.next_index += count;
         let exe = std::env::current_exe().context("failed to find the benchmark executable")?;
@@ -193,11 +199,15 @@ impl CrunBench {
         if let Some(stdout) = child.stdout.take() {
             for line in BufReader::new(stdout).lines() {
                 let line = line.context("failed to read the crun loop's output")?;
-                let nanos: u64 = line
-                    .trim()
-                    .parse()
+                let numbers: Vec<u64> = line
+                    .split_whitespace()
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
                     .with_context(|| format!("invalid line {line:?} from the crun loop"))?;
-                samples.push(Duration::from_nanos(nanos));
+                let [nanos, busy, total] = numbers[..] else {
+                    bail!("invalid line {line:?} from the crun loop: expected 3 numbers");
+                };
+                samples.push((Duration::from_nanos(nanos), CpuTicks { busy, total }));
             }
         }
         let status = child.wait().context("failed to wait for the crun loop")?;
@@ -307,6 +317,7 @@ fn run_loop(args: &[String]) -> anyhow::Result<()> {
     for index in first..first + count {
         let id = format!("{id_prefix}-{index}");
         std::thread::sleep(pause);
+        let ticks = CpuTicks::now();
         let started = Instant::now();
         let status = Command::new(crun)
             .args(["--root", state_dir, "run", "--bundle", bundle, &id])
@@ -314,6 +325,7 @@ fn run_loop(args: &[String]) -> anyhow::Result<()> {
             .stdout(Stdio::null())
             .status();
         let elapsed = started.elapsed();
+        let cpu = CpuTicks::now().since(ticks);
         let failure = match status {
             Ok(status) if status.success() => None,
             Ok(status) => Some(format!("crun run {id} failed: {status}")),
@@ -326,7 +338,8 @@ fn run_loop(args: &[String]) -> anyhow::Result<()> {
                 .status();
             bail!(failure);
         }
-        writeln!(stdout, "{}", elapsed.as_nanos()).context("failed to report a run")?;
+        writeln!(stdout, "{} {} {}", elapsed.as_nanos(), cpu.busy, cpu.total)
+            .context("failed to report a run")?;
     }
     Ok(())
 }

@@ -35,6 +35,7 @@
 //! by default both map root to host uid 100000, as the agent does.
 
 mod colex;
+mod cpu;
 mod crun;
 mod latency;
 mod steps;
@@ -48,6 +49,7 @@ use anyhow::{bail, Context};
 use colex_agent::runtime::Runtime;
 
 use colex::{BenchHost, CgroupGuard, Pacing, SiloIds, StartSample};
+use cpu::CpuTicks;
 use crun::CrunBench;
 use latency::{millis, Summary};
 
@@ -105,7 +107,8 @@ struct Samples {
     colex: Vec<StartSample>,
     /// The runtime's step marks of each timed colex start.
     steps: Vec<String>,
-    crun: Vec<Duration>,
+    /// Each timed crun run with the machine's CPU ticks during it.
+    crun: Vec<(Duration, CpuTicks)>,
 }
 
 fn run() -> anyhow::Result<()> {
@@ -183,7 +186,8 @@ fn print_samples(samples: &Samples) -> anyhow::Result<()> {
         println!("  colex removal, untimed above: {removal}");
     }
 
-    let Some(crun) = Summary::of(&samples.crun) else {
+    let crun_times: Vec<Duration> = samples.crun.iter().map(|(time, _)| *time).collect();
+    let Some(crun) = Summary::of(&crun_times) else {
         println!(
             "  crun: not measured; install it with `{}`",
             crun::INSTALL_HINT
@@ -203,6 +207,17 @@ fn print_samples(samples: &Samples) -> anyhow::Result<()> {
          {verdict})",
         millis(colex.p50),
         millis(crun.p50)
+    );
+    let busy = |ticks: &mut dyn Iterator<Item = CpuTicks>| {
+        let mut sum = CpuTicks::default();
+        ticks.for_each(|span| sum += span);
+        sum.busy_percent()
+            .map_or_else(|| "unknown".to_string(), |percent| format!("{percent:.0} %"))
+    };
+    println!(
+        "  CPUs busy during the timed runs (all cores, from /proc/stat): colex {}, crun {}",
+        busy(&mut samples.colex.iter().map(|sample| sample.cpu)),
+        busy(&mut samples.crun.iter().map(|(_, cpu)| *cpu))
     );
     Ok(())
 }
