@@ -108,7 +108,9 @@ impl TarBuilder {
 
 /// Builds a gzip-compressed image tarball around the host's static busybox, laid out as
 /// `docker export` writes one: relative paths, absolute and relative applet symlinks, a hard
-/// link and a device node (which the unpacker skips).
+/// link and a device node (which the unpacker skips). As in images of systemd distributions,
+/// `/etc/resolv.conf` is a symlink into `/run`, and `/etc/hosts` and `/etc/hostname` are
+/// missing.
 fn busybox_tarball() -> Vec<u8> {
     let busybox = std::fs::read(BUSYBOX).expect("read the host's busybox");
     let archive = TarBuilder::new()
@@ -123,6 +125,8 @@ fn busybox_tarball() -> Vec<u8> {
         .link("bin/cat", EntryType::Symlink, "busybox")
         .link("bin/echo", EntryType::Symlink, "busybox")
         .link("bin/ls", EntryType::Symlink, "busybox")
+        .link("bin/grep", EntryType::Symlink, "busybox")
+        .link("etc/resolv.conf", EntryType::Symlink, "../run/systemd/resolve/stub-resolv.conf")
         .link("bin/busybox-copy", EntryType::Link, "bin/busybox")
         .char_device("dev/null")
         .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)
@@ -160,7 +164,10 @@ fn tarball_image_runs_a_silo() {
             assert_eq!(images[0], "busybox+100000");
             assert!(images[1].starts_with("tiny@"), "{images:?}");
 
-            let script = "cat /etc/image-marker; ls /bin/busybox-copy; ls /dev/null; echo done";
+            // The generated /etc files replace the image's symlink and fill its gaps.
+            let script = "cat /etc/image-marker; ls /bin/busybox-copy; ls /dev/null; \
+                          cat /etc/hostname; grep -c tiny-one /etc/hosts; \
+                          grep -c nameserver /etc/resolv.conf; echo done";
             let first = random_hex();
             runtime
                 .run_silo(&first, 1, &shell_spec("tiny-one", "tiny", script))
@@ -169,16 +176,25 @@ fn tarball_image_runs_a_silo() {
             assert_eq!(wait_exit(&mut exits, &first, EXIT_WAIT).await.exit_code, 0);
             assert_eq!(
                 read_stdout(&host, &first),
-                format!("{IMAGE_MARKER}/bin/busybox-copy\n/dev/null\ndone\n")
+                format!("{IMAGE_MARKER}/bin/busybox-copy\n/dev/null\ntiny-one\n1\n1\ndone\n")
             );
 
-            // A second silo shares the cached image; nothing is unpacked again.
+            // A second silo shares the cached image; nothing is unpacked again. Its own
+            // /etc/hosts wins over the generated one.
             let second = random_hex();
+            let mut own_hosts = shell_spec("tiny-two", "img://tiny", "cat /etc/hosts /etc/hostname");
+            own_hosts.files.push(colex_proto::FileEntry {
+                silo_path: "/etc/hosts".to_string(),
+                content: b"10.9.9.9 custom\n".to_vec(),
+                mode: 0o644,
+                ..Default::default()
+            });
             runtime
-                .run_silo(&second, 1, &shell_spec("tiny-two", "img://tiny", script))
+                .run_silo(&second, 1, &own_hosts)
                 .await
                 .expect("run a second silo");
             assert_eq!(wait_exit(&mut exits, &second, EXIT_WAIT).await.exit_code, 0);
+            assert_eq!(read_stdout(&host, &second), "10.9.9.9 custom\ntiny-two\n");
             assert_eq!(list_names(&host.images_dir()), images);
 
             for silo_id in [&first, &second] {

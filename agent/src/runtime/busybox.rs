@@ -12,6 +12,7 @@ use nix::fcntl::{AtFlags, AT_FDCWD};
 use nix::unistd::fchownat;
 
 use super::image::{build_atomically, cache_dir_suffix, ImageError, BUSYBOX_IMAGE};
+use super::spec::GENERATED_ETC_FILES;
 use super::userns::{IdMap, Owner};
 
 /// Path of the busybox binary inside the image, the target of every applet symlink.
@@ -167,6 +168,10 @@ fn build_tree(root: &Path, busybox: &Path, applets: &BTreeSet<PathBuf>) -> io::R
 
     fs::write(root.join("etc/passwd"), PASSWD)?;
     fs::write(root.join("etc/group"), GROUP)?;
+    // Mount points of the generated files, so a start creates none in the writable layer.
+    for silo_path in GENERATED_ETC_FILES {
+        fs::write(root.join(silo_path.trim_start_matches('/')), b"")?;
+    }
     Ok(())
 }
 

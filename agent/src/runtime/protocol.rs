@@ -57,6 +57,10 @@ pub struct HelperJob {
     pub argv: Vec<String>,
     /// `KEY=VALUE` environment entries.
     pub env: Vec<String>,
+    /// Generated files on the host that PID 1 bind-mounts at `/etc/<file name>`, replacing
+    /// what the image has there.
+    #[serde(default)]
+    pub etc_files: Vec<PathBuf>,
     /// Host paths PID 1 bind-mounts into the silo root before `pivot_root`.
     #[serde(default)]
     pub binds: Vec<super::binds::BindMount>,

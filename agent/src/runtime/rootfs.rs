@@ -16,11 +16,11 @@ use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{open, OFlag};
+use nix::fcntl::{open, openat, AtFlags, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
 use nix::sys::statvfs::{fstatvfs, FsFlags};
-use nix::unistd::{chdir, pivot_root, sethostname};
+use nix::unistd::{chdir, mkdir, pivot_root, sethostname, unlinkat, UnlinkatFlags};
 
 use super::binds::BindMount;
 use super::files;
@@ -70,6 +70,13 @@ pub enum RootfsError {
         "mount point {path} is a symlink in the silo image; the image must have a directory there"
     )]
     MountPointSymlink { path: PathBuf },
+    #[error("failed to open the generated file {path}: {source}")]
+    OpenEtcSource { path: PathBuf, source: Errno },
+    #[error(
+        "failed to mount the generated /etc/{name} in the silo root: {source}; the image's /etc \
+         must be a directory, and /etc/{name} a file, a symlink or missing"
+    )]
+    MountEtcFile { name: String, source: Errno },
     #[error("bind {id:?}: failed to inspect host path {path}: {source}")]
     BindSource {
         id: String,
@@ -151,6 +158,8 @@ pub struct RootfsSources {
     rootfs_name: OsString,
     /// Bind sources, in the order of the job's binds.
     binds: Vec<OwnedFd>,
+    /// The generated `/etc` files, in the order of the job's `etc_files`.
+    etc_files: Vec<OwnedFd>,
 }
 
 impl RootfsSources {
@@ -179,6 +188,17 @@ impl RootfsSources {
             })?;
             binds.push(fd);
         }
+        let mut etc_files = Vec::with_capacity(job.etc_files.len());
+        for path in &job.etc_files {
+            let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let fd = open(path, flags, Mode::empty()).map_err(|source| {
+                RootfsError::OpenEtcSource {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            etc_files.push(fd);
+        }
         Ok(RootfsSources {
             lower: open_dir(&job.lower_dir)?,
             upper: open_dir(&job.upper_dir)?,
@@ -186,6 +206,7 @@ impl RootfsSources {
             rootfs_parent: open_dir(parent)?,
             rootfs_name: rootfs_name.to_os_string(),
             binds,
+            etc_files,
         })
     }
 
@@ -230,6 +251,9 @@ pub fn enter(job: &HelperJob, sources: &RootfsSources) -> Result<(), RootfsError
     mount_proc(&root.join("proc"))?;
     mount_dev(&root.join("dev"))?;
     mount_sys(&root.join("sys"));
+    for (path, source) in job.etc_files.iter().zip(&sources.etc_files) {
+        mount_etc_file(path, source)?;
+    }
     // After /dev, so a bind can place a host device below the silo's /dev.
     for (bind, source) in job.binds.iter().zip(&sources.binds) {
         mount_bind(root, bind, source)?;
@@ -415,6 +439,61 @@ fn create_mount_point(path: &Path) -> Result<(), RootfsError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Bind-mounts the generated file `path`, opened as `source`, at `/etc/<file name>` of the silo
+/// root, the current dir. The image's entry there gives way, as it did to a file in the
+/// writable layer before: a symlink (such as `resolv.conf` pointing into `/run`) is removed
+/// first, and a missing file is created empty as the mount point. `/etc` is opened without
+/// following a symlink, so the mount cannot land outside the root.
+fn mount_etc_file(path: &Path, source: &OwnedFd) -> Result<(), RootfsError> {
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let error = |source| RootfsError::MountEtcFile {
+        name: name.clone(),
+        source,
+    };
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let etc = match open("etc", dir_flags, Mode::empty()) {
+        Err(Errno::ENOENT) => {
+            mkdir("etc", Mode::from_bits_truncate(0o755)).map_err(error)?;
+            open("etc", dir_flags, Mode::empty())
+        }
+        opened => opened,
+    }
+    .map_err(error)?;
+
+    match fstatat(&etc, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(stat) if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG => {}
+        Ok(stat) if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
+            unlinkat(&etc, name.as_str(), UnlinkatFlags::NoRemoveDir).map_err(error)?;
+            create_empty_file(&etc, &name).map_err(error)?;
+        }
+        Ok(stat) if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
+            return Err(error(Errno::EISDIR))
+        }
+        Ok(_) => return Err(error(Errno::EINVAL)),
+        Err(Errno::ENOENT) => create_empty_file(&etc, &name).map_err(error)?,
+        Err(errno) => return Err(error(errno)),
+    }
+    let target_flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let target = openat(&etc, name.as_str(), target_flags, Mode::empty()).map_err(error)?;
+    mount(
+        Some(&fd_path(source)),
+        &fd_path(&target),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(error)
+}
+
+/// Creates the empty file `name` in the open dir `dir`, failing if anything is there.
+fn create_empty_file(dir: &OwnedFd, name: &str) -> Result<(), Errno> {
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    openat(dir, name, flags, Mode::from_bits_truncate(0o644)).map(drop)
 }
 
 /// Bind-mounts a host path, opened as `source`, into the silo root, read-only unless the bind

@@ -315,6 +315,11 @@ pub(super) fn helper_job(
         binary: plan.binary.clone(),
         argv: plan.argv.clone(),
         env: with_metadata_endpoint(&plan.env, metadata_endpoint),
+        etc_files: plan
+            .generated_etc
+            .iter()
+            .map(|silo_path| paths.run.join(silo_path.trim_start_matches('/')))
+            .collect(),
         binds: sources.binds.clone(),
         id_map,
         raw_sockets: plan.raw_sockets,
@@ -432,7 +437,7 @@ const GENERATED_FILE_MODE: u32 = 0o644;
 /// 0.5 to 0.8 ms on the reference machine. Writing a few KiB costs far less.
 const INLINE_FILES_MAX_BYTES: usize = 64 * 1024;
 
-/// Writes the generated `/etc` files and then the spec's files, so the spec's files win. With
+/// Writes the generated `/etc` files to the run dir and the spec's files to the upper dir. With
 /// `id_map`, the upper and work dirs and every placed file belong to the silo root's host ids,
 /// so the silo can write its root and overlayfs can use its work dir. `resolver` is the host's
 /// DNS resolver on the bridge, the silo's nameserver unless the spec sets its own.
@@ -447,6 +452,7 @@ async fn place_files(
 ) -> Result<(), RuntimeError> {
     let upper = paths.upper();
     let work = paths.work();
+    let run = paths.run.clone();
     let entries = spec.files.clone();
     let network = spec.network.clone().unwrap_or_default();
     let plan = plan.clone();
@@ -467,12 +473,16 @@ async fn place_files(
         let hostname = format!("{}\n", plan.name);
         let hosts = files::hosts_file(&plan.name, address, &network.hosts)?;
         let resolv_conf = files::silo_resolv_conf(plan.resolv_conf.as_deref(), resolver);
-        let generated: [(&str, &[u8]); 3] = [
+        let generated: Vec<(&str, &[u8])> = [
             ("/etc/hostname", hostname.as_bytes()),
             ("/etc/hosts", hosts.as_bytes()),
             ("/etc/resolv.conf", resolv_conf.as_bytes()),
-        ];
-        files::write_silo_etc_files(&upper, &generated, GENERATED_FILE_MODE, owner)?;
+        ]
+        .into_iter()
+        .filter(|(path, _)| plan.generated_etc.contains(path))
+        .collect();
+        // In the run dir, on tmpfs: PID 1 bind-mounts them, so the disk gets no inode for them.
+        files::write_silo_etc_files(&run, &generated, GENERATED_FILE_MODE, owner)?;
         for entry in &entries {
             files::place_entry(&upper, entry, owner)?;
         }

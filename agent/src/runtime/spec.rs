@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use colex_proto::SiloSpec;
+use colex_proto::{FileKind, SiloSpec};
 
 use super::files::{self, FilesError};
 use super::image::{is_image_name, BUSYBOX_IMAGE, MAX_IMAGE_NAME_BYTES};
@@ -13,6 +13,9 @@ pub const DEFAULT_PATH_ENV: &str =
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Maximum length of a silo name, which is the silo's host name (a DNS label).
 pub const MAX_SILO_NAME_BYTES: usize = 63;
+/// Files the agent generates for every silo and PID 1 bind-mounts from the silo's run dir, as
+/// Docker does, so a start writes no file for them in the disk's writable layer.
+pub const GENERATED_ETC_FILES: [&str; 3] = ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"];
 /// Scheme the user may write before an image name.
 const IMAGE_SCHEME: &str = "img://";
 /// Range of `resources.cpu_percent`, in percent of the host's whole CPU capacity; 0 means no
@@ -80,6 +83,9 @@ pub struct SiloPlan {
     pub memory_bytes: Option<u64>,
     /// Whether the program keeps CAP_NET_RAW (`grants.raw_sockets`).
     pub raw_sockets: bool,
+    /// The files of [`GENERATED_ETC_FILES`] the silo gets: those that no `file` entry of the
+    /// spec replaces and no `bind` covers. The spec's own entries win.
+    pub generated_etc: Vec<&'static str>,
 }
 
 /// Checks `spec` and returns the plan for it. Creates nothing.
@@ -141,7 +147,37 @@ pub fn plan(spec: &SiloSpec) -> Result<SiloPlan, SpecError> {
         cpu_percent,
         memory_bytes,
         raw_sockets: spec.grants.as_ref().is_some_and(|grants| grants.raw_sockets),
+        generated_etc: generated_etc_files(spec),
     })
+}
+
+/// Returns the generated `/etc` files that `spec` leaves to the agent. A `file` entry at the
+/// path replaces the file, and so does a symlink or file entry above it: the spec's entries
+/// win, as they did when the generated files were placed first in the writable layer. A `bind`
+/// at the path or above it replaces it too, so no mount lands in a host dir. A directory entry
+/// at `/etc` replaces nothing.
+fn generated_etc_files(spec: &SiloSpec) -> Vec<&'static str> {
+    let replacing_entries = spec.files.iter().filter_map(|entry| {
+        let components = files::silo_path_components(&entry.silo_path).ok()?;
+        let is_dir = entry.kind() == FileKind::Directory;
+        Some((components, is_dir))
+    });
+    let binds = spec.binds.iter().filter_map(|bind| {
+        let components = files::silo_path_components(&bind.path).ok()?;
+        Some((components, false))
+    });
+    let taken: Vec<(Vec<&str>, bool)> = replacing_entries.chain(binds).collect();
+    GENERATED_ETC_FILES
+        .into_iter()
+        .filter(|generated| {
+            let Ok(components) = files::silo_path_components(generated) else {
+                return false;
+            };
+            !taken.iter().any(|(path, is_dir)| {
+                path == &components || (!is_dir && components.starts_with(path))
+            })
+        })
+        .collect()
 }
 
 /// Maps a spec's `base` to an image name: empty means `busybox`, and an `img://` scheme is
@@ -243,6 +279,53 @@ mod tests {
         assert!(plan.internet_access);
         assert_eq!(plan.cpu_percent, None);
         assert_eq!(plan.memory_bytes, None);
+        assert_eq!(plan.generated_etc, GENERATED_ETC_FILES);
+    }
+
+    #[test]
+    fn spec_entries_and_binds_replace_generated_files() {
+        let mut own_hosts = spec();
+        own_hosts.files.push(FileEntry {
+            silo_path: "/etc/hosts".to_string(),
+            content: b"10.0.0.1 db\n".to_vec(),
+            mode: 0o644,
+            ..Default::default()
+        });
+        let plan = plan(&own_hosts).expect("valid spec");
+        assert_eq!(plan.generated_etc, ["/etc/hostname", "/etc/resolv.conf"]);
+
+        let mut bound_etc = spec();
+        bound_etc.binds.push(colex_proto::Bind {
+            id: "config".to_string(),
+            path: "/etc".to_string(),
+        });
+        assert!(plan_of(&bound_etc).generated_etc.is_empty());
+
+        let mut linked_etc = spec();
+        linked_etc.files.push(FileEntry {
+            silo_path: "/etc".to_string(),
+            kind: FileKind::Symlink.into(),
+            link_target: "/config".to_string(),
+            ..Default::default()
+        });
+        assert!(plan_of(&linked_etc).generated_etc.is_empty());
+
+        let mut other_etc_entries = spec();
+        other_etc_entries.files.push(FileEntry {
+            silo_path: "/etc".to_string(),
+            kind: FileKind::Directory.into(),
+            mode: 0o755,
+            ..Default::default()
+        });
+        other_etc_entries.files.push(FileEntry {
+            silo_path: "/etc/hosts.allow".to_string(),
+            ..Default::default()
+        });
+        assert_eq!(plan_of(&other_etc_entries).generated_etc, GENERATED_ETC_FILES);
+    }
+
+    fn plan_of(spec: &SiloSpec) -> SiloPlan {
+        plan(spec).expect("valid spec")
     }
 
     #[test]

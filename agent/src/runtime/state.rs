@@ -2,8 +2,9 @@
 //! remove it.
 //!
 //! Each silo has two dirs of the same name. `<run_dir>/silos/<id>/` holds `silo.json` (the
-//! [`SiloRecord`]), `exit.json` (the [`ExitRecord`] that the helper writes) and the mount point
-//! `rootfs/`: small files a start writes, which end with the machine as its processes do.
+//! [`SiloRecord`]), `exit.json` (the [`ExitRecord`] that the helper writes), the mount point
+//! `rootfs/` and the generated `etc/hostname`, `etc/hosts` and `etc/resolv.conf` that PID 1
+//! bind-mounts: small files a start writes, which end with the machine as its processes do.
 //! `<state_dir>/silos/<id>/` holds what may outlive a reboot or grow large: `stdout.log` and
 //! `stderr.log` with their rotated predecessors `stdout.log.1` and `stderr.log.1`,
 //! `helper.log`, and the overlayfs dirs `upper/` and `work/`.
