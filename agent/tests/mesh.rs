@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use colex_agent::mesh::device::uapi_socket_path;
 use colex_agent::mesh::keys::PRIVATE_KEY_FILE_NAME;
@@ -238,6 +238,9 @@ fn has_handshake(device: &str) -> bool {
 }
 
 /// Returns the names of this process's threads whose name starts with `prefix`.
+/// How long threads of a dropped device may stay listed in `/proc/self/task`.
+const THREAD_EXIT_WAIT: Duration = Duration::from_secs(2);
+
 fn threads_named(prefix: &str) -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
         .expect("list threads")
@@ -405,6 +408,12 @@ fn dropped_mesh_leaves_nothing() {
             !uapi_socket_path(name).exists(),
             "socket of {name} is removed"
         );
+    }
+    // A joined thread can still be listed for a moment: join returns when the thread clears
+    // its tid in exit, before the kernel releases the task.
+    let deadline = Instant::now() + THREAD_EXIT_WAIT;
+    while !threads_named(&prefix).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
     assert!(
         threads_named(&prefix).is_empty(),
