@@ -57,6 +57,7 @@ pub const ALLOWED_ROLES: &[(&str, Allowed)] = &[
     ("/colex.v1.Agent/Session", Allowed::Roles(AGENT)),
     ("/colex.v1.AgentFiles/FetchFileContent", Allowed::Roles(AGENT)),
     ("/colex.v1.Raft/AppendEntries", Allowed::Roles(CONTROLLER)),
+    ("/colex.v1.Raft/AppendEntriesStream", Allowed::Roles(CONTROLLER)),
     ("/colex.v1.Raft/Vote", Allowed::Roles(CONTROLLER)),
     ("/colex.v1.Raft/InstallSnapshot", Allowed::Roles(CONTROLLER)),
     ("/colex.v1.Members/Join", Allowed::Roles(CONTROLLER)),
@@ -396,7 +397,7 @@ mod tests {
                     "RemoveUser",
                 ],
             ),
-            ("Raft", &["AppendEntries", "Vote", "InstallSnapshot"]),
+            ("Raft", &["AppendEntries", "AppendEntriesStream", "Vote", "InstallSnapshot"]),
             ("Members", &["Join", "List", "Remove"]),
         ];
         for (service, methods) in services {

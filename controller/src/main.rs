@@ -228,7 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
     let agent_files = AgentFilesService::server(node.clone(), sessions.clone());
-    let agent = proto::agent_server::AgentServer::new(AgentService::new(node.clone(), sessions, logs, stopping_rx).with_execs(execs))
+    let agent = proto::agent_server::AgentServer::new(AgentService::new(node.clone(), sessions, logs, stopping_rx.clone()).with_execs(execs))
         .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
 
@@ -250,7 +250,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .add_service(agent)
         .add_service(agent_files)
         .add_service(watch)
-        .add_service(raft::raft_service(&node))
+        .add_service(raft::raft_service(&node, stopping_rx.clone()))
         .add_service(MembersService::server(node.clone()))
         .add_service(security);
     let stopped = async move {

@@ -19,6 +19,8 @@ struct TestController {
     addr: String,
     server: tokio::task::JoinHandle<()>,
     stop_server: tokio::sync::oneshot::Sender<()>,
+    /// Ends the AppendEntries streams, as the controller does when it stops.
+    stopping: tokio::sync::watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
@@ -28,8 +30,9 @@ impl TestController {
         let dir = tempfile::tempdir().expect("temporary directory");
         let node = RaftNode::open(dir.path(), &addr, start).await.expect("open node");
         let (stop_server, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let server = tonic::transport::Server::builder()
-            .add_service(raft_service(&node))
+            .add_service(raft_service(&node, stopping_rx))
             .add_service(MembersService::server(node.clone()))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                 let _ = stop_rx.await;
@@ -44,12 +47,14 @@ impl TestController {
             addr,
             server,
             stop_server,
+            stopping,
             _dir: dir,
         }
     }
 
     /// Stops the server, so its connections close as when the process exits, then Raft.
     async fn stop(self) {
+        let _ = self.stopping.send(true);
         let _ = self.stop_server.send(());
         tokio::time::timeout(WAIT, self.server).await.expect("server stopped in time").expect("server task");
         self.node.shutdown().await.expect("shutdown");

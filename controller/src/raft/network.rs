@@ -21,6 +21,8 @@ use openraft::raft::{
 use openraft::{RaftNetwork, RaftNetworkFactory};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::log_sync::LogSync;
@@ -144,6 +146,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: peer.addr,
             client,
             log_sync: self.log_sync.clone(),
+            stream: None,
+            stream_unsupported: false,
         }
     }
 }
@@ -174,6 +178,28 @@ pub struct PeerNetwork {
     /// The client, or the message of the error that prevented building its channel.
     client: Result<RaftClient<Channel>, String>,
     log_sync: Option<LogSync>,
+    /// The AppendEntries stream to the peer, open between calls. A call takes it out and puts
+    /// it back once its response arrived, so a call that fails or is dropped halfway leaves no
+    /// stream whose next response would answer an older request.
+    stream: Option<AppendStream>,
+    /// Set once the peer answered the stream with UNIMPLEMENTED (a controller of an older
+    /// version): its AppendEntries then go as single calls.
+    stream_unsupported: bool,
+}
+
+/// An open `AppendEntriesStream` call: requests go out on `requests`, and each response comes
+/// back on `responses` before the next request is sent.
+#[derive(Debug)]
+struct AppendStream {
+    requests: mpsc::Sender<RaftPayload>,
+    responses: tonic::Streaming<RaftPayload>,
+}
+
+/// Why an AppendEntries on the stream did not get its response.
+enum StreamFailure {
+    /// The peer does not offer the stream; the caller falls back to single calls.
+    Unsupported,
+    Rpc(RPCError<NodeId, Node, RaftError<NodeId>>),
 }
 
 impl PeerNetwork {
@@ -204,14 +230,7 @@ impl PeerNetwork {
         };
         let mut client = client.clone();
 
-        let data = serde_json::to_vec(request).map_err(|source| {
-            let error = PeerError::Encode {
-                rpc: rpc.name(),
-                target: self.target,
-                source,
-            };
-            RPCError::Network(NetworkError::new(&error))
-        })?;
+        let data = self.encode(rpc, request)?;
         let mut grpc_request = tonic::Request::new(RaftPayload { data });
         // Tells the peer when openraft stops waiting, so the peer can drop the work too.
         grpc_request.set_timeout(option.hard_ttl());
@@ -224,7 +243,105 @@ impl PeerNetwork {
         let payload = reply
             .map_err(|status| self.status_error(rpc, status))?
             .into_inner();
+        self.decode(rpc, &payload)
+    }
 
+    /// Sends `request` on the AppendEntries stream, opening one when none is open, and waits
+    /// for its response until openraft's hard deadline.
+    async fn append_on_stream(
+        &mut self,
+        request: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, StreamFailure> {
+        let rpc = Rpc::AppendEntries;
+        let data = self.encode(rpc, request).map_err(StreamFailure::Rpc)?;
+        let open = self.stream.take();
+        let exchange = async {
+            let mut stream = match open {
+                Some(stream) => stream,
+                None => self.open_stream().await?,
+            };
+            if stream.requests.send(RaftPayload { data }).await.is_err() {
+                return Err(StreamFailure::Rpc(self.stream_ended()));
+            }
+            match stream.responses.message().await {
+                Ok(Some(payload)) => Ok((stream, payload)),
+                Ok(None) => Err(StreamFailure::Rpc(self.stream_ended())),
+                Err(status) => Err(StreamFailure::Rpc(self.status_error(rpc, status))),
+            }
+        };
+        let (stream, payload) = match tokio::time::timeout(option.hard_ttl(), exchange).await {
+            Ok(exchanged) => exchanged?,
+            Err(_) => {
+                let error = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no AppendEntries response from raft peer {} at {} in time", self.target, self.addr),
+                );
+                return Err(StreamFailure::Rpc(RPCError::Network(NetworkError::new(&error))));
+            }
+        };
+        self.stream = Some(stream);
+        self.decode(rpc, &payload).map_err(StreamFailure::Rpc)
+    }
+
+    /// Opens an AppendEntries stream to the peer.
+    async fn open_stream(&self) -> Result<AppendStream, StreamFailure> {
+        let mut client = match &self.client {
+            Ok(client) => client.clone(),
+            Err(message) => {
+                let error = std::io::Error::other(message.clone());
+                return Err(StreamFailure::Rpc(RPCError::Unreachable(Unreachable::new(&error))));
+            }
+        };
+        // One request at a time: the next waits for the response to the last.
+        let (requests, outgoing) = mpsc::channel(1);
+        match client.append_entries_stream(ReceiverStream::new(outgoing)).await {
+            Ok(response) => Ok(AppendStream {
+                requests,
+                responses: response.into_inner(),
+            }),
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                Err(StreamFailure::Unsupported)
+            }
+            Err(status) => Err(StreamFailure::Rpc(self.status_error(Rpc::AppendEntries, status))),
+        }
+    }
+
+    /// Returns the error for a stream that the peer or the connection closed. openraft retries,
+    /// and the next call opens a new stream.
+    fn stream_ended<E: std::error::Error>(&self) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
+        let error = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            format!("the AppendEntries stream to raft peer {} at {} ended", self.target, self.addr),
+        );
+        RPCError::Unreachable(Unreachable::new(&error))
+    }
+
+    fn encode<Req: Serialize, E: std::error::Error>(
+        &self,
+        rpc: Rpc,
+        request: &Req,
+    ) -> Result<Vec<u8>, RPCError<NodeId, Node, RaftError<NodeId, E>>> {
+        serde_json::to_vec(request).map_err(|source| {
+            let error = PeerError::Encode {
+                rpc: rpc.name(),
+                target: self.target,
+                source,
+            };
+            RPCError::Network(NetworkError::new(&error))
+        })
+    }
+
+    /// Decodes the peer's `Result` from `payload`.
+    fn decode<Resp, E>(
+        &self,
+        rpc: Rpc,
+        payload: &RaftPayload,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let result: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&payload.data)
             .map_err(|source| {
                 let error = PeerError::Decode {
@@ -269,6 +386,16 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         if let Some(log_sync) = &self.log_sync {
             rpc.leader_commit = log_sync.clamp_commit(rpc.leader_commit);
+        }
+        if !self.stream_unsupported {
+            match self.append_on_stream(&rpc, &option).await {
+                Ok(response) => return Ok(response),
+                Err(StreamFailure::Rpc(error)) => return Err(error),
+                Err(StreamFailure::Unsupported) => {
+                    tracing::info!(target_node = self.target, addr = %self.addr, "raft peer has no AppendEntries stream; sending single calls");
+                    self.stream_unsupported = true;
+                }
+            }
         }
         self.call(Rpc::AppendEntries, &rpc, &option).await
     }

@@ -121,7 +121,7 @@ async fn vote_over_grpc_reaches_peer() {
         .expect("open node");
 
     let server = tonic::transport::Server::builder()
-        .add_service(raft_service(&node))
+        .add_service(raft_service(&node, tokio::sync::watch::channel(false).1))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let server_task = tokio::spawn(server);
 
@@ -175,7 +175,7 @@ fn serve(
     listener: tokio::net::TcpListener,
 ) -> tokio::task::JoinHandle<()> {
     let server = tonic::transport::Server::builder()
-        .add_service(crate::raft::service::RaftService::new(raft).into_server())
+        .add_service(crate::raft::service::RaftService::new(raft, tokio::sync::watch::channel(false).1).into_server())
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     tokio::spawn(async move {
         if let Err(error) = server.await {
@@ -325,4 +325,134 @@ async fn learner_catches_up_through_snapshot() {
     leader.shutdown().await.expect("shutdown leader");
     server_1.abort();
     server_2.abort();
+}
+
+/// An AppendEntries request of a stale leader (term 0), which a node of term 1 answers with its
+/// own vote.
+fn stale_append_entries() -> openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> {
+    openraft::raft::AppendEntriesRequest {
+        vote: openraft::Vote::new_committed(0, 2),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    }
+}
+
+/// Several AppendEntries travel on one stream, and a stopping server ends it, so its graceful
+/// shutdown does not wait for the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_entries_stream_serves_requests_until_stopping() {
+    use openraft::error::RPCError;
+    use openraft::network::RPCOption;
+    use openraft::raft::AppendEntriesResponse;
+    use openraft::{RaftNetwork, RaftNetworkFactory};
+
+    use crate::raft::network::NetworkFactory;
+    use crate::raft::Node;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let addr = listener.local_addr().expect("local address").to_string();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let node = RaftNode::open(dir.path(), &addr, StartMode::Bootstrap).await.expect("open node");
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+    let server = tonic::transport::Server::builder()
+        .add_service(raft_service(&node, stopping_rx))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let server_task = tokio::spawn(server);
+
+    let mut factory = NetworkFactory::new();
+    let mut peer = factory.new_client(1, &Node { addr }).await;
+    for _ in 0..3 {
+        let response = peer
+            .append_entries(stale_append_entries(), RPCOption::new(Duration::from_secs(2)))
+            .await
+            .expect("AppendEntries on the stream");
+        assert!(matches!(response, AppendEntriesResponse::HigherVote(_)), "got {response:?}");
+    }
+
+    stopping.send(true).expect("server's streams listen");
+    let result = peer
+        .append_entries(stale_append_entries(), RPCOption::new(Duration::from_secs(2)))
+        .await;
+    assert!(matches!(result, Err(RPCError::Unreachable(_))), "got {result:?}");
+
+    server_task.abort();
+    node.shutdown().await.expect("shutdown");
+}
+
+/// A controller of an older version, whose `Raft` service has no AppendEntries stream.
+struct PeerWithoutStream {
+    single_calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl colex_proto::raft_server::Raft for PeerWithoutStream {
+    type AppendEntriesStreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<colex_proto::RaftPayload, tonic::Status>>;
+
+    async fn append_entries_stream(
+        &self,
+        _request: tonic::Request<tonic::Streaming<colex_proto::RaftPayload>>,
+    ) -> Result<tonic::Response<Self::AppendEntriesStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no such method"))
+    }
+
+    async fn append_entries(
+        &self,
+        _request: tonic::Request<colex_proto::RaftPayload>,
+    ) -> Result<tonic::Response<colex_proto::RaftPayload>, tonic::Status> {
+        self.single_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let result: Result<openraft::raft::AppendEntriesResponse<u64>, openraft::error::RaftError<u64>> =
+            Ok(openraft::raft::AppendEntriesResponse::Success);
+        let data = serde_json::to_vec(&result).expect("encode response");
+        Ok(tonic::Response::new(colex_proto::RaftPayload { data }))
+    }
+
+    async fn vote(
+        &self,
+        _request: tonic::Request<colex_proto::RaftPayload>,
+    ) -> Result<tonic::Response<colex_proto::RaftPayload>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn install_snapshot(
+        &self,
+        _request: tonic::Request<colex_proto::RaftPayload>,
+    ) -> Result<tonic::Response<colex_proto::RaftPayload>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+/// A peer without the stream gets single AppendEntries calls from then on.
+#[tokio::test]
+async fn peer_without_stream_gets_single_calls() {
+    use openraft::network::RPCOption;
+    use openraft::raft::AppendEntriesResponse;
+    use openraft::{RaftNetwork, RaftNetworkFactory};
+
+    use crate::raft::network::NetworkFactory;
+    use crate::raft::Node;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let addr = listener.local_addr().expect("local address").to_string();
+    let single_calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let service = PeerWithoutStream {
+        single_calls: single_calls.clone(),
+    };
+    let server = tonic::transport::Server::builder()
+        .add_service(colex_proto::raft_server::RaftServer::new(service))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let server_task = tokio::spawn(server);
+
+    let mut factory = NetworkFactory::new();
+    let mut peer = factory.new_client(3, &Node { addr }).await;
+    for expected_calls in 1..=2 {
+        let response = peer
+            .append_entries(stale_append_entries(), RPCOption::new(Duration::from_secs(2)))
+            .await
+            .expect("AppendEntries as a single call");
+        assert!(matches!(response, AppendEntriesResponse::Success), "got {response:?}");
+        assert_eq!(single_calls.load(std::sync::atomic::Ordering::SeqCst), expected_calls);
+    }
+    server_task.abort();
 }

@@ -10,7 +10,9 @@ use colex_proto::{RaftPayload, MAX_MESSAGE_BYTES};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{RaftNode, TypeConfig};
 
@@ -18,17 +20,20 @@ use super::{RaftNode, TypeConfig};
 #[derive(Clone)]
 pub struct RaftService {
     raft: openraft::Raft<TypeConfig>,
+    /// Turns true when the server stops. AppendEntries streams never end on their own, and a
+    /// graceful shutdown waits for every open call, so each stream ends then.
+    stopping: watch::Receiver<bool>,
 }
 
-/// Returns the `Raft` gRPC service for `node`.
-pub fn raft_service(node: &RaftNode) -> RaftServer<RaftService> {
-    RaftService::new(node.raft.clone()).into_server()
+/// Returns the `Raft` gRPC service for `node`, whose streams end once `stopping` turns true.
+pub fn raft_service(node: &RaftNode, stopping: watch::Receiver<bool>) -> RaftServer<RaftService> {
+    RaftService::new(node.raft.clone(), stopping).into_server()
 }
 
 impl RaftService {
     /// Wraps a running Raft.
-    pub fn new(raft: openraft::Raft<TypeConfig>) -> RaftService {
-        RaftService { raft }
+    pub fn new(raft: openraft::Raft<TypeConfig>, stopping: watch::Receiver<bool>) -> RaftService {
+        RaftService { raft, stopping }
     }
 
     /// Returns the gRPC server for this service. It accepts messages up to
@@ -40,8 +45,52 @@ impl RaftService {
     }
 }
 
+/// Requests of one AppendEntries stream that may wait to be read while one is handled.
+const STREAM_BUFFER: usize = 4;
+
 #[tonic::async_trait]
 impl Raft for RaftService {
+    type AppendEntriesStreamStream = ReceiverStream<Result<RaftPayload, Status>>;
+
+    /// Handles the requests of one stream in order, on one task: a leader's replication to
+    /// this follower sends the next request only after the response to the last.
+    async fn append_entries_stream(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
+        let mut requests = request.into_inner();
+        let (responses, stream) = mpsc::channel(STREAM_BUFFER);
+        let raft = self.raft.clone();
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = requests.message() => next,
+                    // Without a sender left, nothing stops the server through this watch.
+                    Ok(_) = stopping.wait_for(|stopping| *stopping) => break,
+                };
+                let payload = match next {
+                    Ok(Some(payload)) => payload,
+                    // The leader closed the stream: it stopped replicating, or lost its lead.
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "AppendEntries stream from a raft peer ended");
+                        break;
+                    }
+                };
+                let reply = match decode::<AppendEntriesRequest<TypeConfig>>("AppendEntries", &payload) {
+                    Ok(rpc) => encode("AppendEntries", &raft.append_entries(rpc).await).map(Response::into_inner),
+                    Err(status) => Err(status),
+                };
+                let failed = reply.is_err();
+                if responses.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
     async fn append_entries(
         &self,
         request: Request<RaftPayload>,
