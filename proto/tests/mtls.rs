@@ -22,6 +22,15 @@ struct Echo;
 
 #[tonic::async_trait]
 impl Raft for Echo {
+    type AppendEntriesStreamStream = tokio_stream::Empty<Result<RaftPayload, Status>>;
+
+    async fn append_entries_stream(
+        &self,
+        _: Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
+        Err(Status::unimplemented("append_entries_stream"))
+    }
+
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let peer = peer_identity(&request)?;
         let data = format!("{}/{}", peer.role, peer.identity).into_bytes();

@@ -20,6 +20,15 @@ struct Silent;
 
 #[tonic::async_trait]
 impl Raft for Silent {
+    type AppendEntriesStreamStream = tokio_stream::Empty<Result<RaftPayload, Status>>;
+
+    async fn append_entries_stream(
+        &self,
+        _: Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
+        Err(Status::unimplemented("append_entries_stream"))
+    }
+
     async fn append_entries(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         Err(Status::unimplemented("append_entries"))
     }
