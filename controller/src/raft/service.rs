@@ -64,10 +64,13 @@ impl Raft for RaftService {
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             loop {
+                // Stopping comes first: a request that arrived meanwhile is left unanswered,
+                // and the leader sends it again on another connection.
                 let next = tokio::select! {
-                    next = requests.message() => next,
+                    biased;
                     // Without a sender left, nothing stops the server through this watch.
                     Ok(_) = stopping.wait_for(|stopping| *stopping) => break,
+                    next = requests.message() => next,
                 };
                 let payload = match next {
                     Ok(Some(payload)) => payload,
