@@ -167,8 +167,8 @@ fn httpd_serves_placed_file() {
     });
 }
 
-/// Records and leases live in the run dir, here on tmpfs apart from the state dir as with the
-/// agent's defaults; the files of a silo without a record (a reboot emptied the run dir) are
+/// Records and leases live in the run dir, here on tmpfs apart from the state dir, as with the
+/// agent's defaults. The files of a silo without a record (a reboot emptied the run dir) are
 /// removed when the runtime starts.
 #[test]
 fn run_dir_apart_from_state_dir() {

@@ -1,6 +1,6 @@
-//! How busy the machine's CPUs were while the benchmark timed something, from the counters in
-//! `/proc/stat`. The counters move in clock ticks (10 ms on most kernels), coarser than one
-//! start, so only the sum over many timed spans means something.
+//! Busy share of the machine's CPUs while the benchmark timed something, from the counters in
+//! `/proc/stat`. The counters move in USER_HZ ticks (10 ms on x86 Linux), coarser than one
+//! start, so only the sum over many timed spans is meaningful.
 
 use std::ops::AddAssign;
 
@@ -24,8 +24,8 @@ impl CpuTicks {
             .filter_map(|field| field.parse().ok())
             .collect();
         let total: u64 = fields.iter().sum();
-        // Fields 4 and 5 are idle and iowait; guest time is counted in user time already, but
-        // the sum above adds it twice, which only scales both sides of a comparison.
+        // Fields 4 and 5 are idle and iowait. Guest time is also included in user time, so the
+        // sum counts it twice. That scales both sides of a comparison alike.
         let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
         CpuTicks {
             busy: total.saturating_sub(idle),

@@ -481,7 +481,10 @@ async fn place_files(
         .into_iter()
         .filter(|(path, _)| plan.generated_etc.contains(path))
         .collect();
-        // In the run dir, on tmpfs: PID 1 bind-mounts them, so the disk gets no inode for them.
+        // In the run dir, a tmpfs by default. PID 1 bind-mounts them, so the writable layer
+        // gets no inode for them.
+        // NOTE: the silo may write these files, and a silo without a memory limit can fill the
+        // run dir's file system through them.
         files::write_silo_etc_files(&run, &generated, GENERATED_FILE_MODE, owner)?;
         for entry in &entries {
             files::place_entry(&upper, entry, owner)?;

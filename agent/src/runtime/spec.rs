@@ -166,14 +166,14 @@ fn generated_etc_files(spec: &SiloSpec) -> Vec<&'static str> {
         let components = files::silo_path_components(&bind.path).ok()?;
         Some((components, false))
     });
-    let taken: Vec<(Vec<&str>, bool)> = replacing_entries.chain(binds).collect();
+    let replacing: Vec<(Vec<&str>, bool)> = replacing_entries.chain(binds).collect();
     GENERATED_ETC_FILES
         .into_iter()
         .filter(|generated| {
             let Ok(components) = files::silo_path_components(generated) else {
                 return false;
             };
-            !taken.iter().any(|(path, is_dir)| {
+            !replacing.iter().any(|(path, is_dir)| {
                 path == &components || (!is_dir && components.starts_with(path))
             })
         })

@@ -1,11 +1,11 @@
 //! On-disk intent records: what a silo has or may have created, so that a restarted agent can
 //! remove it.
 //!
-//! Each silo has two dirs of the same name. `<run_dir>/silos/<id>/` holds `silo.json` (the
+//! Each silo has two dirs of the same name. `<run_dir>/silos/<id>/` contains `silo.json` (the
 //! [`SiloRecord`]), `exit.json` (the [`ExitRecord`] that the helper writes), the mount point
 //! `rootfs/` and the generated `etc/hostname`, `etc/hosts` and `etc/resolv.conf` that PID 1
 //! bind-mounts: small files a start writes, which end with the machine as its processes do.
-//! `<state_dir>/silos/<id>/` holds what may outlive a reboot or grow large: `stdout.log` and
+//! `<state_dir>/silos/<id>/` contains what may outlive a reboot or grow large: `stdout.log` and
 //! `stderr.log` with their rotated predecessors `stdout.log.1` and `stderr.log.1`,
 //! `helper.log`, and the overlayfs dirs `upper/` and `work/`.
 //!
@@ -97,7 +97,7 @@ pub enum LogStreamKind {
     Stderr,
 }
 
-/// The two dirs that hold one dir per silo.
+/// The two dirs that contain one dir per silo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiloDirs {
     /// `<run_dir>/silos`: records and mount points.
@@ -360,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn records_are_in_the_run_dir_and_files_in_the_state_dir() {
+    fn records_and_files_split_dirs() {
         let paths = SiloDirs::new(Path::new("/run/cx"), Path::new("/state")).paths("3938a44e");
         assert_eq!(
             paths.record(),

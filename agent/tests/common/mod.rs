@@ -104,7 +104,7 @@ impl TestHost {
         self.cfg.run_dir.join("silos").join(silo_id).join("silo.json")
     }
 
-    /// Whether neither of the silo's dirs (state dir and run dir) exists.
+    /// Returns true when neither of the silo's dirs (state dir and run dir) exists.
     pub fn silo_dirs_gone(&self, silo_id: &str) -> bool {
         !self.silo_dir(silo_id).exists() && !self.cfg.run_dir.join("silos").join(silo_id).exists()
     }

@@ -179,11 +179,11 @@ pub struct PeerNetwork {
     client: Result<RaftClient<Channel>, String>,
     log_sync: Option<LogSync>,
     /// The AppendEntries stream to the peer, open between calls. A call takes it out and puts
-    /// it back once its response arrived, so a call that fails or is dropped halfway leaves no
-    /// stream whose next response would answer an older request.
+    /// it back after its response arrives. A call that fails or is dropped halfway therefore
+    /// leaves no stream whose next response belongs to an older request.
     stream: Option<AppendStream>,
-    /// Set once the peer answered the stream with UNIMPLEMENTED (a controller of an older
-    /// version): its AppendEntries then go as single calls.
+    /// Set once the peer returned UNIMPLEMENTED for the stream (a controller of an older
+    /// version). Its AppendEntries then go as single calls.
     stream_unsupported: bool,
 }
 
@@ -195,9 +195,9 @@ struct AppendStream {
     responses: tonic::Streaming<RaftPayload>,
 }
 
-/// Why an AppendEntries on the stream did not get its response.
+/// Failure of an AppendEntries on the stream.
 enum StreamFailure {
-    /// The peer does not offer the stream; the caller falls back to single calls.
+    /// The peer does not offer the stream, so the caller falls back to single calls.
     Unsupported,
     Rpc(RPCError<NodeId, Node, RaftError<NodeId>>),
 }

@@ -327,8 +327,8 @@ async fn learner_catches_up_through_snapshot() {
     server_2.abort();
 }
 
-/// An AppendEntries request of a stale leader (term 0), which a node of term 1 answers with its
-/// own vote.
+/// Returns an AppendEntries request of a stale leader (term 0). A node of term 1 rejects it
+/// and returns its own vote.
 fn stale_append_entries() -> openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> {
     openraft::raft::AppendEntriesRequest {
         vote: openraft::Vote::new_committed(0, 2),
@@ -341,7 +341,7 @@ fn stale_append_entries() -> openraft::raft::AppendEntriesRequest<crate::raft::T
 /// Several AppendEntries travel on one stream, and a stopping server ends it, so its graceful
 /// shutdown does not wait for the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn append_entries_stream_serves_requests_until_stopping() {
+async fn append_stream_ends_when_stopping() {
     use openraft::error::RPCError;
     use openraft::network::RPCOption;
     use openraft::raft::AppendEntriesResponse;

@@ -104,8 +104,8 @@ pub struct Host {
 pub const SERVER_START_GRACE: Duration = Duration::from_secs(5);
 
 impl Host {
-    /// The agent's run folder, with the silos' records and leases: the agent's default for a
-    /// given `--state-dir`.
+    /// Returns the agent's run folder with the silos' records and leases: the agent's default
+    /// for a given `--state-dir`.
     pub fn run_dir(&self) -> PathBuf {
         self.state_dir.join("run")
     }
