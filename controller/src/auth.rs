@@ -19,6 +19,7 @@ use tokio::sync::RwLock;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
+use crate::applied::AppliedState;
 use crate::state::ClusterState;
 use crate::tls_server::ChainVerifier;
 
@@ -173,7 +174,7 @@ fn renew_hint(role: Role) -> &'static str {
 /// The layer that puts [`Authorize`] in front of every service.
 #[derive(Clone)]
 pub struct AuthLayer {
-    state: Arc<RwLock<ClusterState>>,
+    state: Arc<RwLock<AppliedState>>,
     /// `None` under `--insecure`, where every call passes.
     verifier: Option<ChainVerifier>,
 }
@@ -181,7 +182,7 @@ pub struct AuthLayer {
 impl AuthLayer {
     /// Checks every call's certificate with `verifier` and against the table and the
     /// revocation list in `state`, or, without a verifier, lets every call pass.
-    pub fn new(state: Arc<RwLock<ClusterState>>, verifier: Option<ChainVerifier>) -> AuthLayer {
+    pub fn new(state: Arc<RwLock<AppliedState>>, verifier: Option<ChainVerifier>) -> AuthLayer {
         AuthLayer { state, verifier }
     }
 }
@@ -202,7 +203,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Authorize<S> {
     inner: S,
-    state: Arc<RwLock<ClusterState>>,
+    state: Arc<RwLock<AppliedState>>,
     verifier: Option<ChainVerifier>,
 }
 

@@ -5,7 +5,7 @@
 //! controller draws itself, and host names come from the cluster's own agents, so these maps
 //! use FNV-1a instead. Keys a client chooses, such as specs, keep SipHash.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// FNV-1a, 64-bit, with the offset basis and prime of the FNV specification.
@@ -38,8 +38,6 @@ impl Hasher for FnvHasher {
 pub type BuildFnvHasher = BuildHasherDefault<FnvHasher>;
 /// A map keyed by silo ids or host names.
 pub type IdMap<K, V> = HashMap<K, V, BuildFnvHasher>;
-/// A set of silo ids or host names.
-pub type IdSet<K> = HashSet<K, BuildFnvHasher>;
 
 #[cfg(test)]
 mod tests {

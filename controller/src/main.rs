@@ -2,6 +2,7 @@
 //! the hosts whose agents hold a session with it.
 
 mod api;
+mod applied;
 mod auth;
 mod blobs;
 mod bootstrap_tls;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use colex_proto as proto;
 
-use crate::state::{ClusterState, Desired, SiloRecord};
+use crate::state::{Desired, SiloRecord};
 use crate::usage::UsageStore;
 
 /// The fields of a stored `SiloSpec` that the names carry, with the spec's field numbers.
@@ -21,15 +21,15 @@ struct SpecSummary {
     grants: Option<proto::Grants>,
 }
 
-/// Returns every instance that is UP and meant to run, with its addresses, ordered by silo name
-/// and then index. A stopping instance is left out at once, so clients stop resolving it before
-/// it goes away. Start time and network counters come from the latest usage report in `usage`
-/// as of `now`, and are absent while the instance has none younger than
-/// [`crate::usage::MAX_REPORT_AGE`].
-pub fn silo_names(state: &ClusterState, usage: &UsageStore, now: Instant) -> proto::Names {
-    let mut names: Vec<proto::SiloName> = state
-        .silos
-        .values()
+/// Returns every instance of `records` that is UP and meant to run, with its addresses, ordered
+/// by silo name and then index. A stopping instance is left out at once, so clients stop
+/// resolving it before it goes away. Start time and network counters come from the latest
+/// usage report in `usage` as of `now`, and are absent while the instance has none younger
+/// than [`crate::usage::MAX_REPORT_AGE`]. The applied state's UP instances
+/// ([`crate::applied::AppliedState::up_instances`]) give every such instance without a pass
+/// over all silos.
+pub fn silo_names_of<'a>(records: impl Iterator<Item = &'a SiloRecord>, usage: &UsageStore, now: Instant) -> proto::Names {
+    let mut names: Vec<proto::SiloName> = records
         .filter(|record| record.desired == Desired::Run && !record.is_pending())
         .filter_map(|record| {
             let status = record.status.as_ref()?;
@@ -105,6 +105,11 @@ fn silo_name(record: &SiloRecord, addresses: Vec<String>, usage: &UsageStore, no
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::ClusterState;
+
+    fn silo_names(state: &ClusterState, usage: &UsageStore, now: Instant) -> proto::Names {
+        silo_names_of(state.silos.values(), usage, now)
+    }
     use crate::state::{instance_key, SiloStatus};
 
     fn insert(state: &mut ClusterState, name: &str, index: u32, desired: Desired, status: Option<(proto::SiloState, &str)>) {

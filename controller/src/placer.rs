@@ -21,9 +21,9 @@ use tonic::Status;
 use crate::api::client::{log_placement, place_pending_and_roll, placement_of, roll_forward, MAX_STORED_SPEC_BYTES};
 use crate::api::unavailable;
 use crate::blobs::{ContentsByHash, NewContent};
-use crate::id_hash::IdSet;
 use crate::raft::RaftNode;
-use crate::scheduler::{self, PlacementRound, ReservationCache};
+use crate::applied::AppliedState;
+use crate::scheduler::{self, PlacementRound};
 use crate::sessions::Sessions;
 use crate::state::{ClusterState, Command, InstancePlacement, InstanceUpdate, Response};
 use crate::view;
@@ -151,7 +151,6 @@ impl Pending {
 /// [`Placer`] handle is dropped.
 async fn run(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>, mut receiver: mpsc::Receiver<Job>) {
     let mut waiting: VecDeque<Pending> = VecDeque::new();
-    let mut cache = ReservationCache::default();
     let mut pending_due_at = Instant::now() + PLACEMENT_RETRY_INTERVAL;
     loop {
         if waiting.is_empty() {
@@ -184,7 +183,7 @@ async fn run(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>, mut 
 
         let batch = take_batch(&mut waiting);
         let guard = placement.lock().await;
-        run_batch(&node, &sessions, &mut cache, &mut waiting, &batch).await;
+        run_batch(&node, &sessions, &mut waiting, &batch).await;
         drop(guard);
 
         // Reply to the finished requests. Failed ones got their error already, and a request
@@ -250,7 +249,6 @@ struct Planned {
 async fn run_batch(
     node: &RaftNode,
     sessions: &Sessions,
-    cache: &mut ReservationCache,
     waiting: &mut VecDeque<Pending>,
     batch: &[Slot],
 ) {
@@ -259,7 +257,7 @@ async fn run_batch(
     let mut planned = Vec::new();
     {
         let state = node.state.read().await;
-        let mut round = PlacementRound::new(&state, &live, cache);
+        let mut round = PlacementRound::new(&state, &live, |host| state.reserved_on(host));
         let mut ids = SiloIds::of(&state);
         // Contents that an earlier command of this entry stores.
         let mut carried: BTreeSet<String> = BTreeSet::new();
@@ -414,14 +412,14 @@ fn silos_below_count(state: &ClusterState, name: &str, count: u32) -> Vec<proto:
 
 /// The silo ids in use: the stored ones and those drawn for the batch being built.
 struct SiloIds<'a> {
-    stored: IdSet<&'a str>,
+    stored: &'a AppliedState,
     drawn: BTreeSet<String>,
 }
 
 impl<'a> SiloIds<'a> {
-    fn of(state: &'a ClusterState) -> Self {
+    fn of(stored: &'a AppliedState) -> Self {
         SiloIds {
-            stored: state.silos.values().map(|record| record.id.as_str()).collect(),
+            stored,
             drawn: BTreeSet::new(),
         }
     }
@@ -430,7 +428,7 @@ impl<'a> SiloIds<'a> {
     fn draw(&mut self) -> String {
         loop {
             let id = crate::api::client::new_silo_id();
-            if !self.stored.contains(id.as_str()) && self.drawn.insert(id.clone()) {
+            if !self.stored.has_id(&id) && self.drawn.insert(id.clone()) {
                 return id;
             }
         }

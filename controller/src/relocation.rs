@@ -83,7 +83,7 @@ pub fn plan_moves(
             preferred: None,
         };
         let replaced = BTreeSet::from([key.clone()]);
-        let placed = scheduler::place_instances(&scratch, &targets, &spec, &[request], &replaced);
+        let placed = scheduler::place_instances_in(&scratch, &targets, &spec, &[request], &replaced);
         let host = match placed.map(|mut results| results.pop()) {
             Ok(Some(Ok(host))) => host,
             Ok(Some(Err(error))) => {

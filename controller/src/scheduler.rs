@@ -26,6 +26,7 @@ use colex_proto::{PlacementStrategy, SiloSpec};
 use prost::Message;
 
 use crate::id_hash::IdMap;
+use crate::applied::AppliedState;
 use crate::state::{ClusterState, Desired, HostRecord, SiloRecord};
 
 /// Image of a silo whose spec names none.
@@ -206,12 +207,17 @@ fn is_draining(host: &HostRecord) -> bool {
 
 /// CPU and memory one silo reserves on its host, from its `resources`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Reservation {
-    cpu_percent: u64,
-    memory_bytes: u64,
+pub struct Reservation {
+    pub cpu_percent: u64,
+    pub memory_bytes: u64,
 }
 
 impl Reservation {
+    /// Decodes the reservation of a stored record's spec.
+    pub fn of_record(record: &SiloRecord) -> Self {
+        decoded_reservation(record)
+    }
+
     fn of(spec: &SiloSpec) -> Self {
         spec.resources
             .as_ref()
@@ -240,8 +246,8 @@ pub struct Reserved {
 /// run. The records whose keys are in `replaced` are left out, because the instances being
 /// placed take their place.
 ///
-/// NOTE: this decodes every stored spec on each placement, so its cost grows linearly with the
-/// number of silos. A per-host running total kept beside the state would make it constant.
+/// This decodes every stored spec, so its cost grows with the number of silos. The applied
+/// state keeps the same sums up to date ([`AppliedState::reserved_on`]).
 pub fn reserved_by_host(
     state: &ClusterState,
     replaced: &BTreeSet<String>,
@@ -363,41 +369,27 @@ pub struct InstanceRequest {
 /// Fails as a whole only for an unknown `placement.strategy`. An instance that fits nowhere
 /// gets its own error, whose text is the pending reason.
 pub fn place_instances(
+    applied: &AppliedState,
+    live_hosts: &BTreeSet<String>,
+    spec: &SiloSpec,
+    requests: &[InstanceRequest],
+    replaced: &BTreeSet<String>,
+) -> Result<Vec<Result<String, PlacementError>>, PlacementError> {
+    PlacementRound::new(applied, live_hosts, |host| applied.reserved_on(host)).place(spec, requests, replaced)
+}
+
+/// Places as [`place_instances`] does in a state without the applied state's sums, such as a
+/// copy that a plan changes as it goes. Sums the reservations with one pass over the silos.
+pub fn place_instances_in(
     state: &ClusterState,
     live_hosts: &BTreeSet<String>,
     spec: &SiloSpec,
     requests: &[InstanceRequest],
     replaced: &BTreeSet<String>,
 ) -> Result<Vec<Result<String, PlacementError>>, PlacementError> {
-    let mut cache = ReservationCache::default();
-    PlacementRound::new(state, live_hosts, &mut cache).place(spec, requests, replaced)
-}
-
-/// Reservations of stored specs by silo id, so that a placement round neither decodes every
-/// stored spec again nor hashes its bytes. An id names one spec: every replacement of an
-/// instance gets a new id. The spec's length is kept beside the reservation as a check.
-#[derive(Debug, Default)]
-pub struct ReservationCache {
-    by_id: HashMap<String, (usize, Reservation)>,
-}
-
-/// Ids a [`ReservationCache`] keeps before it starts over, an estimated 100 bytes each.
-const RESERVATION_CACHE_MAX_IDS: usize = 1 << 20;
-
-impl ReservationCache {
-    fn reservation_of(&mut self, record: &SiloRecord) -> Reservation {
-        if let Some((spec_len, reservation)) = self.by_id.get(record.id.as_str()) {
-            if *spec_len == record.spec.len() {
-                return *reservation;
-            }
-        }
-        let reservation = decoded_reservation(record);
-        if self.by_id.len() >= RESERVATION_CACHE_MAX_IDS {
-            self.by_id.clear();
-        }
-        self.by_id.insert(record.id.clone(), (record.spec.len(), reservation));
-        reservation
-    }
+    let sums = reserved_by_host(state, &BTreeSet::new());
+    PlacementRound::new(state, live_hosts, |host| sums.get(host).copied().unwrap_or_default())
+        .place(spec, requests, replaced)
 }
 
 /// Decodes the reservation of a stored record's spec.
@@ -437,9 +429,9 @@ pub struct PlacementRound<'a> {
 }
 
 impl<'a> PlacementRound<'a> {
-    /// Sums what the placed instances of `state` reserve on each of the `live_hosts` that
-    /// `state` contains, decoding only the specs that `cache` does not have yet.
-    pub fn new(state: &'a ClusterState, live_hosts: &BTreeSet<String>, cache: &mut ReservationCache) -> Self {
+    /// Takes what is reserved on each of the `live_hosts` that `state` contains from
+    /// `reserved_on`, which gives the sum of a host's placed instances.
+    pub fn new(state: &'a ClusterState, live_hosts: &BTreeSet<String>, reserved_on: impl Fn(&str) -> Reserved) -> Self {
         let live: Vec<&HostRecord> = live_hosts
             .iter()
             .filter_map(|name| state.hosts.get(name))
@@ -449,17 +441,13 @@ impl<'a> PlacementRound<'a> {
             .enumerate()
             .map(|(position, host)| (host.name.as_str(), position))
             .collect();
-        let mut reserved = vec![Reserved::default(); live.len()];
-        for record in state.silos.values().filter(|record| reserves_capacity(record)) {
-            let Some(&position) = positions.get(record.host.as_str()) else {
-                continue;
-            };
-            let reservation = cache.reservation_of(record);
-            let on_host = &mut reserved[position];
-            on_host.cpu_percent += reservation.cpu_percent;
-            on_host.memory_bytes += reservation.memory_bytes;
-            on_host.silos += 1;
-        }
+        let reserved = live
+            .iter()
+            .map(|host| Reserved {
+                same_silo: 0,
+                ..reserved_on(&host.name)
+            })
+            .collect();
         PlacementRound {
             state,
             live,
@@ -992,7 +980,7 @@ mod tests {
             index: 0,
             preferred: preferred.map(str::to_owned),
         };
-        let mut placed = place_instances(state, live_hosts, spec, &[request], &replaced)?;
+        let mut placed = place_instances_in(state, live_hosts, spec, &[request], &replaced)?;
         placed.pop().unwrap_or_else(|| {
             Err(PlacementError::NoLiveHost {
                 silo: spec.name.clone(),
@@ -1580,7 +1568,7 @@ mod tests {
     fn spread_puts_instances_on_distinct_hosts() {
         let mut state = state_with_hosts(&["a", "b", "c"]);
         put_with(&mut state, "other", "a", 10, 0);
-        let placed = place_instances(
+        let placed = place_instances_in(
             &state,
             &live(&["a", "b", "c"]),
             &spec_with_resources(10, 0),
@@ -1594,7 +1582,7 @@ mod tests {
     #[test]
     fn spread_doubles_up_only_when_hosts_run_out() {
         let state = state_with_hosts(&["a", "b"]);
-        let placed = place_instances(
+        let placed = place_instances_in(
             &state,
             &live(&["a", "b"]),
             &spec("", &[]),
@@ -1610,7 +1598,7 @@ mod tests {
         let mut state = state_with_hosts(&["a", "b", "c"]);
         put_web_instances(&mut state, &["a", "b"], 0);
         put_with(&mut state, "busy", "c", 50, 0);
-        let placed = place_instances(
+        let placed = place_instances_in(
             &state,
             &live(&["a", "b", "c"]),
             &spec("", &[]),
@@ -1635,7 +1623,7 @@ mod tests {
             }),
             ..spec_with_placement(&[], &[], PlacementStrategy::Binpack)
         };
-        let placed = place_instances(
+        let placed = place_instances_in(
             &state,
             &live(&["a", "b"]),
             &binpack,
@@ -1650,7 +1638,7 @@ mod tests {
     fn capacity_counts_every_instance() {
         let mut state = state_with_hosts(&["a", "b"]);
         put_web_instances(&mut state, &["a"], 40);
-        let placed = place_instances(
+        let placed = place_instances_in(
             &state,
             &live(&["a", "b"]),
             &spec_with_resources(40, 0),
@@ -1680,9 +1668,8 @@ mod tests {
 
     #[test]
     fn round_counts_earlier_silos_of_the_batch() {
-        let state = state_with_hosts(&["a", "b"]);
-        let mut cache = ReservationCache::default();
-        let mut round = PlacementRound::new(&state, &live(&["a", "b"]), &mut cache);
+        let applied = AppliedState::new(state_with_hosts(&["a", "b"]));
+        let mut round = PlacementRound::new(&applied, &live(&["a", "b"]), |host| applied.reserved_on(host));
         let mut place = |name: &str| {
             round
                 .place(&named_with_cpu(name, 60), &requests(0..1), &BTreeSet::new())
@@ -1702,10 +1689,11 @@ mod tests {
         let mut state = state_with_hosts(&["a", "b", "c"]);
         put_web_instances(&mut state, &["a", "b"], 30);
         let spec = named_with_cpu("web", 30);
-        let separate = place_instances(&state, &live(&["a", "b", "c"]), &spec, &requests(2..5), &BTreeSet::new())
+        let separate = place_instances_in(&state, &live(&["a", "b", "c"]), &spec, &requests(2..5), &BTreeSet::new())
             .expect("known strategy");
-        let mut cache = ReservationCache::default();
-        let in_round = PlacementRound::new(&state, &live(&["a", "b", "c"]), &mut cache)
+        // The applied state's kept sums against the sums of a pass over the silos.
+        let applied = AppliedState::new(state.clone());
+        let in_round = PlacementRound::new(&applied, &live(&["a", "b", "c"]), |host| applied.reserved_on(host))
             .place(&spec, &requests(2..5), &BTreeSet::new())
             .expect("known strategy");
         assert_eq!(hosts_of(in_round), hosts_of(separate));
@@ -1728,7 +1716,7 @@ mod tests {
             plan.replaced,
             BTreeSet::from(["web".to_owned(), "web/1".to_owned()])
         );
-        let placed = place_instances(
+        let placed = place_instances_in(
             &state,
             &live(&["a"]),
             &spec_with_resources(40, 0),
@@ -1742,7 +1730,7 @@ mod tests {
     #[test]
     fn no_live_host_makes_every_instance_pending() {
         let state = state_with_hosts(&["a"]);
-        let placed = place_instances(
+        let placed = place_instances_in(
             &state,
             &BTreeSet::new(),
             &spec("", &[]),

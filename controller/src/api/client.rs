@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::applied::AppliedState;
 use crate::api::hosts;
 use crate::blobs::{self, ContentLimitError};
 use crate::api::logs::LogRouter;
@@ -233,7 +234,7 @@ async fn place_pending(node: &RaftNode, sessions: &Sessions) -> Result<(), RaftE
 
 /// Builds the command that places the pending instances of silo `name` on the `live` hosts, or
 /// returns `None` when nothing would change.
-fn pending_command(state: &ClusterState, live: &BTreeSet<String>, name: &str) -> Option<Command> {
+fn pending_command(state: &AppliedState, live: &BTreeSet<String>, name: &str) -> Option<Command> {
     let pending: Vec<&SiloRecord> = state
         .instances(name)
         .into_iter()
@@ -787,15 +788,15 @@ mod tests {
         state.apply(&register("a", "a"));
         let live_a: BTreeSet<String> = ["a".to_owned()].into();
 
-        let newer = pending_command(&state, &live_a, "web").expect("a newer reason is stored");
+        let newer = pending_command(&AppliedState::new(state.clone()), &live_a, "web").expect("a newer reason is stored");
         state.apply(&newer);
         let reason = state.silos["web"].pending_reason.clone().unwrap_or_default();
         assert!(reason.contains("a: lacks label zone=b (has zone=a)"), "{reason}");
-        assert_eq!(pending_command(&state, &live_a, "web"), None, "the same reason is not written again");
+        assert_eq!(pending_command(&AppliedState::new(state.clone()), &live_a, "web"), None, "the same reason is not written again");
 
         state.apply(&register("b", "b"));
         let live_both: BTreeSet<String> = ["a".to_owned(), "b".to_owned()].into();
-        let placed = pending_command(&state, &live_both, "web").expect("host b fits");
+        let placed = pending_command(&AppliedState::new(state.clone()), &live_both, "web").expect("host b fits");
         state.apply(&placed);
         assert_eq!(state.silos["web"].host, "b");
         assert_eq!(state.silos["web"].id, "0000000a", "placing keeps the id");

@@ -8,21 +8,14 @@ use colex_proto as proto;
 use tokio::sync::Mutex;
 
 use crate::id_hash::IdMap;
-use crate::names::silo_names;
+use crate::applied::AppliedState;
+use crate::names::silo_names_of;
 use crate::raft::RaftNode;
 use crate::state::{ClusterState, Desired, SiloRecord};
 use crate::usage::UsageStore;
 use crate::view;
 
-/// One instance a host is assigned, as far as its agent can tell instances apart. A silo id
-/// is never reused with another spec, so the same id and generation mean the same assignment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssignedInstance {
-    /// Key of the record in the state.
-    pub key: String,
-    pub id: String,
-    pub generation: u64,
-}
+pub use crate::applied::AssignedInstance;
 
 /// The applied state as the sessions see it.
 #[derive(Debug)]
@@ -42,44 +35,16 @@ pub struct SessionView {
 
 impl SessionView {
     /// Builds the view of `state`. `previous` lends its parts that did not change, so sessions
-    /// can tell an unchanged part by pointer.
-    fn build(state: &ClusterState, usage: &UsageStore, applied: u64, previous: Option<&SessionView>) -> SessionView {
+    /// can tell an unchanged part by pointer. The state's indexes hand out the same list for a
+    /// host whose instances did not change.
+    fn build(state: &AppliedState, usage: &UsageStore, applied: u64, previous: Option<&SessionView>) -> SessionView {
         let built_at = Instant::now();
-        // Borrowed first: most changes touch one host, and the other hosts keep the list of
-        // the previous view without a copy of their keys and ids.
-        let mut borrowed: IdMap<&str, Vec<(&str, &SiloRecord)>> = IdMap::default();
-        for (key, record) in state.silos.iter().filter(|(_, record)| is_assigned(record)) {
-            borrowed.entry(record.host.as_str()).or_default().push((key.as_str(), record));
-        }
-        let assigned = borrowed
-            .into_iter()
-            .map(|(host, instances)| {
-                let unchanged = previous
-                    .and_then(|previous| previous.assigned.get(host))
-                    .filter(|earlier| {
-                        earlier.len() == instances.len()
-                            && earlier.iter().zip(&instances).all(|(earlier, (key, record))| {
-                                earlier.generation == record.generation && earlier.id == record.id && earlier.key == *key
-                            })
-                    });
-                let instances = match unchanged {
-                    Some(earlier) => Arc::clone(earlier),
-                    None => Arc::new(
-                        instances
-                            .into_iter()
-                            .map(|(key, record)| AssignedInstance {
-                                key: key.to_owned(),
-                                id: record.id.clone(),
-                                generation: record.generation,
-                            })
-                            .collect(),
-                    ),
-                };
-                (host.to_owned(), instances)
-            })
+        let assigned = state
+            .assigned()
+            .map(|(host, instances)| (host.to_owned(), instances))
             .collect();
 
-        let names = silo_names(state, usage, built_at);
+        let names = silo_names_of(state.up_instances(), usage, built_at);
         let names = match previous {
             Some(previous) if *previous.names == names => Arc::clone(&previous.names),
             _ => Arc::new(names),
@@ -305,7 +270,7 @@ mod tests {
         register(&mut state, "b");
         put(&mut state, "web", &["a", "b", "a"]);
         put(&mut state, "db", &["b"]);
-        let view = SessionView::build(&state, &UsageStore::default(), 1, None);
+        let view = SessionView::build(&AppliedState::new(state.clone()), &UsageStore::default(), 1, None);
         for host in ["a", "b", "c"] {
             let shared = assignments(&state, host, &view.assigned_to(host), &mut SentAssignments::default());
             assert_eq!(shared, view::assignments(&state, host), "host {host}");
@@ -319,14 +284,14 @@ mod tests {
         let mut state = ClusterState::default();
         register(&mut state, "a");
         put(&mut state, "web", &["a"]);
-        let view = SessionView::build(&state, &UsageStore::default(), 1, None);
+        let view = SessionView::build(&AppliedState::new(state.clone()), &UsageStore::default(), 1, None);
         let mut sent = SentAssignments::default();
         let first = assignments(&state, "a", &view.assigned_to("a"), &mut sent);
         assert_eq!(first.silos.len(), 1);
         let kept = Arc::clone(&sent[&first.silos[0].silo_id]);
 
         put(&mut state, "db", &["a"]);
-        let view = SessionView::build(&state, &UsageStore::default(), 2, Some(&view));
+        let view = SessionView::build(&AppliedState::new(state.clone()), &UsageStore::default(), 2, Some(&view));
         let second = assignments(&state, "a", &view.assigned_to("a"), &mut sent);
         assert_eq!(second, view::assignments(&state, "a"));
         assert!(Arc::ptr_eq(&kept, &sent[&first.silos[0].silo_id]), "web was not decoded again");
@@ -342,7 +307,7 @@ mod tests {
         register(&mut state, "a");
         put(&mut state, "web", &["a"]);
         put(&mut state, "db", &["a"]);
-        let first = SessionView::build(&state, &UsageStore::default(), 1, None);
+        let first = SessionView::build(&AppliedState::new(state.clone()), &UsageStore::default(), 1, None);
         let mut sent = SentAssignments::default();
         let mut agent = by_id(assignments(&state, "a", &first.assigned_to("a"), &mut sent).silos);
         assert_eq!(agent.len(), 2);
@@ -351,7 +316,7 @@ mod tests {
         // One silo comes and one goes: the changes carry only those two.
         put(&mut state, "cache", &["a"]);
         state.apply(&Command::StopSilo { name: "web".to_owned() });
-        let second = SessionView::build(&state, &UsageStore::default(), 2, Some(&first));
+        let second = SessionView::build(&AppliedState::new(state.clone()), &UsageStore::default(), 2, Some(&first));
         let changes = assignment_changes(&state, "a", &second.assigned_to("a"), &mut sent).expect("a change");
         assert_eq!(changes.upserted.len(), 1);
         assert_eq!(changes.removed_silo_ids.len(), 1);
@@ -369,9 +334,11 @@ mod tests {
         register(&mut state, "a");
         register(&mut state, "b");
         put(&mut state, "web", &["a"]);
-        let first = SessionView::build(&state, &UsageStore::default(), 1, None);
+        let mut applied = AppliedState::new(state.clone());
+        let first = SessionView::build(&applied, &UsageStore::default(), 1, None);
         put(&mut state, "db", &["b"]);
-        let second = SessionView::build(&state, &UsageStore::default(), 2, Some(&first));
+        applied.set_silo("db", state.silos.get("db").cloned());
+        let second = SessionView::build(&applied, &UsageStore::default(), 2, Some(&first));
         assert!(Arc::ptr_eq(&first.assigned_to("a"), &second.assigned_to("a")), "host a did not change");
         assert!(!Arc::ptr_eq(&first.assigned_to("b"), &second.assigned_to("b")));
         assert!(Arc::ptr_eq(&first.names, &second.names));
@@ -384,7 +351,7 @@ mod tests {
         register(&mut state, "a");
         register(&mut state, "b");
         put(&mut state, "web", &["a"]);
-        let view = SessionView::build(&state, &UsageStore::default(), 1, None);
+        let view = SessionView::build(&AppliedState::new(state.clone()), &UsageStore::default(), 1, None);
         // A newer command moves instance 0 to host b under the same key before host a's
         // session builds its assignments from the older view.
         put(&mut state, "web", &["b"]);

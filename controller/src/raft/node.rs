@@ -19,7 +19,8 @@ use super::log_store::{LogStore, LogStoreError};
 use super::network::NetworkFactory;
 use super::state_machine::{StateMachineError, StateMachineStore};
 use super::{Node, NodeId, TypeConfig};
-use crate::state::{ClusterState, Command, Response};
+use crate::applied::AppliedState;
+use crate::state::{Command, Response};
 
 /// File holding the Raft vote and the last purged log id. The log entries are in
 /// `raft-log.entries` beside it.
@@ -162,7 +163,7 @@ pub struct RaftNode {
     pub raft: openraft::Raft<TypeConfig>,
     /// In-memory copy of the applied state, updated by the state machine after each apply
     /// (same lock order every time), read by the API without touching disk.
-    pub state: Arc<RwLock<ClusterState>>,
+    pub state: Arc<RwLock<AppliedState>>,
     /// Last applied log index, bumped after every apply so API tasks can wait for changes.
     pub applied: watch::Receiver<u64>,
     /// Finds the leader for requests a follower forwards.

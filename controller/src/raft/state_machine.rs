@@ -37,6 +37,7 @@ use super::snapshot::{self, SnapshotBuilder, SnapshotContent};
 use super::state_tables::{self, AppliedWrites, StoredState};
 use super::state_writer::StateWriter;
 use super::{Node, NodeId, TypeConfig};
+use crate::applied::AppliedState;
 use crate::state::{Change, ClusterState, Response};
 
 /// Applied entries after which an apply commits durably instead of leaving its commit to the
@@ -111,7 +112,7 @@ pub struct StateMachineStore {
     /// Entries applied since the last durable commit of `state.redb`.
     applied_since_durable: u64,
     /// The copy the API reads. Updated after each apply, under its write lock, taken alone.
-    shared: Arc<RwLock<ClusterState>>,
+    shared: Arc<RwLock<AppliedState>>,
     /// Index of the last applied entry, sent after `shared` was updated and its lock released.
     applied_sender: watch::Sender<u64>,
     /// The durable part of this controller's log. Set, entries are applied only once they
@@ -154,7 +155,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             database,
             writer,
-            shared: Arc::new(RwLock::new(stored.state.clone())),
+            shared: Arc::new(RwLock::new(AppliedState::new(stored.state.clone()))),
             working: stored.state,
             last_applied: stored.last_applied,
             last_membership: stored.last_membership,
@@ -171,7 +172,7 @@ impl StateMachineStore {
     }
 
     /// Returns the in-memory state that is updated after each apply.
-    pub fn shared_state(&self) -> Arc<RwLock<ClusterState>> {
+    pub fn shared_state(&self) -> Arc<RwLock<AppliedState>> {
         Arc::clone(&self.shared)
     }
 
@@ -190,22 +191,13 @@ impl StateMachineStore {
         {
             let mut shared = self.shared.write().await;
             for hash in file_contents {
-                match self.working.file_contents.get(hash) {
-                    Some(content) => shared.file_contents.insert(hash.clone(), content.clone()),
-                    None => shared.file_contents.remove(hash),
-                };
+                shared.set_file_content(hash, self.working.file_contents.get(hash).cloned());
             }
             for name in silos {
-                match self.working.silos.get(name) {
-                    Some(record) => shared.silos.insert(name.clone(), record.clone()),
-                    None => shared.silos.remove(name),
-                };
+                shared.set_silo(name, self.working.silos.get(name).cloned());
             }
             for name in hosts {
-                match self.working.hosts.get(name) {
-                    Some(record) => shared.hosts.insert(name.clone(), record.clone()),
-                    None => shared.hosts.remove(name),
-                };
+                shared.set_host(name, self.working.hosts.get(name).cloned());
             }
         }
         self.applied_sender
@@ -378,10 +370,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.last_membership = membership;
         }
         if network_changed {
-            self.shared.write().await.network = self.working.network;
+            self.shared.write().await.set_network(self.working.network);
         }
         if security_changed {
-            self.shared.write().await.security = self.working.security.clone();
+            self.shared.write().await.set_security(self.working.security.clone());
         }
         self.publish(&changed_silos, &changed_hosts, &changed_contents).await;
         Ok(responses)
@@ -439,7 +431,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.applied_since_durable = 0;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
-        *self.shared.write().await = state;
+        self.shared.write().await.replace(state);
         self.applied_sender
             .send_replace(applied_index(self.last_applied));
         Ok(())

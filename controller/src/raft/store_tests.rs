@@ -259,12 +259,12 @@ async fn snapshot_install_replaces_state() {
         .expect("install snapshot");
 
     let expected = leader.shared_state().read().await.clone();
-    assert_eq!(*follower.shared_state().read().await, expected);
+    assert_eq!(**follower.shared_state().read().await, expected);
     assert_eq!(*follower.subscribe_applied().borrow(), 2);
     drop(follower);
 
     let reopened = open_state_machine(follower_dir.path()).await;
-    assert_eq!(*reopened.shared_state().read().await, expected);
+    assert_eq!(**reopened.shared_state().read().await, expected);
 }
 
 #[tokio::test]
