@@ -183,7 +183,7 @@ async fn run(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>, mut 
 
         let batch = take_batch(&mut waiting);
         let guard = placement.lock().await;
-        run_batch(&node, &sessions, &mut waiting, &batch).await;
+        let placed = run_batch(&node, &sessions, &mut waiting, &batch).await;
         drop(guard);
 
         // Reply to the finished requests. Failed ones got their error already, and a request
@@ -202,6 +202,15 @@ async fn run(node: RaftNode, sessions: Sessions, placement: Arc<Mutex<()>>, mut 
             }
         }
         waiting = still_waiting;
+
+        // Logged after the replies, and after the handlers that send them had their turn on
+        // this runtime: the write to the log is not part of a client's wait.
+        if !placed.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        for (name, instances) in placed {
+            log_placements(&name, &instances);
+        }
     }
 }
 
@@ -245,13 +254,14 @@ struct Planned {
 }
 
 /// Plans every item of `batch` against the state and the items before it, commits the changes
-/// as one entry, and stores each item's outcome, or its request's error, in `waiting`.
+/// as one entry, and stores each item's outcome, or its request's error, in `waiting`. Returns
+/// the committed instances of each silo, for the log.
 async fn run_batch(
     node: &RaftNode,
     sessions: &Sessions,
     waiting: &mut VecDeque<Pending>,
     batch: &[Slot],
-) {
+) -> Vec<(String, Vec<InstanceUpdate>)> {
     let live = sessions.live_hosts();
     let mut commands = Vec::new();
     let mut planned = Vec::new();
@@ -321,7 +331,7 @@ async fn run_batch(
         }
     }
     if commands.is_empty() {
-        return;
+        return Vec::new();
     }
 
     let silo_count = planned.len();
@@ -340,11 +350,12 @@ async fn run_batch(
             for planned in &planned {
                 waiting[planned.slot.0].fail(status.clone());
             }
-            return;
+            return Vec::new();
         }
     };
     tracing::debug!(silos = silo_count, "placement batch committed");
 
+    let mut placed = Vec::with_capacity(planned.len());
     for planned in planned {
         let (request, item_index) = planned.slot;
         if let Some(Response::Rejected { reason }) = responses.get(planned.command_index) {
@@ -355,7 +366,7 @@ async fn run_batch(
         let item = &waiting[request].items[item_index];
         let name = item.name.clone();
         let count = item.count;
-        log_placements(&name, &planned.instances);
+        placed.push((name.clone(), planned.instances));
         if !planned.stopping.is_empty() {
             tracing::info!(silo = %name, count, stopping = ?planned.stopping, "instances above count stopping");
             sessions.wake_placement();
@@ -379,6 +390,7 @@ async fn run_batch(
             unchanged: false,
         });
     }
+    placed
 }
 
 /// Logs the instances of silo `name` that a batch placed in one line, as INDEX:ID@HOST, and each

@@ -315,6 +315,9 @@ impl Session {
                     if changed.is_err() {
                         return "the controller is shutting down".to_owned();
                     }
+                    // The change also answers a client, whose reply passes several tasks on
+                    // this runtime. Yielding lets them go first.
+                    tokio::task::yield_now().await;
                 }
                 _ = names_refresh.tick() => {}
                 _ = replaced.changed() => return "a newer session of the same host replaced it".to_owned(),

@@ -387,6 +387,12 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         if let Some(log_sync) = &self.log_sync {
             rpc.leader_commit = log_sync.clamp_commit(rpc.leader_commit);
         }
+        // A request without entries only moves the follower's commit index on, which no
+        // client waits for. openraft sends one right after each commit, while the apply that
+        // answers the client is runnable too, so the apply goes first.
+        if rpc.entries.is_empty() {
+            tokio::task::yield_now().await;
+        }
         if !self.stream_unsupported {
             match self.append_on_stream(&rpc, &option).await {
                 Ok(response) => return Ok(response),
