@@ -11,15 +11,17 @@
 //! etcd: three members started together with etcd's default timing. Each write is one put of a
 //! new key whose value is the bytes of the same one-silo spec.
 //!
-//! Sequential and saturated writes go to the leader on both sides. After the sequential writes
+//! Sequential and saturated writes go to the leader on both sides. The sequential writes run
+//! twice: first all of colex's and then all of etcd's, then interleaved, one write to each
+//! side in turn, so both see the same phases of the disk's sync latency. After the sequential writes
 //! the benchmark also times requests that write nothing: an `Up` of an unchanged silo and a
 //! `Status` on colex, and etcd's `Status`, as the part of a write that is not Raft. Each failover round sends
 //! SIGKILL to the leader, then probe writes through the survivors until one succeeds. The
 //! killed member is restarted, and the next round waits until it has caught up.
 //!
-//! Environment: `COLEX_BENCH_WRITES` sets the number of timed sequential writes of each side
-//! (default 500), `COLEX_BENCH_FAILOVERS` the number of failover rounds of each side
-//! (default 20). `COLEX_BENCH_FILE_BYTES` adds a file of that many bytes to every spec, and so
+//! Environment: `COLEX_BENCH_WRITES` sets the number of timed sequential writes of each side in
+//! each of the two runs (default 500), `COLEX_BENCH_FAILOVERS` the number of failover rounds of
+//! each side (default 20). `COLEX_BENCH_FILE_BYTES` adds a file of that many bytes to every spec, and so
 //! to every etcd value (default none). etcd rejects requests over 1.5 MiB by default.
 
 mod colex;
@@ -176,6 +178,33 @@ async fn measure(
         p50_of(&etcd_latencies[..tail])?,
         p50_of(&etcd_latencies[etcd_latencies.len() - tail..])?,
     );
+
+    // The disk's sync latency changes in phases of a fraction of a second to seconds on the
+    // virtual machines this runs on, so the runs above can each land in another phase. Here
+    // the two sides take turns, write by write, and see the same phases.
+    println!("interleaved writes ({writes} timed per side after {WARMUP_WRITES} untimed, one write to each side in turn):");
+    let mut colex_writer = Writer::Colex(colex.own_client(colex_leader).await?);
+    let mut etcd_writer = Writer::Etcd(etcd.own_client(etcd_leader).await?);
+    let [colex_turns, etcd_turns] = workload::interleaved(
+        [&mut colex_writer, &mut etcd_writer],
+        [&colex_keys, &etcd_keys],
+        WARMUP_WRITES,
+        writes,
+    )
+    .await?;
+    let colex_summary = Summary::of(&colex_turns).context("no interleaved colex samples")?;
+    let etcd_summary = Summary::of(&etcd_turns).context("no interleaved etcd samples")?;
+    println!("  colex Up:  {colex_summary}");
+    println!("  etcd put:  {etcd_summary}");
+    let ratio = colex_summary.p50.as_secs_f64() / etcd_summary.p50.as_secs_f64();
+    println!(
+        "  ratio colex p50 / etcd p50: {ratio:.2} ({} / {}; target at most {TARGET_LATENCY_RATIO}: {}); p99 ratio {:.2}",
+        millis(colex_summary.p50),
+        millis(etcd_summary.p50),
+        verdict(ratio <= TARGET_LATENCY_RATIO),
+        colex_summary.p99.as_secs_f64() / etcd_summary.p99.as_secs_f64()
+    );
+
     let round_trips = workload::round_trips(colex, colex_leader, etcd, etcd_leader, ROUND_TRIPS).await?;
     println!(
         "  round trips without a write ({ROUND_TRIPS} each), p50: colex unchanged Up {}, colex Status with its \

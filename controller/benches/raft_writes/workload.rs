@@ -119,6 +119,34 @@ pub async fn sequential(writer: &mut Writer, keys: &AtomicU64, warmup: usize, co
     Ok(latencies)
 }
 
+/// Writes `warmup + count` records to each of `writers`, one write at a time, taking the two
+/// in turn and swapping which goes first on every round. So both clusters see the disk and
+/// the CPUs in the same state, even when its sync latency changes from second to second.
+/// Returns the latencies of the last `count` writes of each.
+pub async fn interleaved(
+    writers: [&mut Writer; 2],
+    keys: [&AtomicU64; 2],
+    warmup: usize,
+    count: usize,
+) -> anyhow::Result<[Vec<Duration>; 2]> {
+    let mut latencies = [Vec::with_capacity(count), Vec::with_capacity(count)];
+    for index in 0..warmup + count {
+        let order = if index % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let key = keys[side].fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            tokio::time::timeout(WRITE_TIMEOUT, writers[side].write(key))
+                .await
+                .with_context(|| format!("interleaved write {key} timed out after {WRITE_TIMEOUT:?}"))?
+                .with_context(|| format!("interleaved write {key} failed"))?;
+            if index >= warmup {
+                latencies[side].push(started.elapsed());
+            }
+        }
+    }
+    Ok(latencies)
+}
+
 /// Result of [`saturated`].
 #[derive(Debug)]
 pub struct Saturation {

@@ -315,8 +315,8 @@ impl Session {
                     if changed.is_err() {
                         return "the controller is shutting down".to_owned();
                     }
-                    // The change also answers a client, whose reply passes several tasks on
-                    // this runtime. Yielding lets them go first.
+                    // The change also completes a client's request, whose response passes
+                    // several tasks on this runtime. Yielding lets them go first.
                     tokio::task::yield_now().await;
                 }
                 _ = names_refresh.tick() => {}

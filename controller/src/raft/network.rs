@@ -389,7 +389,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         }
         // A request without entries only moves the follower's commit index on, which no
         // client waits for. openraft sends one right after each commit, while the apply that
-        // answers the client is runnable too, so the apply goes first.
+        // completes the client's request is runnable too, so the apply goes first.
         if rpc.entries.is_empty() {
             tokio::task::yield_now().await;
         }
