@@ -157,18 +157,7 @@ async fn measure(
     let colex_latencies = workload::sequential(&mut writer, &colex_keys, WARMUP_WRITES, writes).await?;
     let mut writer = Writer::Etcd(etcd.own_client(etcd_leader).await?);
     let etcd_latencies = workload::sequential(&mut writer, &etcd_keys, WARMUP_WRITES, writes).await?;
-    let colex_summary = Summary::of(&colex_latencies).context("no colex samples")?;
-    let etcd_summary = Summary::of(&etcd_latencies).context("no etcd samples")?;
-    println!("  colex Up:  {colex_summary}");
-    println!("  etcd put:  {etcd_summary}");
-    let ratio = colex_summary.p50.as_secs_f64() / etcd_summary.p50.as_secs_f64();
-    println!(
-        "  ratio colex p50 / etcd p50: {ratio:.2} ({} / {}; target at most {TARGET_LATENCY_RATIO}: {}); p99 ratio {:.2}",
-        millis(colex_summary.p50),
-        millis(etcd_summary.p50),
-        verdict(ratio <= TARGET_LATENCY_RATIO),
-        colex_summary.p99.as_secs_f64() / etcd_summary.p99.as_secs_f64()
-    );
+    print_latency_comparison(&colex_latencies, &etcd_latencies)?;
     // The first and the last 100 writes: a write must not get slower as silos accumulate.
     let tail = writes.min(100);
     println!(
@@ -192,18 +181,7 @@ async fn measure(
         writes,
     )
     .await?;
-    let colex_summary = Summary::of(&colex_turns).context("no interleaved colex samples")?;
-    let etcd_summary = Summary::of(&etcd_turns).context("no interleaved etcd samples")?;
-    println!("  colex Up:  {colex_summary}");
-    println!("  etcd put:  {etcd_summary}");
-    let ratio = colex_summary.p50.as_secs_f64() / etcd_summary.p50.as_secs_f64();
-    println!(
-        "  ratio colex p50 / etcd p50: {ratio:.2} ({} / {}; target at most {TARGET_LATENCY_RATIO}: {}); p99 ratio {:.2}",
-        millis(colex_summary.p50),
-        millis(etcd_summary.p50),
-        verdict(ratio <= TARGET_LATENCY_RATIO),
-        colex_summary.p99.as_secs_f64() / etcd_summary.p99.as_secs_f64()
-    );
+    print_latency_comparison(&colex_turns, &etcd_turns)?;
 
     let round_trips = workload::round_trips(colex, colex_leader, etcd, etcd_leader, ROUND_TRIPS).await?;
     println!(
@@ -278,6 +256,23 @@ async fn measure(
 }
 
 /// Returns the median of `samples` in milliseconds, as text.
+/// Prints both sides' latency summaries and the ratio of their p50s against the target.
+fn print_latency_comparison(colex: &[Duration], etcd: &[Duration]) -> anyhow::Result<()> {
+    let colex_summary = Summary::of(colex).context("no colex samples")?;
+    let etcd_summary = Summary::of(etcd).context("no etcd samples")?;
+    println!("  colex Up:  {colex_summary}");
+    println!("  etcd put:  {etcd_summary}");
+    let ratio = colex_summary.p50.as_secs_f64() / etcd_summary.p50.as_secs_f64();
+    println!(
+        "  ratio colex p50 / etcd p50: {ratio:.2} ({} / {}; target at most {TARGET_LATENCY_RATIO}: {}); p99 ratio {:.2}",
+        millis(colex_summary.p50),
+        millis(etcd_summary.p50),
+        verdict(ratio <= TARGET_LATENCY_RATIO),
+        colex_summary.p99.as_secs_f64() / etcd_summary.p99.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn p50_of(samples: &[Duration]) -> anyhow::Result<String> {
     Ok(millis(Summary::of(samples).context("no samples")?.p50))
 }

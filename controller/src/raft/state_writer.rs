@@ -230,13 +230,19 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn flush_waits_for_queued_commits() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let database = Arc::new(Database::create(dir.path().join("state.redb")).expect("create"));
+    /// Creates `state.redb` in `dir` with its tables.
+    fn state_database(dir: &std::path::Path) -> Arc<Database> {
+        let database = Arc::new(Database::create(dir.join("state.redb")).expect("create"));
         let transaction = begin_durable_write(&database).expect("begin write");
         state_tables::create_tables(&transaction).expect("create tables");
         transaction.commit().expect("commit tables");
+        database
+    }
+
+    #[tokio::test]
+    async fn flush_waits_for_queued_commits() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let database = state_database(dir.path());
 
         let writer = StateWriter::start(Arc::clone(&database)).expect("start writer");
         for index in 1..=50 {
@@ -271,10 +277,7 @@ mod tests {
     #[tokio::test]
     async fn queued_applies_commit_in_order() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let database = Arc::new(Database::create(dir.path().join("state.redb")).expect("create"));
-        let transaction = begin_durable_write(&database).expect("begin write");
-        state_tables::create_tables(&transaction).expect("create tables");
-        transaction.commit().expect("commit tables");
+        let database = state_database(dir.path());
 
         // The first apply commits at once, and the next ones wait for the interval together.
         let writer = StateWriter::start(Arc::clone(&database)).expect("start writer");
