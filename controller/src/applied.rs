@@ -2,8 +2,9 @@
 //! row by row. A placement, a new silo id or an agent session's view then costs work for what
 //! it looks at, and not a pass over every stored silo on each applied change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use colex_proto as proto;
@@ -26,10 +27,34 @@ pub struct AssignedInstance {
 
 /// A [`ClusterState`] and its indexes. Readers see the state through `Deref`, and every change
 /// goes through the setters below, which keep the indexes in step.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AppliedState {
     state: ClusterState,
     indexes: Indexes,
+    /// Tells this state's journal positions apart from those of a state it replaced.
+    epoch: u64,
+}
+
+/// Source of [`AppliedState::epoch`].
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// Journal entries kept per host. A session further behind gets the host's whole set.
+const JOURNAL_ENTRIES: usize = 4096;
+
+/// A position in the journal of one host's assignments ([`AppliedState::host_version`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostVersion {
+    epoch: u64,
+    version: u64,
+}
+
+/// One change to a host's assignments: the instance under `key` was added or replaced, or
+/// `removed_id` left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostChange {
+    pub key: String,
+    /// Id of the instance that left the host under this key.
+    pub removed_id: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +68,24 @@ struct Indexes {
     up: BTreeSet<String>,
 }
 
+/// Returns true when the agent reports the instance UP.
+fn is_up(record: &SiloRecord) -> bool {
+    record
+        .status
+        .as_ref()
+        .is_some_and(|status| status.state == proto::SiloState::Up as i32)
+}
+
+/// Returns true when `new` replaces `old` without a change the indexes keep besides UP: the
+/// same instance on the same host, placed and meant to run or not in both.
+fn same_placement(old: &SiloRecord, new: &SiloRecord) -> bool {
+    old.id == new.id
+        && old.generation == new.generation
+        && old.host == new.host
+        && old.desired == new.desired
+        && old.spec.len() == new.spec.len()
+}
+
 /// The instances assigned to one host.
 #[derive(Debug, Default)]
 struct HostPlaced {
@@ -50,9 +93,12 @@ struct HostPlaced {
     instances: BTreeMap<String, PlacedInstance>,
     /// Sum of the instances' reservations. `same_silo` stays 0.
     reserved: Reserved,
-    /// The instances as a list in key order, built on first use after a change. A host whose
-    /// instances did not change hands out the same list, so a session can tell by pointer.
+    /// The instances as a list in key order, built on first use after a change.
     listed: OnceLock<Arc<Vec<AssignedInstance>>>,
+    /// Number of changes to the host's instances so far.
+    version: u64,
+    /// The last [`JOURNAL_ENTRIES`] changes, each with the version it led to.
+    journal: VecDeque<(u64, HostChange)>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +117,11 @@ impl AppliedState {
         for (key, record) in &state.silos {
             indexes.add(key, record, None);
         }
-        AppliedState { state, indexes }
+        AppliedState {
+            state,
+            indexes,
+            epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// Replaces the whole state, as a snapshot install does.
@@ -81,13 +131,27 @@ impl AppliedState {
 
     /// Stores `record` under `key`, or removes the row when `None`.
     pub fn set_silo(&mut self, key: &str, record: Option<SiloRecord>) {
-        let removed = match self.state.silos.get(key) {
-            Some(old) => self.indexes.remove(key, old),
-            None => None,
+        let old = self.state.silos.get(key);
+        let same_placement = match (old, &record) {
+            (Some(old), Some(new)) => same_placement(old, new),
+            _ => false,
         };
+        if same_placement {
+            // A status report: only whether the instance is UP can change.
+            if let Some(record) = &record {
+                self.indexes.set_up(key, record);
+            }
+        } else {
+            let removed = match old {
+                Some(old) => self.indexes.remove(key, old),
+                None => None,
+            };
+            if let Some(record) = &record {
+                self.indexes.add(key, record, removed);
+            }
+        }
         match record {
             Some(record) => {
-                self.indexes.add(key, &record, removed);
                 self.state.silos.insert(key.to_owned(), record);
             }
             None => {
@@ -141,13 +205,43 @@ impl AppliedState {
         self.state.silos.get(key).filter(|record| record.id == id)
     }
 
-    /// Returns every host with assigned instances and the list of them in key order. A host
-    /// whose instances did not change since the last call gives the same list.
-    pub fn assigned(&self) -> impl Iterator<Item = (&str, Arc<Vec<AssignedInstance>>)> + '_ {
+    /// Returns the instances assigned to `host` in key order, an empty list when none.
+    pub fn assigned_to(&self, host: &str) -> Arc<Vec<AssignedInstance>> {
         self.indexes
             .placed
+            .get(host)
+            .map(HostPlaced::listed)
+            .unwrap_or_default()
+    }
+
+    /// Returns the position of `host`'s assignments in their journal.
+    pub fn host_version(&self, host: &str) -> HostVersion {
+        HostVersion {
+            epoch: self.epoch,
+            version: self.indexes.placed.get(host).map_or(0, |placed| placed.version),
+        }
+    }
+
+    /// Returns the changes to `host`'s assignments after `since`, oldest first, or `None` when
+    /// the journal no longer reaches back that far or `since` came from a replaced state.
+    pub fn host_changes_since(&self, host: &str, since: HostVersion) -> Option<Vec<&HostChange>> {
+        if since.epoch != self.epoch {
+            return None;
+        }
+        let Some(placed) = self.indexes.placed.get(host) else {
+            return (since.version == 0).then(Vec::new);
+        };
+        let first_kept = placed.journal.front().map_or(placed.version + 1, |(version, _)| *version);
+        if since.version > placed.version || since.version + 1 < first_kept {
+            return None;
+        }
+        let changes = placed
+            .journal
             .iter()
-            .map(|(host, placed)| (host.as_str(), placed.listed()))
+            .filter(|(version, _)| *version > since.version)
+            .map(|(_, change)| change)
+            .collect();
+        Some(changes)
     }
 
     /// Returns the placed instances that their agents report UP, in key order.
@@ -156,6 +250,12 @@ impl AppliedState {
             .up
             .iter()
             .filter_map(|key| self.state.silos.get(key))
+    }
+}
+
+impl Default for AppliedState {
+    fn default() -> AppliedState {
+        AppliedState::new(ClusterState::default())
     }
 }
 
@@ -200,12 +300,22 @@ impl Indexes {
             },
         );
         host.listed = OnceLock::new();
-        let up = record
-            .status
-            .as_ref()
-            .is_some_and(|status| status.state == proto::SiloState::Up as i32);
-        if up {
+        host.record(HostChange {
+            key: key.to_owned(),
+            removed_id: None,
+        });
+        if is_up(record) {
             self.up.insert(key.to_owned());
+        }
+    }
+
+    /// Updates whether the placed instance under `key` counts as UP.
+    fn set_up(&mut self, key: &str, record: &SiloRecord) {
+        let placed = record.desired == Desired::Run && !record.is_pending();
+        if placed && is_up(record) {
+            self.up.insert(key.to_owned());
+        } else {
+            self.up.remove(key);
         }
     }
 
@@ -223,14 +333,23 @@ impl Indexes {
         host.reserved.memory_bytes -= instance.reservation.memory_bytes;
         host.reserved.silos -= 1;
         host.listed = OnceLock::new();
-        if host.instances.is_empty() {
-            self.placed.remove(old.host.as_str());
-        }
+        host.record(HostChange {
+            key: key.to_owned(),
+            removed_id: Some(instance.id.clone()),
+        });
         Some(instance)
     }
 }
 
 impl HostPlaced {
+    fn record(&mut self, change: HostChange) {
+        self.version += 1;
+        if self.journal.len() == JOURNAL_ENTRIES {
+            self.journal.pop_front();
+        }
+        self.journal.push_back((self.version, change));
+    }
+
     fn listed(&self) -> Arc<Vec<AssignedInstance>> {
         let listed = self.listed.get_or_init(|| {
             let instances = self
@@ -298,13 +417,9 @@ mod tests {
             assert_eq!(applied.reserved_on(host), expected, "sums on host {host:?}");
             assert_eq!(fresh.reserved_on(host), expected, "fresh sums on host {host:?}");
         }
-        let lists = |state: &AppliedState| -> BTreeMap<String, Vec<AssignedInstance>> {
-            state
-                .assigned()
-                .map(|(host, instances)| (host.to_owned(), (*instances).clone()))
-                .collect()
-        };
-        assert_eq!(lists(applied), lists(&fresh));
+        for host in ["a", "b", "c"] {
+            assert_eq!(applied.assigned_to(host), fresh.assigned_to(host), "instances of host {host}");
+        }
         let up = |state: &AppliedState| -> Vec<String> { state.up_instances().map(SiloRecord::key).collect() };
         assert_eq!(up(applied), up(&fresh));
         for record in applied.silos.values() {
@@ -344,7 +459,7 @@ mod tests {
 
         applied.replace(ClusterState::default());
         assert_eq!(applied.reserved_on("b"), Reserved::default());
-        assert_eq!(applied.assigned().count(), 0);
+        assert!(applied.assigned_to("b").is_empty());
     }
 
     #[test]
@@ -352,16 +467,54 @@ mod tests {
         let mut applied = AppliedState::new(ClusterState::default());
         applied.set_silo("web", Some(record("web", 0, "00000001", "a", 0, Desired::Run, false)));
         applied.set_silo("db", Some(record("db", 0, "00000002", "b", 0, Desired::Run, false)));
-        let before: BTreeMap<String, Arc<Vec<AssignedInstance>>> =
-            applied.assigned().map(|(host, list)| (host.to_owned(), list)).collect();
+        let (before_a, before_b) = (applied.assigned_to("a"), applied.assigned_to("b"));
 
         applied.set_silo("job", Some(record("job", 0, "00000003", "b", 0, Desired::Run, false)));
-        let after: BTreeMap<String, Arc<Vec<AssignedInstance>>> =
-            applied.assigned().map(|(host, list)| (host.to_owned(), list)).collect();
 
-        assert!(Arc::ptr_eq(&before["a"], &after["a"]), "host a did not change");
-        assert!(!Arc::ptr_eq(&before["b"], &after["b"]));
-        let keys: Vec<&str> = after["b"].iter().map(|instance| instance.key.as_str()).collect();
+        assert!(Arc::ptr_eq(&before_a, &applied.assigned_to("a")), "host a did not change");
+        assert!(!Arc::ptr_eq(&before_b, &applied.assigned_to("b")));
+        let keys: Vec<String> = applied.assigned_to("b").iter().map(|instance| instance.key.clone()).collect();
         assert_eq!(keys, ["db", "job"]);
+    }
+
+    #[test]
+    fn journal_lists_changes_since_a_version() {
+        let mut applied = AppliedState::new(ClusterState::default());
+        applied.set_silo("web", Some(record("web", 0, "00000001", "a", 0, Desired::Run, false)));
+        let seen = applied.host_version("a");
+
+        // A status report changes no assignment, a replacement and a stop do.
+        applied.set_silo("web", Some(record("web", 0, "00000001", "a", 0, Desired::Run, true)));
+        assert_eq!(applied.host_version("a"), seen, "a status report is no change");
+        applied.set_silo("db", Some(record("db", 0, "00000002", "a", 0, Desired::Run, false)));
+        applied.set_silo("web", Some(record("web", 0, "00000003", "a", 0, Desired::Run, false)));
+        applied.set_silo("db", Some(record("db", 0, "00000002", "a", 0, Desired::Stop, false)));
+
+        let changes = applied.host_changes_since("a", seen).expect("journal reaches back");
+        let listed: Vec<(&str, Option<&str>)> = changes
+            .iter()
+            .map(|change| (change.key.as_str(), change.removed_id.as_deref()))
+            .collect();
+        assert_eq!(
+            listed,
+            [("db", None), ("web", Some("00000001")), ("web", None), ("db", Some("00000002"))]
+        );
+        let now = applied.host_version("a");
+        assert_eq!(applied.host_changes_since("a", now).map(|changes| changes.len()), Some(0));
+        assert_eq!(applied.host_changes_since("c", applied.host_version("c")).map(|changes| changes.len()), Some(0));
+
+        let replaced = AppliedState::new((*applied).clone());
+        assert!(replaced.host_changes_since("a", now).is_none(), "another state's position");
+    }
+
+    #[test]
+    fn journal_too_short_gives_none() {
+        let mut applied = AppliedState::new(ClusterState::default());
+        let start = applied.host_version("a");
+        for index in 0..=JOURNAL_ENTRIES as u32 {
+            let key = instance_key("web", index);
+            applied.set_silo(&key, Some(record("web", index, &format!("{index:08x}"), "a", 0, Desired::Run, false)));
+        }
+        assert!(applied.host_changes_since("a", start).is_none());
     }
 }

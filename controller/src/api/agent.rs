@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::exec::ExecRouter;
 use crate::api::logs::LogRouter;
 use crate::api::unavailable;
-use crate::api::session_view::{self, peers_of, AssignedInstance, SentAssignments, SessionViews};
+use crate::api::session_view::{self, peers_of, SentAssignments, SessionViews};
+use crate::applied::HostVersion;
 use crate::names::differ_beyond_usage;
 use crate::raft::RaftNode;
 use crate::sessions::Sessions;
@@ -197,7 +198,8 @@ impl Session {
         mut stopping: watch::Receiver<bool>,
     ) -> String {
         let mut applied = self.node.applied.clone();
-        let mut last_assigned: Option<Arc<Vec<AssignedInstance>>> = None;
+        // Position in the host's assignment journal that the last assignments went out at.
+        let mut last_version: Option<HostVersion> = None;
         let mut sent = SentAssignments::default();
         let mut last_peers: Option<proto::Peers> = None;
         let mut last_all_peers: Option<Arc<Vec<proto::Peer>>> = None;
@@ -255,18 +257,31 @@ impl Session {
             // silos and not for all of the host's. An older agent gets the whole set again.
             // An instance's id and generation decide its assignment, so comparing them is
             // enough to tell whether the set changed.
-            let assigned = view.assigned_to(&self.host);
-            if last_assigned.as_ref().is_none_or(|last| !Arc::ptr_eq(last, &assigned) && **last != *assigned) {
-                let kind = {
-                    let state = self.node.state.read().await;
-                    if self.assignment_changes && last_assigned.is_some() {
-                        session_view::assignment_changes(&state, &self.host, &assigned, &mut sent)
-                            .map(ControllerKind::AssignmentChanges)
-                    } else {
-                        Some(ControllerKind::Assignments(session_view::assignments(&state, &self.host, &assigned, &mut sent)))
-                    }
-                };
-                last_assigned = Some(assigned);
+            let kind = {
+                let state = self.node.state.read().await;
+                let version = state.host_version(&self.host);
+                if last_version == Some(version) {
+                    None
+                } else {
+                    let kind = match last_version.filter(|_| self.assignment_changes) {
+                        Some(last) => match state.host_changes_since(&self.host, last) {
+                            Some(journal) => session_view::changes_since(&state, &self.host, &journal, &mut sent),
+                            // The journal no longer reaches back that far: compare the whole set.
+                            None => session_view::assignment_changes(&state, &self.host, &state.assigned_to(&self.host), &mut sent),
+                        }
+                        .map(ControllerKind::AssignmentChanges),
+                        None => Some(ControllerKind::Assignments(session_view::assignments(
+                            &state,
+                            &self.host,
+                            &state.assigned_to(&self.host),
+                            &mut sent,
+                        ))),
+                    };
+                    last_version = Some(version);
+                    Some(kind)
+                }
+            };
+            if let Some(kind) = kind {
                 // Debug, because a busy leader sends every host new assignments many times a second.
                 match &kind {
                     Some(ControllerKind::AssignmentChanges(changes)) => tracing::debug!(

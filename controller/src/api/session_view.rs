@@ -15,7 +15,7 @@ use crate::state::{ClusterState, Desired, SiloRecord};
 use crate::usage::UsageStore;
 use crate::view;
 
-pub use crate::applied::AssignedInstance;
+pub use crate::applied::{AssignedInstance, HostChange};
 
 /// The applied state as the sessions see it.
 #[derive(Debug)]
@@ -24,9 +24,6 @@ pub struct SessionView {
     applied: u64,
     /// When the view was built: its silo names carry the network counters of that moment.
     built_at: Instant,
-    /// Instances meant to run on each host, by host name, in key order as
-    /// `view::assignments` lists them.
-    assigned: IdMap<String, Arc<Vec<AssignedInstance>>>,
     /// DNS names of the running instances, the same for every host.
     pub names: Arc<proto::Names>,
     /// Every host with a WireGuard key, in name order.
@@ -35,15 +32,10 @@ pub struct SessionView {
 
 impl SessionView {
     /// Builds the view of `state`. `previous` lends its parts that did not change, so sessions
-    /// can tell an unchanged part by pointer. The state's indexes hand out the same list for a
-    /// host whose instances did not change.
+    /// can tell an unchanged part by pointer. Each session reads its host's assignments from
+    /// the state's journal itself ([`changes_since`]).
     fn build(state: &AppliedState, usage: &UsageStore, applied: u64, previous: Option<&SessionView>) -> SessionView {
         let built_at = Instant::now();
-        let assigned = state
-            .assigned()
-            .map(|(host, instances)| (host.to_owned(), instances))
-            .collect();
-
         let names = silo_names_of(state.up_instances(), usage, built_at);
         let names = match previous {
             Some(previous) if *previous.names == names => Arc::clone(&previous.names),
@@ -57,15 +49,9 @@ impl SessionView {
         SessionView {
             applied,
             built_at,
-            assigned,
             names,
             peers,
         }
-    }
-
-    /// Returns the instances assigned to `host`, an empty list when there are none.
-    pub fn assigned_to(&self, host: &str) -> Arc<Vec<AssignedInstance>> {
-        self.assigned.get(host).cloned().unwrap_or_default()
     }
 
     /// Returns every host with a WireGuard key.
@@ -202,6 +188,58 @@ pub fn assignment_changes(
     })
 }
 
+/// Returns the assignment changes of `host` that `changes`, its journal entries since the
+/// last message, make to what `sent` holds, and updates `sent` to match. Costs work for the
+/// changed keys only. Returns `None` when nothing an agent sees changed.
+pub fn changes_since(
+    state: &ClusterState,
+    host: &str,
+    changes: &[&HostChange],
+    sent: &mut SentAssignments,
+) -> Option<proto::AssignmentChanges> {
+    let mut upserted = Vec::new();
+    let mut removed_silo_ids = Vec::new();
+    let mut seen_keys = std::collections::HashSet::new();
+    for change in changes {
+        let current = state
+            .silos
+            .get(&change.key)
+            .filter(|record| record.host == host && is_assigned(record));
+        if let Some(removed_id) = &change.removed_id {
+            let still_here = current.is_some_and(|record| record.id == *removed_id);
+            if !still_here && sent.remove(removed_id).is_some() {
+                removed_silo_ids.push(removed_id.clone());
+            }
+        }
+        // Later entries of the same key see the same current record.
+        if !seen_keys.insert(change.key.as_str()) {
+            continue;
+        }
+        let Some(record) = current else {
+            continue;
+        };
+        let known = sent
+            .get(&record.id)
+            .is_some_and(|assignment| assignment.generation == record.generation);
+        if known {
+            continue;
+        }
+        let Some(assignment) = view::assignments_of(std::iter::once(record)).silos.pop() else {
+            continue;
+        };
+        upserted.push(assignment.clone());
+        sent.insert(record.id.clone(), Arc::new(assignment));
+    }
+
+    if upserted.is_empty() && removed_silo_ids.is_empty() {
+        return None;
+    }
+    Some(proto::AssignmentChanges {
+        upserted,
+        removed_silo_ids,
+    })
+}
+
 /// Returns the mesh peer entry of every host that reported a WireGuard key, in name order.
 /// Hosts that are down stay peers, so their silos are reachable again as soon as they return.
 pub fn all_mesh_peers(state: &ClusterState) -> Vec<proto::Peer> {
@@ -270,13 +308,13 @@ mod tests {
         register(&mut state, "b");
         put(&mut state, "web", &["a", "b", "a"]);
         put(&mut state, "db", &["b"]);
-        let view = SessionView::build(&AppliedState::new(state.clone()), &UsageStore::default(), 1, None);
+        let applied = AppliedState::new(state.clone());
         for host in ["a", "b", "c"] {
-            let shared = assignments(&state, host, &view.assigned_to(host), &mut SentAssignments::default());
+            let shared = assignments(&state, host, &applied.assigned_to(host), &mut SentAssignments::default());
             assert_eq!(shared, view::assignments(&state, host), "host {host}");
         }
-        assert_eq!(view.assigned_to("a").len(), 2);
-        assert!(view.assigned_to("c").is_empty());
+        assert_eq!(applied.assigned_to("a").len(), 2);
+        assert!(applied.assigned_to("c").is_empty());
     }
 
     #[test]
@@ -284,15 +322,13 @@ mod tests {
         let mut state = ClusterState::default();
         register(&mut state, "a");
         put(&mut state, "web", &["a"]);
-        let view = SessionView::build(&AppliedState::new(state.clone()), &UsageStore::default(), 1, None);
         let mut sent = SentAssignments::default();
-        let first = assignments(&state, "a", &view.assigned_to("a"), &mut sent);
+        let first = assignments(&state, "a", &AppliedState::new(state.clone()).assigned_to("a"), &mut sent);
         assert_eq!(first.silos.len(), 1);
         let kept = Arc::clone(&sent[&first.silos[0].silo_id]);
 
         put(&mut state, "db", &["a"]);
-        let view = SessionView::build(&AppliedState::new(state.clone()), &UsageStore::default(), 2, Some(&view));
-        let second = assignments(&state, "a", &view.assigned_to("a"), &mut sent);
+        let second = assignments(&state, "a", &AppliedState::new(state.clone()).assigned_to("a"), &mut sent);
         assert_eq!(second, view::assignments(&state, "a"));
         assert!(Arc::ptr_eq(&kept, &sent[&first.silos[0].silo_id]), "web was not decoded again");
         assert_eq!(sent.len(), 2);
@@ -307,17 +343,17 @@ mod tests {
         register(&mut state, "a");
         put(&mut state, "web", &["a"]);
         put(&mut state, "db", &["a"]);
-        let first = SessionView::build(&AppliedState::new(state.clone()), &UsageStore::default(), 1, None);
+        let first = AppliedState::new(state.clone()).assigned_to("a");
         let mut sent = SentAssignments::default();
-        let mut agent = by_id(assignments(&state, "a", &first.assigned_to("a"), &mut sent).silos);
+        let mut agent = by_id(assignments(&state, "a", &first, &mut sent).silos);
         assert_eq!(agent.len(), 2);
-        assert!(assignment_changes(&state, "a", &first.assigned_to("a"), &mut sent).is_none());
+        assert!(assignment_changes(&state, "a", &first, &mut sent).is_none());
 
         // One silo comes and one goes: the changes carry only those two.
         put(&mut state, "cache", &["a"]);
         state.apply(&Command::StopSilo { name: "web".to_owned() });
-        let second = SessionView::build(&AppliedState::new(state.clone()), &UsageStore::default(), 2, Some(&first));
-        let changes = assignment_changes(&state, "a", &second.assigned_to("a"), &mut sent).expect("a change");
+        let second = AppliedState::new(state.clone()).assigned_to("a");
+        let changes = assignment_changes(&state, "a", &second, &mut sent).expect("a change");
         assert_eq!(changes.upserted.len(), 1);
         assert_eq!(changes.removed_silo_ids.len(), 1);
         for id in &changes.removed_silo_ids {
@@ -339,8 +375,6 @@ mod tests {
         put(&mut state, "db", &["b"]);
         applied.set_silo("db", state.silos.get("db").cloned());
         let second = SessionView::build(&applied, &UsageStore::default(), 2, Some(&first));
-        assert!(Arc::ptr_eq(&first.assigned_to("a"), &second.assigned_to("a")), "host a did not change");
-        assert!(!Arc::ptr_eq(&first.assigned_to("b"), &second.assigned_to("b")));
         assert!(Arc::ptr_eq(&first.names, &second.names));
         assert!(Arc::ptr_eq(first.peers(), second.peers()));
     }
@@ -351,10 +385,55 @@ mod tests {
         register(&mut state, "a");
         register(&mut state, "b");
         put(&mut state, "web", &["a"]);
-        let view = SessionView::build(&AppliedState::new(state.clone()), &UsageStore::default(), 1, None);
+        let listed = AppliedState::new(state.clone()).assigned_to("a");
         // A newer command moves instance 0 to host b under the same key before host a's
-        // session builds its assignments from the older view.
+        // session builds its assignments from the older list.
         put(&mut state, "web", &["b"]);
-        assert!(assignments(&state, "a", &view.assigned_to("a"), &mut SentAssignments::default()).silos.is_empty());
+        assert!(assignments(&state, "a", &listed, &mut SentAssignments::default()).silos.is_empty());
+    }
+
+    /// Copies every row of `state` into `applied`, as the state machine publishes changed rows.
+    fn publish(state: &ClusterState, applied: &mut AppliedState) {
+        let keys: std::collections::BTreeSet<String> = state.silos.keys().chain(applied.silos.keys()).cloned().collect();
+        for key in keys {
+            applied.set_silo(&key, state.silos.get(&key).cloned());
+        }
+    }
+
+    #[test]
+    fn journal_changes_match_the_full_set() {
+        let by_id = |silos: Vec<proto::Assignment>| -> std::collections::BTreeMap<String, proto::Assignment> {
+            silos.into_iter().map(|assignment| (assignment.silo_id.clone(), assignment)).collect()
+        };
+        let mut state = ClusterState::default();
+        register(&mut state, "a");
+        register(&mut state, "b");
+        put(&mut state, "web", &["a", "a"]);
+        put(&mut state, "db", &["a"]);
+        let mut applied = AppliedState::new(state.clone());
+        let mut sent = SentAssignments::default();
+        let mut agent = by_id(assignments(&state, "a", &applied.assigned_to("a"), &mut sent).silos);
+        let seen = applied.host_version("a");
+
+        // One silo comes, one stops, and one instance moves to host b and back under a new id.
+        put(&mut state, "cache", &["a"]);
+        state.apply(&Command::StopSilo { name: "db".to_owned() });
+        put(&mut state, "web", &["b", "a"]);
+        publish(&state, &mut applied);
+        put(&mut state, "web", &["a", "a"]);
+        publish(&state, &mut applied);
+
+        let journal = applied.host_changes_since("a", seen).expect("journal reaches back");
+        let changes = changes_since(&state, "a", &journal, &mut sent).expect("a change");
+        for id in &changes.removed_silo_ids {
+            agent.remove(id);
+        }
+        agent.extend(by_id(changes.upserted));
+        assert_eq!(agent, by_id(view::assignments(&state, "a").silos));
+        assert_eq!(sent.len(), agent.len());
+
+        let now = applied.host_version("a");
+        let journal = applied.host_changes_since("a", now).expect("journal reaches back");
+        assert!(changes_since(&state, "a", &journal, &mut sent).is_none(), "nothing new");
     }
 }
