@@ -190,7 +190,7 @@ pub fn assignment_changes(
 
 /// Returns the assignment changes of `host` that `changes`, its journal entries since the
 /// last message, make to what `sent` holds, and updates `sent` to match. Costs work for the
-/// changed keys only. Returns `None` when nothing an agent sees changed.
+/// changed keys only. Returns `None` when nothing the agent receives changed.
 pub fn changes_since(
     state: &ClusterState,
     host: &str,
