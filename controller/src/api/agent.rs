@@ -23,6 +23,10 @@ use crate::raft::RaftNode;
 use crate::sessions::Sessions;
 use crate::state::{Command, Desired, HostAttributes, Response as StateResponse, SiloRecord, SiloStatus};
 
+/// Pause between an applied change and the session's message about it. It is shorter than
+/// any start of a silo, and the tokio timer rounds it up to a whole millisecond.
+const CHANGE_PAUSE: Duration = Duration::from_micros(200);
+
 /// A session with no message from the agent for this long is closed and
 /// its host counts as down. Agents send a heartbeat every second.
 const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -331,8 +335,9 @@ impl Session {
                         return "the controller is shutting down".to_owned();
                     }
                     // The change also completes a client's request, whose response passes
-                    // several tasks on this runtime. Yielding lets them go first.
-                    tokio::task::yield_now().await;
+                    // several tasks on this runtime, so the session lets them go first. The
+                    // pause also lets the changes of the next moment join this message.
+                    tokio::time::sleep(CHANGE_PAUSE).await;
                 }
                 _ = names_refresh.tick() => {}
                 _ = replaced.changed() => return "a newer session of the same host replaced it".to_owned(),
