@@ -9,10 +9,10 @@ use std::sync::{Arc, OnceLock};
 
 use colex_proto as proto;
 
+use crate::blobs::StoredContent;
 use crate::id_hash::IdMap;
 use crate::scheduler::{Reservation, Reserved};
 use crate::security_state::SecurityState;
-use crate::blobs::StoredContent;
 use crate::state::{ClusterNetwork, ClusterState, Desired, HostRecord, SiloRecord};
 
 /// One instance a host is assigned, as far as its agent can tell instances apart. A silo id
@@ -31,14 +31,16 @@ pub struct AssignedInstance {
 pub struct AppliedState {
     state: ClusterState,
     indexes: Indexes,
-    /// Tells this state's journal positions apart from those of a state it replaced.
+    /// Number that tells this state's journal positions apart from those of a state it
+    /// replaced.
     epoch: u64,
 }
 
-/// Source of [`AppliedState::epoch`].
+/// Counter that hands out [`AppliedState::epoch`].
 static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 
-/// Journal entries kept per host. A session further behind gets the host's whole set.
+/// Number of journal entries kept per host. A session further behind gets the host's whole
+/// set.
 const JOURNAL_ENTRIES: usize = 4096;
 
 /// A position in the journal of one host's assignments ([`AppliedState::host_version`]).
@@ -76,8 +78,8 @@ fn is_up(record: &SiloRecord) -> bool {
         .is_some_and(|status| status.state == proto::SiloState::Up as i32)
 }
 
-/// Returns true when `new` replaces `old` without a change the indexes keep besides UP: the
-/// same instance on the same host, placed and meant to run or not in both.
+/// Returns true when `new` changes nothing in the indexes but UP: the same instance on the
+/// same host, with the same desired state.
 fn same_placement(old: &SiloRecord, new: &SiloRecord) -> bool {
     old.id == new.id
         && old.generation == new.generation
@@ -91,7 +93,7 @@ fn same_placement(old: &SiloRecord, new: &SiloRecord) -> bool {
 struct HostPlaced {
     /// Instances by record key.
     instances: BTreeMap<String, PlacedInstance>,
-    /// Sum of the instances' reservations. `same_silo` stays 0.
+    /// Sum of the instances' reservations, with `same_silo` always 0.
     reserved: Reserved,
     /// The instances as a list in key order, built on first use after a change.
     listed: OnceLock<Arc<Vec<AssignedInstance>>>,
@@ -176,10 +178,12 @@ impl AppliedState {
         };
     }
 
+    /// Sets the cluster network.
     pub fn set_network(&mut self, network: Option<ClusterNetwork>) {
         self.state.network = network;
     }
 
+    /// Sets the security state.
     pub fn set_security(&mut self, security: SecurityState) {
         self.state.security = security;
     }
@@ -267,7 +271,7 @@ impl Deref for AppliedState {
     }
 }
 
-/// Equal when the states are: the indexes follow from them.
+/// Compares the states only, because the indexes follow from them.
 impl PartialEq for AppliedState {
     fn eq(&self, other: &AppliedState) -> bool {
         self.state == other.state
@@ -321,7 +325,7 @@ impl Indexes {
 
     /// Removes `old`, stored under `key`, and returns its entry when it was placed.
     fn remove(&mut self, key: &str, old: &SiloRecord) -> Option<PlacedInstance> {
-        // A later record that reused the id keeps its entry.
+        // Leaves the entry alone when another key carries the id now.
         if self.ids.get(old.id.as_str()).is_some_and(|indexed| indexed == key) {
             self.ids.remove(old.id.as_str());
         }

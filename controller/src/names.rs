@@ -28,7 +28,11 @@ struct SpecSummary {
 /// than [`crate::usage::MAX_REPORT_AGE`]. The applied state's UP instances
 /// ([`crate::applied::AppliedState::up_instances`]) give every such instance without a pass
 /// over all silos.
-pub fn silo_names_of<'a>(records: impl Iterator<Item = &'a SiloRecord>, usage: &UsageStore, now: Instant) -> proto::Names {
+pub fn silo_names_of<'a>(
+    records: impl Iterator<Item = &'a SiloRecord>,
+    usage: &UsageStore,
+    now: Instant,
+) -> proto::Names {
     let mut names: Vec<proto::SiloName> = records
         .filter(|record| record.desired == Desired::Run && !record.is_pending())
         .filter_map(|record| {

@@ -202,7 +202,7 @@ impl Session {
         mut stopping: watch::Receiver<bool>,
     ) -> String {
         let mut applied = self.node.applied.clone();
-        // Position in the host's assignment journal that the last assignments went out at.
+        // Journal position of the host's assignments when the last message about them was sent.
         let mut last_version: Option<HostVersion> = None;
         let mut sent = SentAssignments::default();
         let mut last_peers: Option<proto::Peers> = None;

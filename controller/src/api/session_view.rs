@@ -211,7 +211,7 @@ pub fn changes_since(
                 removed_silo_ids.push(removed_id.clone());
             }
         }
-        // Later entries of the same key see the same current record.
+        // Each key is looked up once, because its later entries would find the same record.
         if !seen_keys.insert(change.key.as_str()) {
             continue;
         }

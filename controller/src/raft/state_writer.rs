@@ -180,7 +180,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[derive(Default)]
 struct Batch {
     applies: Vec<Box<AppliedWrites>>,
-    /// Synced when any of the applies asked for it.
+    /// Synced when any of the applies requested it.
     durable: bool,
     flushes: Vec<oneshot::Sender<Result<(), StateMachineError>>>,
 }
