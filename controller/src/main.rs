@@ -242,6 +242,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.data_dir.clone(),
         Duration::from_secs(args.enrollment_window),
     );
+    // Connections that open an AppendEntries link are served beside gRPC, on the same port.
+    let mut links = raft::link::LinkServer::new(node.raft.clone(), stopping_rx.clone());
+    if let Some(verifier) = &verifier {
+        links = links.with_authorization(verifier.clone(), node.state.clone());
+    }
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -264,16 +269,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(credentials) => {
             let acceptor = tls_server::acceptor(credentials).context("invalid TLS settings from the certificate files")?;
             router
-                .serve_with_incoming_shutdown(tls_server::incoming(listener, acceptor), stopped)
+                .serve_with_incoming_shutdown(tls_server::incoming(listener, acceptor, links), stopped)
                 .await
         }
         None => {
-            // tonic ignores its own TCP_NODELAY default for a listener it did not bind, so it
-            // is set here. With Nagle's algorithm on, a small response frame written while an
-            // earlier one is unacknowledged waits for the peer's delayed ACK, about 40 ms on
-            // Linux.
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            router.serve_with_incoming_shutdown(incoming, stopped).await
+            router.serve_with_incoming_shutdown(raft::link::plain_incoming(listener, links), stopped).await
         }
     }
     .context("gRPC server failed")?;

@@ -126,10 +126,61 @@ fn write_with_mode(path: &Path, contents: &str, mode: u32) -> Result<(), TlsFile
 /// certificate, never set with `--insecure`.
 static PEER_TLS: OnceLock<ClientTlsConfig> = OnceLock::new();
 
+/// TLS settings of AppendEntries links to other controllers (see [`crate::raft::link`]).
+/// Set with [`PEER_TLS`], unless the certificate files cannot be parsed for them.
+static PEER_LINK_TLS: OnceLock<tokio_rustls::TlsConnector> = OnceLock::new();
+
 /// Makes every later connection to another controller use mutual TLS with `credentials`.
 pub fn use_peer_tls(credentials: &Credentials) {
     // A second call keeps the first settings; the controller sets them once at start.
     let _ = PEER_TLS.set(credentials.client_config());
+    match link_connector(credentials) {
+        Ok(connector) => {
+            let _ = PEER_LINK_TLS.set(connector);
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot set up TLS for AppendEntries links; they go on the gRPC stream")
+        }
+    }
+}
+
+/// Returns the client settings of AppendEntries links: the same certificates as
+/// [`Credentials::client_config`], with the link's ALPN protocol.
+pub(crate) fn link_connector(credentials: &Credentials) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let authority = CertificateDer::from_pem_slice(credentials.authority_pem.as_bytes())
+        .map_err(|error| format!("authority certificate: {error}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(authority).map_err(|error| format!("authority certificate: {error}"))?;
+    let chain = CertificateDer::pem_slice_iter(credentials.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("controller certificate: {error}"))?;
+    let key = PrivateKeyDer::from_pem_slice(credentials.key_pem.as_bytes())
+        .map_err(|error| format!("controller key: {error}"))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls_server::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|error| error.to_string())?;
+    config.alpn_protocols = vec![crate::raft::link::ALPN.to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+}
+
+/// Returns the TLS settings of AppendEntries links when connections to other controllers use
+/// TLS, and whether they do; `(true, None)` means the link cannot be used.
+pub fn peer_link_tls() -> (bool, Option<&'static tokio_rustls::TlsConnector>) {
+    (PEER_TLS.get().is_some(), PEER_LINK_TLS.get())
+}
+
+/// Time another controller gets to finish the TLS handshake of an AppendEntries link.
+pub const LINK_HANDSHAKE_TIMEOUT: std::time::Duration = PEER_HANDSHAKE_TIMEOUT;
+
+/// The name every controller's certificate carries, checked on links like on gRPC calls.
+pub fn peer_server_name() -> Result<rustls::pki_types::ServerName<'static>, String> {
+    rustls::pki_types::ServerName::try_from(SERVER_NAME).map_err(|error| format!("server name {SERVER_NAME}: {error}"))
 }
 
 /// Returns an endpoint for the controller at `addr` (HOST:PORT, or a URI): `https` with this

@@ -23,12 +23,11 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::raft::link::LinkServer;
 use crate::tls::Credentials;
 
 /// Time a client gets to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections whose handshake finished and that wait for the gRPC server to take them.
-const ACCEPTED_QUEUE_LEN: usize = 64;
 /// ALPN protocol of gRPC.
 const ALPN_H2: &[u8] = b"h2";
 
@@ -48,7 +47,7 @@ pub enum TlsServerError {
 }
 
 /// Returns the ring provider, the one tonic 0.14's `tls-ring` feature uses.
-fn provider() -> Arc<CryptoProvider> {
+pub fn provider() -> Arc<CryptoProvider> {
     // rustls 0.23.48 deprecates it for lacking post-quantum key exchange; ring needs no C build.
     #[allow(deprecated)]
     Arc::new(rustls::crypto::ring::default_provider())
@@ -205,14 +204,20 @@ pub fn acceptor(credentials: &Credentials) -> Result<TlsAcceptor, TlsServerError
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(DeferredClientCert { provider }))
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // gRPC clients offer h2 and links offer only theirs, so each gets what it offered.
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), crate::raft::link::ALPN.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Accepts connections on `listener` and yields those whose TLS handshake succeeded. Each
-/// handshake runs on a task of its own, so a slow client delays no other.
-pub fn incoming(listener: TcpListener, acceptor: TlsAcceptor) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (sender, receiver) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE_LEN);
+/// Accepts connections on `listener`, serves the AppendEntries links among them with `links`,
+/// and yields the others whose TLS handshake succeeded. Each handshake runs on a task of its
+/// own, so a slow client delays no other.
+pub fn incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    links: LinkServer,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(crate::raft::link::ACCEPTED_QUEUE_LEN);
     tokio::spawn(async move {
         loop {
             let (stream, remote) = match listener.accept().await {
@@ -231,8 +236,12 @@ pub fn incoming(listener: TcpListener, acceptor: TlsAcceptor) -> ReceiverStream<
             }
             let acceptor = acceptor.clone();
             let queue = sender.clone();
+            let links = links.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(crate::raft::link::ALPN) => {
+                        links.serve_tls(tls, remote).await;
+                    }
                     Ok(Ok(tls)) => {
                         // The server has stopped when the receiver is gone.
                         let _ = queue.send(Ok(tls)).await;

@@ -8,7 +8,8 @@
 //!   `state_tables`, snapshot content and builder in `snapshot`, the thread that commits
 //!   applies in `state_writer`).
 //! - [`network`] and [`service`]: the client and server sides of the gRPC `Raft` service, whose
-//!   payloads are the JSON encoding of openraft's request and response types.
+//!   payloads are the JSON encoding of openraft's request and response types, and [`link`]:
+//!   the framed connection that carries AppendEntries beside it on the same port.
 //! - [`node`]: [`RaftNode`], the handle the rest of the controller uses.
 //! - [`membership`]: adding, promoting, removing and listing controllers on the leader, and
 //!   [`join`]: how a new controller requests its node id.
@@ -18,6 +19,7 @@ mod database;
 mod log_file;
 pub mod join;
 pub mod leader;
+pub mod link;
 pub mod log_store;
 pub mod log_sync;
 pub mod membership;
@@ -32,6 +34,8 @@ mod state_writer;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod link_tests;
 #[cfg(test)]
 mod membership_tests;
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! [`RPCError::RemoteError`].
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use colex_proto::raft_client::RaftClient;
 use colex_proto::{RaftPayload, MAX_MESSAGE_BYTES};
@@ -25,12 +26,19 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use super::link::{Link, LinkError};
 use super::log_sync::LogSync;
 use super::{Node, NodeId, TypeConfig};
 
 /// Time allowed for the TCP (and later TLS) connection to a peer. openraft sends each vote
 /// request on a task of its own, so a peer that is slow to connect delays only its own vote.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Time until a leader tries the AppendEntries link again to a peer that did not offer it,
+/// since the peer may have been upgraded meanwhile.
+const LINK_RETRY_INTERVAL: Duration = Duration::from_secs(60);
+/// Idle AppendEntries links kept per peer: one for replication and a few for the read
+/// barriers' heartbeats that may run beside it.
+const IDLE_LINKS_PER_PEER: usize = 4;
 
 /// Errors of a Raft RPC to a peer, before they are wrapped in openraft's `RPCError`.
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +85,31 @@ pub struct NetworkFactory {
     log_sync: Option<LogSync>,
 }
 
-/// The channel to one peer, or why none could be built from its address.
+/// The channel to one peer, or why none could be built from its address, and the peer's idle
+/// AppendEntries links.
 #[derive(Debug, Clone)]
 struct PeerChannel {
     addr: String,
     channel: Result<Channel, String>,
+    links: Arc<Mutex<PeerLinks>>,
+}
+
+/// The AppendEntries links to one peer that no call uses, shared by all clients of the peer:
+/// openraft makes a new client for each read barrier's heartbeats, and a new link costs a TCP
+/// connection and, under TLS, a handshake.
+#[derive(Debug, Default)]
+struct PeerLinks {
+    idle: Vec<Link>,
+    /// Set when the peer did not offer the link (an older version): until then its
+    /// AppendEntries go on the gRPC stream.
+    retry_at: Option<Instant>,
+}
+
+impl PeerLinks {
+    fn lock(links: &Mutex<PeerLinks>) -> MutexGuard<'_, PeerLinks> {
+        // Nothing here can be left half-changed by a panic.
+        links.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl NetworkFactory {
@@ -116,6 +144,7 @@ impl NetworkFactory {
         let peer = PeerChannel {
             addr: addr.to_owned(),
             channel,
+            links: Arc::default(),
         };
         self.channels.insert(target, peer.clone());
         peer
@@ -146,10 +175,20 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: peer.addr,
             client,
             log_sync: self.log_sync.clone(),
+            links: peer.links,
             stream: None,
             stream_unsupported: false,
         }
     }
+}
+
+/// Tells whether a TLS handshake failed because the peer offers no link, which an older
+/// controller reports with the `no_application_protocol` alert.
+fn no_common_protocol(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|error| matches!(error, rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)))
 }
 
 /// The Raft RPCs of the gRPC service.
@@ -178,6 +217,9 @@ pub struct PeerNetwork {
     /// The client, or the message of the error that prevented building its channel.
     client: Result<RaftClient<Channel>, String>,
     log_sync: Option<LogSync>,
+    /// The peer's idle AppendEntries links (see [`super::link`]). Like the stream below, a call
+    /// takes one out and puts it back after the response.
+    links: Arc<Mutex<PeerLinks>>,
     /// The AppendEntries stream to the peer, open between calls. A call takes it out and puts
     /// it back after its response arrives. A call that fails or is dropped halfway therefore
     /// leaves no stream whose next response belongs to an older request.
@@ -282,6 +324,111 @@ impl PeerNetwork {
         };
         self.stream = Some(stream);
         self.decode(rpc, &payload).map_err(StreamFailure::Rpc)
+    }
+
+    /// Tells which transport carried the last AppendEntries: `(link, stream)`.
+    #[cfg(test)]
+    pub fn transports_open(&self) -> (bool, bool) {
+        (!PeerLinks::lock(&self.links).idle.is_empty(), self.stream.is_some())
+    }
+
+    /// Sends `request` on an idle AppendEntries link, or on a new one, and waits for its
+    /// response until openraft's hard deadline.
+    async fn append_on_link(
+        &mut self,
+        request: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, StreamFailure> {
+        let rpc = Rpc::AppendEntries;
+        let data = self.encode(rpc, request).map_err(StreamFailure::Rpc)?;
+        let idle = PeerLinks::lock(&self.links).idle.pop();
+        let exchange = async {
+            if let Some(mut link) = idle {
+                match link.exchange(&data).await {
+                    Ok(response) => return Ok((link, response)),
+                    // An idle link may have been closed by a peer that restarted meanwhile.
+                    // The request is sent again on a new one: a follower handles a repeated
+                    // AppendEntries like the first.
+                    Err(error @ (LinkError::Closed | LinkError::Io(_))) => {
+                        tracing::debug!(target_node = self.target, addr = %self.addr, %error, "idle AppendEntries link failed; opening a new one");
+                    }
+                    Err(error) => return Err(self.link_failure(error)),
+                }
+            }
+            let mut link = self.open_link().await?;
+            tracing::info!(target_node = self.target, addr = %self.addr, "AppendEntries link opened");
+            let response = link.exchange(&data).await.map_err(|error| self.link_failure(error))?;
+            Ok((link, response))
+        };
+        let (link, response) = match tokio::time::timeout(option.hard_ttl(), exchange).await {
+            Ok(exchanged) => exchanged?,
+            Err(_) => {
+                let error = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no AppendEntries response from raft peer {} at {} in time", self.target, self.addr),
+                );
+                return Err(StreamFailure::Rpc(RPCError::Network(NetworkError::new(&error))));
+            }
+        };
+        let mut links = PeerLinks::lock(&self.links);
+        if links.idle.len() < IDLE_LINKS_PER_PEER {
+            links.idle.push(link);
+        }
+        drop(links);
+        self.decode(rpc, &RaftPayload { data: response }).map_err(StreamFailure::Rpc)
+    }
+
+    /// Connects to the peer and opens an AppendEntries link on the new connection.
+    async fn open_link(&self) -> Result<Link, StreamFailure> {
+        let host_port = self.addr.split_once("://").map_or(self.addr.as_str(), |(_, rest)| rest);
+        let connect = tokio::time::timeout(PEER_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(host_port));
+        let stream = match connect.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(self.link_failure(LinkError::Io(error))),
+            Err(_) => {
+                let error = std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out");
+                return Err(self.link_failure(LinkError::Io(error)));
+            }
+        };
+        // With Nagle's algorithm on, a frame written while the last is unacknowledged waits
+        // for the peer's delayed ACK.
+        stream.set_nodelay(true).map_err(|error| self.link_failure(LinkError::Io(error)))?;
+        let connector = match crate::tls::peer_link_tls() {
+            (false, _) => return Link::open(Box::new(stream), true).await.map_err(|error| self.link_failure(error)),
+            (true, None) => return Err(StreamFailure::Unsupported),
+            (true, Some(connector)) => connector,
+        };
+        let server_name = crate::tls::peer_server_name().map_err(|error| self.link_failure(LinkError::Io(std::io::Error::other(error))))?;
+        let handshake = tokio::time::timeout(crate::tls::LINK_HANDSHAKE_TIMEOUT, connector.connect(server_name, stream));
+        let tls = match handshake.await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) if no_common_protocol(&error) => return Err(StreamFailure::Unsupported),
+            Ok(Err(error)) => return Err(self.link_failure(LinkError::Io(error))),
+            Err(_) => {
+                let error = std::io::Error::new(std::io::ErrorKind::TimedOut, "the TLS handshake timed out");
+                return Err(self.link_failure(LinkError::Io(error)));
+            }
+        };
+        // A peer that chose no protocol ignores ALPN and would treat the link as gRPC.
+        if tls.get_ref().1.alpn_protocol() != Some(super::link::ALPN) {
+            return Err(StreamFailure::Unsupported);
+        }
+        Link::open(Box::new(tls), false).await.map_err(|error| self.link_failure(error))
+    }
+
+    /// Turns a link's error into openraft's: a peer that cannot be reached is [`Unreachable`],
+    /// so openraft backs off, and a peer without links falls back to the gRPC stream.
+    fn link_failure(&self, error: LinkError) -> StreamFailure {
+        let unreachable = matches!(error, LinkError::Closed | LinkError::Io(_));
+        let error = match error {
+            LinkError::Unsupported => return StreamFailure::Unsupported,
+            error => std::io::Error::other(format!("AppendEntries link to raft peer {} at {}: {error}", self.target, self.addr)),
+        };
+        if unreachable {
+            StreamFailure::Rpc(RPCError::Unreachable(Unreachable::new(&error)))
+        } else {
+            StreamFailure::Rpc(RPCError::Network(NetworkError::new(&error)))
+        }
     }
 
     /// Opens an AppendEntries stream to the peer.
@@ -392,6 +539,17 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         // completes the client's request is runnable too, so the apply goes first.
         if rpc.entries.is_empty() {
             tokio::task::yield_now().await;
+        }
+        let link_offered = PeerLinks::lock(&self.links).retry_at.is_none_or(|retry_at| Instant::now() >= retry_at);
+        if link_offered {
+            match self.append_on_link(&rpc, &option).await {
+                Ok(response) => return Ok(response),
+                Err(StreamFailure::Rpc(error)) => return Err(error),
+                Err(StreamFailure::Unsupported) => {
+                    tracing::info!(target_node = self.target, addr = %self.addr, "raft peer offers no AppendEntries link; using the gRPC stream");
+                    PeerLinks::lock(&self.links).retry_at = Some(Instant::now() + LINK_RETRY_INTERVAL);
+                }
+            }
         }
         if !self.stream_unsupported {
             match self.append_on_stream(&rpc, &option).await {

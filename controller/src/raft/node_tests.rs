@@ -329,7 +329,7 @@ async fn learner_catches_up_through_snapshot() {
 
 /// Returns an AppendEntries request of a stale leader (term 0). A node of term 1 rejects it
 /// and returns its own vote.
-fn stale_append_entries() -> openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> {
+pub(super) fn stale_append_entries() -> openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> {
     openraft::raft::AppendEntriesRequest {
         vote: openraft::Vote::new_committed(0, 2),
         prev_log_id: None,
@@ -368,6 +368,8 @@ async fn append_stream_ends_when_stopping() {
             .await
             .expect("AppendEntries on the stream");
         assert!(matches!(response, AppendEntriesResponse::HigherVote(_)), "got {response:?}");
+        // This server offers no link, as an older controller, so the stream carried it.
+        assert_eq!(peer.transports_open(), (false, true));
     }
 
     stopping.send(true).expect("server's streams listen");

@@ -24,6 +24,19 @@ fn controllers(lab: &Lab) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Returns the lab index of the controller the table marks as leader.
+/// The text of every controller log of `lab`.
+fn controller_logs(lab: &Lab) -> String {
+    let Ok(entries) = std::fs::read_dir(lab.dir.path()) else {
+        return String::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("controller")))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+        .collect()
+}
+
 fn leader_index(lab: &Lab, rows: &[Row]) -> Option<usize> {
     let leader = rows.iter().find(|row| row["LEADER"] == "yes")?;
     (0..lab.controller_hosts.len()).find(|index| lab.controller_address_at(*index) == leader["ADDRESS"])
@@ -84,6 +97,11 @@ fn three_controllers_survive_leader_loss() {
         wait_for_silos(&lab, index, &["list"], &["first"]);
         wait_for_silos(&lab, index, &["list", "--stale"], &["first"]);
     }
+    // The leader replicates on AppendEntries links under TLS, not on the gRPC fallback.
+    let logs = controller_logs(&lab);
+    assert!(logs.matches("AppendEntries link accepted").count() >= 2, "{}", lab.logs());
+    assert!(!logs.contains("offers no AppendEntries link"), "{}", lab.logs());
+    assert!(!logs.contains("rejected an AppendEntries link"), "{}", lab.logs());
     let hosts = parse_all_hosts(&lab.cli(&["list", "--all-hosts"]).expect("list").stdout);
     let first = hosts.iter().find(|row| row["NAME"] == "first").expect("first listed");
     assert_eq!(first["HOST"], lab.hosts[0].name);
