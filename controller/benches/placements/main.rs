@@ -168,6 +168,7 @@ async fn measure(cluster: &ColexCluster, hosts: &SimHosts, knobs: Knobs) -> anyh
         clients.push(cluster.own_client(leader).await?);
     }
     let applied_before = cluster.leader_applied().await;
+    let terms_before = cluster.terms_logged();
     let next_silo = Arc::new(AtomicUsize::new(0));
     let first_request = Instant::now();
     let tasks: Vec<_> = clients
@@ -239,6 +240,8 @@ async fn measure(cluster: &ColexCluster, hosts: &SimHosts, knobs: Knobs) -> anyh
     );
 
     cross_check(cluster, leader, knobs).await?;
+    let new_terms = cluster.terms_logged().difference(&terms_before).count();
+    println!("  leader elections during the run: {new_terms}");
     println!("  load average: {}", load_average());
     Ok(())
 }

@@ -47,6 +47,26 @@ pub struct ColexCluster {
 }
 
 impl ColexCluster {
+    /// Returns the terms whose election a controller has logged so far ("raft leader elected"
+    /// lines). Every election starts a new term, so a term that appears between two calls
+    /// means an election in between.
+    pub fn terms_logged(&self) -> std::collections::BTreeSet<u64> {
+        let mut terms = std::collections::BTreeSet::new();
+        for controller in &self.controllers {
+            let Ok(log) = std::fs::read_to_string(&controller.log_path) else {
+                continue;
+            };
+            let elected = log.lines().filter(|line| line.contains("raft leader elected"));
+            for line in elected {
+                let term = line.split_whitespace().find_map(|field| field.strip_prefix("term="));
+                if let Some(term) = term.and_then(|term| term.parse().ok()) {
+                    terms.insert(term);
+                }
+            }
+        }
+        terms
+    }
+
     /// Starts controller 0 with `--bootstrap`, then each other controller with `--join` to the
     /// first, and waits until every controller is a voter that has applied the leader's log.
     pub async fn start(binary: PathBuf) -> anyhow::Result<ColexCluster> {

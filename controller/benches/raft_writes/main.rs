@@ -150,6 +150,8 @@ async fn measure(
     let colex_leader = colex.leader_index().await?;
     let etcd_leader = etcd.leader_index().await?;
     hosts.wait_until_up(&mut colex.shared_client(colex_leader)).await?;
+    // A new term in the logs later means an election, even one that kept the same leader.
+    let colex_terms_before = colex.terms_logged();
 
     println!();
     println!("sequential writes ({writes} timed after {WARMUP_WRITES} untimed, one client, sent to the leader):");
@@ -208,7 +210,7 @@ async fn measure(
         etcd_writers.push(Writer::Etcd(etcd.own_client(etcd_leader).await?));
     }
     let etcd_saturation = workload::saturated(etcd_writers, etcd_keys.clone(), SATURATION_DURATION).await?;
-    let colex_leader_kept = colex.leader_index().await? == colex_leader;
+    let colex_leader_kept = colex.leader_index().await? == colex_leader && colex.terms_logged() == colex_terms_before;
     let etcd_leader_kept = etcd.leader_index().await? == etcd_leader;
     print_saturation("colex Up ", &colex_saturation);
     print_saturation("etcd put ", &etcd_saturation);

@@ -31,6 +31,8 @@ pub const STATE_FILE_NAME: &str = "state.redb";
 pub const NODE_ID_FILE_NAME: &str = "node-id";
 /// Id of the first node of a new cluster.
 const FIRST_NODE_ID: NodeId = 1;
+/// How often the term and leader are read for the log.
+const LEADER_LOG_INTERVAL: Duration = Duration::from_millis(100);
 
 const CLUSTER_NAME: &str = "colex";
 /// The leader's heartbeat period. openraft 0.9.25 also uses it as the timeout of each
@@ -257,7 +259,40 @@ impl RaftNode {
             return Err(error);
         }
         node.spawn_promotion();
+        node.spawn_leader_log();
         Ok(node)
+    }
+
+    /// Logs each new term with its leader, so elections show in the controller's log. The term
+    /// is read every [`LEADER_LOG_INTERVAL`] instead of on every metrics change, which comes
+    /// with every write. Terms only grow, so a read after an election sees a newer term, though
+    /// two elections within one interval show as one.
+    fn spawn_leader_log(&self) {
+        let metrics = self.raft.metrics();
+        let id = self.id;
+        tokio::spawn(async move {
+            let mut logged: Option<(u64, NodeId)> = None;
+            let mut interval = tokio::time::interval(LEADER_LOG_INTERVAL);
+            loop {
+                interval.tick().await;
+                // An error means that Raft stopped.
+                if metrics.has_changed().is_err() {
+                    return;
+                }
+                let (term, leader) = {
+                    let current = metrics.borrow();
+                    (current.current_term, current.current_leader)
+                };
+                // A term's leader becomes known after the term itself.
+                let Some(leader) = leader else {
+                    continue;
+                };
+                if logged != Some((term, leader)) {
+                    tracing::info!(node_id = id, term, leader, "raft leader elected");
+                    logged = Some((term, leader));
+                }
+            }
+        });
     }
 
     /// Initializes a new cluster when the stores are empty and `bootstrap` is set, then waits for
