@@ -474,9 +474,13 @@ impl proto::client_server::Client for ClientService {
 
         let live = self.sessions.live_hosts();
         let state = self.node.state.read().await;
-        let mut silos = view::all_instance_infos(&state, self.sessions.usage(), std::time::Instant::now());
-        hosts::mark_lost_hosts(&mut silos, &self.sessions);
-        let hosts = hosts::host_infos(&state, &live);
+        // Listing 50,000 instances takes about a second. Its thread's other tasks, openraft's
+        // core among them, move to another thread meanwhile, so heartbeats go out on time.
+        let (silos, hosts) = outside_the_runtime(|| {
+            let mut silos = view::all_instance_infos(&state, self.sessions.usage(), std::time::Instant::now());
+            hosts::mark_lost_hosts(&mut silos, &self.sessions);
+            (silos, hosts::host_infos(&state, &live))
+        });
         Ok(Response::new(proto::ListResponse { silos, hosts }))
     }
 
@@ -623,6 +627,16 @@ fn is_dns_label(name: &str) -> bool {
         && !name.starts_with('-')
         && !name.ends_with('-')
         && name.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+}
+
+/// Runs `work`, which may take long without awaiting, with `block_in_place` on a multi-threaded
+/// runtime: the thread's queued tasks go to another worker first. On a single-threaded runtime,
+/// as in tests, it runs `work` as it is.
+fn outside_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
 }
 
 #[cfg(test)]
