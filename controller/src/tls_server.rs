@@ -220,20 +220,7 @@ pub fn incoming(
     let (sender, receiver) = tokio::sync::mpsc::channel(crate::raft::link::ACCEPTED_QUEUE_LEN);
     tokio::spawn(async move {
         loop {
-            let (stream, remote) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and similar; the next accept may succeed.
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            // With Nagle's algorithm on, a small response frame waits for the peer's delayed
-            // ACK, about 40 ms on Linux.
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::warn!(%error, %remote, "cannot set TCP_NODELAY");
-            }
+            let (stream, remote) = crate::raft::link::accept(&listener).await;
             let acceptor = acceptor.clone();
             let queue = sender.clone();
             let links = links.clone();

@@ -277,6 +277,28 @@ pub async fn consume_hello(stream: &mut TcpStream) -> std::io::Result<()> {
 /// Connections waiting for the gRPC server to take them.
 pub const ACCEPTED_QUEUE_LEN: usize = 64;
 
+/// Waits for the next connection on `listener`, with TCP_NODELAY set. Failed accepts are
+/// logged and retried.
+pub async fn accept(listener: &tokio::net::TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and similar; the next accept may succeed.
+                tracing::warn!(%error, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // With Nagle's algorithm on, a small response frame waits for the peer's delayed ACK,
+        // about 40 ms on Linux.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, %remote, "cannot set TCP_NODELAY");
+        }
+        return (stream, remote);
+    }
+}
+
 /// Accepts plain connections on `listener`, serves the links among them, and yields every other
 /// connection to the gRPC server.
 pub fn plain_incoming(
@@ -286,20 +308,7 @@ pub fn plain_incoming(
     let (sender, receiver) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE_LEN);
     tokio::spawn(async move {
         loop {
-            let (mut stream, remote) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and similar; the next accept may succeed.
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            // With Nagle's algorithm on, a small response frame waits for the peer's delayed
-            // ACK, about 40 ms on Linux.
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::warn!(%error, %remote, "cannot set TCP_NODELAY");
-            }
+            let (mut stream, remote) = accept(&listener).await;
             let links = links.clone();
             let queue = sender.clone();
             tokio::spawn(async move {

@@ -314,16 +314,20 @@ impl PeerNetwork {
         };
         let (stream, payload) = match tokio::time::timeout(option.hard_ttl(), exchange).await {
             Ok(exchanged) => exchanged?,
-            Err(_) => {
-                let error = std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no AppendEntries response from raft peer {} at {} in time", self.target, self.addr),
-                );
-                return Err(StreamFailure::Rpc(RPCError::Network(NetworkError::new(&error))));
-            }
+            Err(_) => return Err(self.response_timed_out()),
         };
         self.stream = Some(stream);
         self.decode(rpc, &payload).map_err(StreamFailure::Rpc)
+    }
+
+    /// Returns the error of an AppendEntries whose response did not arrive before openraft's
+    /// hard deadline.
+    fn response_timed_out(&self) -> StreamFailure {
+        let error = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no AppendEntries response from raft peer {} at {} in time", self.target, self.addr),
+        );
+        StreamFailure::Rpc(RPCError::Network(NetworkError::new(&error)))
     }
 
     /// Tells which transport carried the last AppendEntries: `(link, stream)`.
@@ -362,13 +366,7 @@ impl PeerNetwork {
         };
         let (link, response) = match tokio::time::timeout(option.hard_ttl(), exchange).await {
             Ok(exchanged) => exchanged?,
-            Err(_) => {
-                let error = std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no AppendEntries response from raft peer {} at {} in time", self.target, self.addr),
-                );
-                return Err(StreamFailure::Rpc(RPCError::Network(NetworkError::new(&error))));
-            }
+            Err(_) => return Err(self.response_timed_out()),
         };
         let mut links = PeerLinks::lock(&self.links);
         if links.idle.len() < IDLE_LINKS_PER_PEER {
