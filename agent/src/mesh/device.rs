@@ -18,6 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use boringtun::device::{DeviceConfig, DeviceHandle};
 use futures::TryStreamExt;
@@ -42,6 +43,13 @@ const UAPI_SOCKET_DIR: &str = "/var/run/wireguard";
 /// Worker threads of an embedded device. Two match the smallest hosts colex targets; the
 /// throughput benchmark decides whether more pay off.
 const EMBEDDED_WORKER_THREADS: usize = 2;
+/// Maximum wait for the embedded device's threads to end. Stopping takes up to about one
+/// second, boringtun's socket check period. NOTE: once, a boringtun 0.7.1 worker was seen
+/// waiting forever in its device lock's `read` after the other worker thread had ended (the
+/// cause is not known), so the device thread is then left behind.
+const EMBEDDED_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between checks whether the device thread has ended.
+const EMBEDDED_STOP_POLL: Duration = Duration::from_millis(20);
 
 /// Backend selection requested by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -511,12 +519,17 @@ impl EmbeddedDevice {
 
     /// Stops the device and joins its owner thread, which joins the worker threads. Takes up
     /// to about one second, the period of boringtun's socket check. If the socket cannot be
-    /// removed, the worker threads are only signalled to stop and are not joined.
+    /// removed, the worker threads are only signalled to stop and are not joined. A thread
+    /// that has not ended after [`EMBEDDED_STOP_TIMEOUT`] is left behind with a warning.
     fn stop(mut self) {
         drop(self.stop.take());
         let Some(thread) = self.thread.take() else {
             return;
         };
+        if !wait_until_finished(&thread, EMBEDDED_STOP_TIMEOUT) {
+            warn!(device = %self.name, timeout = ?EMBEDDED_STOP_TIMEOUT, "the embedded device thread did not stop; leaving it behind");
+            return;
+        }
         match thread.join() {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
@@ -532,9 +545,25 @@ impl Drop for EmbeddedDevice {
         // Reached without `stop` only when `start` failed after the thread began.
         drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            if wait_until_finished(&thread, EMBEDDED_STOP_TIMEOUT) {
+                let _ = thread.join();
+            } else {
+                warn!(device = %self.name, timeout = ?EMBEDDED_STOP_TIMEOUT, "the embedded device thread did not stop; leaving it behind");
+            }
         }
     }
+}
+
+/// Waits up to `timeout` for `thread` to end, and returns whether it did.
+fn wait_until_finished<T>(thread: &JoinHandle<T>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(EMBEDDED_STOP_POLL);
+    }
+    true
 }
 
 /// Targets of the descriptors that boringtun 0.7.1 opens without `O_CLOEXEC`: the TUN queue
