@@ -24,7 +24,29 @@ pub struct Ledger {
     pub silo_dirs: BTreeSet<String>,
 }
 
+/// Pause between the snapshots of [`Ledger::take_settled`].
+const SETTLE_INTERVAL: Duration = Duration::from_millis(300);
+/// Maximum wait of [`Ledger::take_settled`] for two equal snapshots in a row.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Ledger {
+    /// Takes snapshots until two in a row, [`SETTLE_INTERVAL`] apart, are equal, and returns
+    /// the last. A baseline taken right after an agent started then does not catch the agent's
+    /// host set-up halfway, such as one of its two metadata rules. After [`SETTLE_TIMEOUT`] it
+    /// returns the last snapshot.
+    pub fn take_settled(host: &Host) -> anyhow::Result<Ledger> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let mut last = Ledger::take(host)?;
+        loop {
+            thread::sleep(SETTLE_INTERVAL);
+            let next = Ledger::take(host)?;
+            if next == last || Instant::now() >= deadline {
+                return Ok(next);
+            }
+            last = next;
+        }
+    }
+
     pub fn take(host: &Host) -> anyhow::Result<Ledger> {
         let links = host
             .run("ip", &["-o", "link", "show"])?

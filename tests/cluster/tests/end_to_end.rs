@@ -173,7 +173,7 @@ fn bad_input_is_one_line_and_creates_nothing() {
         return;
     }
     let lab = Lab::start(1).expect("lab starts");
-    let before = Ledger::take(&lab.hosts[0]).expect("ledger");
+    let before = Ledger::take_settled(&lab.hosts[0]).expect("ledger");
 
     let missing = lab.dir.path().join("missing.hcl");
     let syntax = lab.write_file("syntax.hcl", "Silo \"s\" {\n  name = \"x\"\n  binary {\n    path = \n  }\n}\n").expect("file");
@@ -221,7 +221,7 @@ fn up_again_replaces_changed_silo() {
     }
     let lab = Lab::start(1).expect("lab starts");
     let host = lab.hosts[0].clone();
-    let before = Ledger::take(&host).expect("ledger");
+    let before = Ledger::take_settled(&host).expect("ledger");
     lab.write_file("index-a.html", "first page\n").expect("page");
     let first = TWO_SILOS[..TWO_SILOS.find("Silo \"b\"").expect("second silo")].to_owned();
     let silo_file = lab.write_file("one.hcl", &first).expect("silo file");
@@ -268,7 +268,7 @@ fn agent_crash_keeps_silo_serving() {
     }
     let mut lab = Lab::start(1).expect("lab starts");
     let host = lab.hosts[0].clone();
-    let before = Ledger::take(&host).expect("ledger");
+    let before = Ledger::take_settled(&host).expect("ledger");
     lab.write_file("index-a.html", "page of web-a\n").expect("page");
     let silo_file = lab
         .write_file("one.hcl", &TWO_SILOS[..TWO_SILOS.find("Silo \"b\"").expect("second silo")])

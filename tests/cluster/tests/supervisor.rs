@@ -42,7 +42,7 @@ fn agent_sigkill_keeps_silo_and_pid() {
     }
     let mut lab = Lab::start(1).expect("lab starts");
     let host = lab.hosts[0].clone();
-    let before = Ledger::take(&host).expect("ledger");
+    let before = Ledger::take_settled(&host).expect("ledger");
     let silo_file = write_silo(
         &lab,
         "sleeper",
@@ -91,7 +91,7 @@ fn on_failure_restarts_twice_then_stays_exited() {
     }
     let lab = Lab::start(1).expect("lab starts");
     let host = lab.hosts[0].clone();
-    let before = Ledger::take(&host).expect("ledger");
+    let before = Ledger::take_settled(&host).expect("ledger");
     let silo_file = write_silo(
         &lab,
         "failing",
