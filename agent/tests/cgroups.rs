@@ -7,7 +7,7 @@
 //! CI=true, where they fail.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use colex_agent::runtime::Runtime;
 use colex_proto::{Resources, SiloSpec};
@@ -343,6 +343,50 @@ fn removal_leaves_no_cgroup_dir() {
             runtime.shutdown().await.expect("shutdown");
             let left = host.cgroup_dirs();
             assert!(left.is_empty(), "host cgroup dirs left: {left:?}");
+        });
+    });
+}
+
+/// Age of the spare PID 1 that `start_time_is_the_programs` gives its second silo.
+const SPARE_AGE: Duration = Duration::from_secs(2);
+
+/// A silo started from a spare reports when its program started, not when the spare's PID 1
+/// was cloned: the first start refills the spares, and the second silo gets one 2 s old.
+#[test]
+fn start_time_is_the_programs() {
+    if !has_root("start_time_is_the_programs") {
+        return;
+    }
+    in_netns(|| {
+        let host = TestHost::new("colex-cgroup-test", "cxt", SUBNET);
+        block_on(async {
+            let (runtime, _exits) = Runtime::start(host.cfg.clone())
+                .await
+                .expect("start runtime");
+            let first = random_hex();
+            runtime
+                .run_silo(&first, 1, &spec("first", "sleep 1000", None))
+                .await
+                .expect("run the first silo");
+
+            tokio::time::sleep(SPARE_AGE).await;
+            let second = random_hex();
+            let run_at = SystemTime::now();
+            runtime
+                .run_silo(&second, 1, &spec("second", "sleep 1000", None))
+                .await
+                .expect("run the second silo");
+            let stats = runtime.stats(&second).await.expect("stats");
+            let started_at = stats.started_at.expect("a running silo has a start time");
+            assert!(started_at >= run_at, "started at {started_at:?}, run at {run_at:?}");
+
+            for silo_id in [&first, &second] {
+                runtime
+                    .remove_silo(silo_id, KILL_TIMEOUT)
+                    .await
+                    .expect("remove silo");
+            }
+            runtime.shutdown().await.expect("shutdown");
         });
     });
 }

@@ -93,6 +93,7 @@ async fn relaunch(
     record.init_pid = None;
     record.helper_start_ticks = None;
     record.started = false;
+    record.started_at_unix_ms = None;
     record.restarts = restarts;
     // Unstarted until the new program runs: an agent crash in between removes the silo.
     state::rewrite_json_in_place(&paths.record(), &record)?;

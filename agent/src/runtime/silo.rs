@@ -224,6 +224,7 @@ fn record_intent(
         helper_start_ticks: None,
         started: false,
         restarts: 0,
+        started_at_unix_ms: None,
     };
     // Before the first kernel object: the record names everything the silo may get. PID 1
     // exists already, but it ends with the helper, which ends when the agent does.
@@ -615,6 +616,10 @@ async fn start_helper(
     // removes the silo dir with this record. Should the agent die first, the next agent adopts
     // the helper, which records the program's exit either way.
     record.started = true;
+    record.started_at_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|since| u64::try_from(since.as_millis()).ok());
     state::rewrite_json_in_place(&paths.record(), record)?;
     mark("record_updated");
     let init_steps = helper.wait_started(EXEC_TIMEOUT).await.map_err(launch_error)?;

@@ -82,6 +82,10 @@ pub struct SiloRecord {
     /// Times the program was restarted in place under the silo's restart policy.
     #[serde(default)]
     pub restarts: u32,
+    /// When PID 1 was released to run the program, in ms since the Unix epoch. PID 1 may be a
+    /// spare cloned long before, so its process start time is not the program's.
+    #[serde(default)]
+    pub started_at_unix_ms: Option<u64>,
 }
 
 /// Exit status of a silo's PID 1: its exit code, or 128 + signal number when it was killed.
@@ -292,6 +296,7 @@ mod tests {
             helper_start_ticks: Some(98_765),
             started: true,
             restarts: 2,
+            started_at_unix_ms: Some(1_764_900_000_000),
         }
     }
 

@@ -2,7 +2,7 @@
 //! traffic of its network interface.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::debug;
 
@@ -28,8 +28,9 @@ pub struct SiloStats {
     pub rx_bytes: Option<u64>,
     /// Bytes the silo sent on its interface, or `None` as for `rx_bytes`.
     pub tx_bytes: Option<u64>,
-    /// Start of the silo's current PID 1, or `None` when the silo record names no PID 1 that is
-    /// still in the silo's cgroup. A restart in place starts a new PID 1.
+    /// When the silo's current PID 1 was released to run the program, or `None` when the silo
+    /// record names no PID 1 that is still in the silo's cgroup. A restart in place starts a
+    /// new PID 1.
     pub started_at: Option<SystemTime>,
 }
 
@@ -49,18 +50,24 @@ pub async fn collect(runtime: &Runtime, silo_id: &str) -> Result<SiloStats, Runt
     // lives as long as the silo.
     let pids = cgroup::pids(silo_cgroup.membership_dir()).await?;
     let record_path = inner.silo_dirs.paths(silo_id).record();
-    let init_pid =
-        tokio::task::spawn_blocking(move || state::read_json::<SiloRecord>(&record_path))
-            .await?
-            .ok()
-            .and_then(|record| record.init_pid);
+    let record = tokio::task::spawn_blocking(move || state::read_json::<SiloRecord>(&record_path))
+        .await?
+        .ok();
+    let init_pid = record.as_ref().and_then(|record| record.init_pid);
     let mut candidates: Vec<u32> = init_pid
         .into_iter()
         .filter(|pid| pids.contains(pid))
         .collect();
     candidates.extend(pids.iter().copied().filter(|pid| Some(*pid) != init_pid));
-    let started_at = match init_pid {
-        Some(pid) if pids.contains(&pid) => read_process_start(pid).await,
+    // A record written by an earlier agent version has no release time. PID 1's process start
+    // is the estimate then, early by the age of the spare it came from.
+    let released_at = record
+        .as_ref()
+        .and_then(|record| record.started_at_unix_ms)
+        .map(|millis| UNIX_EPOCH + Duration::from_millis(millis));
+    let started_at = match (init_pid, released_at) {
+        (Some(pid), Some(released_at)) if pids.contains(&pid) => Some(released_at),
+        (Some(pid), None) if pids.contains(&pid) => read_process_start(pid).await,
         _ => None,
     };
     let mut traffic = None;
