@@ -165,8 +165,12 @@ impl HostMesh {
     /// [`MeshDevice::replace_peers`], so async code calls it through `spawn_blocking`.
     pub fn apply(&self, gateway: Ipv4Addr, peers: &proto::Peers) -> Result<usize, HostMeshError> {
         // Silo packets to other hosts are forwarded from the bridge to the mesh device.
-        std::fs::write(IP_FORWARD_PATH, "1")
-            .map_err(|source| HostMeshError::IpForward { source })?;
+        let current = std::fs::read_to_string(IP_FORWARD_PATH).unwrap_or_default();
+        if current.trim() != "1" {
+            std::fs::write(IP_FORWARD_PATH, "1")
+                .map_err(|source| HostMeshError::IpForward { source })?;
+            info!(path = IP_FORWARD_PATH, "turned on IPv4 forwarding for the mesh; it stays on after the agent stops");
+        }
         let config = mesh_config(gateway, self.public_key, peers);
         let count = config.peers.len();
         self.device.replace_peers(&config)?;

@@ -373,11 +373,18 @@ pub async fn remove_masquerade(
     Ok(())
 }
 
-/// Turns on IPv4 forwarding in the agent's network namespace.
+/// Turns on IPv4 forwarding in the agent's network namespace, and logs when it was off. The
+/// setting outlives the agent, so the log names what turned it on.
 pub async fn enable_ip_forward() -> Result<(), IptablesError> {
+    let current = tokio::fs::read_to_string(IP_FORWARD_PATH).await.unwrap_or_default();
+    if current.trim() == "1" {
+        return Ok(());
+    }
     tokio::fs::write(IP_FORWARD_PATH, "1")
         .await
-        .map_err(|source| IptablesError::IpForward { source })
+        .map_err(|source| IptablesError::IpForward { source })?;
+    tracing::info!(path = IP_FORWARD_PATH, "turned on IPv4 forwarding for a silo with internet access; it stays on after the agent stops");
+    Ok(())
 }
 
 fn rule_command<'a>(command: &'a str, rule: &'a [String]) -> Vec<&'a str> {
