@@ -178,7 +178,7 @@ pub fn peer_link_tls() -> (bool, Option<&'static tokio_rustls::TlsConnector>) {
 /// Time another controller gets to finish the TLS handshake of an AppendEntries link.
 pub const LINK_HANDSHAKE_TIMEOUT: std::time::Duration = PEER_HANDSHAKE_TIMEOUT;
 
-/// The name every controller's certificate carries, checked on links like on gRPC calls.
+/// Returns the name every controller's certificate carries, checked on links as on gRPC calls.
 pub fn peer_server_name() -> Result<rustls::pki_types::ServerName<'static>, String> {
     rustls::pki_types::ServerName::try_from(SERVER_NAME).map_err(|error| format!("server name {SERVER_NAME}: {error}"))
 }

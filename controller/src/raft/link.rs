@@ -35,7 +35,7 @@ pub const HELLO: &[u8] = b"colex-raft-link/1\n";
 pub const DENIED: &[u8] = b"colex-raft-link/1 denied: ";
 /// ALPN protocol of a link under TLS.
 pub const ALPN: &[u8] = b"colex-raft-link/1";
-/// Longest hello reply read, reason included.
+/// Maximum length of the hello reply read, in bytes, reason included.
 const MAX_ANSWER_BYTES: u64 = 1024;
 /// Bytes read from the socket at once, so a frame's header and body usually arrive in one read.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -117,7 +117,7 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     /// Opens a link on `io`, a fresh connection to the follower. Under TLS the caller has
-    /// already negotiated [`ALPN`]; on plain TCP this sends [`HELLO`] first.
+    /// already negotiated [`ALPN`]. On plain TCP this sends [`HELLO`] first.
     pub async fn open(io: Box<dyn LinkIo>, plain: bool) -> Result<Link, LinkError> {
         let mut io = BufReader::with_capacity(READ_BUFFER_BYTES, io);
         let mut reply = Vec::new();
@@ -156,7 +156,7 @@ impl Link {
 /// messages, so it admits the same controllers.
 const LINK_METHOD: &str = "/colex.v1.Raft/AppendEntriesStream";
 
-/// What the follower's end of links needs: the Raft that handles the requests, the signal that
+/// State of the follower's end of links: the Raft that handles the requests, the signal that
 /// ends every link when the server stops, and under TLS what checks a peer's certificate.
 #[derive(Clone)]
 pub struct LinkServer {
@@ -203,8 +203,8 @@ impl LinkServer {
         }
     }
 
-    /// Serves one accepted link until the leader closes it or the server stops. Under TLS the
-    /// caller authorized the peer already; on plain TCP the [`HELLO`] was read here.
+    /// Serves one accepted link until the leader closes it or the server stops. The caller has
+    /// already authorized the peer (TLS) or read its [`HELLO`] (plain TCP).
     pub async fn serve(self, io: Box<dyn LinkIo>, remote: SocketAddr) {
         tracing::info!(%remote, "AppendEntries link accepted");
         match self.serve_frames(io).await {
@@ -247,8 +247,8 @@ impl LinkServer {
     }
 }
 
-/// Tells whether the plain connection `stream` starts with [`HELLO`], without reading from it, so
-/// a connection that does not goes to the gRPC server untouched.
+/// Returns whether the plain connection `stream` starts with [`HELLO`], without reading from it,
+/// so a connection that does not goes to the gRPC server untouched.
 pub async fn starts_with_hello(stream: &TcpStream) -> bool {
     let look = async {
         let mut seen = [0_u8; HELLO.len()];

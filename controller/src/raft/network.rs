@@ -330,7 +330,7 @@ impl PeerNetwork {
         StreamFailure::Rpc(RPCError::Network(NetworkError::new(&error)))
     }
 
-    /// Tells which transport carried the last AppendEntries: `(link, stream)`.
+    /// Returns which transports are open after the last AppendEntries: `(link, stream)`.
     #[cfg(test)]
     pub fn transports_open(&self) -> (bool, bool) {
         (!PeerLinks::lock(&self.links).idle.is_empty(), self.stream.is_some())
@@ -391,11 +391,13 @@ impl PeerNetwork {
         // With Nagle's algorithm on, a frame written while the last is unacknowledged waits
         // for the peer's delayed ACK.
         stream.set_nodelay(true).map_err(|error| self.link_failure(LinkError::Io(error)))?;
+
         let connector = match crate::tls::peer_link_tls() {
             (false, _) => return Link::open(Box::new(stream), true).await.map_err(|error| self.link_failure(error)),
             (true, None) => return Err(StreamFailure::Unsupported),
             (true, Some(connector)) => connector,
         };
+
         let server_name = crate::tls::peer_server_name().map_err(|error| self.link_failure(LinkError::Io(std::io::Error::other(error))))?;
         let handshake = tokio::time::timeout(crate::tls::LINK_HANDSHAKE_TIMEOUT, connector.connect(server_name, stream));
         let tls = match handshake.await {
@@ -407,6 +409,7 @@ impl PeerNetwork {
                 return Err(self.link_failure(LinkError::Io(error)));
             }
         };
+
         // A peer that chose no protocol ignores ALPN and would treat the link as gRPC.
         if tls.get_ref().1.alpn_protocol() != Some(super::link::ALPN) {
             return Err(StreamFailure::Unsupported);

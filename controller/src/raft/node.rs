@@ -265,7 +265,7 @@ impl RaftNode {
 
     /// Logs each new term with its leader, so elections show in the controller's log. The term
     /// is read every [`LEADER_LOG_INTERVAL`] instead of on every metrics change, which comes
-    /// with every write. Terms only grow, so a read after an election sees a newer term, though
+    /// with every write. Terms only grow, so a read after an election finds a newer term, though
     /// two elections within one interval show as one.
     fn spawn_leader_log(&self) {
         let metrics = self.raft.metrics();

@@ -24,7 +24,7 @@ fn controllers(lab: &Lab) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Returns the lab index of the controller the table marks as leader.
-/// The text of every controller log of `lab`.
+/// Returns the text of every controller log of `lab`.
 fn controller_logs(lab: &Lab) -> String {
     let Ok(entries) = std::fs::read_dir(lab.dir.path()) else {
         return String::new();
