@@ -90,14 +90,13 @@ pub fn host_id(public_key: &str) -> String {
     id
 }
 
-/// Builds the client view of one host.
-pub fn host_info(state: &ClusterState, host: &HostRecord, live: &BTreeSet<String>) -> proto::HostInfo {
+/// Builds the client view of one host that has `silo_count` silo instances.
+pub fn host_info(host: &HostRecord, live: &BTreeSet<String>, silo_count: usize) -> proto::HostInfo {
     let host_state = if live.contains(&host.name) {
         proto::HostState::Up
     } else {
         proto::HostState::Down
     };
-    let silo_count = state.silos_on(&host.name).count();
     proto::HostInfo {
         name: host.name.clone(),
         address: host.address.clone(),

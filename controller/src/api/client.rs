@@ -505,9 +505,9 @@ impl proto::client_server::Client for ClientService {
         self.node.read_barrier().await.map_err(|error| unavailable(&error))?;
         let live = self.sessions.live_hosts();
         let state = self.node.state.read().await;
-        Ok(Response::new(proto::HostsResponse {
-            hosts: hosts::host_infos(&state, &live),
-        }))
+        // Like `list`, it decodes every instance's spec for the reservations.
+        let hosts = outside_the_runtime(|| hosts::host_infos(&state, &live));
+        Ok(Response::new(proto::HostsResponse { hosts }))
     }
 
     async fn set_draining(
