@@ -228,13 +228,14 @@ impl Agent {
             if self.sessions_opened != opened_before {
                 backoff = INITIAL_BACKOFF;
             }
+            let wait = jittered(backoff);
             match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Lost(reason) => {
-                    tracing::warn!(controller = %self.config.controller, %reason, retry_in_ms = backoff.as_millis() as u64, "controller session lost; retrying");
+                    tracing::warn!(controller = %self.config.controller, %reason, retry_in_ms = wait.as_millis() as u64, "controller session lost; retrying");
                 }
             }
-            if self.wait_offline(backoff).await {
+            if self.wait_offline(wait).await {
                 break;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -897,6 +898,13 @@ fn unix_millis(time: SystemTime) -> Option<u64> {
     u64::try_from(since_epoch.as_millis()).ok()
 }
 
+/// Returns a random wait between half of `backoff` and all of it. After a leader change every
+/// agent loses its session at once, and the spread keeps their reconnects and TLS handshakes
+/// from reaching the new leader in one burst.
+fn jittered(backoff: Duration) -> Duration {
+    backoff.mul_f64(rand::random_range(0.5..=1.0))
+}
+
 fn agent_message(kind: AgentKind) -> proto::AgentMessage {
     proto::AgentMessage { kind: Some(kind) }
 }
@@ -912,6 +920,15 @@ async fn recv_exit(exits: &mut Option<mpsc::Receiver<SiloExit>>) -> Option<SiloE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jittered_wait_stays_within_half_and_whole() {
+        for _ in 0..1000 {
+            let wait = jittered(MAX_BACKOFF);
+            assert!(wait >= MAX_BACKOFF / 2, "{wait:?} is below half of {MAX_BACKOFF:?}");
+            assert!(wait <= MAX_BACKOFF, "{wait:?} is above {MAX_BACKOFF:?}");
+        }
+    }
 
     fn run(id: &str) -> Operation {
         Operation::Run {
