@@ -14,6 +14,7 @@ use colex_proto as proto;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -80,6 +81,7 @@ pub struct Metrics {
     placement_latency: Histogram,
     file_contents: Gauge,
     file_content_bytes: Gauge,
+    runtime_stalls: Counter,
 }
 
 impl Default for Metrics {
@@ -103,6 +105,7 @@ impl Metrics {
             placement_latency: Histogram::new(PLACEMENT_BUCKETS_SECONDS),
             file_contents: Gauge::default(),
             file_content_bytes: Gauge::default(),
+            runtime_stalls: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("raft_term", "Current Raft term of this controller", metrics.raft_term.clone());
@@ -151,7 +154,17 @@ impl Metrics {
             "Sum of the sizes of the distinct file contents in the applied state, in bytes",
             metrics.file_content_bytes.clone(),
         );
+        registry.register(
+            "runtime_stalls",
+            "Times the async runtime's workers ran tasks for more than 50 ms without awaiting, which delays Raft heartbeats",
+            metrics.runtime_stalls.clone(),
+        );
         Metrics { registry, ..metrics }
+    }
+
+    /// Returns the counter that the runtime's stall watch adds to.
+    pub fn runtime_stalls(&self) -> Counter {
+        self.runtime_stalls.clone()
     }
 
     /// Records the duration of one successful `Up` call.

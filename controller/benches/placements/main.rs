@@ -242,6 +242,8 @@ async fn measure(cluster: &ColexCluster, hosts: &SimHosts, knobs: Knobs) -> anyh
     cross_check(cluster, leader, knobs).await?;
     let new_terms = cluster.terms_logged().difference(&terms_before).count();
     println!("  leader elections during the run: {new_terms}");
+    let (stalls, longest_stall_ms) = cluster.stalls_logged();
+    println!("  runtime stalls in the controllers' logs: {stalls} (longest {longest_stall_ms} ms)");
     println!("  load average: {}", load_average());
     Ok(())
 }
@@ -312,6 +314,32 @@ async fn cross_check(cluster: &ColexCluster, leader: usize, knobs: Knobs) -> any
         knobs.instances(),
         if placed == knobs.instances() && silos.len() == knobs.instances() { "match" } else { "MISMATCH" }
     );
+
+    // The other reads whose size grows with the cluster, timed so a slow one shows here.
+    let asked = Instant::now();
+    let hosts = cluster
+        .shared_client(leader)
+        .hosts(proto::HostsRequest {})
+        .await
+        .context("Hosts after the run failed")?
+        .into_inner()
+        .hosts;
+    println!("  Hosts ({:.1} ms): {} hosts", asked.elapsed().as_secs_f64() * 1e3, hosts.len());
+    if let Some(silo) = silos.first() {
+        let asked = Instant::now();
+        let status = cluster
+            .shared_client(leader)
+            .status(proto::StatusRequest { name: silo.name.clone() })
+            .await
+            .context("Status after the run failed")?
+            .into_inner();
+        println!(
+            "  Status of {} ({:.1} ms): {} instances",
+            silo.name,
+            asked.elapsed().as_secs_f64() * 1e3,
+            status.instances.len()
+        );
+    }
     Ok(())
 }
 

@@ -67,6 +67,26 @@ impl ColexCluster {
         terms
     }
 
+    /// Returns the runtime stalls in the controllers' logs so far: how many, and the longest
+    /// in milliseconds. A stall delays every Raft message of that controller.
+    pub fn stalls_logged(&self) -> (usize, u64) {
+        let mut count = 0;
+        let mut longest_ms = 0;
+        for controller in &self.controllers {
+            let Ok(log) = std::fs::read_to_string(&controller.log_path) else {
+                continue;
+            };
+            for line in log.lines().filter(|line| line.contains("runtime stalled")) {
+                count += 1;
+                let late = line.split_whitespace().find_map(|field| field.strip_prefix("late_ms="));
+                if let Some(late_ms) = late.and_then(|late| late.parse::<u64>().ok()) {
+                    longest_ms = longest_ms.max(late_ms);
+                }
+            }
+        }
+        (count, longest_ms)
+    }
+
     /// Starts controller 0 with `--bootstrap`, then each other controller with `--join` to the
     /// first, and waits until every controller is a voter that has applied the leader's log.
     pub async fn start(binary: PathBuf) -> anyhow::Result<ColexCluster> {
