@@ -1,7 +1,7 @@
 //! A watch on the async runtime: one task sleeps a short tick again and again and measures how
 //! late it wakes. A late wake means every worker thread ran other tasks that long without
-//! awaiting, and meanwhile no Raft heartbeat, vote or reply left this controller. A stall near
-//! the minimum election timeout can start an election, so each one is logged and counted.
+//! awaiting, and meanwhile no Raft heartbeat, vote or reply left this controller. A long
+//! stall can start an election, so each one is logged and counted.
 
 use std::time::Duration;
 
@@ -11,8 +11,9 @@ use tokio::time::Instant;
 /// Interval the watch task sleeps between two checks.
 const TICK: Duration = Duration::from_millis(25);
 
-/// Lateness of a wake above which it counts as a stall: a quarter of the minimum election
-/// timeout (200 ms), so a stall is reported well before it could cost the leader its term.
+/// Lateness of a wake above which it counts as a stall: half the heartbeat interval (100 ms).
+/// A follower starts an election after 600 ms or more without a heartbeat, so a stall is
+/// reported well before it could cost the leader its term.
 pub const STALL_THRESHOLD: Duration = Duration::from_millis(50);
 
 /// Watches the runtime until it stops, and adds one to `stalls` per stall.

@@ -294,8 +294,9 @@ impl LogStore {
     /// This blocks the calling thread for the write and its sync (about 0.2 ms) instead of
     /// moving them to tokio's blocking pool. openraft's core task waits for the append before
     /// it does anything else, so nothing is gained by freeing its thread. The hand-over to a
-    /// pool thread and back cost two thread wake-ups per append on every controller. The
-    /// other worker thread keeps serving meanwhile.
+    /// pool thread and back cost two thread wake-ups per append on every controller. With one
+    /// runtime worker (the default) the controller's other tasks wait meanwhile, and a sync
+    /// slower than 50 ms shows as a runtime stall.
     fn write_entries(&self, rows: Vec<(u64, Vec<u8>)>, sync: bool) -> Result<Arc<std::fs::File>, LogStoreError> {
         let committed_index = self.committed.map(|log_id| log_id.index);
         let records = records_of(&rows);

@@ -236,10 +236,14 @@ impl RaftNode {
         let node = self.clone();
         tokio::spawn(async move {
             let mut metrics = node.raft.metrics();
+            // A fixed interval rather than every change of the metrics, which change with each
+            // write and would wake this task once per write.
+            let mut checks = tokio::time::interval(PROMOTION_CHECK_INTERVAL);
+            checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    changed = metrics.changed() => if changed.is_err() { break },
-                    _ = tokio::time::sleep(PROMOTION_CHECK_INTERVAL) => {}
+                checks.tick().await;
+                if metrics.has_changed().is_err() {
+                    break;
                 }
                 let ready = caught_up_learners(&metrics.borrow_and_update());
                 if ready.is_empty() {
