@@ -53,6 +53,8 @@ use workload::{Saturation, Writer};
 const DEFAULT_WRITES: usize = 500;
 /// Untimed sequential writes before the timed ones, so connections and caches are warm.
 const WARMUP_WRITES: usize = 20;
+/// Blocks per side of the sequential writes, so both sides see the same phases of the disk.
+const SEQUENTIAL_BLOCKS: usize = 4;
 /// Concurrent clients of the saturated run, each with a connection of its own.
 const CLIENTS: usize = 64;
 /// Length of the saturated run of each side.
@@ -154,11 +156,20 @@ async fn measure(
     let colex_terms_before = colex.terms_logged();
 
     println!();
-    println!("sequential writes ({writes} timed after {WARMUP_WRITES} untimed, one client, sent to the leader):");
-    let mut writer = Writer::Colex(colex.own_client(colex_leader).await?);
-    let colex_latencies = workload::sequential(&mut writer, &colex_keys, WARMUP_WRITES, writes).await?;
-    let mut writer = Writer::Etcd(etcd.own_client(etcd_leader).await?);
-    let etcd_latencies = workload::sequential(&mut writer, &etcd_keys, WARMUP_WRITES, writes).await?;
+    println!(
+        "sequential writes ({writes} timed per side, one client, sent to the leader; each side alone in \
+         {SEQUENTIAL_BLOCKS} blocks taken in turn, each after {WARMUP_WRITES} untimed):"
+    );
+    let mut colex_writer = Writer::Colex(colex.own_client(colex_leader).await?);
+    let mut etcd_writer = Writer::Etcd(etcd.own_client(etcd_leader).await?);
+    let [colex_latencies, etcd_latencies] = workload::sequential_blocks(
+        [&mut colex_writer, &mut etcd_writer],
+        [&colex_keys, &etcd_keys],
+        WARMUP_WRITES,
+        writes,
+        SEQUENTIAL_BLOCKS,
+    )
+    .await?;
     print_latency_comparison(&colex_latencies, &etcd_latencies)?;
     // The first and the last 100 writes: a write must not get slower as silos accumulate.
     let tail = writes.min(100);
@@ -170,9 +181,9 @@ async fn measure(
         p50_of(&etcd_latencies[etcd_latencies.len() - tail..])?,
     );
 
-    // The disk's sync latency changes in phases of a fraction of a second to seconds on the
-    // virtual machines this runs on, so the runs above can each land in another phase. Here
-    // the two sides take turns, write by write, and see the same phases.
+    // The disk's sync latency changes in phases of a fraction of a second to minutes on the
+    // virtual machines this runs on, so even the blocks above can land in different phases.
+    // Here the two sides take turns, write by write, and see the same phases.
     println!("interleaved writes ({writes} timed per side after {WARMUP_WRITES} untimed, one write to each side in turn):");
     let mut colex_writer = Writer::Colex(colex.own_client(colex_leader).await?);
     let mut etcd_writer = Writer::Etcd(etcd.own_client(etcd_leader).await?);

@@ -119,6 +119,32 @@ pub async fn sequential(writer: &mut Writer, keys: &AtomicU64, warmup: usize, co
     Ok(latencies)
 }
 
+/// Writes `count` records to each of `writers` one at a time, each side alone, in `blocks`
+/// blocks per side that take turns: first, second, second, first, first, … Each block starts
+/// with `warmup` untimed writes. The disk's sync latency changes in phases of seconds to
+/// minutes, so one long run per side can land in phases that the other side does not meet. Blocks
+/// in turn spread both over the same phases. Returns the latencies of each side in order.
+pub async fn sequential_blocks(
+    writers: [&mut Writer; 2],
+    keys: [&AtomicU64; 2],
+    warmup: usize,
+    count: usize,
+    blocks: usize,
+) -> anyhow::Result<[Vec<Duration>; 2]> {
+    let blocks = blocks.clamp(1, count.max(1));
+    let mut latencies = [Vec::with_capacity(count), Vec::with_capacity(count)];
+    for block in 0..blocks {
+        // The last block also takes the remainder of the division.
+        let block_len = if block + 1 == blocks { count - count / blocks * block } else { count / blocks };
+        let order = if block % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let timed = sequential(&mut *writers[side], keys[side], warmup, block_len).await?;
+            latencies[side].extend(timed);
+        }
+    }
+    Ok(latencies)
+}
+
 /// Writes `warmup + count` records to each of `writers`, one write at a time, taking the two
 /// in turn and swapping which goes first on every round. So both clusters see the disk and
 /// the CPUs in the same state, even when its sync latency changes from second to second.
