@@ -54,8 +54,9 @@ use crate::sessions::Sessions;
 /// are noticed even when no message flows.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default of --worker-threads. On 2 cores it gave sequential writes about 10 % lower p50 and
-/// 64-client writes about 8 % fewer per second than two workers (`raft_writes` benchmark).
+/// Default of --worker-threads. On 2 cores it gave sequential writes about 10 % lower p50,
+/// 64-client writes about 9 % fewer per second (`raft_writes` benchmark) and about 20 % fewer
+/// placements per second (`placements` benchmark) than two workers.
 /// The runtime stays multi-threaded with one worker, rather than tokio's current-thread
 /// runtime, so that `block_in_place` can hand the worker's queue to another thread.
 const DEFAULT_WORKER_THREADS: u16 = 1;
@@ -132,8 +133,9 @@ struct Args {
 
     /// Worker threads of the async runtime that serves every API and runs Raft. One keeps a
     /// write's hand-overs between tasks on one thread, which costs less than waking another
-    /// thread; disk syncs, storage and the long builds of `list` run on other threads anyway.
-    /// Raise it when the log warns of runtime stalls (metric `colex_runtime_stalls_total`).
+    /// thread. Disk syncs, storage and the long builds of `list` and `hosts` run on other
+    /// threads anyway. Raise it for more placements per second, or when the log warns of
+    /// runtime stalls (metric `colex_runtime_stalls_total`).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_WORKER_THREADS, env = "COLEX_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
     worker_threads: u16,
 }

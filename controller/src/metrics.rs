@@ -156,7 +156,7 @@ impl Metrics {
         );
         registry.register(
             "runtime_stalls",
-            "Times the async runtime's workers ran tasks for more than 50 ms without awaiting, which delays Raft heartbeats",
+            "Times the async runtime's workers were busy for more than 50 ms before a ready task ran, which delays Raft heartbeats",
             metrics.runtime_stalls.clone(),
         );
         Metrics { registry, ..metrics }

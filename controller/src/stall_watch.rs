@@ -1,7 +1,8 @@
 //! A watch on the async runtime: one task sleeps a short tick again and again and measures how
-//! late it wakes. A late wake means every worker thread ran other tasks that long without
-//! awaiting, and meanwhile no Raft heartbeat, vote or reply left this controller. A long
-//! stall can start an election, so each one is logged and counted.
+//! late it wakes. A late wake means every worker thread was busy that long with other tasks,
+//! one that ran long without awaiting or a queue of many, and meanwhile every Raft heartbeat,
+//! vote and reply of this controller waited too. A long stall can start an election, so each
+//! one is logged and counted.
 
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ pub async fn watch(stalls: Counter) {
             tracing::warn!(
                 late_ms = late.as_millis(),
                 threshold_ms = STALL_THRESHOLD.as_millis(),
-                "runtime stalled: a task ran this long without awaiting, and Raft messages waited meanwhile"
+                "runtime stalled: its workers were busy this long before a ready task ran, so Raft messages waited too"
             );
         }
     }

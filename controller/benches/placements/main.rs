@@ -7,7 +7,8 @@
 //! their `Assignments`. Several clients then send `Up` requests of one silo each to the leader
 //! until every silo is stored. The run is timed from the first request to the moment the
 //! simulated hosts together hold assignments for every instance, and `List` cross-checks the
-//! count afterwards.
+//! count afterwards. Last, the leader is killed with every instance placed, and the new
+//! leader's take-over is timed.
 //!
 //! Each instance reserves 32 MiB of memory and no CPU, so the scheduler checks capacity on
 //! every placement: the default 50,000 instances on 1,000 hosts reserve 1.6 GiB of the 8 GiB
@@ -33,6 +34,7 @@ mod machine;
 mod process;
 mod sim_hosts;
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +67,11 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Timeout of one `Up`. A request above it counts as failed.
 const UP_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// Time the cluster gets after the leader's SIGKILL to serve writes and resync every host.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between two probe writes after the SIGKILL, and the timeout of each.
+const FAILOVER_PROBE_INTERVAL: Duration = Duration::from_millis(50);
+const FAILOVER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
@@ -137,9 +144,9 @@ async fn run() -> anyhow::Result<()> {
     // The controllers this process starts inherit its environment. No other thread of this
     // process reads or writes the environment, so setting it here races with nothing.
     std::env::set_var("COLEX_CLUSTER_CIDR", CLUSTER_CIDR);
-    let cluster = ColexCluster::start(binary).await.context("failed to start the colex cluster")?;
+    let mut cluster = ColexCluster::start(binary).await.context("failed to start the colex cluster")?;
     let hosts = SimHosts::start(&format!("cx{unique}"), knobs.hosts, &cluster.addresses());
-    let measured = measure(&cluster, &hosts, knobs).await;
+    let measured = measure(&mut cluster, &hosts, knobs).await;
     if measured.is_err() {
         eprintln!("{}", cluster.log_tails());
     }
@@ -152,7 +159,7 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(cluster: &ColexCluster, hosts: &SimHosts, knobs: Knobs) -> anyhow::Result<()> {
+async fn measure(cluster: &mut ColexCluster, hosts: &SimHosts, knobs: Knobs) -> anyhow::Result<()> {
     let leader = cluster.leader_index().await?;
     let registering = Instant::now();
     hosts.wait_until_up(&mut cluster.shared_client(leader)).await?;
@@ -239,11 +246,14 @@ async fn measure(cluster: &ColexCluster, hosts: &SimHosts, knobs: Knobs) -> anyh
         total_bytes as f64 / 1e6
     );
 
-    cross_check(cluster, leader, knobs).await?;
+    let placed_before = cross_check(cluster, leader, knobs).await?;
     let new_terms = cluster.terms_logged().difference(&terms_before).count();
     println!("  leader elections during the run: {new_terms}");
     let (stalls, longest_stall_ms) = cluster.stalls_logged();
     println!("  runtime stalls in the controllers' logs: {stalls} (longest {longest_stall_ms} ms)");
+    println!("  load average: {}", load_average());
+
+    failover(cluster, hosts, leader, &placed_before).await?;
     println!("  load average: {}", load_average());
     Ok(())
 }
@@ -293,7 +303,9 @@ fn silo_spec(silo: usize, count: usize) -> proto::SiloSpec {
 }
 
 /// Lists the silos through the leader and prints how many are placed, pending or missing.
-async fn cross_check(cluster: &ColexCluster, leader: usize, knobs: Knobs) -> anyhow::Result<()> {
+/// Lists every instance through the leader, prints the counts and the timings of the reads
+/// that grow with the cluster, and returns each instance's host by instance id.
+async fn cross_check(cluster: &ColexCluster, leader: usize, knobs: Knobs) -> anyhow::Result<HashMap<String, String>> {
     let listed = Instant::now();
     let silos = cluster
         .shared_client(leader)
@@ -316,7 +328,7 @@ async fn cross_check(cluster: &ColexCluster, leader: usize, knobs: Knobs) -> any
     );
 
     // The other reads whose size grows with the cluster, timed so a slow one shows here.
-    let asked = Instant::now();
+    let requested = Instant::now();
     let hosts = cluster
         .shared_client(leader)
         .hosts(proto::HostsRequest {})
@@ -324,9 +336,9 @@ async fn cross_check(cluster: &ColexCluster, leader: usize, knobs: Knobs) -> any
         .context("Hosts after the run failed")?
         .into_inner()
         .hosts;
-    println!("  Hosts ({:.1} ms): {} hosts", asked.elapsed().as_secs_f64() * 1e3, hosts.len());
+    println!("  Hosts ({:.1} ms): {} hosts", requested.elapsed().as_secs_f64() * 1e3, hosts.len());
     if let Some(silo) = silos.first() {
-        let asked = Instant::now();
+        let requested = Instant::now();
         let status = cluster
             .shared_client(leader)
             .status(proto::StatusRequest { name: silo.name.clone() })
@@ -336,10 +348,94 @@ async fn cross_check(cluster: &ColexCluster, leader: usize, knobs: Knobs) -> any
         println!(
             "  Status of {} ({:.1} ms): {} instances",
             silo.name,
-            asked.elapsed().as_secs_f64() * 1e3,
+            requested.elapsed().as_secs_f64() * 1e3,
             status.instances.len()
         );
     }
+    Ok(silos.into_iter().map(|silo| (silo.id, silo.host)).collect())
+}
+
+/// Sends SIGKILL to the leader with every instance placed, and times the take-over: until a
+/// write through a survivor succeeds, until every simulated host has its session with the new
+/// leader, and until the hosts hold all their assignments again. Then counts the instances
+/// that the new leader placed elsewhere, which should be none: it gives every host a grace
+/// period of the host TTL to reconnect.
+async fn failover(
+    cluster: &mut ColexCluster,
+    hosts: &SimHosts,
+    leader: usize,
+    placed_before: &HashMap<String, String>,
+) -> anyhow::Result<()> {
+    let terms_before = cluster.terms_logged();
+    let (stalls_before, _) = cluster.stalls_logged();
+    let survivors: Vec<usize> = (0..cluster.addresses().len()).filter(|index| *index != leader).collect();
+    let instances_before = hosts.received.assigned.load(Ordering::Relaxed);
+
+    cluster.kill(leader);
+    let killed = Instant::now();
+
+    // A probe write through each survivor in turn until one succeeds.
+    let deadline = killed + FAILOVER_TIMEOUT;
+    let mut attempt = 0_usize;
+    let written_by = loop {
+        let survivor = survivors[attempt % survivors.len()];
+        attempt += 1;
+        let mut client = cluster.shared_client(survivor);
+        let probe = colex::up(&mut client, format!("failover-probe-{attempt}"));
+        if let Ok(Ok(())) = tokio::time::timeout(FAILOVER_PROBE_TIMEOUT, probe).await {
+            break survivor;
+        }
+        if Instant::now() >= deadline {
+            bail!("no write succeeded within {FAILOVER_TIMEOUT:?} after the leader was killed");
+        }
+        tokio::time::sleep(FAILOVER_PROBE_INTERVAL).await;
+    };
+    let written = killed.elapsed();
+
+    let new_leader = cluster.leader_index().await?;
+    hosts.wait_until_up(&mut cluster.shared_client(new_leader)).await?;
+    let sessions_back = killed.elapsed();
+
+    // One probe write succeeded, so the hosts hold at least as many instances as before.
+    while hosts.received.assigned.load(Ordering::Relaxed) < instances_before {
+        if Instant::now() >= deadline {
+            bail!(
+                "the simulated hosts hold {} of {instances_before} assignments {FAILOVER_TIMEOUT:?} after the leader was killed",
+                hosts.received.assigned.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let assignments_back = killed.elapsed();
+
+    let silos = cluster
+        .shared_client(new_leader)
+        .list(proto::ListRequest {})
+        .await
+        .context("List after the failover failed")?
+        .into_inner()
+        .silos;
+    let moved = silos
+        .iter()
+        .filter(|silo| placed_before.get(&silo.id).is_some_and(|host| *host != silo.host))
+        .count();
+    let new_terms = cluster.terms_logged().difference(&terms_before).count();
+    let (stalls_after, longest_stall_ms) = cluster.stalls_logged();
+
+    println!();
+    println!("leader failover with every instance placed (SIGKILL of the leader; probes every {FAILOVER_PROBE_INTERVAL:?}):");
+    println!("  first write through a survivor (controller {written_by}) after {:.0} ms", written.as_secs_f64() * 1e3);
+    println!(
+        "  every simulated host up at the new leader after {:.2} s, their assignments complete again after {:.2} s",
+        sessions_back.as_secs_f64(),
+        assignments_back.as_secs_f64()
+    );
+    println!("  instances placed on another host meanwhile: {moved} of {}", placed_before.len());
+    println!("  new terms: {new_terms} (one election expected)");
+    println!(
+        "  runtime stalls in the controllers' logs meanwhile: {} (longest of the run {longest_stall_ms} ms)",
+        stalls_after.saturating_sub(stalls_before)
+    );
     Ok(())
 }
 
