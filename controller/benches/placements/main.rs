@@ -66,7 +66,6 @@ const TARGET_PLACEMENTS_PER_SECOND: f64 = 10_000.0;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Timeout of one `Up`. A request above it counts as failed.
 const UP_TIMEOUT: Duration = Duration::from_secs(60);
-const POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// Time the cluster gets after the leader's SIGKILL to serve writes and resync every host.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between two probe writes after the SIGKILL, and the timeout of each.
@@ -193,16 +192,10 @@ async fn measure(cluster: &mut ColexCluster, hosts: &SimHosts, knobs: Knobs) -> 
     let applied_after = cluster.leader_applied().await;
 
     let target = i64::try_from(knobs.instances()).unwrap_or(i64::MAX);
-    let deadline = Instant::now() + DELIVERY_TIMEOUT;
-    while hosts.received.assigned.load(Ordering::Relaxed) < target {
-        if Instant::now() >= deadline {
-            bail!(
-                "the simulated hosts hold {} of {target} assignments {DELIVERY_TIMEOUT:?} after the last Up",
-                hosts.received.assigned.load(Ordering::Relaxed)
-            );
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    hosts
+        .wait_for_assignments(target, Instant::now() + DELIVERY_TIMEOUT)
+        .await
+        .with_context(|| format!("{DELIVERY_TIMEOUT:?} after the last Up"))?;
     let delivered = first_request.elapsed();
     let assignment_bytes = hosts.received.assignment_bytes.load(Ordering::Relaxed);
     let assignment_messages = hosts.received.assignment_messages.load(Ordering::Relaxed);
@@ -397,15 +390,10 @@ async fn failover(
     let sessions_back = killed.elapsed();
 
     // One probe write succeeded, so the hosts hold at least as many instances as before.
-    while hosts.received.assigned.load(Ordering::Relaxed) < instances_before {
-        if Instant::now() >= deadline {
-            bail!(
-                "the simulated hosts hold {} of {instances_before} assignments {FAILOVER_TIMEOUT:?} after the leader was killed",
-                hosts.received.assigned.load(Ordering::Relaxed)
-            );
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    hosts
+        .wait_for_assignments(instances_before, deadline)
+        .await
+        .with_context(|| format!("within {FAILOVER_TIMEOUT:?} after the leader was killed"))?;
     let assignments_back = killed.elapsed();
 
     let silos = cluster

@@ -30,6 +30,8 @@ pub const HOST_CPUS: u32 = 4;
 pub const HOST_MEMORY_BYTES: u64 = 8 << 30;
 const HOSTS_UP_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Poll interval of [`SimHosts::wait_for_assignments`], short because it ends a timing.
+const ASSIGNMENTS_POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Counters of the messages the simulated hosts received, summed over all of them.
 #[derive(Debug, Default)]
@@ -63,6 +65,21 @@ impl SimHosts {
             })
             .collect();
         SimHosts { count, tasks, received }
+    }
+
+    /// Waits until the simulated hosts together hold at least `target` assignments, polling
+    /// every [`ASSIGNMENTS_POLL_INTERVAL`], and fails at `deadline`.
+    pub async fn wait_for_assignments(&self, target: i64, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            let held = self.received.assigned.load(Ordering::Relaxed);
+            if held >= target {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("the simulated hosts hold {held} of {target} assignments");
+            }
+            tokio::time::sleep(ASSIGNMENTS_POLL_INTERVAL).await;
+        }
     }
 
     /// Waits until the controller behind `client` lists every simulated host as up.
