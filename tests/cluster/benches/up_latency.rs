@@ -10,7 +10,8 @@
 //! Podman's `bridge` network lives in the root namespace: the container runs `/bin/true` and
 //! sends no traffic. netavark leaves its iptables chains behind after the last container, and
 //! podman its `libpod_parent` cgroups. The benchmark deletes those it finds that were absent
-//! before, and removes the image it imported. Needs root, podman and runc.
+//! before, sets IPv4 forwarding back to its value before (netavark turns it on), and removes
+//! the image it imported. Needs root, podman and runc.
 //!
 //! ```sh
 //! CARGO_TARGET_DIR=... cargo build --workspace --bins
@@ -54,6 +55,8 @@ const NETAVARK_JUMPS: [(&str, &str); 4] = [
     ("nat", "OUTPUT -m addrtype --dst-type LOCAL -j NETAVARK-HOSTPORT-DNAT"),
     ("nat", "POSTROUTING -j NETAVARK-HOSTPORT-MASQ"),
 ];
+/// The root namespace's IPv4 forwarding switch, which netavark turns on.
+const IP_FORWARD_PATH: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Chains netavark 1.4 creates: table and name.
 const NETAVARK_CHAINS: [(&str, &str); 4] = [
     ("filter", "NETAVARK_FORWARD"),
@@ -109,6 +112,8 @@ fn main() -> anyhow::Result<()> {
     };
     let iptables_before = iptables_save()?;
     let cgroups_before = podman_cgroups();
+    // netavark turns IPv4 forwarding on in the root namespace for its bridge, and leaves it on.
+    let forwarding_before = std::fs::read_to_string(IP_FORWARD_PATH).context("read the root namespace's ip_forward")?;
     let result = measure(&lab, runs, podman.then_some(image.as_str()), &mut serial);
 
     if podman {
@@ -118,6 +123,9 @@ fn main() -> anyhow::Result<()> {
         }
         remove_netavark_rules(&iptables_before);
         remove_podman_cgroups(&cgroups_before);
+        if let Err(error) = std::fs::write(IP_FORWARD_PATH, forwarding_before.trim()) {
+            eprintln!("restoring {IP_FORWARD_PATH} to {} failed: {error}; set it by hand", forwarding_before.trim());
+        }
     }
     result
 }
