@@ -4,6 +4,11 @@
 //! `O_EXCL` makes the allocation atomic, and the file outlives an agent crash, so an address is
 //! never handed out twice while a veth may still use it. Lease files are not synced: the veths
 //! they guard do not survive the host crash that could lose the file.
+//!
+//! Addresses are handed out in turn: each lease takes the next free address after the last one
+//! this process leased, and wraps around at the end of the subnet. The host and the other
+//! silos on the bridge keep a removed silo's address mapped to its old MAC address for 15 to
+//! 45 s, and a new silo that got that address at once was unreachable from them meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
@@ -36,9 +41,16 @@ pub fn silo_addresses(subnet: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
     (first..broadcast).map(Ipv4Addr::from)
 }
 
-/// Returns the lowest silo address of `subnet` that `leased` does not contain.
-pub fn lowest_free(subnet: Ipv4Net, leased: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-    silo_addresses(subnet).find(|addr| !leased.contains(addr))
+/// Returns the first silo address of `subnet` after `last` that `leased` does not contain,
+/// wrapping around to the lowest. Without `last`, or with a `last` outside the subnet, returns
+/// the lowest free address.
+pub fn next_free(subnet: Ipv4Net, leased: &BTreeSet<Ipv4Addr>, last: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let addresses: Vec<Ipv4Addr> = silo_addresses(subnet).collect();
+    let start = last
+        .and_then(|last| addresses.iter().position(|addr| *addr == last))
+        .map_or(0, |position| position + 1);
+    let (before, after) = addresses.split_at(start.min(addresses.len()));
+    after.iter().chain(before).copied().find(|addr| !leased.contains(addr))
 }
 
 /// The lease directory of one agent. Its methods block, but only for a few small local file
@@ -47,9 +59,12 @@ pub fn lowest_free(subnet: Ipv4Net, leased: &BTreeSet<Ipv4Addr>) -> Option<Ipv4A
 pub struct Leases {
     dir: PathBuf,
     subnet: Ipv4Net,
-    /// Serializes allocations of this process; `O_EXCL` alone would also be safe, but the lock
-    /// avoids needless retries when many silos start at once.
-    lock: Mutex<()>,
+    /// The address this process leased last. The lock also serializes allocations of this
+    /// process: `O_EXCL` alone would be safe, but the lock avoids needless retries when many
+    /// silos start at once.
+    // NOTE: kept in memory only, so a restarted agent starts again from the lowest free
+    // address, which may be one that a silo left shortly before the restart.
+    last_leased: Mutex<Option<Ipv4Addr>>,
 }
 
 impl Leases {
@@ -58,7 +73,7 @@ impl Leases {
         Leases {
             dir,
             subnet,
-            lock: Mutex::new(()),
+            last_leased: Mutex::new(None),
         }
     }
 
@@ -106,22 +121,26 @@ impl Leases {
         Ok(taken)
     }
 
-    /// Leases the lowest free address to `silo_id` and persists the lease before returning.
+    /// Leases to `silo_id` the next free address after the last one leased, and persists the
+    /// lease before returning.
     pub fn acquire(&self, silo_id: &str) -> Result<Ipv4Addr, LeaseError> {
-        let _guard = self
-            .lock
+        let mut last_leased = self
+            .last_leased
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         loop {
             // File names only: finding a free address does not need the owners, so no lease
             // file is opened.
             let taken = self.taken()?;
-            let addr = lowest_free(self.subnet, &taken).ok_or(LeaseError::Exhausted {
+            let addr = next_free(self.subnet, &taken, *last_leased).ok_or(LeaseError::Exhausted {
                 subnet: self.subnet,
             })?;
             let path = self.path(addr);
             match write_new(&path, silo_id) {
-                Ok(()) => return Ok(addr),
+                Ok(()) => {
+                    *last_leased = Some(addr);
+                    return Ok(addr);
+                }
                 // Another process took the address between the listing and the create.
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(source) => return Err(LeaseError::Write { path, source }),
@@ -180,20 +199,45 @@ mod tests {
     }
 
     #[test]
-    fn lowest_free_fills_gaps() {
+    fn next_free_starts_lowest_without_last() {
         let net = subnet("10.69.1.0/24");
         let mut leased = BTreeSet::new();
-        assert_eq!(lowest_free(net, &leased), Some(Ipv4Addr::new(10, 69, 1, 2)));
+        assert_eq!(next_free(net, &leased, None), Some(Ipv4Addr::new(10, 69, 1, 2)));
         leased.insert(Ipv4Addr::new(10, 69, 1, 2));
         leased.insert(Ipv4Addr::new(10, 69, 1, 4));
-        assert_eq!(lowest_free(net, &leased), Some(Ipv4Addr::new(10, 69, 1, 3)));
+        assert_eq!(next_free(net, &leased, None), Some(Ipv4Addr::new(10, 69, 1, 3)));
     }
 
     #[test]
-    fn lowest_free_none_when_full() {
+    fn next_free_skips_past_last() {
+        let net = subnet("10.69.1.0/24");
+        let leased = BTreeSet::from([Ipv4Addr::new(10, 69, 1, 6)]);
+        // Free addresses below the last one wait for the wrap.
+        let last = Some(Ipv4Addr::new(10, 69, 1, 5));
+        assert_eq!(next_free(net, &leased, last), Some(Ipv4Addr::new(10, 69, 1, 7)));
+    }
+
+    #[test]
+    fn next_free_wraps_at_the_end() {
+        let net = subnet("10.69.1.0/29");
+        let leased = BTreeSet::from([Ipv4Addr::new(10, 69, 1, 2)]);
+        let last = Some(Ipv4Addr::new(10, 69, 1, 6));
+        assert_eq!(next_free(net, &leased, last), Some(Ipv4Addr::new(10, 69, 1, 3)));
+    }
+
+    #[test]
+    fn next_free_ignores_last_outside_subnet() {
+        let net = subnet("10.69.1.0/29");
+        let last = Some(Ipv4Addr::new(10, 69, 2, 3));
+        assert_eq!(next_free(net, &BTreeSet::new(), last), Some(Ipv4Addr::new(10, 69, 1, 2)));
+    }
+
+    #[test]
+    fn next_free_none_when_full() {
         let net = subnet("10.69.1.0/30");
         let leased = BTreeSet::from([Ipv4Addr::new(10, 69, 1, 2)]);
-        assert_eq!(lowest_free(net, &leased), None);
+        assert_eq!(next_free(net, &leased, None), None);
+        assert_eq!(next_free(net, &leased, Some(Ipv4Addr::new(10, 69, 1, 2))), None);
     }
 
     #[test]
@@ -212,13 +256,17 @@ mod tests {
             .expect("release by other silo");
         assert_eq!(leases.list().expect("list").len(), 2);
 
+        // A released address waits until the others of the subnet had their turn.
         leases.release(first, "00000001").expect("release");
-        assert_eq!(leases.acquire("00000003").expect("reuse"), first);
+        assert_eq!(leases.acquire("00000003").expect("third lease"), Ipv4Addr::new(10, 69, 1, 4));
+        assert_eq!(leases.acquire("00000004").expect("fourth lease"), Ipv4Addr::new(10, 69, 1, 5));
+        assert_eq!(leases.acquire("00000005").expect("fifth lease"), Ipv4Addr::new(10, 69, 1, 6));
+        assert_eq!(leases.acquire("00000006").expect("wrapped lease"), first);
 
         // A second release of a gone lease succeeds.
         leases.release(second, "00000002").expect("release");
         leases.release(second, "00000002").expect("release again");
-        assert_eq!(leases.list().expect("list").len(), 1);
+        assert_eq!(leases.list().expect("list").len(), 4);
     }
 
     #[test]
