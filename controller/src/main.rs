@@ -133,9 +133,9 @@ struct Args {
 
     /// Worker threads of the async runtime that serves every API and runs Raft. One keeps a
     /// write's hand-overs between tasks on one thread, which costs less than waking another
-    /// thread. Disk syncs, storage and the long builds of `list` and `hosts` run on other
-    /// threads anyway. Raise it for more placements per second, or when the log warns of
-    /// runtime stalls (metric `colex_runtime_stalls_total`).
+    /// thread. The leader's log syncs, storage transactions and the long builds of `list` and
+    /// `hosts` run on other threads anyway. Raise it for more placements per second, or when
+    /// the log warns of runtime stalls (metric `colex_runtime_stalls_total`).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_WORKER_THREADS, env = "COLEX_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
     worker_threads: u16,
 }

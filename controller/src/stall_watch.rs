@@ -1,8 +1,8 @@
 //! A watch on the async runtime: one task sleeps a short tick again and again and measures how
-//! late it wakes. A late wake means every worker thread was busy that long with other tasks,
-//! one that ran long without awaiting or a queue of many, and meanwhile every Raft heartbeat,
-//! vote and reply of this controller waited too. A long stall can start an election, so each
-//! one is logged and counted.
+//! late it wakes. A late wake means that every worker thread was busy that long with other
+//! tasks, either one that ran long without awaiting or a queue of many. Every Raft heartbeat,
+//! vote and reply of this controller waited too, and a long stall can start an election, so
+//! each one is logged and counted.
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ const TICK: Duration = Duration::from_millis(25);
 /// Lateness of a wake above which it counts as a stall: half the heartbeat interval (100 ms).
 /// A follower starts an election after 600 ms or more without a heartbeat, so a stall is
 /// reported well before it could cost the leader its term.
-pub const STALL_THRESHOLD: Duration = Duration::from_millis(50);
+const STALL_THRESHOLD: Duration = Duration::from_millis(50);
 
 /// Watches the runtime until it stops, and adds one to `stalls` per stall.
 pub async fn watch(stalls: Counter) {

@@ -256,7 +256,7 @@ mod tests {
             .expect("release by other silo");
         assert_eq!(leases.list().expect("list").len(), 2);
 
-        // A released address waits until the others of the subnet had their turn.
+        // A released address waits until the other addresses of the subnet have had their turn.
         leases.release(first, "00000001").expect("release");
         assert_eq!(leases.acquire("00000003").expect("third lease"), Ipv4Addr::new(10, 69, 1, 4));
         assert_eq!(leases.acquire("00000004").expect("fourth lease"), Ipv4Addr::new(10, 69, 1, 5));

@@ -242,8 +242,8 @@ async fn measure(cluster: &mut ColexCluster, hosts: &SimHosts, knobs: Knobs) -> 
     let placed_before = cross_check(cluster, leader, knobs).await?;
     let new_terms = cluster.terms_logged().difference(&terms_before).count();
     println!("  leader elections during the run: {new_terms}");
-    let (stalls, longest_stall_ms) = cluster.stalls_logged();
-    println!("  runtime stalls in the controllers' logs: {stalls} (longest {longest_stall_ms} ms)");
+    let (stalls, max_stall_ms) = cluster.stalls_logged();
+    println!("  runtime stalls in the controllers' logs: {stalls} (max {max_stall_ms} ms)");
     println!("  load average: {}", load_average());
 
     failover(cluster, hosts, leader, &placed_before).await?;
@@ -408,7 +408,7 @@ async fn failover(
         .filter(|silo| placed_before.get(&silo.id).is_some_and(|host| *host != silo.host))
         .count();
     let new_terms = cluster.terms_logged().difference(&terms_before).count();
-    let (stalls_after, longest_stall_ms) = cluster.stalls_logged();
+    let (stalls_after, max_stall_ms) = cluster.stalls_logged();
 
     println!();
     println!("leader failover with every instance placed (SIGKILL of the leader; probes every {FAILOVER_PROBE_INTERVAL:?}):");
@@ -421,7 +421,7 @@ async fn failover(
     println!("  instances placed on another host meanwhile: {moved} of {}", placed_before.len());
     println!("  new terms: {new_terms} (one election expected)");
     println!(
-        "  runtime stalls in the controllers' logs meanwhile: {} (longest of the run {longest_stall_ms} ms)",
+        "  runtime stalls in the controllers' logs meanwhile: {} (max of the run {max_stall_ms} ms)",
         stalls_after.saturating_sub(stalls_before)
     );
     Ok(())

@@ -71,12 +71,12 @@ impl SimHosts {
     /// every [`ASSIGNMENTS_POLL_INTERVAL`], and fails at `deadline`.
     pub async fn wait_for_assignments(&self, target: i64, deadline: Instant) -> anyhow::Result<()> {
         loop {
-            let held = self.received.assigned.load(Ordering::Relaxed);
-            if held >= target {
+            let assigned = self.received.assigned.load(Ordering::Relaxed);
+            if assigned >= target {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!("the simulated hosts hold {held} of {target} assignments");
+                bail!("the simulated hosts hold {assigned} of {target} assignments");
             }
             tokio::time::sleep(ASSIGNMENTS_POLL_INTERVAL).await;
         }

@@ -67,11 +67,11 @@ impl ColexCluster {
         terms
     }
 
-    /// Returns the runtime stalls in the controllers' logs so far: how many, and the longest
-    /// in milliseconds. A stall delays every Raft message of that controller.
+    /// Returns the runtime stalls in the controllers' logs so far: how many, and the maximum
+    /// lateness in milliseconds. A stall delays every Raft message of that controller.
     pub fn stalls_logged(&self) -> (usize, u64) {
         let mut count = 0;
-        let mut longest_ms = 0;
+        let mut max_late_ms = 0;
         for controller in &self.controllers {
             let Ok(log) = std::fs::read_to_string(&controller.log_path) else {
                 continue;
@@ -80,11 +80,11 @@ impl ColexCluster {
                 count += 1;
                 let late = line.split_whitespace().find_map(|field| field.strip_prefix("late_ms="));
                 if let Some(late_ms) = late.and_then(|late| late.parse::<u64>().ok()) {
-                    longest_ms = longest_ms.max(late_ms);
+                    max_late_ms = max_late_ms.max(late_ms);
                 }
             }
         }
-        (count, longest_ms)
+        (count, max_late_ms)
     }
 
     /// Starts controller 0 with `--bootstrap`, then each other controller with `--join` to the

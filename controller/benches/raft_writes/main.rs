@@ -234,8 +234,8 @@ async fn measure(
         yes_no(colex_leader_kept),
         yes_no(etcd_leader_kept)
     );
-    let (stalls, longest_stall_ms) = colex.stalls_logged();
-    println!("  runtime stalls in the colex controllers' logs: {stalls} (longest {longest_stall_ms} ms)");
+    let (stalls, max_stall_ms) = colex.stalls_logged();
+    println!("  runtime stalls in the colex controllers' logs: {stalls} (max {max_stall_ms} ms)");
     println!("  load average: {}", load_average());
 
     println!();

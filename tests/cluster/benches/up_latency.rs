@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
     let iptables_before = iptables_save()?;
     let cgroups_before = podman_cgroups();
     // netavark turns IPv4 forwarding on in the root namespace for its bridge, and leaves it on.
-    let forwarding_before = std::fs::read_to_string(IP_FORWARD_PATH).context("read the root namespace's ip_forward")?;
+    let forwarding_before = std::fs::read_to_string(IP_FORWARD_PATH).with_context(|| format!("failed to read {IP_FORWARD_PATH}"))?;
     let result = measure(&lab, runs, podman.then_some(image.as_str()), &mut serial);
 
     if podman {
